@@ -1,0 +1,52 @@
+"""The Agented hub: `create_app()` builds the Flask app."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from dotenv import load_dotenv
+from flask import Flask
+
+from app import config, db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app: defaults, then the environment, then test overrides, then features."""
+    load_dotenv(os.environ.get("AGENTED_ENV_FILE", ROOT / ".env"))
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+    )
+    app.config.from_mapping(config.load())
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_NAME="agented_session",
+        PERMANENT_SESSION_LIFETIME=timedelta(days=7),
+        JSON_SORT_KEYS=False,
+    )
+    if test_config:
+        app.config.update(test_config)
+    app.config["SESSION_COOKIE_SECURE"] = app.config["BEHIND_TLS"]
+
+    from app import telemetry
+
+    telemetry.setup_logging(app.config["LOG_LEVEL"])
+    telemetry.setup_sentry(app.config["SENTRY_DSN"])
+    db.migrate(app.config["DATABASE"])
+    app.teardown_appcontext(db.close_db)
+
+    from app import auth, dashboard, errors, openapi, ops, security
+
+    telemetry.register(app)  # first, so every later hook and error has a request id
+    errors.register(app)
+    auth.register(app)
+    security.register(app)
+    for bp in (ops.bp, openapi.bp, dashboard.bp):
+        app.register_blueprint(bp)
+    return app

@@ -1,0 +1,88 @@
+"""Helpers every JSON route shares: body parsing, cursors, load-or-404."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import request
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from app.errors import ApiError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Body(BaseModel):
+    """Base for request bodies: unknown fields are an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse_body(model: type[M]) -> M:
+    """Parse the JSON body into `model` or raise the matching 4xx."""
+    if not request.is_json:
+        raise ApiError(415, "send the body as application/json")
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ApiError(400, "the body is not valid JSON")
+    return validate(model, data)
+
+
+def validate(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = [
+            {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        raise ApiError(422, "the body does not match the schema", details=details) from None
+
+
+def body_model(model: type[BaseModel]) -> Callable:
+    """Record the request body model of a view, for /openapi.json."""
+
+    def mark(view: Callable) -> Callable:
+        view.body_model = model  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def or_404(row: Any, what: str) -> Any:
+    if row is None:
+        raise ApiError(404, f"{what} not found")
+    return row
+
+
+def encode_cursor(values: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def decode_cursor(raw: str | None) -> dict | None:
+    if not raw:
+        return None
+    try:
+        padded = raw + "=" * (-len(raw) % 4)
+        values = json.loads(base64.urlsafe_b64decode(padded))
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the cursor is not valid") from None
+    if not isinstance(values, dict):
+        raise ApiError(400, "the cursor is not valid")
+    return values
+
+
+def arg_int(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be between {lo} and {hi}")
+    return value

@@ -1,0 +1,351 @@
+"""API keys, roles, the request guard, dashboard sessions, CSRF and SSE tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from flask import (
+    Blueprint,
+    Flask,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from limits import parse as parse_limit
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from app import db
+from app.api import Body, body_model, or_404, parse_body
+from app.errors import ApiError
+
+ROLES = ("viewer", "developer", "operator", "admin")
+Role = Literal["viewer", "developer", "operator", "admin"]
+KEY_PREFIX = "agd_"
+
+bp = Blueprint("auth", __name__)
+
+# Paths any caller may reach without a key. Webhook endpoints verify HMAC instead.
+PUBLIC_PATHS = {"/", "/docs", "/openapi.json", "/api/webhooks/github/", "/signin", "/signout"}
+PUBLIC_PREFIXES = ("/static/", "/health/", "/hooks/")
+
+
+# --- keys ---------------------------------------------------------------------
+
+
+def hash_key(raw: str) -> str:
+    # Keys carry 256 bits of randomness, so a plain SHA-256 cannot be brute-forced.
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def create_key(conn, name: str, role: str, agent_id: int | None = None) -> tuple[int, str]:
+    """Insert a new key inside the caller's transaction; return (id, raw key)."""
+    raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    cur = conn.execute(
+        "INSERT INTO api_keys (name, role, prefix, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+        (name, role, raw[:12], hash_key(raw), time.time()),
+    )
+    return cur.lastrowid, raw
+
+
+def find_key(conn, raw: str):
+    """Return the live key row matching `raw`, or None."""
+    if not raw.startswith(KEY_PREFIX) or len(raw) > 200:
+        return None
+    digest = hash_key(raw)
+    rows = conn.execute(
+        "SELECT * FROM api_keys WHERE prefix = ? AND revoked_at IS NULL", (raw[:12],)
+    ).fetchall()
+    for row in rows:
+        if hmac.compare_digest(row["key_hash"], digest):
+            return row
+    return None
+
+
+def key_json(row) -> dict:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "role": row["role"],
+        "prefix": row["prefix"],
+        "created_at": row["created_at"],
+        "last_used_at": row["last_used_at"],
+        "revoked_at": row["revoked_at"],
+    }
+
+
+def allows(key, needed: str) -> bool:
+    return key is not None and ROLES.index(key["role"]) >= ROLES.index(needed)
+
+
+def requires(role: Role) -> Callable:
+    """Declare the least role a route needs; the guard refuses routes without one."""
+
+    def mark(view: Callable) -> Callable:
+        view.required_role = role  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def streams(view: Callable) -> Callable:
+    """Let a GET stream route accept a short-lived `?token=` (EventSource cannot send headers)."""
+    view.accepts_token = True  # type: ignore[attr-defined]
+    return view
+
+
+# --- the guard ----------------------------------------------------------------
+
+_fail_storage = MemoryStorage()
+_fail_limiter = MovingWindowRateLimiter(_fail_storage)
+_last_used: dict[int, float] = {}
+
+
+def _is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def _presented_key() -> str | None:
+    raw = request.headers.get("X-API-Key")
+    if raw:
+        return raw.strip()
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return token.strip()
+    return None
+
+
+def _auth_failed(message: str) -> ApiError:
+    limit = parse_limit(current_app.config["AUTH_FAIL_LIMIT"])
+    _fail_limiter.hit(limit, "authfail", request.remote_addr or "?")
+    return ApiError(401, message)
+
+
+def _check_fail_limit() -> None:
+    limit = parse_limit(current_app.config["AUTH_FAIL_LIMIT"])
+    addr = request.remote_addr or "?"
+    if not _fail_limiter.test(limit, "authfail", addr):
+        reset, _remaining = _fail_limiter.get_window_stats(limit, "authfail", addr)
+        retry = max(1, int(reset - time.time()) + 1)
+        raise ApiError(
+            429,
+            "too many failed authentication attempts from this address",
+            headers={"Retry-After": str(retry)},
+        )
+
+
+def _session_key():
+    key_id = session.get("key_id")
+    if key_id is None:
+        return None
+    row = db.query_one("SELECT * FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,))
+    if row is None:
+        session.clear()
+    return row
+
+
+def _token_key(view: Callable | None):
+    token = request.args.get("token")
+    if not token or request.method != "GET" or not getattr(view, "accepts_token", False):
+        return None
+    try:
+        key_id = _serializer().loads(token, max_age=current_app.config["SSE_TOKEN_TTL_S"])
+    except BadSignature:
+        raise _auth_failed("the stream token is invalid or expired") from None
+    return db.query_one("SELECT * FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,))
+
+
+def _touch(key) -> None:
+    # Recording every use would add a write to every request; once a minute is enough.
+    last = _last_used.get(key["id"], 0.0)
+    t = time.time()
+    if t - last > 60:
+        _last_used[key["id"]] = t
+        db.write(
+            lambda conn: conn.execute(
+                "UPDATE api_keys SET last_used_at = ? WHERE id = ?", (t, key["id"])
+            )
+        )
+
+
+def guard() -> object:
+    """Authenticate /api/* and /admin/* and every route that declares a role."""
+    g.key = None
+    g.via_session = False
+    path = request.path
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+    api = path.startswith("/api/") or path.startswith("/admin/")
+    if _is_public(path):
+        if not api:
+            g.key = _session_key()
+            g.via_session = g.key is not None
+        return None
+    needed = getattr(view, "required_role", None)
+    if not api:
+        # A browser page: signed-in session required when the page declares a role.
+        g.key = _session_key()
+        g.via_session = g.key is not None
+        if needed is None:
+            return None
+        if g.key is None:
+            return redirect(url_for("auth.signin_get", next=request.full_path))
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            check_csrf()
+        if not allows(g.key, needed):
+            raise ApiError(403, f"this needs the {needed} role")
+        return None
+
+    _check_fail_limit()
+    raw = _presented_key()
+    if raw:
+        key = find_key(db.get_db(), raw)
+        if key is None:
+            raise _auth_failed("the API key is not valid")
+    else:
+        key = _token_key(view)
+        if key is None:
+            key = _session_key()
+            if key is not None:
+                g.via_session = True
+                if request.method not in ("GET", "HEAD", "OPTIONS"):
+                    check_csrf()
+        if key is None:
+            raise _auth_failed("send an API key in X-API-Key or Authorization: Bearer")
+    g.key = key
+    _touch(key)
+    if view is None:
+        return None  # Flask answers 404/405 next, with the JSON shape
+    if needed is None:
+        # Fail closed: a route that forgot to declare its role is nobody's.
+        raise ApiError(403, "this route declares no permission")
+    if not allows(key, needed):
+        raise ApiError(403, f"this needs the {needed} role")
+    return None
+
+
+# --- CSRF and stream tokens ----------------------------------------------------
+
+
+def csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(24)
+    return session["csrf"]
+
+
+def check_csrf() -> None:
+    sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
+    if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+        raise ApiError(403, "the CSRF token is missing or wrong", code="csrf_failed")
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="sse-token")
+
+
+def stream_token(key_id: int) -> str:
+    return _serializer().dumps(key_id)
+
+
+# --- routes -------------------------------------------------------------------
+
+
+class KeyCreate(Body):
+    name: str
+    role: Role = "viewer"
+
+
+@bp.get("/api/v1/keys")
+@requires("admin")
+def keys_list():
+    """List API keys (never the keys themselves)."""
+    rows = db.query_all("SELECT * FROM api_keys ORDER BY id")
+    return jsonify({"keys": [key_json(r) for r in rows]})
+
+
+@bp.post("/api/v1/keys")
+@requires("admin")
+@body_model(KeyCreate)
+def keys_create():
+    """Create an API key; the key is in this answer only."""
+    body = parse_body(KeyCreate)
+    if not body.name.strip() or len(body.name) > 100:
+        raise ApiError(422, "name must be 1 to 100 characters")
+    key_id, raw = db.write(lambda conn: create_key(conn, body.name.strip(), body.role))
+    return jsonify({"id": key_id, "name": body.name.strip(), "role": body.role, "key": raw}), 201
+
+
+@bp.delete("/api/v1/keys/<int:key_id>")
+@requires("admin")
+def keys_revoke(key_id: int):
+    """Revoke an API key; it stops working at once."""
+    or_404(db.query_one("SELECT id FROM api_keys WHERE id = ?", (key_id,)), "key")
+    db.write(
+        lambda conn: conn.execute(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+            (time.time(), key_id),
+        )
+    )
+    row = db.query_one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+    return jsonify(key_json(row))
+
+
+@bp.post("/api/v1/stream-tokens")
+@requires("viewer")
+def stream_tokens_create():
+    """Mint a short-lived token for an SSE stream (`?token=`)."""
+    ttl = current_app.config["SSE_TOKEN_TTL_S"]
+    return jsonify({"token": stream_token(g.key["id"]), "expires_in": ttl}), 201
+
+
+@bp.get("/signin")
+def signin_get():
+    return render_template("signin.html", next=request.args.get("next", "/"))
+
+
+@bp.post("/signin")
+def signin_post():
+    _check_fail_limit()
+    check_csrf()
+    key = find_key(db.get_db(), request.form.get("key", "").strip())
+    if key is None:
+        _auth_failed("bad key")
+        flash("That key is not valid or was revoked.")
+        return render_template("signin.html", next=request.form.get("next", "/")), 401
+    session.clear()
+    session["key_id"] = key["id"]
+    session["csrf"] = secrets.token_urlsafe(24)
+    session.permanent = True
+    target = request.form.get("next", "/")
+    # Only same-site paths: an open redirect would turn sign-in into a phishing aid.
+    if not target.startswith("/") or target.startswith("//"):
+        target = "/"
+    return redirect(target)
+
+
+@bp.post("/signout")
+def signout_post():
+    if session.get("key_id") is not None:
+        check_csrf()
+    session.clear()
+    return redirect(url_for("auth.signin_get"))
+
+
+def register(app: Flask) -> None:
+    app.before_request(guard)
+    app.register_blueprint(bp)
+
+    @app.context_processor
+    def inject() -> dict:
+        return {"csrf_token": csrf_token, "current_key": g.get("key"), "allows": allows}

@@ -1,0 +1,177 @@
+"""The `agented` command line: `agented <noun> <verb>`, `--json` everywhere.
+
+Exit codes: 0 done, 1 failed (the message says why), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+from dotenv import load_dotenv
+
+from app import config, db
+
+
+def settings() -> dict:
+    load_dotenv()
+    try:
+        return config.load()
+    except config.ConfigError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+
+
+def emit(as_json: bool, data: object, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+def open_db(cfg: dict, migrate: bool = True):
+    try:
+        if migrate:
+            db.migrate(cfg["DATABASE"])
+    except db.MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    return db.connect(cfg["DATABASE"])
+
+
+@click.group()
+def main() -> None:
+    """Agented: run and watch autonomous agent work."""
+
+
+# --- db -----------------------------------------------------------------------
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database migrations."""
+
+
+@db_group.command("migrate")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def db_migrate(as_json: bool) -> None:
+    """Apply pending migrations."""
+    cfg = settings()
+    try:
+        applied = db.migrate(cfg["DATABASE"])
+    except db.MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    emit(as_json, {"applied": applied}, "\n".join(applied) or "up to date")
+
+
+@db_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def db_status(as_json: bool) -> None:
+    """Show which migrations are applied; exit 1 if any is pending or changed."""
+    cfg = settings()
+    conn = db.connect(cfg["DATABASE"])
+    try:
+        status = db.migration_status(conn)
+    except db.MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    lines = [f"{'applied' if s['applied_at'] else 'pending'}  {s['name']}" for s in status]
+    emit(as_json, {"migrations": status}, "\n".join(lines))
+    if any(s["applied_at"] is None for s in status):
+        sys.exit(1)
+
+
+# --- keys -----------------------------------------------------------------------
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """API keys."""
+
+
+@keys_group.command("create")
+@click.option("--name", required=True)
+@click.option(
+    "--role", type=click.Choice(["admin", "operator", "developer", "viewer"]), default="viewer"
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def keys_create(name: str, role: str, as_json: bool) -> None:
+    """Create a key and print it once."""
+    from app.auth import create_key
+
+    cfg = settings()
+    open_db(cfg).close()
+    key_id, raw = db.write(lambda conn: create_key(conn, name, role), cfg["DATABASE"])
+    emit(
+        as_json,
+        {"id": key_id, "name": name, "role": role, "key": raw},
+        f"{raw}\n(key {key_id}, role {role}; shown only now, store it safely)",
+    )
+
+
+@keys_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def keys_list(as_json: bool) -> None:
+    """List keys (never the keys themselves)."""
+    from app.auth import key_json
+
+    cfg = settings()
+    conn = open_db(cfg)
+    rows = [key_json(r) for r in conn.execute("SELECT * FROM api_keys ORDER BY id")]
+    lines = [
+        f"{r['id']:>4}  {r['prefix']}…  {r['role']:<9}  "
+        f"{'revoked' if r['revoked_at'] else 'active '}  {r['name']}"
+        for r in rows
+    ]
+    emit(as_json, {"keys": rows}, "\n".join(lines) or "no keys")
+
+
+@keys_group.command("revoke")
+@click.argument("key_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def keys_revoke(key_id: int, as_json: bool) -> None:
+    """Revoke a key by id."""
+    cfg = settings()
+    open_db(cfg).close()
+    changed = db.write(
+        lambda conn: (
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+                (time.time(), key_id),
+            ).rowcount
+        ),
+        cfg["DATABASE"],
+    )
+    if not changed:
+        raise click.ClickException(f"no key with id {key_id}")
+    emit(as_json, {"id": key_id, "revoked": True}, f"key {key_id} revoked")
+
+
+@keys_group.command("bootstrap")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def keys_bootstrap(as_json: bool) -> None:
+    """Create the first admin key if there is no active admin key; print it once."""
+    from app.auth import create_key
+
+    cfg = settings()
+    open_db(cfg).close()
+
+    def first_admin(conn):
+        if conn.execute(
+            "SELECT 1 FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL"
+        ).fetchone():
+            return None
+        return create_key(conn, "first admin", "admin")
+
+    made = db.write(first_admin, cfg["DATABASE"])
+    host, _, port = cfg["BIND"].rpartition(":")
+    url = cfg["PUBLIC_URL"] or f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
+    if made is None:
+        emit(as_json, {"created": False, "url": url}, f"Dashboard: {url}")
+        return
+    key_id, raw = made
+    emit(
+        as_json,
+        {"created": True, "id": key_id, "key": raw, "url": url},
+        f"\n  First admin API key (shown once, keep it): {raw}\n  Dashboard: {url}\n",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Settings from the environment, each parsed by a typed helper that fails loudly."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A setting has a value we cannot use; the message names the variable."""
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be a boolean (true/false), got {raw!r}")
+
+
+def env_list(name: str) -> list[str]:
+    raw = os.environ.get(name, "")
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_bind(name: str, default: str) -> str:
+    value = env_str(name, default)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name} must look like HOST:PORT, got {value!r}")
+    return value
+
+
+def secret_key(data_dir: Path) -> str:
+    """Take SECRET_KEY from the environment, else generate it once and keep it (mode 0600)."""
+    from_env = os.environ.get("SECRET_KEY")
+    if from_env:
+        if len(from_env) < 16:
+            raise ConfigError("SECRET_KEY must be at least 16 characters")
+        return from_env
+    path = data_dir / "secret_key"
+    try:
+        # O_EXCL: two processes starting at once must not write two different keys.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def load() -> dict:
+    """Read every setting; raise ConfigError naming the first bad one."""
+    data_dir = Path(env_str("AGENTED_DATA_DIR", "var")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "DATA_DIR": data_dir,
+        "DATABASE": data_dir / "agented.db",
+        "BIND": env_bind("AGENTED_BIND", "127.0.0.1:8080"),
+        "PUBLIC_URL": env_str("AGENTED_PUBLIC_URL", ""),
+        "SECRET_KEY": secret_key(data_dir),
+        "BEHIND_TLS": env_bool("AGENTED_BEHIND_TLS", False),
+        "CORS_ALLOWED_ORIGINS": env_list("CORS_ALLOWED_ORIGINS"),
+        "MAX_CONTENT_LENGTH": env_int("AGENTED_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+        "RATE_LIMIT_DEFAULT": env_str("AGENTED_RATE_LIMIT", "6000/minute"),
+        "AUTH_FAIL_LIMIT": env_str("AGENTED_AUTH_FAIL_LIMIT", "20/minute"),
+        "MIN_FREE_DISK_MB": env_int("AGENTED_MIN_FREE_DISK_MB", 100),
+        "SSE_TOKEN_TTL_S": env_int("AGENTED_SSE_TOKEN_TTL_S", 300, minimum=10),
+        "SENTRY_DSN": env_str("SENTRY_DSN", ""),
+        "LOG_LEVEL": env_str("AGENTED_LOG_LEVEL", "INFO").upper(),
+        "GITHUB_WEBHOOK_SECRET": env_str("GITHUB_WEBHOOK_SECRET", ""),
+        "GITHUB_BOT_LOGINS": env_list("AGENTED_GITHUB_BOT_LOGINS"),
+        "CONCURRENCY_GLOBAL": env_int("AGENTED_CONCURRENCY_GLOBAL", 20, minimum=1),
+        "CONCURRENCY_PER_KEY": env_int("AGENTED_CONCURRENCY_PER_KEY", 10, minimum=1),
+        "MAX_PENDING_TASKS": env_int("AGENTED_MAX_PENDING_TASKS", 10000, minimum=1),
+        "TASK_TIMEOUT_S": env_int("AGENTED_TASK_TIMEOUT_S", 1800, minimum=1),
+        "KILL_GRACE_S": env_float("AGENTED_KILL_GRACE_S", 10.0),
+        "MAX_ATTEMPTS": env_int("AGENTED_MAX_ATTEMPTS", 3, minimum=1),
+        "BACKOFF_BASE_S": env_float("AGENTED_BACKOFF_BASE_S", 5.0),
+        "BACKOFF_CAP_S": env_float("AGENTED_BACKOFF_CAP_S", 300.0),
+        "BACKOFF_JITTER": env_float("AGENTED_BACKOFF_JITTER", 0.2),
+        "DEDUPE_WINDOW_S": env_int("AGENTED_DEDUPE_WINDOW_S", 86400, minimum=1),
+        "MAX_LOG_LINE_BYTES": env_int("AGENTED_MAX_LOG_LINE_BYTES", 16 * 1024, minimum=256),
+        "MAX_LOG_BYTES": env_int("AGENTED_MAX_LOG_BYTES", 10 * 1024 * 1024, minimum=1024),
+        "WORKSPACES_DIR": Path(env_str("AGENTED_WORKSPACES_DIR", str(data_dir / "workspaces"))),
+        "SCHEDULER": env_bool("AGENTED_SCHEDULER", True),
+    }

@@ -1,0 +1,48 @@
+"""Security headers, CORS and request rate limits."""
+
+from __future__ import annotations
+
+from flask import Flask, g, request
+from flask_cors import CORS
+from flask_limiter import Limiter
+from flask_talisman import Talisman
+
+
+def _limit_key() -> str:
+    key = g.get("key")
+    return f"key:{key['id']}" if key is not None else f"addr:{request.remote_addr}"
+
+
+limiter = Limiter(key_func=_limit_key, storage_uri="memory://", headers_enabled=True)
+
+
+def register(app: Flask) -> None:
+    Talisman(
+        app,
+        # The service is often reached over plain HTTP on localhost or behind a
+        # TLS proxy; HSTS is still sent whenever the request arrived over TLS.
+        force_https=False,
+        session_cookie_secure=app.config["BEHIND_TLS"],
+        strict_transport_security=True,
+        content_security_policy={
+            "default-src": "'self'",
+            "script-src": "'self'",
+            "style-src": "'self'",
+            "img-src": "'self' data:",
+            "connect-src": "'self'",
+            "frame-ancestors": "'none'",
+            "base-uri": "'self'",
+            "form-action": "'self'",
+        },
+        frame_options="DENY",
+        referrer_policy="same-origin",
+    )
+    # Fail closed: with no configured origins no Access-Control-Allow-Origin is sent.
+    CORS(
+        app,
+        origins=app.config["CORS_ALLOWED_ORIGINS"] or [],
+        allow_headers=["Content-Type", "X-API-Key", "Authorization", "Idempotency-Key"],
+        supports_credentials=False,
+    )
+    app.config.setdefault("RATELIMIT_DEFAULT", app.config["RATE_LIMIT_DEFAULT"])
+    limiter.init_app(app)

@@ -1,0 +1,67 @@
+# Agented: `just run` serves, `just test` tests. Everything installs itself.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+default: test lint
+
+# Create .venv and install the project when pyproject.toml changed.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+    if [ ! -f "$stamp" ]; then
+        .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+        rm -f .venv/.installed-*
+        touch "$stamp"
+    fi
+
+# Migrate, seed, make the first admin key (printed once) and serve.
+run: setup
+    .venv/bin/agented db migrate
+    .venv/bin/python seeds.py
+    .venv/bin/agented keys bootstrap
+    exec .venv/bin/gunicorn -c gunicorn.conf.py
+
+# Install what the browser tests need (Debian's Chromium) when missing.
+test-deps:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v chromium >/dev/null; then
+        sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    fi
+
+# Run every test; "no tests ran" (pytest exit 5) is a failure.
+test *args: setup test-deps
+    #!/usr/bin/env bash
+    set -uo pipefail
+    .venv/bin/pytest {{args}}
+    rc=$?
+    if [ "$rc" = 5 ]; then echo "no tests ran: failing"; exit 1; fi
+    exit "$rc"
+
+lint: setup
+    .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
+
+fmt: setup
+    .venv/bin/ruff check --fix .
+    .venv/bin/ruff format .
+
+# Benchmarks: each prints its figures and a ratio against a reference run beside it.
+bench: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    for script in bench/*.py; do echo "== $script"; .venv/bin/python "$script"; done
+
+# Install the systemd unit (run as root on the target machine; see README "Deploy").
+deploy: setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    dir="$(pwd)"
+    sed -e "s#/opt/agented#${dir}#g" deploy/systemd/agented.service > /etc/systemd/system/agented.service
+    [ -f /etc/agented.env ] || install -m 0600 .env.example /etc/agented.env
+    systemctl daemon-reload
+    systemctl enable --now agented
+    systemctl --no-pager status agented
