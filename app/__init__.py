@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -41,12 +42,16 @@ def create_app(test_config: dict | None = None) -> Flask:
     db.migrate(app.config["DATABASE"])
     app.teardown_appcontext(db.close_db)
 
-    from app import auth, dashboard, errors, openapi, ops, security
+    from app import auth, errors, security
 
     telemetry.register(app)  # first, so every later hook and error has a request id
     errors.register(app)
     auth.register(app)
     security.register(app)
-    for bp in (ops.bp, openapi.bp, dashboard.bp):
-        app.register_blueprint(bp)
+    for module in FEATURES:
+        app.register_blueprint(importlib.import_module(f"app.{module}").bp)
     return app
+
+
+# Feature modules with a blueprint named `bp`, registered in this order.
+FEATURES = ["ops", "openapi", "dashboard"]
