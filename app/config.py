@@ -118,4 +118,28 @@ def load() -> dict:
         "MAX_LOG_BYTES": env_int("AGENTED_MAX_LOG_BYTES", 10 * 1024 * 1024, minimum=1024),
         "WORKSPACES_DIR": Path(env_str("AGENTED_WORKSPACES_DIR", str(data_dir / "workspaces"))),
         "SCHEDULER": env_bool("AGENTED_SCHEDULER", True),
+        **ops_settings(),
+    }
+
+
+def ops_settings() -> dict:
+    """Metrics, backups, retention, compaction and alerting (issue 7)."""
+    return {
+        "METRICS_TOKEN": env_str("AGENTED_METRICS_TOKEN", ""),
+        "METRICS_LOOPBACK": env_bool("AGENTED_METRICS_LOOPBACK", False),
+        "BACKUP_DIR": env_str("AGENTED_BACKUP_DIR", ""),
+        "BACKUP_KEEP": env_int("AGENTED_BACKUP_KEEP", 7, minimum=1),
+        "BACKUP_INTERVAL_S": env_int("AGENTED_BACKUP_INTERVAL_S", 86400),
+        "AUTO_RESTORE": env_bool("AGENTED_AUTO_RESTORE", False),
+        "COMPACT_INTERVAL_S": env_int("AGENTED_COMPACT_INTERVAL_S", 6 * 3600),
+        "RETENTION_INTERVAL_S": env_int("AGENTED_RETENTION_INTERVAL_S", 3600),
+        "RETENTION_BATCH": env_int("AGENTED_RETENTION_BATCH", 500, minimum=1),
+        "RETENTION_TASKS_DAYS": env_float("AGENTED_RETENTION_TASKS_DAYS", 30.0),
+        "RETENTION_LOGS_DAYS": env_float("AGENTED_RETENTION_LOGS_DAYS", 7.0),
+        "RETENTION_DELIVERIES_DAYS": env_float("AGENTED_RETENTION_DELIVERIES_DAYS", 30.0),
+        "RETENTION_MESSAGES_DAYS": env_float("AGENTED_RETENTION_MESSAGES_DAYS", 30.0),
+        "RETENTION_EVENTS_DAYS": env_float("AGENTED_RETENTION_EVENTS_DAYS", 30.0),
+        "ALERT_INTERVAL_S": env_int("AGENTED_ALERT_INTERVAL_S", 30),
+        "ALERT_WEBHOOK_URL": env_str("AGENTED_ALERT_WEBHOOK_URL", ""),
+        "ALERT_WEBHOOK_SECRET": env_str("AGENTED_ALERT_WEBHOOK_SECRET", ""),
     }
