@@ -10,14 +10,31 @@ in that one worker. More execution capacity comes from remote runners.
 """
 
 import os
+import sys
+from pathlib import Path
 
-bind = os.environ.get("AGENTED_BIND", "127.0.0.1:8080")
+from dotenv import load_dotenv
+
+from app import config as app_config  # "config" is a gunicorn setting name
+
+# Read .env and check every setting here, in the master, so a bad value stops
+# start-up with one clear line instead of a worker traceback and a boot loop.
+load_dotenv(os.environ.get("AGENTED_ENV_FILE", Path(__file__).resolve().parent / ".env"))
+try:
+    bind = app_config.load()["BIND"]
+    worker_connections = app_config.env_int("AGENTED_WORKER_CONNECTIONS", 2000, minimum=1)
+    # Seconds a stopping worker gets to finish requests (SSE streams are closed sooner).
+    graceful_timeout = app_config.env_int("AGENTED_GRACEFUL_TIMEOUT", 20, minimum=1)
+except app_config.ConfigError as exc:
+    sys.exit(f"agented: configuration: {exc}")
+
 workers = 1
 worker_class = "gevent"
-worker_connections = int(os.environ.get("AGENTED_WORKER_CONNECTIONS", "2000"))
 wsgi_app = "app.wsgi:application"
-# Seconds a stopping worker gets to finish requests (SSE streams are closed sooner).
-graceful_timeout = int(os.environ.get("AGENTED_GRACEFUL_TIMEOUT", "20"))
+# Gunicorn >= 25.1 opens a control socket in $HOME by default: every instance on
+# the machine would share one path, and under systemd ProtectHome makes it
+# unwritable. Nothing here uses gunicornc, so it stays off.
+control_socket_disable = True
 # The gevent worker heartbeats from its loop; a loop blocked this long is restarted.
 timeout = 60
 keepalive = 5

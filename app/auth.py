@@ -108,9 +108,10 @@ def streams(view: Callable) -> Callable:
 
 # --- the guard ----------------------------------------------------------------
 
-_fail_storage = MemoryStorage()
-_fail_limiter = MovingWindowRateLimiter(_fail_storage)
-_last_used: dict[int, float] = {}
+
+def _state() -> dict:
+    # Kept per app, not per process, so every app (each test's too) counts its own failures.
+    return current_app.extensions["agented.auth"]
 
 
 def _is_public(path: str) -> bool:
@@ -129,15 +130,16 @@ def _presented_key() -> str | None:
 
 def _auth_failed(message: str) -> ApiError:
     limit = parse_limit(current_app.config["AUTH_FAIL_LIMIT"])
-    _fail_limiter.hit(limit, "authfail", request.remote_addr or "?")
+    _state()["fail"].hit(limit, "authfail", request.remote_addr or "?")
     return ApiError(401, message)
 
 
 def _check_fail_limit() -> None:
     limit = parse_limit(current_app.config["AUTH_FAIL_LIMIT"])
     addr = request.remote_addr or "?"
-    if not _fail_limiter.test(limit, "authfail", addr):
-        reset, _remaining = _fail_limiter.get_window_stats(limit, "authfail", addr)
+    fail = _state()["fail"]
+    if not fail.test(limit, "authfail", addr):
+        reset, _remaining = fail.get_window_stats(limit, "authfail", addr)
         retry = max(1, int(reset - time.time()) + 1)
         raise ApiError(
             429,
@@ -169,10 +171,11 @@ def _token_key(view: Callable | None):
 
 def _touch(key) -> None:
     # Recording every use would add a write to every request; once a minute is enough.
-    last = _last_used.get(key["id"], 0.0)
+    last_used = _state()["last_used"]
+    last = last_used.get(key["id"], 0.0)
     t = time.time()
     if t - last > 60:
-        _last_used[key["id"]] = t
+        last_used[key["id"]] = t
         db.write(
             lambda conn: conn.execute(
                 "UPDATE api_keys SET last_used_at = ? WHERE id = ?", (t, key["id"])
@@ -343,6 +346,10 @@ def signout_post():
 
 
 def register(app: Flask) -> None:
+    app.extensions["agented.auth"] = {
+        "fail": MovingWindowRateLimiter(MemoryStorage()),
+        "last_used": {},  # key id -> when last_used_at was last written
+    }
     app.before_request(guard)
     app.register_blueprint(bp)
 

@@ -6,8 +6,10 @@ Exit codes: 0 done, 1 failed (the message says why), 2 bad usage.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 import click
 from dotenv import load_dotenv
@@ -16,7 +18,8 @@ from app import config, db
 
 
 def settings() -> dict:
-    load_dotenv()
+    # The same .env as create_app and gunicorn.conf.py, wherever the command runs from.
+    load_dotenv(os.environ.get("AGENTED_ENV_FILE", Path(__file__).resolve().parent.parent / ".env"))
     try:
         return config.load()
     except config.ConfigError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -80,7 +81,7 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         headers = {}
         if status == 429:
-            headers["Retry-After"] = str(_retry_after(exc))
+            headers["Retry-After"] = str(_retry_after())
         if status == 405 and exc.get_response().headers.get("Allow"):
             headers["Allow"] = exc.get_response().headers["Allow"]
         if wants_json():
@@ -104,16 +105,11 @@ def register(app: Flask) -> None:
         )
 
 
-def _retry_after(exc: HTTPException) -> int:
-    limit = getattr(exc, "limit", None)
-    try:
-        from flask_limiter import current_limiter
+def _retry_after() -> int:
+    """Return the seconds until the breached flask-limiter window resets."""
+    from app.security import limiter
 
-        reset = current_limiter.current_limit.reset_at  # type: ignore[union-attr]
-        import time
-
-        return max(1, int(reset - time.time()))
-    except Exception:
-        if limit is not None:
-            return int(limit.limit.get_expiry())
+    breached = limiter.current_limit
+    if breached is None:  # a 429 raised by hand, not by the limiter
         return 60
+    return max(1, breached.reset_at - int(time.time()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from flask_cors import CORS
 from flask_limiter import Limiter
 from flask_talisman import Talisman
@@ -13,7 +13,14 @@ def _limit_key() -> str:
     return f"key:{key['id']}" if key is not None else f"addr:{request.remote_addr}"
 
 
-limiter = Limiter(key_func=_limit_key, storage_uri="memory://", headers_enabled=True)
+limiter = Limiter(
+    key_func=_limit_key,
+    # A callable, read per request: init_app keeps the first app's default limits,
+    # so a plain string would ignore every later app's AGENTED_RATE_LIMIT.
+    default_limits=[lambda: current_app.config["RATE_LIMIT_DEFAULT"]],
+    storage_uri="memory://",
+    headers_enabled=True,
+)
 
 
 def register(app: Flask) -> None:
@@ -44,5 +51,4 @@ def register(app: Flask) -> None:
         allow_headers=["Content-Type", "X-API-Key", "Authorization", "Idempotency-Key"],
         supports_credentials=False,
     )
-    app.config.setdefault("RATELIMIT_DEFAULT", app.config["RATE_LIMIT_DEFAULT"])
     limiter.init_app(app)
