@@ -65,6 +65,22 @@ logconfig_dict = {
 }
 
 
+def post_worker_init(worker):
+    """On SIGTERM, first stop claiming work and close streams, then let gunicorn stop."""
+    import signal
+
+    from app import executions
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        executions.begin_shutdown()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def worker_exit(server, worker):
     """Stop the children of running tasks so none outlives the service."""
     try:

@@ -54,4 +54,4 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 
 # Feature modules with a blueprint named `bp`, registered in this order.
-FEATURES = ["ops", "openapi", "dashboard", "agents"]
+FEATURES = ["ops", "openapi", "dashboard", "agents", "triggers", "tasks", "webhooks"]

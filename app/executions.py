@@ -1,0 +1,604 @@
+"""ExecutionService: the scheduler, one supervised run per attempt, and crash recovery.
+
+The scheduler greenlet claims queued tasks with a conditional UPDATE that bumps
+the attempt number (the fencing token): every later write for that attempt says
+`WHERE attempts = ?`, so a stale runner can never overwrite a newer attempt.
+Each run spawns the agent's argv in its own process group with a filtered
+environment, streams stdout/stderr lines to the database in batches (so a crash
+loses at most ~100 ms of log) and to live subscribers, and ends with one
+transaction that records the attempt and moves the task on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import time
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.subprocess
+from flask import Flask
+
+from app import commands, db, events
+from app.agents import agent_secrets
+from app.tasks import ACTIVE, transition
+
+log = logging.getLogger("agented.executions")
+
+CANCELLABLE = ("queued", "assigned", "accepted", "running")
+RETRYABLE_STATES = ("cancelled", "dead", "succeeded")
+FLUSH_INTERVAL_S = 0.1
+FLUSH_LINES = 200
+
+_app: Flask | None = None
+_wake = gevent.event.Event()
+_stopping = False
+RUNS: dict[int, Run] = {}
+
+
+def wake() -> None:
+    _wake.set()
+
+
+def stopping() -> bool:
+    return _stopping
+
+
+def backoff(attempt: int, cfg: dict, rand: random.Random | None = None) -> float:
+    """Seconds before retry number `attempt` (1-based): base x 2^(n-1), capped, jittered."""
+    delay = min(cfg["BACKOFF_CAP_S"], cfg["BACKOFF_BASE_S"] * 2 ** (attempt - 1))
+    jitter = cfg["BACKOFF_JITTER"]
+    return max(0.0, delay * (1 + (rand or random).uniform(-jitter, jitter)))
+
+
+# --- scheduling ---------------------------------------------------------------
+
+
+def start(app: Flask) -> None:
+    """Recover from the last run, then start the scheduler (called in the gunicorn worker)."""
+    global _app
+    _app = app
+    with app.app_context():
+        recover()
+    if app.config["SCHEDULER"]:
+        gevent.spawn(_scheduler_loop)
+        gevent.spawn(_clock_loop)
+
+
+def _clock_loop() -> None:
+    """Fire due cron triggers every second; forget expired dedupe keys every 10 minutes."""
+    from app.triggers import fire_due_cron
+    from app.webhooks import clean_dedupe
+
+    last_clean = 0.0
+    while not _stopping:
+        try:
+            with _app.app_context():
+                if fire_due_cron():
+                    wake()
+                if time.time() - last_clean > 600:
+                    clean_dedupe()
+                    last_clean = time.time()
+        except Exception:
+            log.exception("clock pass failed")
+        gevent.sleep(1)
+
+
+def _scheduler_loop() -> None:
+    while not _stopping:
+        _wake.wait(timeout=0.5)
+        _wake.clear()
+        try:
+            with _app.app_context():
+                for claim in claim_ready():
+                    RUNS[claim["task_id"]] = run = Run(claim)
+                    gevent.spawn(run.main)
+        except Exception:
+            log.exception("scheduler pass failed")
+            gevent.sleep(1)
+
+
+def claim_ready() -> list[dict]:
+    """Claim every queued task that is due and fits the concurrency limits."""
+    cfg = _app.config
+    conn = db.connect(cfg["DATABASE"])
+    try:
+        now = time.time()
+        due = conn.execute(
+            "SELECT id, agent, selector, attempts, concurrency_key, concurrency_limit FROM tasks"
+            " WHERE state = 'queued' AND next_attempt_at <= ?"
+            " ORDER BY priority DESC, id LIMIT 200",
+            (now,),
+        ).fetchall()
+        if not due:
+            return []
+        active = conn.execute(
+            f"SELECT agent, concurrency_key FROM tasks WHERE state IN {ACTIVE}"
+        ).fetchall()
+        agents = {
+            r["name"]: r
+            for r in conn.execute(
+                "SELECT name, capabilities, concurrency FROM agents WHERE enabled = 1"
+                " AND backend != 'external' AND state NOT IN ('draining', 'stopped')"
+            )
+        }
+    finally:
+        conn.close()
+    running = len(active)
+    per_agent: dict[str, int] = {}
+    per_key: dict[str, int] = {}
+    for row in active:
+        per_agent[row["agent"]] = per_agent.get(row["agent"], 0) + 1
+        if row["concurrency_key"]:
+            per_key[row["concurrency_key"]] = per_key.get(row["concurrency_key"], 0) + 1
+    picked = []
+    for task in due:
+        if running >= cfg["CONCURRENCY_GLOBAL"]:
+            break
+        key = task["concurrency_key"]
+        key_limit = task["concurrency_limit"] or cfg["CONCURRENCY_PER_KEY"]
+        if key and per_key.get(key, 0) >= key_limit:
+            continue
+        agent = _pick_agent(task, agents, per_agent)
+        if agent is None:
+            continue  # waits until its agent has room (or exists again)
+        running += 1
+        per_agent[agent] = per_agent.get(agent, 0) + 1
+        if key:
+            per_key[key] = per_key.get(key, 0) + 1
+        picked.append({"task_id": task["id"], "agent": agent, "attempt": task["attempts"] + 1})
+    if not picked:
+        return []
+
+    def claim(conn):
+        claimed, evs = [], []
+        for p in picked:
+            # Someone may have got there first (a cancel, or another scheduler after
+            # a restart): only a row still queued at the expected attempt is ours.
+            cur = conn.execute(
+                "UPDATE tasks SET state = 'assigned', agent = ?, attempts = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'queued' AND attempts = ?",
+                (p["agent"], p["attempt"], time.time(), p["task_id"], p["attempt"] - 1),
+            )
+            if cur.rowcount != 1:
+                continue
+            conn.execute(
+                "INSERT INTO attempts (task_id, number, agent, state, started_at)"
+                " VALUES (?, ?, ?, 'starting', ?)",
+                (p["task_id"], p["attempt"], p["agent"], time.time()),
+            )
+            evs.append(transition(conn, p["task_id"], "assigned", agent=p["agent"]))
+            claimed.append(p)
+        return claimed, evs
+
+    claimed, evs = db.write(claim, cfg["DATABASE"])
+    events.publish_all(evs)
+    return claimed
+
+
+def _pick_agent(task, agents: dict, per_agent: dict[str, int]) -> str | None:
+    if task["agent"]:
+        row = agents.get(task["agent"])
+        if row is None or per_agent.get(row["name"], 0) >= row["concurrency"]:
+            return None
+        return row["name"]
+    wanted = set(json.loads(task["selector"]))
+    best, room = None, 0
+    for row in agents.values():
+        free = row["concurrency"] - per_agent.get(row["name"], 0)
+        if free > room and wanted <= set(json.loads(row["capabilities"])):
+            best, room = row["name"], free
+    return best
+
+
+# --- one run ------------------------------------------------------------------
+
+
+class Run:
+    """Supervise one attempt of one task."""
+
+    def __init__(self, claim: dict) -> None:
+        self.task_id = claim["task_id"]
+        self.attempt = claim["attempt"]
+        self.agent_name = claim["agent"]
+        self.cancel = gevent.event.Event()
+        self.proc: Any = None
+        self.pending: list[tuple] = []
+        self.log_bytes = 0
+        self.truncated = False
+        self.rate_limited: tuple[bool, float | None] = (False, None)
+
+    # The entry point: never raises; every outcome ends in one final transaction.
+    def main(self) -> None:
+        try:
+            with _app.app_context():
+                self._run()
+        except Exception as exc:
+            log.exception("run failed", extra={"task_id": self.task_id})
+            self._finish("failed", None, f"internal error: {exc}", retryable=True)
+        finally:
+            RUNS.pop(self.task_id, None)
+            wake()
+
+    def _run(self) -> None:
+        cfg = _app.config
+        conn = db.connect(cfg["DATABASE"])
+        try:
+            task = conn.execute("SELECT * FROM tasks WHERE id = ?", (self.task_id,)).fetchone()
+            agent = conn.execute(
+                "SELECT * FROM agents WHERE name = ?", (self.agent_name,)
+            ).fetchone()
+        finally:
+            conn.close()
+        self.seq = task["log_seq"]
+        if agent is None:
+            return self._finish("failed", None, "the agent was deleted", retryable=False)
+        if task["cancel_requested"]:
+            return self._finish("cancelled", None, "cancelled before start")
+        try:
+            spec = {
+                "backend": agent["backend"],
+                "model": agent["model"],
+                "flags": json.loads(agent["flags"]),
+                "command": json.loads(agent["command"]),
+            }
+            argv = commands.build_argv(spec)
+            env = commands.filtered_env(
+                json.loads(agent["env_allow"]),
+                agent_secrets(agent, cfg["SECRET_KEY"]),
+                os.environ,
+            )
+            workspace = self._workspace(agent)
+        except Exception as exc:
+            return self._finish("failed", None, f"cannot prepare the run: {exc}", retryable=False)
+        # Marks the children so recovery can tell our orphans from a reused pid.
+        env["AGENTED_ATTEMPT"] = f"{self.task_id}:{self.attempt}"
+        env["AGENTED_TASK_ID"] = str(self.task_id)
+        self.usage = commands.UsageTracker(agent["backend"])
+        try:
+            self.proc = gevent.subprocess.Popen(
+                argv,
+                stdin=gevent.subprocess.PIPE,
+                stdout=gevent.subprocess.PIPE,
+                stderr=gevent.subprocess.PIPE,
+                cwd=workspace,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            return self._finish("failed", None, f"cannot start {argv[0]}: {exc}", retryable=False)
+        if not self._mark_running(argv, workspace):
+            self._kill_group(signal.SIGKILL)
+            return None
+        self._supervise(task, cfg)
+
+    def _workspace(self, agent) -> str:
+        base = _app.config["WORKSPACES_DIR"]
+        path = base / f"task-{self.task_id}-{self.attempt}"
+        shutil.rmtree(path, ignore_errors=True)
+        if agent["workdir_policy"] == "worktree":
+            base.mkdir(parents=True, exist_ok=True)
+            gevent.subprocess.run(
+                ["git", "-C", agent["repository"], "worktree", "add", "--detach", "--", str(path)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+        else:
+            path.mkdir(parents=True)
+        return str(path)
+
+    def _mark_running(self, argv: list[str], workspace: str) -> bool:
+        pid = self.proc.pid
+
+        def mark(conn):
+            cur = conn.execute(
+                "UPDATE tasks SET state = 'running', updated_at = ? WHERE id = ? AND attempts = ?"
+                " AND state = 'assigned'",
+                (time.time(), self.task_id, self.attempt),
+            )
+            if cur.rowcount != 1:
+                return None  # cancelled (or re-claimed) between claim and start
+            conn.execute(
+                "UPDATE attempts SET state = 'running', pid = ?, pgid = ?, argv = ?, workspace = ?"
+                " WHERE task_id = ? AND number = ?",
+                (pid, pid, json.dumps(argv), workspace, self.task_id, self.attempt),
+            )
+            return transition(conn, self.task_id, "running", attempt=self.attempt, pid=pid)
+
+        event = db.write(mark, _app.config["DATABASE"])
+        if event is None:
+            return False
+        events.publish_all([event])
+        return True
+
+    def _supervise(self, task, cfg: dict) -> None:
+        prompt = task["prompt"].encode()
+        feeder = gevent.spawn(self._feed_stdin, prompt)
+        readers = [
+            gevent.spawn(self._read, self.proc.stdout, "stdout"),
+            gevent.spawn(self._read, self.proc.stderr, "stderr"),
+        ]
+        flusher = gevent.spawn(self._flush_loop)
+        deadline = time.monotonic() + task["timeout_s"]
+        outcome = None
+        while outcome is None:
+            left = deadline - time.monotonic()
+            waiter = gevent.spawn(self.proc.wait)
+            gevent.wait([waiter, self.cancel], timeout=max(0.0, left), count=1)
+            if waiter.ready():
+                outcome = "exited"
+            elif self.cancel.is_set():
+                outcome = "cancelled"
+            elif time.monotonic() >= deadline:
+                outcome = "timed_out"
+            waiter.kill(block=False)
+        if outcome != "exited":
+            self._stop_process(cfg["KILL_GRACE_S"])
+        # Whatever the leader did, nothing it started may outlive the attempt.
+        self._kill_group(signal.SIGKILL)
+        gevent.joinall(readers, timeout=5)
+        gevent.killall([*readers, feeder], block=False)
+        flusher.kill()
+        self._flush()
+        code = self.proc.returncode
+        if outcome == "cancelled":
+            self._finish("cancelled", code, "cancelled")
+        elif outcome == "timed_out":
+            self._finish("timed_out", code, f"timed out after {task['timeout_s']} s")
+        elif code == 0:
+            self._finish("succeeded", 0, None)
+        else:
+            hit, reset = self.rate_limited
+            reason = "rate limited" if hit else f"exited with status {code}"
+            self._finish("failed", code, reason, retry_at=reset if hit else None)
+
+    def _feed_stdin(self, data: bytes) -> None:
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # the program does not read its stdin; that is its business
+
+    def _read(self, stream, name: str) -> None:
+        cfg = _app.config
+        max_line = cfg["MAX_LOG_LINE_BYTES"]
+        max_total = cfg["MAX_LOG_BYTES"]
+        while True:
+            raw = stream.readline(max_line + 1)
+            if not raw:
+                return
+            # Reading continues past the cap so a chatty child never blocks on a full pipe.
+            if self.truncated:
+                continue
+            cut = len(raw) > max_line
+            text = raw[:max_line].decode("utf-8", errors="replace").rstrip("\r\n")
+            if cut:
+                text += " [… line cut]"
+                # Skip the rest of the over-long line.
+                while raw and not raw.endswith(b"\n"):
+                    raw = stream.readline(max_line + 1)
+            if name == "stdout":
+                self.usage.feed(text)
+            if not self.rate_limited[0]:
+                hit = commands.rate_limit(text)
+                if hit[0]:
+                    self.rate_limited = hit
+            self.log_bytes += len(text)
+            if self.log_bytes > max_total:
+                self.truncated = True
+                text = f"[… log truncated at {max_total} bytes; output after this is dropped]"
+                name = "system"
+            self.pending.append((name, text, time.time()))
+            if len(self.pending) >= FLUSH_LINES:
+                gevent.spawn(self._flush)
+
+    def _flush_loop(self) -> None:
+        while True:
+            gevent.sleep(FLUSH_INTERVAL_S)
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        start = self.seq
+        self.seq += len(batch)
+        rows = [
+            (self.task_id, start + i + 1, self.attempt, stream, text, ts)
+            for i, (stream, text, ts) in enumerate(batch)
+        ]
+
+        def store(conn):
+            conn.executemany(
+                "INSERT INTO task_logs (task_id, seq, attempt, stream, text, ts)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.execute(
+                "UPDATE tasks SET log_seq = ? WHERE id = ?", (start + len(batch), self.task_id)
+            )
+            conn.execute(
+                "UPDATE attempts SET log_bytes = ? WHERE task_id = ? AND number = ?",
+                (self.log_bytes, self.task_id, self.attempt),
+            )
+
+        db.write(store, _app.config["DATABASE"])
+        topic = f"task:{self.task_id}"
+        for _tid, seq, attempt, stream, text, ts in rows:
+            events.broker.publish(
+                topic,
+                {"id": seq, "kind": "log", "seq": seq, "attempt": attempt, "stream": stream,
+                 "text": text, "ts": ts},
+            )  # fmt: skip
+
+    def _stop_process(self, grace: float) -> None:
+        self._kill_group(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace)
+        except gevent.subprocess.TimeoutExpired:
+            pass
+        self._kill_group(signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=5)
+        except gevent.subprocess.TimeoutExpired:
+            log.error("process did not die after SIGKILL", extra={"task_id": self.task_id})
+
+    def _kill_group(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _finish(
+        self,
+        outcome: str,
+        code: int | None,
+        error: str | None,
+        retryable: bool = True,
+        retry_at: float | None = None,
+    ) -> None:
+        cfg = _app.config
+        usage = json.dumps(self.usage.record()) if hasattr(self, "usage") else "{}"
+        rate_until = retry_at
+
+        def finish(conn):
+            task = conn.execute(
+                "SELECT * FROM tasks WHERE id = ? AND attempts = ?", (self.task_id, self.attempt)
+            ).fetchone()
+            if task is None or task["state"] not in ACTIVE:
+                return []  # a newer attempt or a finished task: this run's result is stale
+            t = time.time()
+            conn.execute(
+                "UPDATE attempts SET state = ?, exit_code = ?, error = ?, retryable = ?,"
+                " rate_limited_until = ?, usage = ?, finished_at = ?"
+                " WHERE task_id = ? AND number = ?",
+                (outcome, code, error, int(retryable), rate_until, usage, t,
+                 self.task_id, self.attempt),
+            )  # fmt: skip
+            evs = [transition(conn, self.task_id, outcome, attempt=self.attempt, exit_code=code)]
+            if outcome in ("succeeded", "cancelled"):
+                state, next_at = outcome, None
+            elif retryable and task["attempts"] < task["max_attempts"]:
+                state = "queued"
+                next_at = max(retry_at or 0, t + backoff(task["attempts"], cfg))
+                evs.append(transition(conn, self.task_id, "queued", next_attempt_at=next_at))
+            else:
+                state, next_at = "dead", None
+                evs.append(transition(conn, self.task_id, "dead", reason=error))
+            conn.execute(
+                "UPDATE tasks SET state = ?, exit_code = ?, last_error = ?, updated_at = ?,"
+                " next_attempt_at = coalesce(?, next_attempt_at), cancel_requested = 0,"
+                " finished_at = CASE WHEN ? IN ('succeeded', 'cancelled', 'dead') THEN ?"
+                " ELSE NULL END WHERE id = ?",
+                (state, code, error, t, next_at, state, t, self.task_id),
+            )
+            return evs
+
+        evs = db.write(finish, cfg["DATABASE"])
+        events.publish_all(evs)
+        log.info(
+            "attempt finished",
+            extra={"task_id": self.task_id, "attempt": self.attempt, "outcome": outcome},
+        )
+
+
+# --- cancel, retry, recovery, shutdown -------------------------------------------
+
+
+def cancel(task_id: int) -> bool:
+    """Cancel a task; return False when it has already finished."""
+
+    def mark(conn):
+        row = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None or row["state"] not in CANCELLABLE:
+            return False, []
+        if row["state"] == "queued":
+            conn.execute(
+                "UPDATE tasks SET state = 'cancelled', finished_at = ?, updated_at = ?"
+                " WHERE id = ?",
+                (time.time(), time.time(), task_id),
+            )
+            return True, [transition(conn, task_id, "cancelled")]
+        conn.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
+        return True, []
+
+    ok, evs = db.write(mark)
+    events.publish_all(evs)
+    run = RUNS.get(task_id)
+    if run is not None:
+        run.cancel.set()
+    return ok
+
+
+def retry(task_id: int) -> bool:
+    """Queue a finished task again for one more attempt; False when it is not finished."""
+
+    def requeue(conn):
+        row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None or row["state"] not in RETRYABLE_STATES:
+            return []
+        conn.execute(
+            "UPDATE tasks SET state = 'queued', next_attempt_at = ?, finished_at = NULL,"
+            " max_attempts = max(max_attempts, attempts + 1), updated_at = ? WHERE id = ?",
+            (time.time(), time.time(), task_id),
+        )
+        return [transition(conn, task_id, "queued", retry=True)]
+
+    evs = db.write(requeue)
+    events.publish_all(evs)
+    wake()
+    return bool(evs)
+
+
+def _ours(pid: int, marker: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"AGENTED_ATTEMPT={marker}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def recover() -> None:
+    """Treat attempts left running by a previous process as crashed; kill their orphans."""
+    cfg = _app.config
+    conn = db.connect(cfg["DATABASE"])
+    try:
+        stale = conn.execute(
+            "SELECT a.task_id, a.number, a.pgid FROM attempts a JOIN tasks t ON t.id = a.task_id"
+            " WHERE a.state IN ('starting', 'running') AND t.attempts = a.number"
+        ).fetchall()
+    finally:
+        conn.close()
+    for row in stale:
+        if row["pgid"] and _ours(row["pgid"], f"{row['task_id']}:{row['number']}"):
+            try:
+                os.killpg(row["pgid"], signal.SIGKILL)
+            except OSError:
+                pass
+        run = Run({"task_id": row["task_id"], "attempt": row["number"], "agent": ""})
+        run._finish("crashed", None, "the service stopped while this attempt ran")
+    log.info("recovery done", extra={"crashed_attempts": len(stale)})
+
+
+def begin_shutdown() -> None:
+    """Stop claiming work and let streams close (SIGTERM received)."""
+    global _stopping
+    _stopping = True
+    wake()
+
+
+def shutdown() -> None:
+    """Kill every running attempt's process group; recovery re-queues them at next start."""
+    begin_shutdown()
+    for run in list(RUNS.values()):
+        run._kill_group(signal.SIGKILL)

@@ -1,0 +1,429 @@
+"""Triggers: what starts work. CRUD, filters, prompt preview, and the cron clock."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import re
+import secrets
+import time
+from datetime import datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from flask import Blueprint, current_app, jsonify, request
+from pydantic import Field, field_validator
+
+from app import crypto, db, events, prompts
+from app.api import Body, body_model, or_404, parse_body
+from app.auth import requires
+from app.errors import ApiError
+
+bp = Blueprint("triggers", __name__)
+log = logging.getLogger("agented.triggers")
+
+SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
+LIST_FIELDS = ("selector", "repositories", "events", "actions", "labels", "branches")
+SETTINGS = ("priority", "max_attempts", "timeout_s", "concurrency_limit")
+
+
+class TriggerIn(Body):
+    name: str = Field(min_length=1, max_length=100)
+    slug: str | None = Field(default=None, pattern=SLUG)
+    kind: Literal["webhook", "github", "cron", "manual"]
+    agent: str | None = Field(default=None, max_length=63)
+    selector: list[str] = Field(default_factory=list, max_length=20)
+    prompt_template: str = Field(min_length=1)
+    repositories: list[str] = Field(default_factory=list, max_length=200)
+    events: list[str] = Field(default_factory=list, max_length=50)
+    actions: list[str] = Field(default_factory=list, max_length=50)
+    labels: list[str] = Field(default_factory=list, max_length=50)
+    branches: list[str] = Field(default_factory=list, max_length=50)
+    match: dict[str, Any] = Field(default_factory=dict, max_length=20)
+    schedule: str | None = Field(default=None, max_length=100)
+    timezone: str = Field(default="UTC", max_length=64)
+    injection_policy: Literal["warn", "flag", "block"] = "flag"
+    priority: int = Field(default=0, ge=-100, le=100)
+    max_attempts: int | None = Field(default=None, ge=1, le=50)
+    timeout_s: int | None = Field(default=None, ge=1, le=7 * 86400)
+    concurrency_key: str | None = Field(default=None, max_length=500)
+    concurrency_limit: int | None = Field(default=None, ge=1, le=1000)
+    enabled: bool = True
+
+    @field_validator("prompt_template", "concurrency_key")
+    @classmethod
+    def template_ok(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                prompts.validate_template(value)
+            except prompts.PromptError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+class TriggerPatch(TriggerIn):
+    name: str | None = Field(default=None, min_length=1, max_length=100)  # type: ignore[assignment]
+    kind: Literal["webhook", "github", "cron", "manual"] | None = None  # type: ignore[assignment]
+    prompt_template: str | None = Field(default=None, min_length=1)  # type: ignore[assignment]
+
+
+class PreviewIn(Body):
+    prompt_template: str | None = None
+    payload: dict[str, Any] | None = None
+    delivery_id: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    event: str | None = Field(default=None, max_length=100)
+
+
+def next_run(schedule: str, tz: str, after: float) -> float:
+    zone = ZoneInfo(tz)
+    return croniter(schedule, datetime.fromtimestamp(after, zone)).get_next(float)
+
+
+def check_trigger(data: dict) -> None:
+    """Refuse a trigger that could never start work."""
+    if not data.get("agent") and not data.get("selector"):
+        raise ApiError(422, "name an agent, or a selector of capabilities")
+    if data.get("agent") and data.get("selector"):
+        raise ApiError(422, "name an agent or a selector, not both")
+    if data.get("agent") and not db.query_one(
+        "SELECT 1 FROM agents WHERE name = ?", (data["agent"],)
+    ):
+        raise ApiError(422, f"no agent named {data['agent']!r}")
+    try:
+        ZoneInfo(data.get("timezone") or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ApiError(422, f"unknown time zone {data.get('timezone')!r}") from None
+    if data["kind"] == "cron":
+        if not data.get("schedule") or not croniter.is_valid(data["schedule"]):
+            raise ApiError(422, "a cron trigger needs a valid schedule, e.g. '*/5 * * * *'")
+    elif data.get("schedule"):
+        raise ApiError(422, "only cron triggers take a schedule")
+
+
+def trigger_json(row) -> dict:
+    data = {k: row[k] for k in row.keys() if k != "secret_enc"}
+    for field in LIST_FIELDS:
+        data[field] = json.loads(row[field])
+    data["match"] = json.loads(row["match"])
+    data["enabled"] = bool(row["enabled"])
+    if row["kind"] == "webhook":
+        data["webhook_url"] = webhook_url(row["slug"])
+    return data
+
+
+def webhook_url(slug: str) -> str:
+    base = current_app.config["PUBLIC_URL"] or request.host_url
+    return base.rstrip("/") + f"/hooks/{slug}"
+
+
+def get_trigger(slug: str):
+    return or_404(db.query_one("SELECT * FROM triggers WHERE slug = ?", (slug,)), "trigger")
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:50] or "trigger"
+    return slug
+
+
+# --- matching and rendering ---------------------------------------------------
+
+
+def dig(payload: Any, path: str) -> Any:
+    """Follow a dotted path with [n] indexes; None when any step is missing."""
+    value = payload
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if part.startswith("["):
+            index = int(part[1:-1])
+            value = value[index] if isinstance(value, list) and index < len(value) else None
+        else:
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            return None
+    return value
+
+
+def labels_of(payload: dict) -> set[str]:
+    found = set()
+    for path in ("issue.labels", "pull_request.labels", "labels"):
+        for label in dig(payload, path) or []:
+            if isinstance(label, dict) and isinstance(label.get("name"), str):
+                found.add(label["name"])
+    name = dig(payload, "label.name")
+    if isinstance(name, str):
+        found.add(name)
+    return found
+
+
+def branch_of(payload: dict) -> str | None:
+    ref = dig(payload, "ref") or dig(payload, "pull_request.base.ref")
+    if isinstance(ref, str):
+        return ref.removeprefix("refs/heads/")
+    return None
+
+
+def match(row, event: str | None, payload: Any) -> tuple[bool, str]:
+    """Say whether a trigger wants this event, and why not when it does not."""
+    if not row["enabled"]:
+        return False, "the trigger is disabled"
+    body = payload if isinstance(payload, dict) else {}
+    wanted = {f: json.loads(row[f]) for f in LIST_FIELDS}
+    if wanted["events"] and event not in wanted["events"]:
+        return False, f"event {event!r} is not one of {wanted['events']}"
+    action = body.get("action")
+    if wanted["actions"] and action not in wanted["actions"]:
+        return False, f"action {action!r} is not one of {wanted['actions']}"
+    repo = dig(body, "repository.full_name")
+    if wanted["repositories"] and repo not in wanted["repositories"]:
+        return False, f"repository {repo!r} is not one of {wanted['repositories']}"
+    if wanted["labels"] and not labels_of(body) & set(wanted["labels"]):
+        return False, f"none of the labels {wanted['labels']} is present"
+    if wanted["branches"]:
+        branch = branch_of(body)
+        if branch is None or not any(fnmatch.fnmatchcase(branch, b) for b in wanted["branches"]):
+            return False, f"branch {branch!r} does not match {wanted['branches']}"
+    for path, expected in json.loads(row["match"]).items():
+        actual = dig(body, path)
+        allowed = expected if isinstance(expected, list) else [expected]
+        if actual not in allowed:
+            return False, f"{path} is {actual!r}, wanted {expected!r}"
+    return True, "matched"
+
+
+def context_for(row, event: str | None, payload: Any, params: dict, delivery_id=None) -> dict:
+    body = payload if isinstance(payload, dict) else {}
+    return {
+        "payload": payload,
+        "event": event,
+        "action": body.get("action"),
+        "repository": dig(body, "repository.full_name"),
+        "sender": dig(body, "sender.login"),
+        "params": params,
+        "trigger": row["slug"],
+        "delivery_id": delivery_id,
+    }
+
+
+def plan(row, event: str | None, payload: Any, params: dict, delivery_id=None) -> dict:
+    """Render a trigger for an event into the fields of a new task (PromptError if not)."""
+    ctx = context_for(row, event, payload, params, delivery_id)
+    rendered = prompts.render(row["prompt_template"], ctx, row["injection_policy"])
+    if rendered.flags:
+        log.warning(
+            "possible prompt injection",
+            extra={
+                "trigger": row["slug"],
+                "flags": rendered.flags,
+                "policy": row["injection_policy"],
+            },
+        )
+    key = None
+    if row["concurrency_key"]:
+        key = prompts.render(row["concurrency_key"], ctx, "warn").prompt.strip()[:200] or None
+    return {
+        "agent": row["agent"],
+        "selector": json.loads(row["selector"]),
+        "prompt": rendered.prompt,
+        "params": params,
+        "flags": rendered.flags,
+        "trigger_slug": row["slug"],
+        "delivery_id": delivery_id,
+        "concurrency_key": key,
+        **{k: row[k] for k in SETTINGS},
+    }
+
+
+def plan_from_trigger(slug: str, params: dict) -> dict:
+    """Plan a task for an API submission naming a trigger."""
+    row = get_trigger(slug)
+    if not row["enabled"]:
+        raise ApiError(409, "the trigger is disabled")
+    try:
+        return plan(row, "api", {}, params)
+    except prompts.PromptError as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+# --- routes -------------------------------------------------------------------
+
+
+@bp.get("/api/v1/triggers")
+@requires("viewer")
+def triggers_list():
+    """List triggers."""
+    rows = db.query_all("SELECT * FROM triggers ORDER BY slug")
+    return jsonify({"triggers": [trigger_json(r) for r in rows]})
+
+
+@bp.post("/api/v1/triggers")
+@requires("operator")
+@body_model(TriggerIn)
+def triggers_create():
+    """Create a trigger; a webhook trigger's secret is in this answer only."""
+    body = parse_body(TriggerIn).model_dump()
+    check_trigger(body)
+    slug = body.pop("slug") or slugify(body["name"])
+    secret = secrets.token_urlsafe(32) if body["kind"] == "webhook" else None
+    t = time.time()
+    next_at = next_run(body["schedule"], body["timezone"], t) if body["kind"] == "cron" else None
+
+    def insert(conn):
+        if conn.execute("SELECT 1 FROM triggers WHERE slug = ?", (slug,)).fetchone():
+            raise ApiError(409, f"a trigger with slug {slug!r} exists; choose another slug")
+        values = {**body, "slug": slug, "next_run_at": next_at, "created_at": t, "updated_at": t}
+        values["secret_enc"] = crypto.encrypt(secret) if secret else None
+        for field in (*LIST_FIELDS, "match"):
+            values[field] = json.dumps(values[field])
+        values["enabled"] = int(values["enabled"])
+        # Column names are the model's field names, never request input.
+        cols = ", ".join(values)
+        conn.execute(
+            f"INSERT INTO triggers ({cols}) VALUES ({', '.join('?' * len(values))})",
+            list(values.values()),
+        )
+
+    db.write(insert)
+    data = trigger_json(get_trigger(slug))
+    if secret:
+        data["secret"] = secret
+    return jsonify(data), 201
+
+
+@bp.get("/api/v1/triggers/<slug>")
+@requires("viewer")
+def triggers_get(slug: str):
+    """Get one trigger (never its secret)."""
+    return jsonify(trigger_json(get_trigger(slug)))
+
+
+@bp.patch("/api/v1/triggers/<slug>")
+@requires("operator")
+@body_model(TriggerPatch)
+def triggers_update(slug: str):
+    """Change a trigger; fields left out keep their value."""
+    row = get_trigger(slug)
+    changes = parse_body(TriggerPatch).model_dump(exclude_unset=True)
+    if "slug" in changes or "kind" in changes:
+        raise ApiError(422, "slug and kind cannot change; create a new trigger instead")
+    merged = trigger_json(row) | changes
+    check_trigger(merged)
+    if merged["kind"] == "cron" and ({"schedule", "timezone", "enabled"} & set(changes)):
+        changes["next_run_at"] = next_run(merged["schedule"], merged["timezone"], time.time())
+    for field in (*LIST_FIELDS, "match"):
+        if field in changes:
+            changes[field] = json.dumps(changes[field])
+    if "enabled" in changes:
+        changes["enabled"] = int(changes["enabled"])
+    changes["updated_at"] = time.time()
+    assignments = ", ".join(f"{col} = ?" for col in changes)
+    db.write(
+        lambda conn: conn.execute(
+            f"UPDATE triggers SET {assignments} WHERE id = ?", (*changes.values(), row["id"])
+        )
+    )
+    return jsonify(trigger_json(get_trigger(slug)))
+
+
+@bp.delete("/api/v1/triggers/<slug>")
+@requires("operator")
+def triggers_delete(slug: str):
+    """Delete a trigger; its tasks and deliveries stay."""
+    row = get_trigger(slug)
+    db.write(lambda conn: conn.execute("DELETE FROM triggers WHERE id = ?", (row["id"],)))
+    return "", 204
+
+
+@bp.post("/api/v1/triggers/<slug>/secret")
+@requires("operator")
+def triggers_rotate_secret(slug: str):
+    """Replace a webhook trigger's secret; the new one is in this answer only."""
+    row = get_trigger(slug)
+    if row["kind"] != "webhook":
+        raise ApiError(409, "only webhook triggers have a secret")
+    secret = secrets.token_urlsafe(32)
+    db.write(
+        lambda conn: conn.execute(
+            "UPDATE triggers SET secret_enc = ?, updated_at = ? WHERE id = ?",
+            (crypto.encrypt(secret), time.time(), row["id"]),
+        )
+    )
+    return jsonify({"slug": slug, "webhook_url": webhook_url(slug), "secret": secret})
+
+
+@bp.post("/api/v1/triggers/<slug>/preview")
+@requires("developer")
+@body_model(PreviewIn)
+def triggers_preview(slug: str):
+    """Render the trigger's prompt against a sample payload or a past delivery."""
+    row = dict(get_trigger(slug))
+    body = parse_body(PreviewIn)
+    if body.prompt_template is not None:
+        row["prompt_template"] = body.prompt_template
+    payload, event = body.payload or {}, body.event
+    if body.delivery_id is not None:
+        delivery = or_404(
+            db.query_one("SELECT * FROM deliveries WHERE id = ?", (body.delivery_id,)), "delivery"
+        )
+        event = delivery["event"]
+        try:
+            payload = json.loads(delivery["body"] or b"{}")
+        except ValueError:
+            raise ApiError(422, "that delivery's body is not JSON") from None
+    matched, reason = match(row, event, payload)
+    try:
+        planned = plan(row, event, payload, body.params)
+    except prompts.PromptError as exc:
+        return jsonify({"ok": False, "error": str(exc), "matched": matched, "reason": reason})
+    return jsonify(
+        {
+            "ok": True,
+            "prompt": planned["prompt"],
+            "flags": planned["flags"],
+            "concurrency_key": planned["concurrency_key"],
+            "matched": matched,
+            "reason": reason,
+        }
+    )
+
+
+# --- the cron clock -----------------------------------------------------------
+
+
+def fire_due_cron(now: float | None = None) -> list[int]:
+    """Start one task per due cron trigger; a schedule missed while down runs once."""
+    from app.tasks import create_task
+
+    now = now or time.time()
+    cfg = current_app.config
+    due = db.query_all(
+        "SELECT * FROM triggers WHERE kind = 'cron' AND enabled = 1 AND next_run_at <= ?", (now,)
+    )
+    created, evs = [], []
+    for row in due:
+        following = next_run(row["schedule"], row["timezone"], now)
+
+        def fire(conn, row=row, following=following):
+            # Conditional on the slot we read: a second clock cannot fire it twice.
+            cur = conn.execute(
+                "UPDATE triggers SET next_run_at = ? WHERE id = ? AND next_run_at = ?",
+                (following, row["id"], row["next_run_at"]),
+            )
+            if cur.rowcount != 1:
+                return None
+            try:
+                fields = plan(row, "schedule", {"scheduled_at": row["next_run_at"]}, {})
+            except prompts.PromptError as exc:
+                log.error(
+                    "cron trigger cannot render", extra={"trigger": row["slug"], "error": str(exc)}
+                )
+                return None
+            return create_task(conn, cfg, **fields)
+
+        result = db.write(fire)
+        if result is not None:
+            created.append(result[0])
+            evs.append(result[1])
+    events.publish_all(evs)
+    return created

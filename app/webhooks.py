@@ -1,0 +1,308 @@
+"""Inbound webhooks (generic and GitHub) and the delivery record: inspect and replay.
+
+Every delivery is verified (HMAC over the raw body), deduplicated by its
+delivery id within the window, matched against triggers, and stored together
+with the tasks it starts in one transaction: the 202 means all of it is on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from app import crypto, db, events, prompts
+from app.api import arg_int, decode_cursor, encode_cursor, or_404
+from app.auth import requires
+from app.errors import ApiError
+from app.tasks import create_task, remember_key, seen_key, wake_scheduler
+from app.triggers import match, plan
+
+bp = Blueprint("webhooks", __name__)
+log = logging.getLogger("agented.webhooks")
+
+HIDDEN_HEADERS = {"authorization", "cookie", "x-api-key", "proxy-authorization"}
+
+
+def signature_ok(secret: str, body: bytes, sent: str | None) -> bool:
+    if not sent or not sent.startswith("sha256="):
+        return False
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, sent.removeprefix("sha256="))
+
+
+def kept_headers() -> dict[str, str]:
+    return {k: v for k, v in request.headers.items() if k.lower() not in HIDDEN_HEADERS}
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def plan_all(rows, event: str | None, payload: Any, key: str | None) -> tuple[list, list]:
+    """Match and render every trigger; return (task plans, verdicts)."""
+    plans, verdicts = [], []
+    for row in rows:
+        matched, reason = match(row, event, payload)
+        if matched:
+            try:
+                plans.append(plan(row, event, payload, {}, key))
+                flags = plans[-1]["flags"]
+                if flags:
+                    reason = f"matched; flagged: {len(flags)} suspicious field(s)"
+            except prompts.PromptError as exc:
+                matched, reason = False, str(exc)
+        verdicts.append({"trigger": row["slug"], "matched": matched, "reason": reason})
+    return plans, verdicts
+
+
+def record_delivery(conn, **d: Any) -> int:
+    cur = conn.execute(
+        "INSERT INTO deliveries (source, trigger_slug, delivery_key, event, headers, body,"
+        " signature, dedupe, verdicts, status, replay_of, received_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            d["source"], d.get("trigger_slug"), d.get("delivery_key"), d.get("event"),
+            json.dumps(d.get("headers", {})), d.get("body"), d["signature"], d["dedupe"],
+            json.dumps(d.get("verdicts", [])), d.get("status"), d.get("replay_of"), time.time(),
+        ),
+    )  # fmt: skip
+    return cur.lastrowid
+
+
+def reject(status: int, message: str, **delivery: Any) -> ApiError:
+    """Record a refused delivery (it changes nothing else) and return the error to raise."""
+    db.write(lambda conn: record_delivery(conn, status=status, **delivery))
+    log.info("delivery rejected", extra={"status": status, "reason": message})
+    return ApiError(status, message)
+
+
+def accept(source: str, scope: str | None, key: str | None, plans: list, **delivery: Any):
+    """Store the delivery, its dedupe key and its tasks in one transaction; answer 202."""
+    cfg = current_app.config
+    digest = hashlib.sha256(delivery.get("body") or b"").hexdigest()
+
+    def store(conn):
+        if key is not None:
+            seen = seen_key(conn, scope, key, cfg["DEDUPE_WINDOW_S"])
+            if seen is not None:
+                delivery_id = record_delivery(
+                    conn, source=source, dedupe="duplicate", status=200, **delivery
+                )
+                return "duplicate", seen, delivery_id, [], []
+            conn.execute("DELETE FROM dedupe_keys WHERE scope = ? AND key = ?", (scope, key))
+        delivery_id = record_delivery(conn, source=source, dedupe="new", status=202, **delivery)
+        ids, evs = [], []
+        for fields in plans:
+            task_id, event = create_task(conn, cfg, **(fields | {"delivery_id": delivery_id}))
+            ids.append(task_id)
+            evs.append(event)
+        if key is not None:
+            remember_key(conn, scope, key, digest, ids, delivery_id)
+        return "new", None, delivery_id, ids, evs
+
+    verdict, seen, delivery_id, ids, evs = db.write(store)
+    if verdict == "duplicate":
+        if seen["body_hash"] != digest:
+            raise ApiError(409, "this delivery id was already used with a different body")
+        first = json.loads(seen["task_ids"])
+        return jsonify(
+            {
+                "delivery_id": seen["delivery_id"],
+                "duplicate": True,
+                "tasks": tasks_brief(first),
+            }
+        ), 200
+    events.publish_all(evs)
+    if ids:
+        wake_scheduler()
+    return jsonify(
+        {
+            "delivery_id": delivery_id,
+            "duplicate": False,
+            "tasks": tasks_brief(ids),
+            "verdicts": delivery.get("verdicts", []),
+        }
+    ), 202
+
+
+def tasks_brief(ids: list[int]) -> list[dict]:
+    if not ids:
+        return []
+    rows = db.query_all(
+        f"SELECT id, state, agent, trigger_slug FROM tasks WHERE id IN ({','.join('?' * len(ids))})"
+        " ORDER BY id",
+        ids,
+    )
+    return [dict(r) for r in rows]
+
+
+# --- generic webhooks ---------------------------------------------------------
+
+
+@bp.post("/hooks/<slug>")
+def hook(slug: str):
+    """Receive a generic webhook signed with the trigger's secret (X-Signature-256)."""
+    row = db.query_one("SELECT * FROM triggers WHERE slug = ? AND kind = 'webhook'", (slug,))
+    if row is None:
+        raise ApiError(404, "no webhook trigger with this slug")
+    body = request.get_data(cache=False)
+    key = request.headers.get("X-Delivery-Id") or request.headers.get("Idempotency-Key")
+    event = request.headers.get("X-Event")
+    base = {
+        "trigger_slug": slug, "delivery_key": key, "event": event,
+        "headers": kept_headers(), "body": body,
+    }  # fmt: skip
+    if key is not None and not 1 <= len(key) <= 200:
+        raise reject(400, "the delivery id must be 1 to 200 characters", source="hook",
+                     signature="unchecked", dedupe="unchecked", **base)  # fmt: skip
+    secret = crypto.decrypt(row["secret_enc"])
+    if not signature_ok(secret, body, request.headers.get("X-Signature-256")):
+        raise reject(401, "the X-Signature-256 header is missing or wrong", source="hook",
+                     signature="invalid", dedupe="unchecked", **base)  # fmt: skip
+    payload = parse_json(body)
+    if payload is None:
+        raise reject(400, "the body must be JSON", source="hook", signature="valid",
+                     dedupe="unchecked", **base)  # fmt: skip
+    plans, verdicts = plan_all([row], event, payload, key)
+    return accept("hook", f"hook:{slug}", key, plans, signature="valid", verdicts=verdicts, **base)
+
+
+# --- GitHub -------------------------------------------------------------------
+
+
+@bp.post("/api/webhooks/github/")
+def github():
+    """Receive a GitHub webhook (X-Hub-Signature-256 with GITHUB_WEBHOOK_SECRET)."""
+    secret = current_app.config["GITHUB_WEBHOOK_SECRET"]
+    if not secret:
+        # Fail closed: without a secret nothing could be verified.
+        raise ApiError(503, "GitHub webhooks are off: GITHUB_WEBHOOK_SECRET is not set")
+    body = request.get_data(cache=False)
+    event = request.headers.get("X-GitHub-Event")
+    key = request.headers.get("X-GitHub-Delivery")
+    base = {
+        "delivery_key": key, "event": event, "headers": kept_headers(), "body": body,
+    }  # fmt: skip
+    if not signature_ok(secret, body, request.headers.get("X-Hub-Signature-256")):
+        raise reject(401, "the X-Hub-Signature-256 header is missing or wrong", source="github",
+                     signature="invalid", dedupe="unchecked", **base)  # fmt: skip
+    if not event or not key or len(key) > 200 or len(event) > 100:
+        raise reject(400, "X-GitHub-Event and X-GitHub-Delivery are required", source="github",
+                     signature="valid", dedupe="unchecked", **base)  # fmt: skip
+    payload = parse_json(body)
+    if not isinstance(payload, dict):
+        raise reject(400, "the body must be a JSON object", source="github", signature="valid",
+                     dedupe="unchecked", **base)  # fmt: skip
+    if event == "ping":
+        verdicts = [{"trigger": None, "matched": False, "reason": "ping"}]
+        return accept("github", "github", key, [], signature="valid", verdicts=verdicts, **base)
+    sender = (payload.get("sender") or {}).get("login")
+    if sender in current_app.config["GITHUB_BOT_LOGINS"]:
+        # The hub's own bot commenting must not start the hub again (a loop).
+        verdicts = [{"trigger": None, "matched": False, "reason": f"sender {sender} is a bot"}]
+        return accept("github", "github", key, [], signature="valid", verdicts=verdicts, **base)
+    rows = db.query_all("SELECT * FROM triggers WHERE kind = 'github' ORDER BY id")
+    plans, verdicts = plan_all(rows, event, payload, key)
+    return accept("github", "github", key, plans, signature="valid", verdicts=verdicts, **base)
+
+
+# --- deliveries ---------------------------------------------------------------
+
+
+def delivery_json(row, full: bool = False) -> dict:
+    data = {k: row[k] for k in row.keys() if k not in ("body", "headers")}
+    data["verdicts"] = json.loads(row["verdicts"])
+    if full:
+        data["headers"] = json.loads(row["headers"])
+        body = row["body"] or b""
+        data["body"] = body.decode("utf-8", errors="replace")
+        data["payload"] = parse_json(body)
+        data["tasks"] = [
+            dict(r)
+            for r in db.query_all(
+                "SELECT id, state, agent FROM tasks WHERE delivery_id = ? ORDER BY id", (row["id"],)
+            )
+        ]
+    return data
+
+
+@bp.get("/api/v1/deliveries")
+@requires("viewer")
+def deliveries_list():
+    """List deliveries, newest first; filter by source, trigger, signature, dedupe."""
+    where, params = [], []
+    for arg in ("source", "trigger_slug", "signature", "dedupe"):
+        if request.args.get(arg):
+            where.append(f"{arg} = ?")
+            params.append(request.args[arg])
+    cursor = decode_cursor(request.args.get("cursor"))
+    if cursor is not None:
+        where.append("id < ?")
+        params.append(int(cursor.get("id", 0)))
+    limit = arg_int("limit", 50, 1, 500)
+    sql = "SELECT * FROM deliveries" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = db.query_all(sql + " ORDER BY id DESC LIMIT ?", [*params, limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return jsonify(
+        {
+            "deliveries": [delivery_json(r) for r in rows],
+            "next_cursor": encode_cursor({"id": rows[-1]["id"]}) if more else None,
+        }
+    )
+
+
+@bp.get("/api/v1/deliveries/<int:delivery_id>")
+@requires("viewer")
+def deliveries_get(delivery_id: int):
+    """Get one delivery with headers, body, verdicts and the tasks it started."""
+    row = or_404(db.query_one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)), "delivery")
+    return jsonify(delivery_json(row, full=True))
+
+
+@bp.post("/api/v1/deliveries/<int:delivery_id>/replay")
+@requires("operator")
+def deliveries_replay(delivery_id: int):
+    """Run a stored delivery through today's triggers again, as a new delivery."""
+    row = or_404(db.query_one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)), "delivery")
+    if row["signature"] != "valid":
+        raise ApiError(409, "only a delivery with a valid signature can be replayed")
+    payload = parse_json(row["body"] or b"")
+    if row["source"] == "github" or (row["source"] == "replay" and not row["trigger_slug"]):
+        rows = db.query_all("SELECT * FROM triggers WHERE kind = 'github' ORDER BY id")
+    else:
+        rows = db.query_all("SELECT * FROM triggers WHERE slug = ?", (row["trigger_slug"],))
+    plans, verdicts = plan_all(rows, row["event"], payload, row["delivery_key"])
+    return accept(
+        "replay", None, None, plans, trigger_slug=row["trigger_slug"],
+        delivery_key=row["delivery_key"], event=row["event"], headers=json.loads(row["headers"]),
+        body=row["body"], signature="valid", verdicts=verdicts, replay_of=delivery_id,
+    )  # fmt: skip
+
+
+def clean_dedupe(now: float | None = None, batch: int = 500) -> int:
+    """Forget delivery ids and idempotency keys older than the window, in small batches."""
+    cutoff = (now or time.time()) - current_app.config["DEDUPE_WINDOW_S"]
+    total = 0
+    while True:
+        n = db.write(
+            lambda conn: (
+                conn.execute(
+                    "DELETE FROM dedupe_keys WHERE rowid IN"
+                    " (SELECT rowid FROM dedupe_keys WHERE created_at < ? LIMIT ?)",
+                    (cutoff, batch),
+                ).rowcount
+            )
+        )
+        total += n
+        if n < batch:
+            return total
