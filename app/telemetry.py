@@ -45,7 +45,12 @@ def setup_logging(level: str = "INFO") -> None:
 def _scrub(event: dict, _hint: dict) -> dict:
     """Drop anything that looks like a key, secret or cookie before it leaves."""
     req = event.get("request") or {}
-    for field in ("headers", "cookies", "data", "query_string"):
+    cookies = req.get("cookies")
+    if cookies:
+        # Every cookie here is a session or CSRF secret, whatever its name.
+        scrubbed = dict.fromkeys(cookies, "[scrubbed]") if isinstance(cookies, dict) else None
+        req["cookies"] = scrubbed or "[scrubbed]"
+    for field in ("headers", "data", "query_string"):
         value = req.get(field)
         if isinstance(value, dict):
             for name in list(value):
