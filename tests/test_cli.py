@@ -1,0 +1,62 @@
+"""The `agented` command line: --json everywhere, exit codes scripts can trust."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import click
+from conftest import ROOT, _venv_bin, clean_env
+
+from app.cli import main
+
+
+def leaf_commands(group: click.Group, prefix: str = "agented"):
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from leaf_commands(command, f"{prefix} {name}")
+        else:
+            yield f"{prefix} {name}", command
+
+
+def test_it_offers_json_on_every_command():
+    missing = [
+        name
+        for name, command in leaf_commands(main)
+        if not any("--json" in p.opts for p in command.params if isinstance(p, click.Option))
+    ]
+    assert not missing, "commands without --json: " + ", ".join(missing)
+
+
+def test_it_names_commands_noun_then_verb(cli_runner):
+    result = cli_runner.invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "db" in result.output and "keys" in result.output
+    assert cli_runner.invoke(main, ["keys", "--help"]).exit_code == 0
+
+
+def test_it_exits_2_on_bad_usage(cli_runner):
+    assert cli_runner.invoke(main, ["keys", "create"]).exit_code == 2  # --name missing
+    assert cli_runner.invoke(main, ["no-such-noun"]).exit_code == 2
+
+
+def test_it_runs_as_the_installed_console_script(tmp_path):
+    env = clean_env(tmp_path / "data")
+    agented = str(_venv_bin("agented"))
+    done = subprocess.run(
+        [agented, "db", "migrate", "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["applied"]
+
+    bad = subprocess.run(
+        [agented, "keys", "list"],
+        env={**env, "AGENTED_MIN_FREE_DISK_MB": "-5"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert bad.returncode == 1
+    assert "AGENTED_MIN_FREE_DISK_MB must be >= 0" in bad.stderr
+    assert "Traceback" not in bad.stderr
