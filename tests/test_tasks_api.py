@@ -1,0 +1,133 @@
+"""The tasks API: submit, idempotency, filters, pagination, cancel, bulk, limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.pipeline_helpers import call, shell_agent, webhook_trigger
+
+
+@pytest.fixture
+def agent(client, bob):
+    assert call(client, bob, "POST", "/api/v1/agents", shell_agent())[0] == 201
+    return "echo"
+
+
+def submit(client, key, body, **headers):
+    return call(client, key, "POST", "/api/v1/tasks", body, headers)
+
+
+def test_it_queues_a_task_for_an_agent_and_prompt(client, agent, dave):
+    status, task = submit(client, dave, {"agent": agent, "prompt": "hi", "priority": 5})
+    assert status == 202
+    assert task["state"] == "queued" and task["agent"] == "echo" and task["attempts"] == 0
+    assert task["priority"] == 5 and task["prompt"] == "hi"
+
+
+def test_it_renders_a_trigger_with_params(client, agent, bob, dave):
+    trig = webhook_trigger(prompt_template="Deploy {{ params.env }}", concurrency_key="deploy")
+    assert call(client, bob, "POST", "/api/v1/triggers", trig)[0] == 201
+    status, task = submit(client, dave, {"trigger": "hook", "params": {"env": "prod"}})
+    assert status == 202
+    assert task["prompt"] == "Deploy prod"
+    assert task["trigger_slug"] == "hook" and task["concurrency_key"] == "deploy"
+
+
+def test_it_returns_the_first_task_for_a_repeated_idempotency_key(client, agent, dave):
+    body = {"agent": agent, "prompt": "once"}
+    first = submit(client, dave, body, **{"Idempotency-Key": "k1"})
+    again = submit(client, dave, body, **{"Idempotency-Key": "k1"})
+    assert first[0] == again[0] == 202
+    assert first[1]["id"] == again[1]["id"]
+    other = submit(client, dave, {"agent": agent, "prompt": "twice"}, **{"Idempotency-Key": "k1"})
+    assert other[0] == 409
+    assert len(call(client, dave, "GET", "/api/v1/tasks")[1]["tasks"]) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "no agent"},
+        {"agent": "echo"},
+        {"agent": "echo", "prompt": "x", "trigger": "hook"},
+        {"agent": "echo", "prompt": "x", "max_attempts": 0},
+        {"agent": "echo", "prompt": "x", "params": {f"p{i}": i for i in range(101)}},
+        {"agent": "echo", "prompt": "x", "params": {"big": "x" * 3000}},
+        {"agent": "echo", "prompt": "x", "surprise": True},
+    ],
+)
+def test_it_rejects_bad_submissions_without_writing(client, agent, dave, body):
+    status, err = submit(client, dave, body)
+    assert status == 422 and err["error"]["code"] == "validation_failed"
+    assert call(client, dave, "GET", "/api/v1/tasks")[1]["tasks"] == []
+
+
+def test_it_refuses_unknown_agents_and_triggers(client, agent, dave):
+    assert submit(client, dave, {"agent": "ghost", "prompt": "x"})[0] == 422
+    assert submit(client, dave, {"trigger": "ghost"})[0] == 404
+
+
+def test_it_lets_a_viewer_read_but_not_submit(client, agent, vera):
+    assert submit(client, vera, {"agent": agent, "prompt": "x"})[0] == 403
+    assert call(client, vera, "GET", "/api/v1/tasks")[0] == 200
+
+
+def test_it_pages_and_filters_tasks(client, agent, dave):
+    ids = [submit(client, dave, {"agent": agent, "prompt": str(i)})[1]["id"] for i in range(5)]
+    seen, cursor = [], None
+    while True:
+        path = "/api/v1/tasks?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = call(client, dave, "GET", path)[1]
+        seen += [t["id"] for t in page["tasks"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == sorted(ids, reverse=True)
+    assert len(call(client, dave, "GET", "/api/v1/tasks?state=queued&agent=echo")[1]["tasks"]) == 5
+    assert call(client, dave, "GET", "/api/v1/tasks?state=dead")[1]["tasks"] == []
+    assert call(client, dave, "GET", "/api/v1/tasks?cursor=%%%")[0] == 400
+
+
+def test_it_cancels_a_queued_task_at_once(client, agent, dave):
+    task = submit(client, dave, {"agent": agent, "prompt": "x"})[1]
+    status, body = call(client, dave, "POST", f"/api/v1/tasks/{task['id']}/cancel")
+    assert status == 202 and body["state"] == "cancelled"
+    assert call(client, dave, "POST", f"/api/v1/tasks/{task['id']}/cancel")[0] == 409
+
+
+def test_it_counts_before_a_bulk_action_and_then_does_it(client, agent, dave, bob):
+    for i in range(3):
+        submit(client, dave, {"agent": agent, "prompt": str(i)})
+    body = {"action": "cancel", "state": ["queued"]}
+    assert call(client, bob, "POST", "/api/v1/tasks/bulk", body)[1]["count"] == 3
+    assert len(call(client, bob, "GET", "/api/v1/tasks?state=queued")[1]["tasks"]) == 3
+    done = call(client, bob, "POST", "/api/v1/tasks/bulk", body | {"dry_run": False})[1]
+    assert done["count"] == 3
+    assert len(call(client, bob, "GET", "/api/v1/tasks?state=cancelled")[1]["tasks"]) == 3
+    retry = {"action": "retry", "state": ["cancelled"], "dry_run": False}
+    assert call(client, bob, "POST", "/api/v1/tasks/bulk", retry)[1]["count"] == 3
+
+
+def test_it_answers_429_past_the_pending_cap(make_app, dave_for):
+    app = make_app(env={"AGENTED_MAX_PENDING_TASKS": "2"})
+    client = app.test_client()
+    dave = dave_for(app)
+    call(client, dave, "POST", "/api/v1/agents", shell_agent())  # developer: refused
+    from tests.conftest import make_key
+
+    bob = make_key(app, "bob", "operator")
+    call(client, bob, "POST", "/api/v1/agents", shell_agent())
+    assert submit(client, dave, {"agent": "echo", "prompt": "1"})[0] == 202
+    assert submit(client, dave, {"agent": "echo", "prompt": "2"})[0] == 202
+    resp = client.post(
+        "/api/v1/tasks", json={"agent": "echo", "prompt": "3"}, headers={"X-API-Key": dave}
+    )
+    assert resp.status_code == 429 and resp.headers["Retry-After"]
+    assert resp.get_json()["error"]["code"] == "rate_limited"
+
+
+@pytest.fixture
+def dave_for():
+    from tests.conftest import make_key
+
+    return lambda app: make_key(app, "dave", "developer")
