@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 MAX_TEMPLATE_BYTES = 128 * 1024
@@ -108,9 +109,16 @@ def clean(value: Any, path: str, flags: list[dict]) -> Any:
     return value
 
 
+@lru_cache(maxsize=256)
+def compiled(template: str) -> Template:
+    """Compile once per distinct template: compiling costs far more than rendering."""
+    validate_template(template)
+    return ENV.from_string(template)
+
+
 def render(template: str, context: dict[str, Any], policy: str = "flag") -> Rendered:
     """Render `template` with the untrusted `context`; apply the injection policy."""
-    validate_template(template)
+    tmpl = compiled(template)
     flags: list[dict] = []
     safe = {key: clean(value, key, flags) for key, value in context.items()}
     if flags and policy == "block":
@@ -119,7 +127,7 @@ def render(template: str, context: dict[str, Any], policy: str = "flag") -> Rend
             + "; ".join(f"{f['path']}: {f['match']!r}" for f in flags[:5])
         )
     try:
-        prompt = ENV.from_string(template).render(**safe)
+        prompt = tmpl.render(**safe)
     except TemplateError as exc:
         raise PromptError(f"the template failed to render: {exc}") from None
     if flags and policy == "flag":
