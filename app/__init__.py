@@ -54,4 +54,16 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 
 # Feature modules with a blueprint named `bp`, registered in this order.
-FEATURES = ["ops", "openapi", "dashboard", "agents", "triggers", "tasks", "webhooks"]
+FEATURES = [
+    "ops",
+    "openapi",
+    "dashboard",
+    "agents",
+    "triggers",
+    "tasks",
+    "webhooks",
+    "messages",
+    "mailboxes",
+    "contractnet",
+    "message_dlq",
+]

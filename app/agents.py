@@ -1,23 +1,38 @@
-"""Agents: the things that run tasks. CRUD under /api/v1/agents."""
+"""Agents: the registry. CRUD, external agents with their own keys, heartbeats, lifecycle.
+
+Lifecycle (issue 6): `registered -> running -> draining -> stopped`, plus `offline`
+for an external agent whose heartbeat is older than AGENT_OFFLINE_S. The
+scheduler (app/executions.py) gives no new task to a `draining` or `stopped`
+agent; messaging refuses new conversations to them. Columns this module adds
+(migrations/0003_messages.sql): `rate_tier` (app/ratelimit.py) and
+`state_changed_at`.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
-from app import crypto, db
+from app import crypto, db, events, msgconfig, ratelimit
 from app.api import Body, body_model, or_404, parse_body
-from app.auth import requires
+from app.auth import allows, create_key, requires
 from app.errors import ApiError
 
 bp = Blueprint("agents", __name__)
+bp.record_once(lambda state: msgconfig.apply(state.app))
 
 NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+TAG = r"^[A-Za-z0-9][A-Za-z0-9_.:/+-]{0,63}$"
 Backend = Literal["claude", "codex", "gemini", "opencode", "shell", "external"]
+# `hub` signs the replies the hub itself sends (not-understood, Contract Net awards).
+RESERVED_NAMES = {"hub"}
+# States in which an agent takes new work (tasks, new conversations, broadcasts).
+TAKES_NEW_WORK = ("registered", "running", "offline")
 
 
 class AgentIn(Body):
@@ -34,6 +49,7 @@ class AgentIn(Body):
     concurrency: int = Field(default=5, ge=1, le=1000)
     enabled: bool = True
     metadata: dict[str, Any] = Field(default_factory=dict)
+    rate_tier: str = Field(default="standard", max_length=40)
 
 
 class AgentPatch(Body):
@@ -48,6 +64,12 @@ class AgentPatch(Body):
     concurrency: int | None = Field(default=None, ge=1, le=1000)
     enabled: bool | None = None
     metadata: dict[str, Any] | None = None
+    rate_tier: str | None = Field(default=None, max_length=40)
+
+
+class HeartbeatIn(Body):
+    capabilities: list[str] | None = Field(default=None, max_length=50)
+    metadata: dict[str, Any] | None = None
 
 
 JSON_FIELDS = ("command", "flags", "env_allow", "capabilities", "metadata")
@@ -59,6 +81,8 @@ def agent_json(row) -> dict:
         data[field] = json.loads(row[field])
     data["enabled"] = bool(row["enabled"])
     data["secret_names"] = sorted(agent_secrets(row)) if row["secrets_enc"] else []
+    beat = row["heartbeat_at"]
+    data["heartbeat_age_s"] = round(time.time() - beat, 1) if beat else None
     return data
 
 
@@ -75,70 +99,242 @@ def check_runnable(data: dict) -> None:
     for item in [*data["command"], *data["flags"]]:
         if "\x00" in item:
             raise ApiError(422, "command and flags cannot contain NUL characters")
-    try:
-        from app.commands import validate_agent_command
+    if data["backend"] == "external":
+        return  # runs elsewhere: nothing to check on this machine
+    from app.commands import validate_agent_command
 
-        if data["backend"] != "external":
-            validate_agent_command(data["backend"], data["command"], data["flags"])
+    try:
+        validate_agent_command(data["backend"], data["command"], data["flags"])
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
+
+
+def check_registry_fields(data: dict) -> None:
+    """Refuse capability tags and rate tiers the registry cannot match or enforce."""
+    import re
+
+    for tag in data.get("capabilities") or []:
+        if not re.match(TAG, tag):
+            raise ApiError(422, f"capability {tag!r} must match {TAG}")
+    tier = data.get("rate_tier")
+    if tier is not None and tier not in current_app.config["RATE_TIERS"]:
+        known = ", ".join(sorted(current_app.config["RATE_TIERS"]))
+        raise ApiError(422, f"unknown rate tier {tier!r}; known tiers: {known}")
 
 
 def get_agent(name: str):
     return or_404(db.query_one("SELECT * FROM agents WHERE name = ?", (name,)), "agent")
 
 
+# --- capability matching (the scheduler uses the same rule) ----------------------
+
+
+def has_capabilities(row, wanted: Iterable[str]) -> bool:
+    """True when the agent row has every tag in `wanted`."""
+    return set(wanted) <= set(json.loads(row["capabilities"]))
+
+
+def find_by_capability(conn, wanted: Iterable[str], states: Iterable[str] = TAKES_NEW_WORK):
+    """Return agent rows having all `wanted` tags and a state in `states`, by name."""
+    states = tuple(states)
+    marks = ", ".join("?" * len(states))
+    rows = conn.execute(
+        f"SELECT * FROM agents WHERE state IN ({marks}) ORDER BY name", states
+    ).fetchall()
+    wanted = set(wanted)
+    return [r for r in rows if has_capabilities(r, wanted)]
+
+
+# --- agent-scoped keys --------------------------------------------------------------
+
+
+def agent_scoped(view: Callable) -> Callable:
+    """Let an agent-scoped key call this route (it still checks which agent inside)."""
+    view.agent_allowed = True  # type: ignore[attr-defined]
+    return view
+
+
+def key_agent_id() -> int | None:
+    key = g.get("key")
+    return key["agent_id"] if key is not None and "agent_id" in key.keys() else None
+
+
+@bp.before_app_request
+def limit_agent_keys() -> None:
+    """Keep an agent-scoped key to the registry and messaging routes marked @agent_scoped.
+
+    Agent keys carry the viewer role (the least one) and this allowlist on top:
+    an external agent on another machine should reach its mailbox and the
+    directory of agents, not read every task's prompt or trigger. The guard
+    (app/auth.py) has already authenticated the key when this runs.
+    """
+    if key_agent_id() is None or not request.endpoint:
+        return
+    view = current_app.view_functions.get(request.endpoint)
+    if view is not None and not getattr(view, "agent_allowed", False):
+        raise ApiError(403, "an agent-scoped key can use only the messaging and registry routes")
+
+
+def acting_as(name: str, need: str = "developer"):
+    """Load agent `name` for an action done as it; 403 unless the key may act as it.
+
+    An agent-scoped key may act only as its own agent; any other key needs `need`.
+    """
+    row = get_agent(name)
+    own = key_agent_id()
+    if own is not None:
+        if own != row["id"]:
+            raise ApiError(403, f"this key belongs to another agent, not {name!r}")
+    elif not allows(g.key, need):
+        raise ApiError(403, f"this needs the {need} role or {name!r}'s own key")
+    return row
+
+
+def new_agent_key(conn, agent_id: int, name: str) -> tuple[int, str]:
+    """Create an agent-scoped key (role viewer, see limit_agent_keys) in the caller's write."""
+    key_id, raw = create_key(conn, f"agent:{name}", "viewer")
+    conn.execute("UPDATE api_keys SET agent_id = ? WHERE id = ?", (agent_id, key_id))
+    return key_id, raw
+
+
+# --- lifecycle -------------------------------------------------------------------------
+
+
+def set_state(conn, row, state: str, reason: str, t: float) -> dict | None:
+    """Move the agent to `state` if it is not there yet; return the event to publish."""
+    cur = conn.execute(
+        "UPDATE agents SET state = ?, state_changed_at = ?, updated_at = ?"
+        " WHERE id = ? AND state = ?",
+        (state, t, t, row["id"], row["state"]),
+    )
+    if cur.rowcount != 1 or row["state"] == state:
+        return None  # already there, or someone else changed it first
+    return events.record(
+        conn,
+        "agent.state",
+        f"agent:{row['name']}",
+        {"agent": row["name"], "from": row["state"], "to": state, "reason": reason},
+    )
+
+
+# from-state -> allowed for each lifecycle action
+TRANSITIONS = {
+    "start": ("registered", "offline", "draining", "stopped", "running"),
+    "drain": ("registered", "running", "offline", "draining"),
+    "stop": ("registered", "running", "offline", "draining", "stopped"),
+}
+TARGET = {"start": "running", "drain": "draining", "stop": "stopped"}
+
+
+def sweep(conn, t: float, offline_after: float) -> list[dict]:
+    """Mark silent external agents offline and finish drains; return the events."""
+    evs = []
+    for row in conn.execute(
+        "SELECT * FROM agents WHERE backend = 'external' AND state IN ('registered', 'running')"
+        " AND coalesce(heartbeat_at, created_at) < ?",
+        (t - offline_after,),
+    ).fetchall():
+        ev = set_state(conn, row, "offline", f"no heartbeat for {offline_after:g}s", t)
+        if ev is not None:
+            evs.append(ev)
+    # A drain is over when the agent holds nothing: no mailbox message left to
+    # ack and no task of its in flight.
+    for row in conn.execute(
+        "SELECT * FROM agents a WHERE state = 'draining'"
+        " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.receiver = a.name"
+        "   AND m.state = 'queued')"
+        " AND NOT EXISTS (SELECT 1 FROM tasks k WHERE k.agent = a.name"
+        "   AND k.state IN ('assigned', 'accepted', 'running'))"
+    ).fetchall():
+        ev = set_state(conn, row, "stopped", "drained: nothing left in hand", t)
+        if ev is not None:
+            evs.append(ev)
+    return evs
+
+
+# --- routes -----------------------------------------------------------------------------
+
+
 @bp.get("/api/v1/agents")
 @requires("viewer")
+@agent_scoped
 def agents_list():
-    """List agents; ?capability=a,b keeps agents having all of them, ?state= filters."""
+    """List agents; ?capability=a,b keeps those having all of them; ?state= and ?backend=."""
     wanted = {c for c in request.args.get("capability", "").split(",") if c}
-    state = request.args.get("state")
+    states = {s for s in request.args.get("state", "").split(",") if s}
+    backend = request.args.get("backend")
     rows = db.query_all("SELECT * FROM agents ORDER BY name")
-    agents = [agent_json(r) for r in rows]
     agents = [
-        a
-        for a in agents
-        if wanted <= set(a["capabilities"]) and (state is None or a["state"] == state)
+        agent_json(r)
+        for r in rows
+        if has_capabilities(r, wanted)
+        and (not states or r["state"] in states)
+        and (backend is None or r["backend"] == backend)
     ]
     return jsonify({"agents": agents})
 
 
 @bp.post("/api/v1/agents")
-@requires("operator")
+@requires("developer")
 @body_model(AgentIn)
 def agents_create():
-    """Create an agent."""
+    """Register an agent; an external one gets its agent-scoped key, in this answer only."""
     body = parse_body(AgentIn).model_dump()
+    # A local agent runs commands on this machine, so it needs an operator; an
+    # external agent runs elsewhere and only talks through its mailbox.
+    if body["backend"] != "external" and not allows(g.key, "operator"):
+        raise ApiError(403, "registering a local agent needs the operator role")
+    if body["rate_tier"] != "standard" and not allows(g.key, "operator"):
+        raise ApiError(403, "choosing a rate tier needs the operator role")
+    if body["name"] in RESERVED_NAMES:
+        raise ApiError(422, f"the name {body['name']!r} is reserved")
     check_runnable(body)
+    check_registry_fields(body)
     secrets_enc = crypto.encrypt(body.pop("secrets")) if body["secrets"] else None
     t = time.time()
+    external = body["backend"] == "external"
 
     def insert(conn):
         if conn.execute("SELECT 1 FROM agents WHERE name = ?", (body["name"],)).fetchone():
             raise ApiError(409, f"an agent named {body['name']!r} exists")
-        conn.execute(
+        cur = conn.execute(
             "INSERT INTO agents (name, backend, model, command, flags, workdir_policy,"
             " repository, env_allow, secrets_enc, capabilities, concurrency, enabled,"
-            " metadata, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " metadata, rate_tier, state_changed_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 body["name"], body["backend"], body["model"], json.dumps(body["command"]),
                 json.dumps(body["flags"]), body["workdir_policy"], body["repository"],
                 json.dumps(body["env_allow"]), secrets_enc, json.dumps(body["capabilities"]),
-                body["concurrency"], int(body["enabled"]), json.dumps(body["metadata"]), t, t,
+                body["concurrency"], int(body["enabled"]), json.dumps(body["metadata"]),
+                body["rate_tier"], t, t, t,
             ),
         )  # fmt: skip
+        ev = events.record(
+            conn, "agent.registered", f"agent:{body['name']}", {"agent": body["name"]}
+        )
+        key = new_agent_key(conn, cur.lastrowid, body["name"]) if external else None
+        return key, ev
 
-    db.write(insert)
-    return jsonify(agent_json(get_agent(body["name"]))), 201
+    key, ev = db.write(insert)
+    events.publish_all([ev])
+    data = agent_json(get_agent(body["name"]))
+    if key is not None:
+        data["key"] = key[1]
+        data["key_id"] = key[0]
+    return jsonify(data), 201
 
 
 @bp.get("/api/v1/agents/<name>")
 @requires("viewer")
+@agent_scoped
 def agents_get(name: str):
-    """Get one agent."""
-    return jsonify(agent_json(get_agent(name)))
+    """Get one agent, with its mailbox depth."""
+    data = agent_json(get_agent(name))
+    data["mailbox_depth"] = db.query_one(
+        "SELECT count(*) FROM messages WHERE receiver = ? AND state = 'queued'", (name,)
+    )[0]
+    return jsonify(data)
 
 
 @bp.patch("/api/v1/agents/<name>")
@@ -150,6 +346,7 @@ def agents_update(name: str):
     changes = parse_body(AgentPatch).model_dump(exclude_unset=True)
     merged = agent_json(row) | {k: v for k, v in changes.items() if k != "secrets"}
     check_runnable(merged)
+    check_registry_fields(changes)
     values: dict[str, Any] = {}
     for field, value in changes.items():
         if field == "secrets":
@@ -158,6 +355,8 @@ def agents_update(name: str):
             values[field] = json.dumps(value)
         elif field == "enabled":
             values[field] = int(bool(value))
+        elif field == "rate_tier" and value is None:
+            raise ApiError(422, "rate_tier cannot be null")
         else:
             values[field] = value
     if values:
@@ -175,7 +374,130 @@ def agents_update(name: str):
 @bp.delete("/api/v1/agents/<name>")
 @requires("operator")
 def agents_delete(name: str):
-    """Delete an agent; its finished tasks keep its name."""
+    """Delete an agent (its keys go with it); its unread messages become dead letters."""
     row = get_agent(name)
-    db.write(lambda conn: conn.execute("DELETE FROM agents WHERE id = ?", (row["id"],)))
+    t = time.time()
+
+    def delete(conn):
+        conn.execute(
+            "UPDATE messages SET state = 'dead', dead_reason = 'receiver_gone',"
+            " dead_detail = 'the agent was deleted', dead_at = ?"
+            " WHERE receiver = ? AND state = 'queued'",
+            (t, name),
+        )
+        conn.execute("DELETE FROM agents WHERE id = ?", (row["id"],))
+
+    db.write(delete)
     return "", 204
+
+
+@bp.post("/api/v1/agents/<name>/heartbeat")
+@requires("viewer")
+@agent_scoped
+@body_model(HeartbeatIn)
+def agents_heartbeat(name: str):
+    """Record that the agent is alive; optionally update its capabilities and metadata."""
+    row = acting_as(name, need="operator")
+    body = HeartbeatIn()
+    if request.content_length:
+        body = parse_body(HeartbeatIn)
+    check_registry_fields(body.model_dump(exclude_none=True))
+    ratelimit.take(name, row["rate_tier"], "heartbeat")
+    t = time.time()
+
+    def beat(conn):
+        fresh = conn.execute("SELECT * FROM agents WHERE id = ?", (row["id"],)).fetchone()
+        conn.execute(
+            "UPDATE agents SET heartbeat_at = ?,"
+            " capabilities = coalesce(?, capabilities), metadata = coalesce(?, metadata)"
+            " WHERE id = ?",
+            (
+                t,
+                json.dumps(body.capabilities) if body.capabilities is not None else None,
+                json.dumps(body.metadata) if body.metadata is not None else None,
+                row["id"],
+            ),
+        )
+        if fresh["state"] in ("registered", "offline"):
+            return set_state(conn, fresh, "running", "heartbeat", t)
+        return None
+
+    ev = db.write(beat)
+    if ev is not None:
+        events.publish_all([ev])
+    cfg = current_app.config
+    data = agent_json(get_agent(name))
+    return jsonify(
+        {
+            "agent": name,
+            "state": data["state"],
+            "heartbeat_at": t,
+            "heartbeat_interval_s": cfg["AGENT_HEARTBEAT_S"],
+            "offline_after_s": cfg["AGENT_OFFLINE_S"],
+        }
+    )
+
+
+def _lifecycle(name: str, action: str):
+    row = acting_as(name, need="operator")
+    t = time.time()
+
+    def change(conn):
+        fresh = conn.execute("SELECT * FROM agents WHERE id = ?", (row["id"],)).fetchone()
+        if fresh["state"] not in TRANSITIONS[action]:
+            raise ApiError(
+                409,
+                f"cannot {action} an agent that is {fresh['state']}",
+                code="invalid_transition",
+                details={"state": fresh["state"], "action": action},
+            )
+        return set_state(conn, fresh, TARGET[action], f"{action} requested", t)
+
+    ev = db.write(change)
+    if ev is not None:
+        events.publish_all([ev])
+    return jsonify(agent_json(get_agent(name)))
+
+
+@bp.post("/api/v1/agents/<name>/start")
+@requires("viewer")
+@agent_scoped
+def agents_start(name: str):
+    """Mark the agent running (operator, or the agent itself)."""
+    return _lifecycle(name, "start")
+
+
+@bp.post("/api/v1/agents/<name>/drain")
+@requires("viewer")
+@agent_scoped
+def agents_drain(name: str):
+    """Drain: finish what the agent holds, take nothing new, then stop."""
+    return _lifecycle(name, "drain")
+
+
+@bp.post("/api/v1/agents/<name>/stop")
+@requires("viewer")
+@agent_scoped
+def agents_stop(name: str):
+    """Stop the agent now; it takes nothing new."""
+    return _lifecycle(name, "stop")
+
+
+@bp.post("/api/v1/agents/<name>/key")
+@requires("operator")
+def agents_rotate_key(name: str):
+    """Revoke an external agent's keys and issue a new one, shown in this answer only."""
+    row = get_agent(name)
+    if row["backend"] != "external":
+        raise ApiError(409, "only external agents have agent-scoped keys")
+    t = time.time()
+
+    def rotate(conn):
+        conn.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL",
+            (t, row["id"]),
+        )
+        return new_agent_key(conn, row["id"], name)
+
+    key_id, raw = db.write(rotate)
+    return jsonify({"agent": name, "key_id": key_id, "key": raw}), 201

@@ -1,0 +1,362 @@
+"""Mailboxes: lease (long-poll or SSE), ack, redelivery, and the dead-lettering sweep.
+
+Delivery is at least once. A lease hides a message for a visibility timeout;
+unacked, it comes back and its delivery count grows. Past its TTL or its
+maximum deliveries it becomes a dead letter (app/message_dlq.py) with the
+reason. Order within a conversation is kept: while a message of a
+conversation is leased and unacked, later ones of that conversation wait.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context
+from pydantic import Field
+
+from app import agents, db, events, msgconfig, ratelimit
+from app.agents import acting_as, agent_scoped, key_agent_id
+from app.api import Body, arg_int, body_model, parse_body
+from app.auth import requires, streams
+from app.errors import ApiError
+from app.messages import message_json
+
+bp = Blueprint("mailboxes", __name__)
+bp.record_once(lambda state: msgconfig.apply(state.app))
+log = logging.getLogger("agented.mailboxes")
+MAX_VISIBILITY_S = 12 * 3600
+
+
+class AckIn(Body):
+    ids: list[int] = Field(min_length=1, max_length=1000)
+
+
+def arg_float(name: str, default: float, lo: float, hi: float) -> float:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be between {lo:g} and {hi:g}")
+    return value
+
+
+# --- leasing (runs inside db.write: SQL only) -------------------------------------------------
+
+
+def expire(conn, receiver: str | None, t: float) -> list[dict]:
+    """Dead-letter visible messages past their TTL or their maximum deliveries."""
+    where, params = "", []
+    if receiver is not None:
+        where, params = " AND receiver = ?", [receiver]
+    ttl = conn.execute(
+        "UPDATE messages SET state = 'dead', dead_reason = 'ttl_expired', dead_at = ?,"
+        " dead_detail = 'not acked within ' || ttl_s || ' s'"
+        f" WHERE state = 'queued' AND expires_at <= ? AND visible_at <= ?{where}"
+        " RETURNING id, receiver",
+        (t, t, t, *params),
+    ).fetchall()
+    most = []
+    if receiver is not None:
+        most = conn.execute(
+            "UPDATE messages SET state = 'dead', dead_reason = 'max_deliveries', dead_at = ?,"
+            " dead_detail = 'delivered ' || deliveries || ' times without an ack'"
+            " WHERE receiver = ? AND state = 'queued' AND visible_at <= ?"
+            " AND deliveries >= max_deliveries RETURNING id, receiver",
+            (t, receiver, t),
+        ).fetchall()
+    by_receiver: dict[str, list[int]] = {}
+    for row in [*ttl, *most]:
+        by_receiver.setdefault(row["receiver"], []).append(row["id"])
+    return [
+        events.record(conn, "message.dead", f"agent:{name}", {"receiver": name, "ids": ids})
+        for name, ids in by_receiver.items()
+    ]
+
+
+def lease(
+    conn, receiver: str, limit: int, visibility: float, t: float, after: int | None = None
+) -> dict:
+    """Lease up to `limit` deliverable messages in order; return rows, events, next wake-up.
+
+    With `after` (an SSE Last-Event-ID), messages above it that are still leased
+    are leased again first: the connection that carried them may have died.
+    """
+    evs = expire(conn, receiver, t)
+    picked: list = []
+    if after is not None:
+        picked = conn.execute(
+            "SELECT * FROM messages WHERE receiver = ? AND state = 'queued' AND id > ?"
+            " AND visible_at > ? AND deliveries > 0 ORDER BY id LIMIT ?",
+            (receiver, after, t, limit),
+        ).fetchall()
+    blocked = {
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT conversation_id FROM messages"
+            " WHERE receiver = ? AND state = 'queued' AND visible_at > ?",
+            (receiver, t),
+        )
+    }
+    if len(picked) < limit:
+        for row in conn.execute(
+            "SELECT * FROM messages WHERE receiver = ? AND state = 'queued' AND visible_at <= ?"
+            " ORDER BY id",
+            (receiver, t),
+        ):
+            if row["conversation_id"] in blocked:
+                continue  # an earlier message of this conversation is still in flight
+            picked.append(row)
+            if len(picked) >= limit:
+                break
+    until = t + visibility
+    conn.executemany(
+        "UPDATE messages SET visible_at = ?, deliveries = deliveries + 1, delivered_at = ?"
+        " WHERE id = ?",
+        [(until, t, row["id"]) for row in picked],
+    )
+    nxt = conn.execute(
+        "SELECT min(visible_at) FROM messages WHERE receiver = ? AND state = 'queued'"
+        " AND visible_at > ?",
+        (receiver, t),
+    ).fetchone()[0]
+    return {"rows": picked, "events": evs, "until": until, "next_visible": nxt}
+
+
+def leased_json(row, until: float) -> dict:
+    data = message_json(row)
+    data["deliveries"] = row["deliveries"] + 1
+    data["state"] = "leased"
+    data["lease_expires_at"] = until
+    return data
+
+
+def note_alive(conn, agent_id: int, t: float) -> list[dict]:
+    """Polling its own mailbox counts as a heartbeat."""
+    row = conn.execute("SELECT * FROM agents WHERE id = ?", (agent_id,)).fetchone()
+    if row is None:
+        return []
+    conn.execute("UPDATE agents SET heartbeat_at = ? WHERE id = ?", (t, agent_id))
+    if row["state"] in ("registered", "offline"):
+        ev = agents.set_state(conn, row, "running", "polled its mailbox", t)
+        return [ev] if ev is not None else []
+    return []
+
+
+def lease_once(name: str, agent_id: int | None, limit: int, visibility: float, after=None):
+    def job(conn):
+        t = time.time()
+        result = lease(conn, name, limit, visibility, t, after)
+        if agent_id is not None:
+            result["events"] += note_alive(conn, agent_id, t)
+        return result
+
+    result = db.write(job)
+    events.publish_all(result["events"])
+    return result
+
+
+def _own_alive(row) -> int | None:
+    """The agent's id when its own key polls and its heartbeat is getting stale, else None."""
+    if key_agent_id() != row["id"]:
+        return None
+    beat = row["heartbeat_at"] or 0
+    fresh = time.time() - beat < current_app.config["AGENT_HEARTBEAT_S"] / 2
+    return None if fresh and row["state"] not in ("registered", "offline") else row["id"]
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+@bp.get("/api/v1/agents/<name>/messages")
+@requires("viewer")
+@agent_scoped
+def mailbox_lease(name: str):
+    """Lease messages (long-poll with ?wait=s); ack them before ?visibility=s runs out."""
+    cfg = current_app.config
+    row = acting_as(name)
+    wait = arg_float("wait", 0.0, 0.0, cfg["MAILBOX_WAIT_MAX_S"])
+    limit = arg_int("limit", 10, 1, cfg["MESSAGE_BATCH_MAX"])
+    visibility = arg_float("visibility", cfg["MESSAGE_VISIBILITY_S"], 0.0, MAX_VISIBILITY_S)
+    ratelimit.take(name, row["rate_tier"], "receive")
+    alive = _own_alive(row)
+    deadline = time.monotonic() + wait
+    # Subscribe before the first lease: a message sent in between still wakes us.
+    sub = events.broker.subscribe(f"agent:{name}", maxsize=100) if wait > 0 else None
+    # Waiting must not hold a database connection (WAL checkpoints, file handles).
+    db.close_db()
+    try:
+        while True:
+            result = lease_once(name, alive, limit, visibility)
+            alive = None
+            left = deadline - time.monotonic()
+            if result["rows"] or left <= 0 or sub is None:
+                break
+            nxt = result["next_visible"]
+            if nxt is not None:
+                left = min(left, max(0.0, nxt - time.time()) + 0.01)
+            if sub.dropped:
+                events.broker.unsubscribe(sub)
+                sub = events.broker.subscribe(f"agent:{name}", maxsize=100)
+            if sub.get(timeout=left) is not None:
+                while sub.get(timeout=0) is not None:
+                    pass  # one lease serves every wake-up queued so far
+    finally:
+        if sub is not None:
+            events.broker.unsubscribe(sub)
+    until = result["until"]
+    return jsonify({"messages": [leased_json(r, until) for r in result["rows"]]})
+
+
+@bp.post("/api/v1/agents/<name>/messages/ack")
+@requires("viewer")
+@agent_scoped
+@body_model(AckIn)
+def mailbox_ack(name: str):
+    """Acknowledge leased messages by id; acked messages are never delivered again."""
+    row = acting_as(name)
+    ids = list(dict.fromkeys(parse_body(AckIn).ids))
+    ratelimit.take(name, row["rate_tier"], "ack")
+    t = time.time()
+
+    def ack(conn):
+        marks = ", ".join("?" * len(ids))
+        found = {
+            r["id"]: r
+            for r in conn.execute(
+                "SELECT id, state, deliveries FROM messages"
+                f" WHERE receiver = ? AND id IN ({marks})",
+                (name, *ids),
+            )
+        }
+        fresh = [i for i in ids if i in found and found[i]["state"] == "queued"]
+        fresh = [i for i in fresh if found[i]["deliveries"] > 0]
+        conn.executemany(
+            "UPDATE messages SET state = 'acked', acked_at = ? WHERE id = ? AND state = 'queued'",
+            [(t, i) for i in fresh],
+        )
+        return found, set(fresh)
+
+    found, fresh = db.write(ack)
+    acked = [i for i in ids if i in fresh or (i in found and found[i]["state"] == "acked")]
+    dead = [i for i in ids if i in found and found[i]["state"] == "dead"]
+    missing = [i for i in ids if i not in acked and i not in dead]
+    return jsonify({"acked": acked, "dead": dead, "missing": missing})
+
+
+def sse_event(data: dict, event: str, event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return head + f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+@bp.get("/api/v1/agents/<name>/messages/stream")
+@requires("viewer")
+@agent_scoped
+@streams
+def mailbox_stream(name: str):
+    """Stream leased messages as SSE (`id:` is the message id); resumes after Last-Event-ID."""
+    cfg = current_app.config
+    row = acting_as(name)
+    limit = arg_int("limit", 100, 1, cfg["MESSAGE_BATCH_MAX"])
+    visibility = arg_float("visibility", cfg["MESSAGE_VISIBILITY_S"], 0.0, MAX_VISIBILITY_S)
+    raw_after = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    try:
+        after = int(raw_after) if raw_after else None
+    except ValueError:
+        raise ApiError(400, "Last-Event-ID must be a message id") from None
+    ratelimit.take(name, row["rate_tier"], "receive")
+    alive = _own_alive(row)
+    sub = events.broker.subscribe(f"agent:{name}", maxsize=100)
+    db.close_db()
+    stream = _stream(name, alive, sub, limit, visibility, after, cfg["MAILBOX_STREAM_MAX_S"])
+    resp = Response(stream_with_context(stream), mimetype="text/event-stream")
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Accel-Buffering"] = "no"
+    return resp
+
+
+def _stream(name, alive, sub, limit, visibility, after, max_s) -> Iterator[str]:
+    try:
+        from app.executions import stopping
+    except ImportError:  # the execution pipeline is optional to messaging
+
+        def stopping() -> bool:
+            return False
+
+    end = time.monotonic() + max_s
+    try:
+        yield "retry: 2000\n\n"
+        while time.monotonic() < end and not stopping():
+            result = lease_once(name, alive, limit, visibility, after)
+            alive, after = None, None
+            for r in result["rows"]:
+                yield sse_event(leased_json(r, result["until"]), "message", r["id"])
+            if result["rows"]:
+                continue
+            left = min(15.0, end - time.monotonic())
+            if result["next_visible"] is not None:
+                left = min(left, max(0.0, result["next_visible"] - time.time()) + 0.01)
+            if sub.dropped:
+                events.broker.unsubscribe(sub)
+                sub = events.broker.subscribe(f"agent:{name}", maxsize=100)
+            if sub.get(timeout=max(0.0, left)) is None:
+                yield ": keepalive\n\n"
+            while sub.get(timeout=0) is not None:
+                pass
+    finally:
+        events.broker.unsubscribe(sub)
+        db.close_db()
+
+
+# --- the background sweep ---------------------------------------------------------------------
+
+
+def sweep(conn, cfg: dict, t: float) -> list[dict]:
+    """One pass: dead-letter expired messages, drop old acked ones, mark agents offline."""
+    evs = expire(conn, None, t)
+    conn.execute(
+        "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE state = 'acked'"
+        " AND acked_at < ? LIMIT 10000)",
+        (t - cfg["MESSAGE_RETENTION_S"],),
+    )
+    evs += agents.sweep(conn, t, cfg["AGENT_OFFLINE_S"])
+    return evs
+
+
+def sweep_now(app: Flask, t: float | None = None) -> list[dict]:
+    """Run every messaging sweep once (the background loop, the CLI and tests call this)."""
+    from app import contractnet
+
+    cfg = app.config
+    with app.app_context():
+        now = time.time() if t is None else t
+        evs = db.write(lambda conn: sweep(conn, cfg, now), cfg["DATABASE"])
+        events.publish_all(evs)
+        contractnet.close_due(app, now)
+        try:
+            from app import delegation
+        except ImportError:
+            return evs
+        delegation.reply_finished(app)
+    return evs
+
+
+def start(app: Flask) -> None:
+    """Run the sweep every MESSAGE_SWEEP_S in a greenlet (called in the gunicorn worker)."""
+    import gevent
+
+    def loop() -> None:
+        while True:
+            gevent.sleep(app.config["MESSAGE_SWEEP_S"])
+            try:
+                sweep_now(app)
+            except Exception:
+                log.exception("messaging sweep failed")
+
+    gevent.spawn(loop)

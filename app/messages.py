@@ -1,0 +1,618 @@
+"""FIPA-ACL messages between agents: sending (one or a batch, all or none) and conversations.
+
+The hub is the post office. A message to several receivers becomes one
+mailbox row per receiver (app/mailboxes.py leases and acks them). A sender's
+`message_id` makes a retry return the first send instead of a second copy.
+A malformed message, an unknown performative or receiver from an identified
+sender gets a `not-understood` reply in the sender's mailbox beside the 4xx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from flask import Blueprint, current_app, g, jsonify, request
+from pydantic import Field, RootModel, ValidationError
+
+from app import db, events, msgconfig, ratelimit
+from app.agents import (
+    NAME,
+    TAKES_NEW_WORK,
+    agent_scoped,
+    has_capabilities,
+    key_agent_id,
+)
+from app.api import Body, arg_int, body_model, decode_cursor, encode_cursor
+from app.auth import allows, requires
+from app.errors import ApiError
+
+bp = Blueprint("messages", __name__)
+bp.record_once(lambda state: msgconfig.apply(state.app))
+log = logging.getLogger("agented.messages")
+
+PERFORMATIVES = (
+    "request", "inform", "query-if", "query-ref", "cfp", "propose", "accept-proposal",
+    "reject-proposal", "agree", "refuse", "failure", "cancel", "not-understood",
+)  # fmt: skip
+Performative = Literal[
+    "request", "inform", "query-if", "query-ref", "cfp", "propose", "accept-proposal",
+    "reject-proposal", "agree", "refuse", "failure", "cancel", "not-understood",
+]  # fmt: skip
+ID = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$"
+HUB = "hub"
+
+
+class CapabilityReceiver(Body):
+    capability: list[str] = Field(min_length=1, max_length=20)
+
+
+class MessageIn(Body):
+    performative: Performative
+    sender: str | None = Field(default=None, pattern=NAME)
+    receiver: str | list[str] | CapabilityReceiver = Field(
+        description="an agent name, a list of names, or {'capability': [tags]} (broadcast)"
+    )
+    conversation_id: str | None = Field(default=None, pattern=ID)
+    reply_with: str | None = Field(default=None, max_length=128)
+    in_reply_to: str | None = Field(default=None, max_length=128)
+    protocol: str | None = Field(default=None, max_length=100)
+    content: Any = None
+    ttl: float | None = Field(default=None, gt=0, description="seconds")
+    message_id: str | None = Field(default=None, pattern=ID)
+
+
+class BatchIn(Body):
+    messages: list[MessageIn] = Field(min_length=1)
+
+
+class SendIn(RootModel[MessageIn | BatchIn]):
+    """One message, or {"messages": [...]} stored in one transaction."""
+
+
+class Problem(Exception):
+    """One message of a send cannot be accepted; `reply` says whether to send not-understood."""
+
+    def __init__(self, code: str, message: str, details: Any = None, reply: bool = True) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+        self.reply = reply
+
+
+@dataclass
+class Draft:
+    """A validated message with its receivers resolved, ready to insert."""
+
+    msg: MessageIn
+    sender: str
+    receivers: list[str]
+    content: str
+    digest: str
+    ttl: float
+    draining: list[str] = field(default_factory=list)
+    task_plan: dict | None = None
+
+
+# --- storing -----------------------------------------------------------------------
+
+INSERT = (
+    "INSERT INTO messages (message_id, sender, receiver, performative, conversation_id,"
+    " reply_with, in_reply_to, protocol, content, digest, visible_at, max_deliveries, ttl_s,"
+    " expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def insert_rows(conn, rows: list[tuple]) -> list[int]:
+    """Insert mailbox rows (INSERT's column order); return their ids in order."""
+    if not rows:
+        return []
+    conn.executemany(INSERT, rows)
+    # One writer and AUTOINCREMENT: the rows just inserted hold the last len(rows) ids.
+    last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()[0]
+    return list(range(last - len(rows) + 1, last + 1))
+
+
+def row_tuple(
+    *,
+    message_id: str,
+    sender: str,
+    receiver: str,
+    performative: str,
+    conversation_id: str,
+    content: str,
+    t: float,
+    ttl: float,
+    max_deliveries: int,
+    reply_with: str | None = None,
+    in_reply_to: str | None = None,
+    protocol: str | None = None,
+    digest: str = "",
+) -> tuple:
+    return (
+        message_id, sender, receiver, performative, conversation_id, reply_with, in_reply_to,
+        protocol, content, digest, t, max_deliveries, ttl, t + ttl, t,
+    )  # fmt: skip
+
+
+def wake_events(conn, receivers_ids: dict[str, list[int]]) -> list[dict]:
+    """Record one `message.sent` event per receiver (topic agent:<name> wakes its pollers)."""
+    return [
+        events.record(
+            conn,
+            "message.sent",
+            f"agent:{name}",
+            {"receiver": name, "count": len(ids), "first_id": ids[0], "last_id": ids[-1]},
+        )
+        for name, ids in receivers_ids.items()
+    ]
+
+
+def mailbox_full(conn, receiver: str, adding: int, cap: int) -> bool:
+    depth = conn.execute(
+        "SELECT count(*) FROM messages WHERE receiver = ? AND state = 'queued'", (receiver,)
+    ).fetchone()[0]
+    return depth + adding > cap
+
+
+def hub_reply(conn, cfg: dict, to: str, performative: str, content: Any, **fields: Any):
+    """Queue a message from the hub itself (or on an agent's behalf) in this transaction."""
+    t = time.time()
+    row = row_tuple(
+        message_id=fields.pop("message_id", None) or uuid.uuid4().hex,
+        sender=fields.pop("sender", HUB),
+        receiver=to,
+        performative=performative,
+        conversation_id=fields.pop("conversation_id", None) or uuid.uuid4().hex,
+        content=json.dumps(content),
+        t=t,
+        ttl=cfg["MESSAGE_TTL_S"],
+        max_deliveries=cfg["MESSAGE_MAX_DELIVERIES"],
+        **fields,
+    )
+    ids = insert_rows(conn, [row])
+    return wake_events(conn, {to: ids})
+
+
+# --- validating ----------------------------------------------------------------------
+
+
+def _classify(exc: ValidationError, raw: Any) -> Problem:
+    errors = exc.errors(include_url=False, include_input=False)
+    details = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in errors]
+    perf = raw.get("performative") if isinstance(raw, dict) else None
+    if isinstance(perf, str) and any(e["loc"][:1] == ("performative",) for e in errors):
+        return Problem(
+            "unknown_performative",
+            f"unknown performative {perf[:40]!r}; use one of: {', '.join(PERFORMATIVES)}",
+            details,
+        )
+    return Problem("malformed", "the message does not match the schema", details)
+
+
+def resolve(msg: MessageIn, sender: str, agents: dict[str, Any]) -> list[str]:
+    """Return the receiver names of `msg`, or raise Problem naming what is wrong."""
+    spec = msg.receiver
+    if isinstance(spec, CapabilityReceiver):
+        names = [
+            n
+            for n, row in agents.items()
+            if n != sender
+            and row["state"] in TAKES_NEW_WORK
+            and has_capabilities(row, spec.capability)
+        ]
+        if not names:
+            raise Problem(
+                "unknown_receiver",
+                "no agent that takes new work has all of the capabilities "
+                + ", ".join(spec.capability),
+                {"capability": spec.capability},
+            )
+        return names
+    names = [spec] if isinstance(spec, str) else list(dict.fromkeys(spec))
+    if not names or len(names) > 100:
+        raise Problem("malformed", "receiver lists take 1 to 100 names")
+    unknown = [n for n in names if n not in agents]
+    if unknown:
+        raise Problem(
+            "unknown_receiver", f"no agent named {', '.join(map(repr, unknown))}", unknown
+        )
+    for name in names:
+        if agents[name]["state"] == "stopped":
+            raise Problem(
+                "receiver_stopped", f"agent {name!r} is stopped", {"receiver": name}, reply=False
+            )
+    return names
+
+
+def identified_sender(raw: Any, agents: dict[str, Any]) -> str | None:
+    """Return the agent a failed message came from, when the key may speak for it."""
+    own = key_agent_id()
+    if own is not None:
+        return next((n for n, row in agents.items() if row["id"] == own), None)
+    sender = raw.get("sender") if isinstance(raw, dict) else None
+    if isinstance(sender, str) and sender in agents and allows(g.key, "developer"):
+        return sender
+    return None
+
+
+def prepare(raw: Any, agents: dict[str, Any], cfg: dict) -> Draft:
+    """Validate one raw message and resolve its sender and receivers."""
+    try:
+        msg = MessageIn.model_validate(raw)
+    except ValidationError as exc:
+        raise _classify(exc, raw) from None
+    own = key_agent_id()
+    if own is not None:
+        mine = next(n for n, row in agents.items() if row["id"] == own)
+        if msg.sender not in (None, mine):
+            raise ApiError(403, f"this key may send only as {mine!r}, not {msg.sender!r}")
+        sender = mine
+    else:
+        if not allows(g.key, "developer"):
+            raise ApiError(403, "sending messages needs the developer role or an agent's key")
+        if msg.sender is None:
+            raise Problem("malformed", "say which agent sends this message (sender)", reply=False)
+        if msg.sender not in agents:
+            raise Problem("unknown_sender", f"no agent named {msg.sender!r}", reply=False)
+        sender = msg.sender
+    receivers = resolve(msg, sender, agents)
+    content = json.dumps(msg.content, separators=(",", ":"))
+    if len(content) > cfg["MESSAGE_MAX_CONTENT_BYTES"]:
+        raise Problem(
+            "content_too_large",
+            f"content is {len(content)} bytes; the limit is {cfg['MESSAGE_MAX_CONTENT_BYTES']}",
+        )
+    ttl = msg.ttl if msg.ttl is not None else cfg["MESSAGE_TTL_S"]
+    if ttl > cfg["MESSAGE_TTL_S"]:
+        raise Problem("malformed", f"ttl is at most {cfg['MESSAGE_TTL_S']:g} seconds")
+    digest = ""
+    if msg.message_id is not None:
+        # Only what the sender chose: a retry of the same send must hash the same.
+        digest = hashlib.sha256(
+            json.dumps([sender, msg.model_dump(mode="json")], sort_keys=True).encode()
+        ).hexdigest()
+    draining = [n for n in receivers if agents[n]["state"] == "draining"]
+    return Draft(msg, sender, receivers, content, digest, ttl, draining)
+
+
+def reply_not_understood(items: list[tuple[int, Any, Problem]], agents, cfg: dict) -> None:
+    """Put a not-understood reply for each failed message in its identified sender's mailbox."""
+    replies = []
+    for index, raw, problem in items:
+        to = identified_sender(raw, agents)
+        if to is None or not problem.reply:
+            continue
+        if isinstance(raw, dict) and raw.get("performative") == "not-understood":
+            continue  # never answer a not-understood with another: no ping-pong
+        text = json.dumps(raw)
+        original = raw if len(text) <= 4096 else text[:4096]
+        fields = {}
+        if isinstance(raw, dict):
+            for name in ("conversation_id", "reply_with"):
+                if isinstance(raw.get(name), str) and len(raw[name]) <= 128:
+                    fields[name] = raw[name]
+        replies.append((to, problem, index, original, fields))
+    if not replies:
+        return
+
+    def write(conn):
+        evs = []
+        for to, problem, index, original, fields in replies:
+            if mailbox_full(conn, to, 1, cfg["MAILBOX_MAX"]):
+                log.warning("not-understood dropped: mailbox full", extra={"agent": to})
+                continue
+            content = {
+                "error": {"code": problem.code, "message": problem.message},
+                "index": index,
+                "original": original,
+            }
+            evs += hub_reply(
+                conn,
+                cfg,
+                to,
+                "not-understood",
+                content,
+                conversation_id=fields.get("conversation_id"),
+                in_reply_to=fields.get("reply_with"),
+            )
+        return evs
+
+    events.publish_all(db.write(write))
+
+
+# --- the route -----------------------------------------------------------------------------
+
+
+def read_items() -> tuple[list[Any], bool]:
+    if not request.is_json:
+        raise ApiError(415, "send the body as application/json")
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ApiError(400, "the body is not valid JSON")
+    if isinstance(data, dict) and "messages" in data:
+        if set(data) != {"messages"} or not isinstance(data["messages"], list):
+            raise ApiError(422, 'a batch is {"messages": [...]} and nothing else')
+        items = data["messages"]
+        cap = current_app.config["MESSAGE_BATCH_MAX"]
+        if not 1 <= len(items) <= cap:
+            raise ApiError(422, f"a batch holds 1 to {cap} messages, not {len(items)}")
+        return items, True
+    return [data], False
+
+
+def load_agents() -> dict[str, Any]:
+    rows = db.query_all("SELECT id, name, state, capabilities, rate_tier, backend FROM agents")
+    return {r["name"]: r for r in rows}
+
+
+@bp.post("/api/v1/messages")
+@requires("viewer")
+@agent_scoped
+@body_model(SendIn)
+def messages_send():
+    """Send one message or a batch (all or none); 201 once every mailbox row is committed."""
+    cfg = current_app.config
+    items, batch = read_items()
+    agents = load_agents()
+    drafts: list[Draft] = []
+    problems: list[tuple[int, Any, Problem]] = []
+    for index, raw in enumerate(items):
+        try:
+            drafts.append(prepare(raw, agents, cfg))
+        except Problem as problem:
+            problems.append((index, raw, problem))
+    if problems:
+        reply_not_understood(problems, agents, cfg)
+        first = problems[0]
+        where = f"message {first[0]}: " if batch else ""
+        raise ApiError(
+            409 if first[2].code == "receiver_stopped" else 422,
+            where + first[2].message + ("; nothing was stored" if batch else ""),
+            code=first[2].code,
+            details=[
+                {"index": i, "code": p.code, "message": p.message, "details": p.details}
+                for i, _raw, p in problems
+            ],
+        )
+    cost: dict[str, int] = defaultdict(int)
+    for d in drafts:
+        cost[d.sender] += len(d.receivers)
+    for sender, n in cost.items():
+        ratelimit.take(sender, agents[sender]["rate_tier"], "send", n)
+    results, evs = db.write(lambda conn: store(conn, drafts, cfg, time.time()))
+    events.publish_all(evs)
+    delegate_requests(results, drafts, agents)
+    status = 200 if all(r["duplicate"] for r in results) else 201
+    return jsonify({"messages": results} if batch else results[0]), status
+
+
+def store(conn, drafts: list[Draft], cfg: dict, t: float) -> tuple[list[dict], list[dict]]:
+    """Insert every draft's rows or none (raises ApiError); return results and events."""
+    rows: list[tuple] = []
+    results: list[dict] = []
+    seen: dict[tuple[str, str], str] = {}
+    per_receiver: dict[str, int] = defaultdict(int)
+    for index, d in enumerate(drafts):
+        m = d.msg
+        if m.message_id is not None:
+            key = (d.sender, m.message_id)
+            earlier = seen.get(key)
+            if earlier is None:
+                old = conn.execute(
+                    "SELECT id, receiver, conversation_id, digest FROM messages"
+                    " WHERE sender = ? AND message_id = ? ORDER BY id",
+                    key,
+                ).fetchall()
+                if old:
+                    if old[0]["digest"] != d.digest:
+                        raise ApiError(
+                            409,
+                            f"message {index}: message_id {m.message_id!r} was already used"
+                            " for a different message",
+                            code="message_id_reused",
+                            details={"index": index, "message_id": m.message_id},
+                        )
+                    results.append(
+                        {
+                            "message_id": m.message_id,
+                            "conversation_id": old[0]["conversation_id"],
+                            "duplicate": True,
+                            "deliveries": [{"id": r["id"], "receiver": r["receiver"]} for r in old],
+                        }
+                    )
+                    seen[key] = d.digest
+                    continue
+            elif earlier == d.digest:
+                results.append({"message_id": m.message_id, "duplicate": True, "same_as": index})
+                continue
+            else:
+                raise ApiError(
+                    409,
+                    f"message {index}: message_id {m.message_id!r} appears twice with different"
+                    " messages",
+                    code="message_id_reused",
+                    details={"index": index, "message_id": m.message_id},
+                )
+            seen[key] = d.digest
+        conversation = m.conversation_id or uuid.uuid4().hex
+        for name in d.draining:
+            # A draining agent finishes the conversations it is in and starts no new one.
+            if not conn.execute(
+                "SELECT 1 FROM messages WHERE conversation_id = ?"
+                " AND (receiver = ? OR sender = ?) LIMIT 1",
+                (conversation, name, name),
+            ).fetchone():
+                raise ApiError(
+                    409,
+                    f"message {index}: agent {name!r} is draining and takes no new conversation",
+                    code="receiver_draining",
+                    details={"index": index, "receiver": name},
+                )
+        message_id = m.message_id or uuid.uuid4().hex
+        for name in d.receivers:
+            per_receiver[name] += 1
+            rows.append(
+                row_tuple(
+                    message_id=message_id, sender=d.sender, receiver=name,
+                    performative=m.performative, conversation_id=conversation,
+                    reply_with=m.reply_with, in_reply_to=m.in_reply_to, protocol=m.protocol,
+                    content=d.content, digest=d.digest, t=t, ttl=d.ttl,
+                    max_deliveries=cfg["MESSAGE_MAX_DELIVERIES"],
+                )
+            )  # fmt: skip
+        results.append(
+            {
+                "message_id": message_id,
+                "conversation_id": conversation,
+                "duplicate": False,
+                "deliveries": [{"id": None, "receiver": n} for n in d.receivers],
+            }
+        )
+    for name, n in per_receiver.items():
+        if mailbox_full(conn, name, n, cfg["MAILBOX_MAX"]):
+            raise ApiError(
+                429,
+                f"the mailbox of {name!r} is full ({cfg['MAILBOX_MAX']} messages); retry later",
+                code="mailbox_full",
+                details={"receiver": name, "limit": cfg["MAILBOX_MAX"]},
+                headers={"Retry-After": "5"},
+            )
+    ids = iter(insert_rows(conn, rows))
+    by_receiver: dict[str, list[int]] = defaultdict(list)
+    for result in results:
+        if result["duplicate"]:
+            continue
+        for delivery in result["deliveries"]:
+            delivery["id"] = next(ids)
+            by_receiver[delivery["receiver"]].append(delivery["id"])
+    for result in results:
+        if "same_as" in result:
+            first = results[result.pop("same_as")]
+            result.update(conversation_id=first["conversation_id"], deliveries=first["deliveries"])
+    return results, wake_events(conn, by_receiver)
+
+
+def delegate_requests(results: list[dict], drafts: list[Draft], agents: dict) -> None:
+    """Turn requests to local agents whose protocol names a task into tasks (app/delegation.py)."""
+    try:
+        from app import delegation
+    except ImportError:
+        return
+    delegation.after_send(results, drafts, agents)
+
+
+# --- conversations ------------------------------------------------------------------------
+
+
+def message_json(row) -> dict:
+    return {
+        "id": row["id"],
+        "message_id": row["message_id"],
+        "performative": row["performative"],
+        "sender": row["sender"],
+        "receiver": row["receiver"],
+        "conversation_id": row["conversation_id"],
+        "reply_with": row["reply_with"],
+        "in_reply_to": row["in_reply_to"],
+        "protocol": row["protocol"],
+        "content": json.loads(row["content"]),
+        "created_at": row["created_at"],
+        "expires_at": row["expires_at"],
+        "deliveries": row["deliveries"],
+        "state": row["state"],
+    }
+
+
+@bp.get("/api/v1/conversations/<conversation_id>")
+@requires("viewer")
+@agent_scoped
+def conversations_get(conversation_id: str):
+    """Return a conversation's messages in order, one entry per message with its receivers."""
+    limit = arg_int("limit", 500, 1, 5000)
+    cursor = decode_cursor(request.args.get("cursor")) or {}
+    rows = db.query_all(
+        "SELECT * FROM messages WHERE conversation_id = ? AND id > ? ORDER BY id LIMIT ?",
+        (conversation_id, int(cursor.get("id", 0)), limit + 1),
+    )
+    if not rows and not cursor:
+        raise ApiError(404, "conversation not found")
+    own = key_agent_id()
+    if own is not None:
+        me = db.query_one("SELECT name FROM agents WHERE id = ?", (own,))["name"]
+        if not db.query_one(
+            "SELECT 1 FROM messages WHERE conversation_id = ? AND (sender = ? OR receiver = ?)",
+            (conversation_id, me, me),
+        ):
+            raise ApiError(403, "this agent takes no part in that conversation")
+    more = len(rows) > limit
+    rows = rows[:limit]
+    thread: list[dict] = []
+    by_id: dict[str, dict] = {}
+    for row in rows:
+        entry = by_id.get(row["message_id"] + "\x00" + row["sender"])
+        if entry is None:
+            entry = message_json(row)
+            entry["receivers"] = []
+            for name in ("receiver", "state", "deliveries", "id"):
+                entry.pop(name)
+            entry["first_id"] = row["id"]
+            by_id[row["message_id"] + "\x00" + row["sender"]] = entry
+            thread.append(entry)
+        entry["receivers"].append(
+            {
+                "id": row["id"],
+                "receiver": row["receiver"],
+                "state": row["state"],
+                "deliveries": row["deliveries"],
+                "dead_reason": row["dead_reason"],
+            }
+        )
+    return jsonify(
+        {
+            "conversation_id": conversation_id,
+            "messages": thread,
+            "next_cursor": encode_cursor({"id": rows[-1]["id"]}) if more else None,
+        }
+    )
+
+
+@bp.get("/api/v1/conversations")
+@requires("viewer")
+def conversations_list():
+    """List conversations, most recently active first; ?agent= keeps one agent's."""
+    limit = arg_int("limit", 50, 1, 500)
+    agent = request.args.get("agent")
+    cursor = decode_cursor(request.args.get("cursor")) or {}
+    where, params = ["1 = 1"], []
+    if agent:
+        where.append("(sender = ? OR receiver = ?)")
+        params += [agent, agent]
+    having, hparams = "", []
+    if "last_id" in cursor:
+        having = "HAVING max(id) < ?"
+        hparams = [int(cursor["last_id"])]
+    rows = db.query_all(
+        "SELECT conversation_id, count(*) AS messages, min(created_at) AS started_at,"
+        " max(created_at) AS last_at, max(id) AS last_id,"
+        " group_concat(DISTINCT sender) AS senders"
+        f" FROM messages WHERE {' AND '.join(where)} GROUP BY conversation_id {having}"
+        " ORDER BY last_id DESC LIMIT ?",
+        (*params, *hparams, limit + 1),
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [dict(r) | {"senders": (r["senders"] or "").split(",")} for r in rows]
+    return jsonify(
+        {
+            "conversations": items,
+            "next_cursor": encode_cursor({"last_id": rows[-1]["last_id"]}) if more else None,
+        }
+    )
