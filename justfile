@@ -60,8 +60,16 @@ deploy: setup
     #!/usr/bin/env bash
     set -euo pipefail
     dir="$(pwd)"
+    # The unit runs as the unprivileged system user `agented`.
+    id agented >/dev/null 2>&1 || useradd --system --home-dir /var/lib/agented \
+        --shell /usr/sbin/nologin agented
     sed -e "s#/opt/agented#${dir}#g" deploy/systemd/agented.service > /etc/systemd/system/agented.service
-    [ -f /etc/agented.env ] || install -m 0600 .env.example /etc/agented.env
+    # EnvironmentFile= overrides the unit's Environment=, so the example's
+    # AGENTED_DATA_DIR=var (not writable under ProtectSystem=strict) is rewritten.
+    if [ ! -f /etc/agented.env ]; then
+        sed -e 's#^AGENTED_DATA_DIR=.*#AGENTED_DATA_DIR=/var/lib/agented#' .env.example \
+            | install -m 0600 /dev/stdin /etc/agented.env
+    fi
     systemctl daemon-reload
     systemctl enable --now agented
     systemctl --no-pager status agented

@@ -12,7 +12,8 @@ class ConfigError(Exception):
 
 
 def env_str(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+    # Empty means unset, as for the other helpers: .env.example lists `NAME=` lines.
+    return os.environ.get(name) or default
 
 
 def env_int(name: str, default: int, minimum: int = 0) -> int:

@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+from conftest import ROOT
 
 from app import config
 from app.cli import main
@@ -92,3 +93,17 @@ def test_it_takes_secret_key_from_the_environment(make_app, data_dir):
     app = make_app({"SECRET_KEY": "s" * 40})
     assert app.config["SECRET_KEY"] == "s" * 40
     assert not (data_dir / "secret_key").exists()
+
+
+def test_it_reads_env_example_as_the_defaults(make_app, data_dir):
+    settings = list(config.load())
+    defaults = make_app().config
+    before = set(os.environ)
+    try:
+        app = make_app({"AGENTED_ENV_FILE": str(ROOT / ".env.example")})
+    finally:
+        for name in set(os.environ) - before:
+            os.environ.pop(name)
+    # AGENTED_DATA_DIR comes from the test; every other line of the example is a default.
+    assert {k: app.config[k] for k in settings} == {k: defaults[k] for k in settings}
+    assert app.config["WORKSPACES_DIR"] == data_dir.resolve() / "workspaces"
