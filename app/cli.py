@@ -176,5 +176,16 @@ def keys_bootstrap(as_json: bool) -> None:
     )
 
 
+# The pipeline's groups live beside their feature (imported last: they use `emit`).
+from app.pipeline_cli import delivery_group, task_group, trigger_group  # noqa: E402
+
+for _group in (task_group, trigger_group, delivery_group):
+    main.add_command(_group)
+
+
+# Operations commands (backup, restore, audit, alerts, retention, compact, diagnose,
+# completion) and the CLI's audit rows: they register themselves on `main`.
+import app.cli_ops  # noqa: E402, F401
+
 if __name__ == "__main__":
     main()

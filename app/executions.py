@@ -328,18 +328,20 @@ class Run:
         ]
         flusher = gevent.spawn(self._flush_loop)
         deadline = time.monotonic() + task["timeout_s"]
+        waiter = gevent.spawn(self.proc.wait)
         outcome = None
         while outcome is None:
             left = deadline - time.monotonic()
-            waiter = gevent.spawn(self.proc.wait)
-            gevent.wait([waiter, self.cancel], timeout=max(0.0, left), count=1)
+            # Wake at least every second to see a cancel made by another process
+            # (the CLI writes cancel_requested straight to the database).
+            gevent.wait([waiter, self.cancel], timeout=max(0.0, min(left, 1.0)), count=1)
             if waiter.ready():
                 outcome = "exited"
-            elif self.cancel.is_set():
+            elif self.cancel.is_set() or self._cancel_requested():
                 outcome = "cancelled"
             elif time.monotonic() >= deadline:
                 outcome = "timed_out"
-            waiter.kill(block=False)
+        waiter.kill(block=False)
         if outcome != "exited":
             self._stop_process(cfg["KILL_GRACE_S"])
         # Whatever the leader did, nothing it started may outlive the attempt.
@@ -359,6 +361,16 @@ class Run:
             hit, reset = self.rate_limited
             reason = "rate limited" if hit else f"exited with status {code}"
             self._finish("failed", code, reason, retry_at=reset if hit else None)
+
+    def _cancel_requested(self) -> bool:
+        conn = db.connect(_app.config["DATABASE"])
+        try:
+            row = conn.execute(
+                "SELECT cancel_requested FROM tasks WHERE id = ?", (self.task_id,)
+            ).fetchone()
+        finally:
+            conn.close()
+        return bool(row and row["cancel_requested"])
 
     def _feed_stdin(self, data: bytes) -> None:
         try:

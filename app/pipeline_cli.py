@@ -1,0 +1,318 @@
+"""CLI for the pipeline: `agented task|trigger|delivery <verb>`, `--json` everywhere.
+
+The commands work on the database directly (through the same functions the API
+uses), so they work with the service up or down; a running service's scheduler
+picks up new work within half a second and sees cancels within a second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from app import db
+from app.cli import emit
+
+
+@contextmanager
+def app_context():
+    """Push an app context so the feature functions see their configuration."""
+    from app import config, create_app
+
+    try:
+        app = create_app()
+    except (config.ConfigError, db.MigrationError) as exc:
+        raise click.ClickException(str(exc)) from None
+    with app.app_context(), app.test_request_context():
+        yield app
+
+
+def api_error(exc) -> click.ClickException:
+    return click.ClickException(f"{exc.message} ({exc.status})")
+
+
+# --- tasks --------------------------------------------------------------------
+
+
+@click.group("task")
+def task_group() -> None:
+    """Tasks: submit, list, show, logs, cancel, retry."""
+
+
+@task_group.command("submit")
+@click.option("--agent", help="Agent name (with --prompt).")
+@click.option("--prompt", help="Prompt text; '-' reads standard input.")
+@click.option("--trigger", help="Trigger slug (with --param).")
+@click.option("--param", "params", multiple=True, help="KEY=VALUE for the trigger template.")
+@click.option("--priority", type=int)
+@click.option("--max-attempts", type=int)
+@click.option("--timeout", "timeout_s", type=int, help="Seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def task_submit(agent, prompt, trigger, params, priority, max_attempts, timeout_s, as_json):
+    """Queue a task for an agent and a prompt, or for a trigger and params."""
+    from app import events
+    from app.api import validate
+    from app.errors import ApiError
+    from app.tasks import TaskIn, create_task, task_json
+    from app.triggers import plan_from_trigger
+
+    if prompt == "-":
+        prompt = click.get_text_stream("stdin").read()
+    raw = {"agent": agent, "prompt": prompt, "trigger": trigger}
+    raw |= {"priority": priority, "max_attempts": max_attempts, "timeout_s": timeout_s}
+    raw = {k: v for k, v in raw.items() if v is not None}
+    raw["params"] = dict(p.split("=", 1) for p in params if "=" in p)
+    with app_context() as app:
+        try:
+            body = validate(TaskIn, raw)
+            overrides = body.model_dump(
+                include={"priority", "max_attempts", "timeout_s"}, exclude_none=True
+            )
+            if body.trigger:
+                plan = plan_from_trigger(body.trigger, body.params) | overrides
+            else:
+                if not db.query_one("SELECT 1 FROM agents WHERE name = ?", (body.agent,)):
+                    raise ApiError(422, f"no agent named {body.agent!r}")
+                plan = {"agent": body.agent, "prompt": body.prompt} | overrides
+            task_id, event = db.write(lambda conn: create_task(conn, app.config, **plan))
+        except ApiError as exc:
+            raise api_error(exc) from None
+        events.publish_all([event])
+        row = db.query_one("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        emit(as_json, task_json(row), f"task {task_id} queued")
+
+
+@task_group.command("list")
+@click.option("--state")
+@click.option("--agent")
+@click.option("--trigger")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def task_list(state, agent, trigger, limit, as_json):
+    """List the newest tasks, optionally filtered."""
+    from app.tasks import filters_sql, task_json
+
+    with app_context():
+        args = {k: v for k, v in (("state", state), ("agent", agent), ("trigger", trigger)) if v}
+        where, params = filters_sql(args)
+        sql = "SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = db.query_all(sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
+        lines = [
+            f"{r['id']:>6}  {r['state']:<10} {r['agent'] or '-':<16} "
+            f"{r['attempts']}/{r['max_attempts']}  {r['prompt'][:50]!r}"
+            for r in rows
+        ]
+        emit(as_json, {"tasks": [task_json(r) for r in rows]}, "\n".join(lines) or "no tasks")
+
+
+def load_task(task_id: int):
+    row = db.query_one("SELECT * FROM tasks WHERE id = ?", (task_id,))
+    if row is None:
+        raise click.ClickException(f"no task {task_id}")
+    return row
+
+
+@task_group.command("show")
+@click.argument("task_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def task_show(task_id, as_json):
+    """Show a task with its attempts."""
+    from app.tasks import task_json
+
+    with app_context():
+        row = load_task(task_id)
+        attempts = db.query_all(
+            "SELECT * FROM attempts WHERE task_id = ? ORDER BY number", (task_id,)
+        )
+        data = task_json(row, attempts)
+        text = [
+            f"task {task_id}: {row['state']} (agent {row['agent']}, attempts {row['attempts']})"
+        ]
+        text += [
+            f"  attempt {a['number']}: {a['state']} exit {a['exit_code']} {a['error'] or ''}"
+            for a in attempts
+        ]
+        emit(as_json, data, "\n".join(text))
+
+
+@task_group.command("logs")
+@click.argument("task_id", type=int)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the task finishes.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def task_logs(task_id, follow, as_json):
+    """Print a task's log lines."""
+    from app.tasks import FINISHED
+
+    with app_context():
+        load_task(task_id)
+        after = 0
+        while True:
+            rows = db.query_all(
+                "SELECT seq, attempt, stream, text, ts FROM task_logs"
+                " WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT 1000",
+                (task_id, after),
+            )
+            for r in rows:
+                after = r["seq"]
+                click.echo(json.dumps(dict(r)) if as_json else r["text"])
+            if rows:
+                continue
+            if not follow or load_task(task_id)["state"] in FINISHED:
+                return
+            db.close_db()  # a fresh read transaction sees the newest lines
+            time.sleep(0.5)
+
+
+@task_group.command("cancel")
+@click.argument("task_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def task_cancel(task_id, as_json):
+    """Cancel a task (a running one stops within about a second)."""
+    from app import executions
+
+    with app_context():
+        load_task(task_id)
+        if not executions.cancel(task_id):
+            raise click.ClickException(f"task {task_id} has already finished")
+        emit(as_json, {"id": task_id, "cancel": True}, f"task {task_id} cancelled")
+
+
+@task_group.command("retry")
+@click.argument("task_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def task_retry(task_id, as_json):
+    """Queue a finished task again."""
+    from app import executions
+
+    with app_context():
+        load_task(task_id)
+        if not executions.retry(task_id):
+            raise click.ClickException(f"task {task_id} is not finished")
+        emit(as_json, {"id": task_id, "queued": True}, f"task {task_id} queued again")
+
+
+# --- triggers -------------------------------------------------------------------
+
+
+@click.group("trigger")
+def trigger_group() -> None:
+    """Triggers: list, show, create from a JSON file, enable, disable."""
+
+
+@trigger_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def trigger_list(as_json):
+    """List triggers."""
+    from app.triggers import trigger_json
+
+    with app_context():
+        rows = [trigger_json(r) for r in db.query_all("SELECT * FROM triggers ORDER BY slug")]
+        lines = [
+            f"{t['slug']:<24} {t['kind']:<8} {'on ' if t['enabled'] else 'off'} "
+            f"-> {t['agent'] or t['selector']}"
+            for t in rows
+        ]
+        emit(as_json, {"triggers": rows}, "\n".join(lines) or "no triggers")
+
+
+@trigger_group.command("create")
+@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def trigger_create(path, as_json):
+    """Create a trigger from a JSON file (the API's fields); prints a webhook secret once."""
+    from app.errors import ApiError
+    from app.triggers import triggers_create
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise click.ClickException(f"{path} is not JSON: {exc}") from None
+    with app_context() as app:
+        with app.test_request_context(json=data):
+            try:
+                resp, _status = triggers_create()
+            except ApiError as exc:
+                detail = f": {exc.details}" if exc.details else ""
+                raise click.ClickException(f"{exc.message}{detail}") from None
+        body = resp.get_json()
+        text = f"trigger {body['slug']} created"
+        if body.get("secret"):
+            text += (
+                f"\n  webhook URL: {body['webhook_url']}\n  secret (shown once): {body['secret']}"
+            )
+        emit(as_json, body, text)
+
+
+@trigger_group.command("enable")
+@click.argument("slug")
+def trigger_enable(slug):
+    """Turn a trigger on."""
+    set_enabled(slug, True)
+
+
+@trigger_group.command("disable")
+@click.argument("slug")
+def trigger_disable(slug):
+    """Turn a trigger off (its webhooks are recorded but start nothing)."""
+    set_enabled(slug, False)
+
+
+def set_enabled(slug: str, on: bool) -> None:
+    with app_context():
+        changed = db.write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE triggers SET enabled = ?, updated_at = ? WHERE slug = ?",
+                    (int(on), time.time(), slug),
+                ).rowcount
+            )
+        )
+        if not changed:
+            raise click.ClickException(f"no trigger {slug!r}")
+        click.echo(f"trigger {slug} {'enabled' if on else 'disabled'}")
+
+
+# --- deliveries -----------------------------------------------------------------
+
+
+@click.group("delivery")
+def delivery_group() -> None:
+    """Deliveries: list, show, replay."""
+
+
+@delivery_group.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def delivery_list(limit, as_json):
+    """List the newest deliveries with their verdicts."""
+    from app.webhooks import delivery_json
+
+    with app_context():
+        rows = db.query_all("SELECT * FROM deliveries ORDER BY id DESC LIMIT ?", (limit,))
+        lines = [
+            f"{r['id']:>6}  {r['source']:<7} {r['trigger_slug'] or '-':<16} {r['status']}  "
+            f"signature {r['signature']}, {r['dedupe']}"
+            for r in rows
+        ]
+        emit(as_json, {"deliveries": [delivery_json(r) for r in rows]}, "\n".join(lines) or "none")
+
+
+@delivery_group.command("replay")
+@click.argument("delivery_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def delivery_replay(delivery_id, as_json):
+    """Run a stored delivery through today's triggers again."""
+    from app.errors import ApiError
+    from app.webhooks import deliveries_replay
+
+    with app_context():
+        try:
+            resp, _status = deliveries_replay(delivery_id)
+        except ApiError as exc:
+            raise api_error(exc) from None
+        body = resp.get_json()
+        emit(as_json, body, f"delivery {body['delivery_id']}: {len(body['tasks'])} task(s)")

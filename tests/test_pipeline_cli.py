@@ -1,0 +1,62 @@
+"""`agented task|trigger|delivery`: the pipeline from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.cli import main
+from tests.pipeline_helpers import call, shell_agent
+
+
+@pytest.fixture
+def agent(client, bob):
+    assert call(client, bob, "POST", "/api/v1/agents", shell_agent())[0] == 201
+
+
+def run(cli_runner, *args):
+    result = cli_runner.invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_it_submits_lists_shows_and_cancels_tasks(cli_runner, agent):
+    code, out = run(cli_runner, "task", "submit", "--agent", "echo", "--prompt", "hi", "--json")
+    assert code == 0, out
+    task_id = json.loads(out)["id"]
+    code, out = run(cli_runner, "task", "list", "--state", "queued", "--json")
+    assert [t["id"] for t in json.loads(out)["tasks"]] == [task_id]
+    code, out = run(cli_runner, "task", "show", str(task_id))
+    assert code == 0 and "queued" in out
+    assert run(cli_runner, "task", "cancel", str(task_id))[0] == 0
+    code, out = run(cli_runner, "task", "cancel", str(task_id))
+    assert code == 1 and "already finished" in out
+    assert run(cli_runner, "task", "retry", str(task_id))[0] == 0
+
+
+def test_it_exits_non_zero_with_a_reason_for_bad_input(cli_runner, agent):
+    code, out = run(cli_runner, "task", "submit", "--agent", "ghost", "--prompt", "x")
+    assert code == 1 and "no agent named 'ghost'" in out
+    code, out = run(cli_runner, "task", "submit", "--prompt", "x")
+    assert code == 1
+    assert run(cli_runner, "task", "show", "999")[0] == 1
+
+
+def test_it_creates_a_trigger_from_a_file_and_shows_the_secret_once(cli_runner, agent, tmp_path):
+    spec = tmp_path / "t.json"
+    spec.write_text(json.dumps({"name": "cli hook", "kind": "webhook", "agent": "echo",
+                                "prompt_template": "{{ payload }}"}))  # fmt: skip
+    code, out = run(cli_runner, "trigger", "create", "--file", str(spec), "--json")
+    assert code == 0, out
+    assert json.loads(out)["secret"]
+    code, out = run(cli_runner, "trigger", "list", "--json")
+    listed = json.loads(out)["triggers"]
+    assert [t["slug"] for t in listed] == ["cli-hook"] and "secret" not in listed[0]
+    assert run(cli_runner, "trigger", "disable", "cli-hook")[0] == 0
+    code, out = run(cli_runner, "trigger", "create", "--file", str(spec))
+    assert code == 1 and "exists" in out
+
+
+def test_it_lists_deliveries(cli_runner, agent):
+    code, out = run(cli_runner, "delivery", "list", "--json")
+    assert code == 0 and json.loads(out) == {"deliveries": []}
