@@ -258,3 +258,32 @@ def test_it_runs_a_schedule_missed_while_down_once(live_server):
     assert tasks[0]["prompt"].startswith("nightly at ")
     after = live(again, key, "GET", "/api/v1/triggers/nightly")[1]
     assert after["next_run_at"] > time.time()
+
+
+def overlaps(a, b) -> bool:
+    return a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
+
+
+def test_it_serialises_tasks_sharing_a_concurrency_key(live_server):
+    srv = live_server({**FAST, "AGENTED_CONCURRENCY_PER_KEY": "1"})
+    srv.keys["admin"] = srv.make_key("admin")
+    make_agent(srv, "sleeper", [PY, "-c", "import time; time.sleep(0.5)"], concurrency=5)
+    same = [submit(srv, "sleeper", concurrency_key="repo#1") for _ in range(2)]
+    other = submit(srv, "sleeper", concurrency_key="repo#2")
+    runs = {i: wait_state(srv, i, "succeeded")["attempt_list"][0] for i in [*same, other]}
+    assert not overlaps(runs[same[0]], runs[same[1]])
+    assert overlaps(runs[same[0]], runs[other]) or overlaps(runs[same[1]], runs[other])
+
+
+def test_it_runs_higher_priority_first(live_server):
+    srv = live_server({**FAST, "AGENTED_CONCURRENCY_GLOBAL": "1"})
+    srv.keys["admin"] = srv.make_key("admin")
+    make_agent(srv, "gate", [PY, "-c", "import time; time.sleep(1)"])
+    make_agent(srv, "quick", ["true"])
+    blocker = submit(srv, "gate")
+    wait_state(srv, blocker, "running")
+    low = submit(srv, "quick", priority=0)
+    high = submit(srv, "quick", priority=10)
+    first = wait_state(srv, low, "succeeded")["attempt_list"][0]["started_at"]
+    second = wait_state(srv, high, "succeeded")["attempt_list"][0]["started_at"]
+    assert second < first
