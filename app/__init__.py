@@ -10,7 +10,7 @@ from pathlib import Path
 from dotenv import load_dotenv
 from flask import Flask
 
-from app import config, db
+from app import backup, config, db
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +39,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     telemetry.setup_logging(app.config["LOG_LEVEL"])
     telemetry.setup_sentry(app.config["SENTRY_DSN"])
+    backup.startup_check(app.config)  # quick_check: stop, or restore when configured
     db.migrate(app.config["DATABASE"])
     app.teardown_appcontext(db.close_db)
 
@@ -66,4 +67,7 @@ FEATURES = [
     "mailboxes",
     "contractnet",
     "message_dlq",
+    "metrics",
+    "audit",
+    "alerts",
 ]

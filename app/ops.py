@@ -1,17 +1,76 @@
-"""Health: a public liveness and readiness probe, and the full picture for admins."""
+"""Health probes, the background upkeep loops, and the helpers they share.
+
+`start(app)` (called from app/wsgi.py) takes the service lock and starts the
+loop-lag monitor, the backup schedule, retention, compaction and the alerter.
+Slow work in those loops goes through `offload()` so it runs in gevent's
+threadpool, never on the loop that serves requests.
+"""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
+from collections.abc import Callable
+from typing import Any
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Flask, current_app, jsonify
 
 from app import db
 from app.auth import requires
 
 bp = Blueprint("ops", __name__)
+log = logging.getLogger("agented.ops")
 STARTED = time.time()
+
+
+def offload(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking work in gevent's threadpool when serving under gevent, else inline."""
+    from gevent import monkey
+
+    if monkey.is_module_patched("socket"):
+        import gevent
+
+        return gevent.get_hub().threadpool.apply(fn, args)
+    return fn(*args)
+
+
+def every(name: str, interval_s: float, job: Callable[[], Any], first_delay_s: float = 0) -> Any:
+    """Spawn a greenlet running `job` every `interval_s`; a failure is logged, never fatal."""
+    import gevent
+
+    def loop() -> None:
+        gevent.sleep(first_delay_s)
+        while True:
+            started = time.monotonic()
+            try:
+                job()
+            except Exception:
+                log.exception("background job failed", extra={"job": name})
+            gevent.sleep(max(1.0, interval_s - (time.monotonic() - started)))
+
+    return gevent.spawn(loop)
+
+
+def start(app: Flask) -> None:
+    """Start the service's upkeep greenlets; call once, in the serving process."""
+    from app import alerts, backup, metrics, retention
+
+    cfg = app.config
+    backup.hold_service_lock(cfg)
+    metrics.start(cfg)
+    metrics.start_loop_monitor()
+    if cfg["BACKUP_INTERVAL_S"] > 0:
+        backup.start_schedule(cfg)
+    if cfg["RETENTION_INTERVAL_S"] > 0:
+        every("retention", cfg["RETENTION_INTERVAL_S"], lambda: retention.run(cfg), 60)
+    if cfg["COMPACT_INTERVAL_S"] > 0:
+        every("compaction", cfg["COMPACT_INTERVAL_S"], lambda: retention.compact(cfg), 300)
+    if cfg["ALERT_INTERVAL_S"] > 0:
+        every("alerts", cfg["ALERT_INTERVAL_S"], lambda: alerts.evaluate(cfg), 10)
+
+
+# --- health -----------------------------------------------------------------------
 
 
 def readiness() -> dict[str, dict]:
@@ -48,12 +107,15 @@ def ready():
 @bp.get("/api/v1/health")
 @requires("admin")
 def health_detail():
-    """Every readiness check with its detail, and process facts."""
+    """Every readiness check with its detail, storage facts and process facts."""
+    from app import backup
+
     checks = readiness()
     return jsonify(
         {
             "status": "ok" if all(c["ok"] for c in checks.values()) else "unavailable",
             "checks": checks,
+            "storage": offload(backup.storage_facts, dict(current_app.config)),
             "uptime_s": round(time.time() - STARTED, 1),
             "database": str(current_app.config["DATABASE"]),
         }

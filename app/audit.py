@@ -1,0 +1,234 @@
+"""The audit trail: who changed what, when and in which request; hash-chained.
+
+Every state-changing request (not GET/HEAD/OPTIONS) to the API or the
+dashboard is appended by an after_request hook; CLI commands by `record_cli`.
+Webhook endpoints are left out: the deliveries table is their record. A view
+that machines call very often (runner heartbeats, log uploads) can opt out
+with `@audit.exempt`. Each row's hash covers its content and the previous
+row's hash, so `verify` finds an edited or deleted row.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, session
+
+from app import db
+from app.api import arg_int, decode_cursor, encode_cursor
+from app.auth import requires
+from app.errors import ApiError
+
+bp = Blueprint("audit", __name__)
+log = logging.getLogger("agented.audit")
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+SKIP_PREFIXES = ("/hooks/", "/api/webhooks/", "/static/")
+GENESIS = "0" * 64
+FIELDS = ("ts", "actor", "key_id", "via", "action", "target", "status", "request_id", "detail")
+
+
+def exempt(view: Callable) -> Callable:
+    """Leave a high-frequency machine endpoint out of the audit trail."""
+    view.audit_exempt = True  # type: ignore[attr-defined]
+    return view
+
+
+def digest(prev_hash: str, row: Any) -> str:
+    """Hash a row's content together with the previous row's hash."""
+    payload = json.dumps([prev_hash, *(row[f] for f in FIELDS)], separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def append(
+    conn,
+    *,
+    actor: str,
+    via: str,
+    action: str,
+    target: str = "",
+    key_id: int | None = None,
+    status: int | None = None,
+    request_id: str | None = None,
+    detail: dict | None = None,
+) -> int:
+    """Append one row inside the caller's write transaction; return its id."""
+    head = conn.execute("SELECT last_hash FROM audit_head WHERE one = 1").fetchone()
+    prev = head[0] if head else GENESIS
+    row = {
+        "ts": time.time(), "actor": actor, "key_id": key_id, "via": via, "action": action,
+        "target": target, "status": status, "request_id": request_id,
+        "detail": json.dumps(detail or {}, sort_keys=True),
+    }  # fmt: skip
+    row_hash = digest(prev, row)
+    cur = conn.execute(
+        "INSERT INTO audit_log (ts, actor, key_id, via, action, target, status, request_id,"
+        " detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (*(row[f] for f in FIELDS), prev, row_hash),
+    )
+    conn.execute(
+        "INSERT INTO audit_head (one, last_id, last_hash) VALUES (1, ?, ?)"
+        " ON CONFLICT (one) DO UPDATE SET last_id = excluded.last_id,"
+        " last_hash = excluded.last_hash",
+        (cur.lastrowid, row_hash),
+    )
+    return cur.lastrowid
+
+
+def verify(conn) -> dict:
+    """Walk the chain; return ok, the row count and, if broken, the first bad row and why."""
+    prev_hash, prev_id, rows = GENESIS, 0, 0
+
+    def bad(row_id: int, problem: str) -> dict:
+        return {"ok": False, "rows": rows, "first_bad_id": row_id, "problem": problem}
+
+    for row in conn.execute("SELECT * FROM audit_log ORDER BY id"):
+        rows += 1
+        if row["id"] != prev_id + 1:
+            gap = f"row {prev_id + 1}" if row["id"] == prev_id + 2 else (
+                f"rows {prev_id + 1} to {row['id'] - 1}")  # fmt: skip
+            return bad(prev_id + 1, f"{gap} deleted (row {row['id']} follows row {prev_id})")
+        if digest(row["prev_hash"], row) != row["hash"]:
+            return bad(
+                row["id"], f"row {row['id']} was edited: its content does not match its hash"
+            )
+        if row["prev_hash"] != prev_hash:
+            return bad(
+                row["id"],
+                f"row {row['id']} does not follow row {prev_id}: "
+                f"row {prev_id} was rewritten, or rows were removed or inserted",
+            )
+        prev_hash, prev_id = row["hash"], row["id"]
+    head = conn.execute("SELECT last_id, last_hash FROM audit_head WHERE one = 1").fetchone()
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchone()
+    last_known = max(head[0] if head else 0, seq[0] if seq else 0)
+    if last_known > prev_id:
+        return bad(prev_id + 1, f"rows after {prev_id} deleted (the log had reached {last_known})")
+    if head is not None and head[1] != prev_hash:
+        return bad(prev_id, f"row {prev_id} was rewritten: it is not the row the head recorded")
+    return {"ok": True, "rows": rows, "first_bad_id": None, "problem": None, "last_hash": prev_hash}
+
+
+def record_cli(cfg: dict, command: str, detail: dict | None = None) -> None:
+    """Append a CLI action, as the operating-system user who ran it."""
+    actor = f"cli:{getpass.getuser()}"
+    db.write(
+        lambda conn: append(
+            conn, actor=actor, via="cli", action=command, target=command, status=0, detail=detail
+        ),  # fmt: skip
+        cfg["DATABASE"],
+    )
+
+
+# --- the request hook ----------------------------------------------------------------
+
+
+@bp.after_app_request
+def audit_request(resp: Response) -> Response:
+    """Append every state-changing request, whatever its outcome."""
+    if request.method in SAFE_METHODS or request.path.startswith(SKIP_PREFIXES):
+        return resp
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+    if getattr(view, "audit_exempt", False):
+        return resp
+    key = g.get("key")
+    if key is None and session.get("key_id") is not None:  # just signed in
+        key = db.query_one("SELECT id, name FROM api_keys WHERE id = ?", (session["key_id"],))
+    if key is None and resp.status_code == 429:
+        return resp  # a refused flood changed nothing and must not become a write flood
+    api = request.path.startswith("/api/")
+    entry = {
+        "actor": key["name"] if key is not None else "anonymous",
+        "key_id": key["id"] if key is not None else None,
+        "via": "api" if api and not g.get("via_session") else "dashboard",
+        "action": request.endpoint or "unknown",
+        "target": f"{request.method} {request.path}",
+        "status": resp.status_code,
+        "request_id": g.get("request_id"),
+        "detail": {"remote_addr": request.remote_addr},
+    }
+    try:
+        db.write(lambda conn: append(conn, **entry))
+    except Exception:
+        # The action itself is already committed; losing its audit row is
+        # logged loudly rather than turned into an error for the caller.
+        log.exception("audit append failed", extra={"target": entry["target"]})
+    return resp
+
+
+# --- routes --------------------------------------------------------------------------
+
+
+def entry_json(row) -> dict:
+    data = {k: row[k] for k in row.keys()}
+    data["detail"] = json.loads(row["detail"])
+    return data
+
+
+def _float_arg(name: str) -> float | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a Unix time in seconds") from None
+
+
+@bp.get("/api/v1/audit")
+@requires("admin")
+def audit_list():
+    """List audit entries, newest first; filter by key_id, actor, via, action, status, time."""
+    where, params = [], []
+    for name in ("actor", "via", "action"):
+        if request.args.get(name):
+            where.append(f"{name} = ?")
+            params.append(request.args[name])
+    for name in ("key_id", "status"):
+        if request.args.get(name) is not None:
+            where.append(f"{name} = ?")
+            params.append(arg_int(name, 0, 0, 2**62))
+    for name, op in (("since", ">="), ("until", "<")):
+        value = _float_arg(name)
+        if value is not None:
+            where.append(f"ts {op} ?")
+            params.append(value)
+    cursor = decode_cursor(request.args.get("cursor"))
+    if cursor is not None:
+        if not isinstance(cursor.get("id"), int):
+            raise ApiError(400, "the cursor is not valid")
+        where.append("id < ?")
+        params.append(cursor["id"])
+    limit = arg_int("limit", 100, 1, 500)
+    sql = "SELECT * FROM audit_log" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = db.query_all(sql + " ORDER BY id DESC LIMIT ?", [*params, limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return jsonify(
+        {
+            "entries": [entry_json(r) for r in rows],
+            "next_cursor": encode_cursor({"id": rows[-1]["id"]}) if more else None,
+        }
+    )
+
+
+@bp.get("/api/v1/audit/verify")
+@requires("admin")
+def audit_verify():
+    """Check the hash chain; ok is false with the first bad row when it was tampered with."""
+    from app import ops
+
+    def run(path: str) -> dict:
+        conn = db.connect(path)
+        try:
+            return verify(conn)
+        finally:
+            conn.close()
+
+    return jsonify(ops.offload(run, str(current_app.config["DATABASE"])))

@@ -1,0 +1,356 @@
+"""Backups, restore, the start-up integrity check and the service lock.
+
+Backups use SQLite's online backup API (a consistent snapshot while the
+service keeps writing), are checked with `integrity_check` before they are
+given their final name, and only the newest BACKUP_KEEP are kept. Restore
+refuses while the service holds its lock file and checks the file first.
+Everything here blocks in C for a while, so the service runs it through
+`ops.offload` (gevent's threadpool) with its own connections.
+"""
+
+from __future__ import annotations
+
+import calendar
+import fcntl
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from app import db
+
+log = logging.getLogger("agented.backup")
+NAME = re.compile(r"^agented-(\d{8}T\d{6}\.\d{3})Z\.db$")
+_held_lock: Any = None
+# Up to this size a one-off VACUUM at start-up takes well under a second.
+SMALL_DB_BYTES = 64 * 1024 * 1024
+
+
+class BackupError(Exception):
+    """A backup or restore could not be done; the message says why and what to do."""
+
+
+class CorruptDatabase(Exception):
+    """The database failed its start-up check; the message holds the restore command."""
+
+
+def backup_dir(cfg: dict) -> Path:
+    return Path(cfg["BACKUP_DIR"]) if cfg.get("BACKUP_DIR") else Path(cfg["DATA_DIR"]) / "backups"
+
+
+def list_backups(cfg: dict) -> list[dict]:
+    """Return the backups, newest first."""
+    found = []
+    directory = backup_dir(cfg)
+    if not directory.is_dir():
+        return []
+    for path in directory.iterdir():
+        match = NAME.match(path.name)
+        if match:
+            stamp = match.group(1)
+            created = calendar.timegm(time.strptime(stamp[:15], "%Y%m%dT%H%M%S"))
+            created += int(stamp[16:]) / 1000
+            found.append({"file": path.name, "path": str(path), "size": path.stat().st_size,
+                          "created_at": created})  # fmt: skip
+    return sorted(found, key=lambda b: b["file"], reverse=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_file(path: str | Path, full: bool = True) -> list[str]:
+    """Return the problems found in a database file (an empty list means it is good)."""
+    if not Path(path).is_file():
+        return ["no such file"]
+    # A normal open, not mode=ro: a read-only open of a WAL database that has a
+    # -wal beside it can fail or miss the newest commits. The checks only read.
+    try:
+        conn = sqlite3.connect(path, timeout=10)
+    except sqlite3.Error as exc:
+        return [f"cannot open: {exc}"]
+    try:
+        rows = conn.execute("PRAGMA integrity_check" if full else "PRAGMA quick_check").fetchall()
+        return [] if rows == [("ok",)] else [str(r[0]) for r in rows[:10]]
+    except sqlite3.Error as exc:
+        return [str(exc)]
+    finally:
+        conn.close()
+
+
+def create_backup(cfg: dict) -> dict:
+    """Copy the live database into the backup directory, check the copy, prune old ones."""
+    started = time.time()
+    directory = backup_dir(cfg)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stamp = (
+        time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + f".{int(started * 1000) % 1000:03d}"
+    )
+    final = directory / f"agented-{stamp}Z.db"
+    partial = directory / f".agented-{stamp}Z.db.partial"
+    src = db.connect(cfg["DATABASE"])
+    dst = sqlite3.connect(partial)
+    try:
+        # One step (pages=-1) copies everything under one read snapshot; in WAL
+        # mode that snapshot does not block the writer.
+        src.backup(dst)
+        # DELETE journal mode makes the copy one self-contained file.
+        dst.execute("PRAGMA journal_mode=DELETE")
+        problems = [r[0] for r in dst.execute("PRAGMA integrity_check").fetchall()]
+    except sqlite3.Error as exc:
+        partial.unlink(missing_ok=True)
+        raise BackupError(f"backup failed: {exc}") from exc
+    finally:
+        dst.close()
+        src.close()
+    if problems != ["ok"]:
+        partial.unlink(missing_ok=True)
+        raise BackupError(f"the backup copy failed integrity_check: {problems[:5]}")
+    with open(partial, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(partial, final)
+    _fsync_dir(directory)
+    pruned = prune(cfg)
+    result = {
+        "file": str(final),
+        "size": final.stat().st_size,
+        "duration_s": round(time.time() - started, 3),
+        "integrity": "ok",
+        "pruned": pruned,
+    }
+    log.info("backup written", extra=result)
+    return result
+
+
+def prune(cfg: dict) -> list[str]:
+    """Delete all but the newest BACKUP_KEEP backups; return the names deleted."""
+    gone = []
+    for old in list_backups(cfg)[cfg["BACKUP_KEEP"] :]:
+        Path(old["path"]).unlink(missing_ok=True)
+        gone.append(old["file"])
+    return gone
+
+
+def start_schedule(cfg: dict) -> None:
+    """Back up every BACKUP_INTERVAL_S, counting from the newest backup on disk."""
+    import gevent
+
+    from app import metrics, ops
+
+    def loop() -> None:
+        gevent.sleep(30)  # never slow down start-up
+        while True:
+            newest = list_backups(cfg)
+            due = (newest[0]["created_at"] if newest else 0) + cfg["BACKUP_INTERVAL_S"]
+            if time.time() < due:
+                gevent.sleep(min(due - time.time(), 3600))
+                continue
+            try:
+                ops.offload(create_backup, cfg)
+            except Exception:
+                metrics.count("backup_failures_total")
+                log.exception("scheduled backup failed")
+                gevent.sleep(min(cfg["BACKUP_INTERVAL_S"], 600))
+
+    gevent.spawn(loop)
+
+
+# --- the service lock ------------------------------------------------------------
+
+
+def lock_path(cfg: dict) -> Path:
+    return Path(cfg["DATA_DIR"]) / "agented.lock"
+
+
+def try_lock(cfg: dict) -> Any:
+    """Take the data dir's lock; return the open file (keep it) or None if someone holds it."""
+    f = open(lock_path(cfg), "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def lock_holder(cfg: dict) -> str:
+    try:
+        return lock_path(cfg).read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+def hold_service_lock(cfg: dict) -> None:
+    """Hold the lock for the life of this process, so restore knows the service is live."""
+    import gevent
+
+    global _held_lock
+    _held_lock = _held_lock or try_lock(cfg)
+    if _held_lock is not None:
+        return
+
+    def retry() -> None:
+        global _held_lock
+        # A restarting worker can overlap its exiting predecessor for a moment.
+        while _held_lock is None:
+            log.warning("service lock held by pid %s; retrying", lock_holder(cfg))
+            gevent.sleep(1)
+            _held_lock = try_lock(cfg)
+
+    gevent.spawn(retry)
+
+
+# --- restore ------------------------------------------------------------------------
+
+
+def restore(cfg: dict, source: str | Path) -> dict:
+    """Replace the database with `source` after checking it; keep the old one aside."""
+    source = Path(source).resolve()
+    target = Path(cfg["DATABASE"]).resolve()
+    if not source.is_file():
+        raise BackupError(f"{source} does not exist or is not a file")
+    if source == target:
+        raise BackupError("that is the live database file; name a backup instead")
+    lock = try_lock(cfg)
+    if lock is None:
+        raise BackupError(
+            f"the service is running (pid {lock_holder(cfg)}) on {target.parent}; stop it first "
+            "(systemctl stop agented), then run the restore again"
+        )
+    try:
+        return _restore_locked(cfg, source, target)
+    finally:
+        lock.close()
+
+
+def _restore_locked(cfg: dict, source: Path, target: Path) -> dict:
+    incoming = target.with_name(target.name + ".restoring")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{incoming}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(source, incoming)
+    if Path(f"{source}-wal").exists():  # a WAL-mode copy keeps recent commits beside it
+        shutil.copyfile(f"{source}-wal", f"{incoming}-wal")
+    try:
+        problems = check_file(incoming)
+        if not problems:
+            conn = db.connect(incoming)  # also folds any -wal into the file
+            try:
+                if not conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'schema_version'"
+                ).fetchone():
+                    raise BackupError(f"{source} has no schema_version table")
+                db.migration_status(conn)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except (sqlite3.Error, db.MigrationError, BackupError) as exc:
+                problems = [str(exc)]
+            finally:
+                conn.close()
+        if problems:
+            raise BackupError(f"{source} is not a usable Agented database: {'; '.join(problems)}")
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside_dir = target.parent / "replaced"
+        aside_dir.mkdir(exist_ok=True, mode=0o700)
+        aside = aside_dir / f"{target.stem}-{stamp}.db"
+        for suffix in ("", "-wal", "-shm"):
+            old = Path(f"{target}{suffix}")
+            if old.exists():
+                os.replace(old, f"{aside}{suffix}")
+        os.replace(incoming, target)
+        _fsync_dir(target.parent)
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{incoming}{suffix}").unlink(missing_ok=True)
+    replaced = str(aside) if aside.exists() else None
+    log.warning("database restored", extra={"source": str(source), "replaced": replaced})
+    return {"restored": str(source), "database": str(target), "replaced": replaced}
+
+
+# --- start-up check -------------------------------------------------------------------
+
+
+def startup_check(cfg: dict) -> None:
+    """Run quick_check before serving; on corruption stop, or restore when configured."""
+    path = Path(cfg["DATABASE"])
+    if not path.exists() or path.stat().st_size == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None)
+        # Settable only before the first table and before the switch to WAL:
+        # lets compaction give space back in steps.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.close()
+        return
+    problems = check_file(path, full=False)
+    if not problems:
+        _make_incremental(path)
+        return
+    log.critical("database failed quick_check", extra={"problems": problems[:5]})
+    good = next((b for b in list_backups(cfg) if not check_file(b["path"])), None)
+    if cfg.get("AUTO_RESTORE") and good is not None:
+        restore(cfg, good["path"])
+        log.critical("restored the newest good backup", extra={"backup": good["path"]})
+        return
+    if good is not None:
+        how = f"agented restore {good['path']}"
+    else:
+        how = "no good backup was found; copy one into place and run agented restore FILE"
+    raise CorruptDatabase(
+        f"the database {path} is corrupt ({'; '.join(problems[:3])}). Stop here: run "
+        f"`{how}` (or set AGENTED_AUTO_RESTORE=true to do it at start), then start again."
+    )
+
+
+def _make_incremental(path: Path) -> None:
+    """Switch a small database to incremental auto-vacuum (a VACUUM, so only when small)."""
+    conn = db.connect(path)
+    try:
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 0:
+            return
+        if path.stat().st_size > SMALL_DB_BYTES:
+            log.warning(
+                "auto_vacuum is off: compaction cannot give space back in steps; "
+                "run `agented compact --full` once with the service stopped"
+            )
+            return
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")
+    finally:
+        conn.close()
+
+
+def storage_facts(cfg: dict) -> dict:
+    """Sizes, free pages and the newest backup, for /api/v1/health and /metrics."""
+    path = Path(cfg["DATABASE"])
+    wal = Path(f"{path}-wal")
+    conn = db.connect(path)
+    try:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        auto_vacuum = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
+    finally:
+        conn.close()
+    backups = list_backups(cfg)
+    return {
+        "db_bytes": path.stat().st_size if path.exists() else 0,
+        "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+        "pages": pages,
+        "free_pages": free,
+        "fragmentation": round(free / pages, 4) if pages else 0.0,
+        "auto_vacuum": {0: "none", 1: "full", 2: "incremental"}.get(auto_vacuum, "?"),
+        "backups": len(backups),
+        "last_backup_at": backups[0]["created_at"] if backups else None,
+        "last_backup_file": backups[0]["path"] if backups else None,
+        "last_backup_bytes": backups[0]["size"] if backups else None,
+    }

@@ -1,0 +1,175 @@
+"""`agented diagnose`: check what the service needs and say how to fix each problem."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from app import backup, config, db
+
+BACKEND_CLIS = {"claude": "claude", "codex": "codex", "gemini": "gemini", "opencode": "opencode"}
+UNIT = Path("/etc/systemd/system/agented.service")
+
+
+def check(name: str, level: str, detail: str, fix: str = "") -> dict:
+    """One finding: level is ok, warn or fail."""
+    return {"name": name, "level": level, "detail": detail, "fix": fix}
+
+
+def run() -> list[dict]:
+    """Run every check; a configuration error stops the ones that need the settings."""
+    try:
+        cfg = config.load()
+    except config.ConfigError as exc:
+        return [check("config", "fail", str(exc), "fix that variable in .env or /etc/agented.env")]
+    found = [check("config", "ok", f"data dir {cfg['DATA_DIR']}, bind {cfg['BIND']}")]
+    for fn in (_data_dir, _secret_key, _database, _disk, _backups, _agent_clis, _port, _systemd):
+        try:
+            found.extend(fn(cfg))
+        except Exception as exc:  # a broken check is a finding, not a crash
+            found.append(check(fn.__name__.strip("_"), "fail", f"check failed: {exc}"))
+    return found
+
+
+def _data_dir(cfg: dict) -> list[dict]:
+    path = Path(cfg["DATA_DIR"])
+    if not os.access(path, os.W_OK):
+        return [check("data dir", "fail", f"{path} is not writable by {os.getuid()}",
+                      f"chown the service user {path} (or set AGENTED_DATA_DIR)")]  # fmt: skip
+    return [check("data dir", "ok", f"{path} is writable")]
+
+
+def _secret_key(cfg: dict) -> list[dict]:
+    path = Path(cfg["DATA_DIR"]) / "secret_key"
+    if not path.exists():
+        return [check("secret key", "ok", "from SECRET_KEY in the environment")]
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        return [check("secret key", "fail", f"{path} has mode {mode:o}; others can read it",
+                      f"chmod 600 {path}")]  # fmt: skip
+    return [check("secret key", "ok", f"{path} is private (mode {mode:o})")]
+
+
+def _database(cfg: dict) -> list[dict]:
+    path = Path(cfg["DATABASE"])
+    if not path.exists():
+        return [check("database", "warn", f"{path} does not exist yet",
+                      "agented db migrate (or just run) creates it")]  # fmt: skip
+    problems = backup.check_file(path, full=False)
+    if problems:
+        newest = backup.list_backups(cfg)
+        fix = f"stop the service, then agented restore {newest[0]['path']}" if newest else (
+            "stop the service and restore a backup with agented restore FILE")  # fmt: skip
+        return [check("database", "fail", f"quick_check: {'; '.join(problems[:3])}", fix)]
+    found = [check("database", "ok", f"{path} passes quick_check")]
+    conn = db.connect(path)
+    try:
+        status = db.migration_status(conn)
+    except db.MigrationError as exc:
+        found.append(check("migrations", "fail", str(exc), "deploy the matching code version"))
+        return found
+    finally:
+        conn.close()
+    pending = [s["name"] for s in status if s["applied_at"] is None]
+    if pending:
+        found.append(check("migrations", "fail", f"pending: {', '.join(pending)}",
+                           "agented db migrate (the service also migrates at start)"))  # fmt: skip
+    else:
+        found.append(check("migrations", "ok", f"{len(status)} applied"))
+    return found
+
+
+def _disk(cfg: dict) -> list[dict]:
+    free_mb = shutil.disk_usage(cfg["DATA_DIR"]).free // (1024 * 1024)
+    minimum = cfg["MIN_FREE_DISK_MB"]
+    fix = f"free space on the file system of {cfg['DATA_DIR']} (old backups, logs, workspaces)"
+    if free_mb < minimum:
+        return [check("disk", "fail", f"{free_mb} MB free, below {minimum} MB", fix)]
+    if free_mb < 2 * minimum:
+        return [check("disk", "warn", f"{free_mb} MB free, near the {minimum} MB floor", fix)]
+    return [check("disk", "ok", f"{free_mb} MB free")]
+
+
+def _backups(cfg: dict) -> list[dict]:
+    found = backup.list_backups(cfg)
+    if not found:
+        return [check("backups", "warn", f"none in {backup.backup_dir(cfg)}", "agented backup")]
+    age_h = (time.time() - found[0]["created_at"]) / 3600
+    interval_h = cfg["BACKUP_INTERVAL_S"] / 3600
+    if interval_h and age_h > 2 * interval_h:
+        return [check("backups", "warn", f"newest is {age_h:.0f} h old",
+                      "is the service running? run agented backup now")]  # fmt: skip
+    return [check("backups", "ok", f"{len(found)} kept, newest {age_h:.1f} h old")]
+
+
+def _agent_clis(cfg: dict) -> list[dict]:
+    used: dict[str, list[str]] = {}
+    commands: list[tuple[str, str]] = []
+    if Path(cfg["DATABASE"]).exists():
+        conn = db.connect(cfg["DATABASE"])
+        try:
+            for row in conn.execute("SELECT name, backend, command FROM agents WHERE enabled = 1"):
+                used.setdefault(row["backend"], []).append(row["name"])
+                argv = json.loads(row["command"] or "[]")
+                if row["backend"] == "shell" and argv:
+                    commands.append((row["name"], argv[0]))
+        finally:
+            conn.close()
+    found = []
+    for backend, program in BACKEND_CLIS.items():
+        where = shutil.which(program)
+        if where:
+            found.append(check(f"cli {program}", "ok", where))
+        elif backend in used:
+            found.append(check(f"cli {program}", "fail",
+                               f"not on PATH, but agents use it: {', '.join(used[backend])}",
+                               f"install {program} for the service user or fix PATH"))  # fmt: skip
+        else:
+            found.append(check(f"cli {program}", "ok", "not installed (no agent uses it)"))
+    for name, program in commands:
+        if not shutil.which(program):
+            found.append(check(f"agent {name}", "fail", f"its command {program!r} is not found",
+                               "install it or correct the agent's command"))  # fmt: skip
+    return found
+
+
+def _port(cfg: dict) -> list[dict]:
+    host, _, port = cfg["BIND"].rpartition(":")
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]")
+    try:
+        with socket.create_connection((probe_host, int(port)), timeout=1):
+            pass
+    except OSError:
+        return [check("port", "ok", f"{cfg['BIND']} is free (the service is not running)")]
+    try:
+        url = f"http://{probe_host}:{port}/health/live"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            if json.loads(resp.read()).get("status") == "ok":
+                return [check("port", "ok", f"the service answers on {cfg['BIND']}")]
+    except Exception:
+        pass
+    return [check("port", "fail", f"{cfg['BIND']} is taken by another program",
+                  f"find it with `ss -ltnp 'sport = :{port}'`, or set AGENTED_BIND")]  # fmt: skip
+
+
+def _systemd(cfg: dict) -> list[dict]:
+    if not Path("/run/systemd/system").exists():
+        return [check("systemd", "ok", "not a systemd host (run gunicorn your own way)")]
+    if not UNIT.exists():
+        return [check("systemd", "warn", f"{UNIT} is not installed", "sudo just deploy")]
+    try:
+        state = subprocess.run(["systemctl", "is-active", "agented"], capture_output=True,
+                               text=True, timeout=5).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [check("systemd", "warn", f"systemctl failed: {exc}")]
+    if state != "active":
+        return [check("systemd", "fail", f"agented.service is {state or 'unknown'}",
+                      "sudo systemctl enable --now agented; journalctl -u agented -e")]  # fmt: skip
+    return [check("systemd", "ok", "agented.service is active")]

@@ -1,0 +1,186 @@
+"""Retention (old rows deleted in small batches) and compaction (checkpoint, then vacuum).
+
+Deletes go through `db.write` one batch at a time with a pause between
+batches, so the requests' own writes get the writer in between and no
+transaction holds the lock for long. Retention periods come from the
+AGENTED_RETENTION_* settings; the audit log is never deleted (its hash chain
+is the point of it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from app import db, metrics
+
+log = logging.getLogger("agented.retention")
+DAY = 86400.0
+TERMINAL = ("succeeded", "failed", "timed_out", "cancelled", "dead")
+_IN_TERMINAL = "('succeeded', 'failed', 'timed_out', 'cancelled', 'dead')"
+# Pages freed per vacuum transaction: about 2 MB, a few milliseconds of writer time.
+VACUUM_STEP_PAGES = 500
+
+
+def _pause() -> None:
+    from gevent import monkey
+
+    if monkey.is_module_patched("socket"):
+        import gevent
+
+        gevent.sleep(0.02)
+
+
+def delete_in_batches(cfg: dict, table: str, sql: str, params: tuple, batch: int) -> int:
+    """Run a batched DELETE (its last parameter is the LIMIT) until a batch comes back short."""
+    total = 0
+    while True:
+        n = db.write(lambda conn: conn.execute(sql, (*params, batch)).rowcount, cfg["DATABASE"])
+        total += n
+        if n < batch:
+            break
+        _pause()
+    if total:
+        metrics.count("retention_deleted_total", total, table=table)
+    return total
+
+
+def _has_table(cfg: dict, name: str) -> bool:
+    conn = db.connect(cfg["DATABASE"])
+    try:
+        row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+        return row is not None
+    finally:
+        conn.close()
+
+
+def run(cfg: dict, now: float | None = None) -> dict[str, int]:
+    """Delete what is past its retention period; return rows deleted per table."""
+    now = now or time.time()
+    batch = cfg["RETENTION_BATCH"]
+    done: dict[str, int] = {}
+    # Logs first: a task deleted later then cascades to few or no log rows.
+    done["task_logs"] = delete_in_batches(
+        cfg, "task_logs",
+        "DELETE FROM task_logs WHERE (task_id, seq) IN (SELECT l.task_id, l.seq"
+        " FROM tasks t JOIN task_logs l ON l.task_id = t.id"
+        f" WHERE t.finished_at < ? AND t.state IN {_IN_TERMINAL} LIMIT ?)",
+        (now - cfg["RETENTION_LOGS_DAYS"] * DAY,), batch,
+    )  # fmt: skip
+    # Attempts and any remaining logs go with their task (ON DELETE CASCADE).
+    done["tasks"] = delete_in_batches(
+        cfg, "tasks",
+        "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < ?"
+        f" AND state IN {_IN_TERMINAL} LIMIT ?)",
+        (now - cfg["RETENTION_TASKS_DAYS"] * DAY,), batch,
+    )  # fmt: skip
+    done["deliveries"] = delete_in_batches(
+        cfg, "deliveries",
+        "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE received_at < ?"
+        " ORDER BY received_at LIMIT ?)",
+        (now - cfg["RETENTION_DELIVERIES_DAYS"] * DAY,), batch,
+    )  # fmt: skip
+    # Event ids grow with time, so the oldest rows are the first ones in id order.
+    done["events"] = delete_in_batches(
+        cfg, "events",
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ? ORDER BY id LIMIT ?)",
+        (now - cfg["RETENTION_EVENTS_DAYS"] * DAY,), batch,
+    )  # fmt: skip
+    if _has_table(cfg, "messages"):
+        # Only finished messages: queued ones are still owed to their receiver.
+        cutoff = now - cfg["RETENTION_MESSAGES_DAYS"] * DAY
+        done["messages"] = delete_in_batches(
+            cfg, "messages",
+            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE state = 'acked'"
+            " AND acked_at < ? UNION ALL SELECT id FROM messages WHERE state = 'dead'"
+            " AND dead_at < ? LIMIT ?)",
+            (cutoff, cutoff), batch,
+        )  # fmt: skip
+    done["alerts"] = delete_in_batches(
+        cfg, "alerts",
+        "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE state = 'resolved'"
+        " AND resolved_at < ? LIMIT ?)",
+        (now - cfg["RETENTION_EVENTS_DAYS"] * DAY,), batch,
+    )  # fmt: skip
+    log.info("retention run", extra={"deleted": done})
+    return done
+
+
+# --- compaction ---------------------------------------------------------------------
+
+
+def sizes(cfg: dict) -> dict[str, int]:
+    path = Path(cfg["DATABASE"])
+    wal = Path(f"{path}-wal")
+    return {
+        "db_bytes": path.stat().st_size if path.exists() else 0,
+        "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+    }
+
+
+def checkpoint(path: str) -> list[Any]:
+    """Copy the WAL into the database and truncate it (blocks: run it in the threadpool)."""
+    conn = db.connect(path)
+    try:
+        return list(conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+    finally:
+        conn.close()
+
+
+def _vacuum_step(conn) -> int:
+    # Python's sqlite3 steps a no-column statement once, and each step of
+    # incremental_vacuum frees one page: so one execute per page.
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    for _ in range(min(free, VACUUM_STEP_PAGES)):
+        conn.execute("PRAGMA incremental_vacuum(1)")
+    return conn.execute("PRAGMA freelist_count").fetchone()[0]
+
+
+def compact(cfg: dict, max_steps: int = 2000) -> dict:
+    """Checkpoint the WAL and give free pages back to the file system; log sizes."""
+    from app import ops
+
+    path = str(cfg["DATABASE"])
+    before = sizes(cfg)
+    started = time.monotonic()
+    first = ops.offload(checkpoint, path)
+    conn = db.connect(path)
+    try:
+        mode = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
+    finally:
+        conn.close()
+    steps = 0
+    if mode == 2:
+        left = 1
+        while left and steps < max_steps:
+            left = db.write(_vacuum_step, path)
+            steps += 1
+            _pause()
+        # The vacuum's own pages went to the WAL: fold them in and truncate it.
+        ops.offload(checkpoint, path)
+    after = sizes(cfg)
+    result = {
+        "before": before,
+        "after": after,
+        "vacuum_steps": steps,
+        "auto_vacuum": {0: "none", 1: "full", 2: "incremental"}.get(mode, "?"),
+        "checkpoint_busy": bool(first[0]),
+        "duration_s": round(time.monotonic() - started, 3),
+    }
+    log.info("compaction", extra=result)
+    return result
+
+
+def full_vacuum(path: str) -> dict:
+    """Switch to incremental auto-vacuum and rebuild the file (service stopped)."""
+    before = Path(path).stat().st_size
+    conn = db.connect(path)
+    try:
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    return {"before_bytes": before, "after_bytes": Path(path).stat().st_size}
