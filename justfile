@@ -49,11 +49,11 @@ fmt: setup
     .venv/bin/ruff check --fix .
     .venv/bin/ruff format .
 
-# Benchmarks: each prints its figures and a ratio against a reference run beside it.
+# Benchmarks: each bench/*.py prints its figures beside a reference run (bench/_*.py are helpers).
 bench: setup
     #!/usr/bin/env bash
     set -euo pipefail
-    for script in bench/*.py; do echo "== $script"; .venv/bin/python "$script"; done
+    for script in bench/[!_]*.py; do echo "== $script"; .venv/bin/python "$script"; done
 
 # Install the systemd unit (run as root on the target machine; see README "Deploy").
 deploy: setup
