@@ -7,6 +7,8 @@ import re
 import runpy
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -38,9 +40,8 @@ def test_it_passes_systemd_analyze_verify(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     unit = tmp_path / "agented.service"
-    unit.write_text(
-        UNIT.read_text().replace("/opt/agented", str(ROOT)).replace("/var/lib/agented", str(state))
-    )
+    text = UNIT.read_text().replace("/opt/agented/.venv/bin", str(Path(sys.executable).parent))
+    unit.write_text(text.replace("/opt/agented", str(ROOT)).replace("/var/lib/agented", str(state)))
     done = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     problems = [
         line
