@@ -1,0 +1,113 @@
+"""Retention deletes old rows in small batches; compaction gives the space back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from app import db, retention
+from app.cli import main
+from tests.ops_helpers import add_attempt, add_delivery, add_event, add_logs, add_task, connect
+
+DAY = 86400
+
+
+def count(conn, table: str) -> int:
+    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_it_deletes_what_is_past_retention_and_keeps_the_rest(app):
+    conn = connect(app.config["DATABASE"])
+    old = add_task(conn, "succeeded", age_s=40 * DAY, finished_age_s=31 * DAY)
+    add_attempt(conn, old, 1, "succeeded", 0, 1)
+    add_logs(conn, old, 3)
+    week_old = add_task(conn, "dead", age_s=9 * DAY, finished_age_s=8 * DAY)
+    add_logs(conn, week_old, 3)
+    fresh = add_task(conn, "succeeded", finished_age_s=DAY)
+    add_logs(conn, fresh, 3)
+    stale_queued = add_task(conn, "queued", age_s=60 * DAY)  # never finished: kept
+    add_delivery(conn, 202, age_s=31 * DAY)
+    add_delivery(conn, 202, age_s=DAY)
+    add_event(conn, "task.queued", age_s=31 * DAY)
+    add_event(conn, "task.queued", age_s=DAY)
+
+    done = retention.run(app.config)
+
+    assert done["tasks"] == 1 and done["task_logs"] == 6 and done["deliveries"] == 1
+    assert done["events"] == 1
+    ids = {r[0] for r in conn.execute("SELECT id FROM tasks")}
+    assert ids == {week_old, fresh, stale_queued}
+    assert count(conn, "attempts") == 0  # went with its task
+    logs = {r[0] for r in conn.execute("SELECT DISTINCT task_id FROM task_logs")}
+    assert logs == {fresh}  # the 8-day-old task keeps its row but not its logs
+    assert count(conn, "deliveries") == 1 and count(conn, "events") == 1
+
+
+def test_it_deletes_in_small_batches(make_app, monkeypatch):
+    app = make_app(env={"AGENTED_RETENTION_BATCH": "4"})
+    conn = connect(app.config["DATABASE"])
+    conn.execute("BEGIN")
+    for _ in range(10):
+        add_task(conn, "cancelled", age_s=40 * DAY, finished_age_s=35 * DAY)
+    conn.execute("COMMIT")
+    sizes: list[int] = []
+    real_write = db.write
+
+    def spy(fn, path=None):
+        result = real_write(fn, path)
+        if isinstance(result, int):
+            sizes.append(result)
+        return result
+
+    monkeypatch.setattr(db, "write", spy)
+    assert retention.run(app.config)["tasks"] == 10
+    assert [n for n in sizes if n] == [4, 4, 2]  # three short transactions, not one long one
+    assert count(conn, "tasks") == 0
+
+
+def test_it_deletes_only_finished_messages(app):
+    conn = connect(app.config["DATABASE"])
+    old = 40 * DAY
+    for i, (state, column) in enumerate(
+        (("acked", "acked_at"), ("dead", "dead_at"), ("queued", None))
+    ):
+        conn.execute(
+            "INSERT INTO messages (message_id, sender, receiver, performative, conversation_id,"
+            " content, digest, state, visible_at, max_deliveries, ttl_s, expires_at, created_at)"
+            " VALUES (?, 'a', 'b', 'inform', 'c', '{}', 'd', ?, 0, 5, 60, 0, 0)",
+            (f"m{i}", state),
+        )
+        if column:
+            conn.execute(
+                f"UPDATE messages SET {column} = strftime('%s') - ? WHERE message_id = ?",
+                (old, f"m{i}"),
+            )
+    assert retention.run(app.config)["messages"] == 2
+    assert [r[0] for r in conn.execute("SELECT state FROM messages")] == ["queued"]
+
+
+def test_it_compacts_and_gives_space_back(app):
+    conn = connect(app.config["DATABASE"])
+    conn.execute("BEGIN")
+    for _ in range(200):
+        task = add_task(conn, "succeeded", finished_age_s=40 * DAY)
+        conn.execute("UPDATE tasks SET prompt = ? WHERE id = ?", ("x" * 8000, task))
+    conn.execute("COMMIT")
+    retention.run(app.config)
+    retention.checkpoint(str(app.config["DATABASE"]))
+    grown = Path(app.config["DATABASE"]).stat().st_size
+    assert grown > 1_600_000
+    result = retention.compact(app.config)
+    assert result["auto_vacuum"] == "incremental" and result["vacuum_steps"] >= 1
+    assert result["after"]["wal_bytes"] == 0
+    assert result["after"]["db_bytes"] < grown / 2
+    assert conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
+
+
+def test_it_runs_retention_and_compaction_from_the_cli(app, cli_runner):
+    result = cli_runner.invoke(main, ["retention", "run", "--json"])
+    assert result.exit_code == 0 and "tasks" in json.loads(result.output)["deleted"]
+    result = cli_runner.invoke(main, ["compact", "--json"])
+    assert result.exit_code == 0 and "after" in json.loads(result.output)
+    result = cli_runner.invoke(main, ["compact", "--full", "--json"])
+    assert result.exit_code == 0 and "after_bytes" in json.loads(result.output)
