@@ -64,6 +64,7 @@ FEATURES = [
     "tasks",
     "webhooks",
     "messages",
+    "conversations",
     "mailboxes",
     "contractnet",
     "message_dlq",

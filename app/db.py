@@ -96,6 +96,13 @@ def _write_direct(fn: Callable[[sqlite3.Connection], Any], path: str | Path) -> 
     return result
 
 
+def close_direct() -> None:
+    """Close this thread's direct write connections (tests open a database per test)."""
+    for conn in getattr(_local, "conns", {}).values():
+        conn.close()
+    _local.conns = {}
+
+
 _writers: dict[str, GroupWriter] = {}
 
 

@@ -51,6 +51,16 @@ def free_port() -> int:
 # --- the app, in process ---------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _close_write_connections() -> Iterator[None]:
+    # db.write keeps a connection per database file; each test makes its own file, so
+    # without this a long run would hold three descriptors per test until it ends.
+    yield
+    from app import db
+
+    db.close_direct()
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the service's environment at a fresh data dir (and nothing else)."""

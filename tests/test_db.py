@@ -25,6 +25,7 @@ def writer(path):
     writer.start()
     yield writer
     writer.stop()
+    writer.conn.close()
 
 
 def names(path) -> list[str]:
