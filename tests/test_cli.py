@@ -6,9 +6,9 @@ import json
 import subprocess
 
 import click
-from conftest import ROOT, _venv_bin, clean_env
 
 from app.cli import main
+from tests.conftest import ROOT, _venv_bin, clean_env
 
 
 def leaf_commands(group: click.Group, prefix: str = "agented"):

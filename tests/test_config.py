@@ -6,10 +6,10 @@ import os
 import stat
 
 import pytest
-from conftest import ROOT
 
 from app import config
 from app.cli import main
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(

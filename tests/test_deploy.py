@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+
+from tests.conftest import ROOT
 
 UNIT = ROOT / "deploy" / "systemd" / "agented.service"
 

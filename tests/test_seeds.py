@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 
-from conftest import ROOT, _venv_bin, clean_env
+from tests.conftest import ROOT, _venv_bin, clean_env
 
 
 def dump(path) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import ROOT, _venv_bin, clean_env
+from tests.conftest import ROOT, _venv_bin, clean_env
 
 
 def test_it_serves_and_exits_cleanly_on_sigterm(live_server):
