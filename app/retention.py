@@ -89,14 +89,13 @@ def run(cfg: dict, now: float | None = None) -> dict[str, int]:
         (now - cfg["RETENTION_EVENTS_DAYS"] * DAY,), batch,
     )  # fmt: skip
     if _has_table(cfg, "messages"):
-        # Only finished messages: queued ones are still owed to their receiver.
-        cutoff = now - cfg["RETENTION_MESSAGES_DAYS"] * DAY
+        # Dead letters only: the messaging sweep already drops acked messages
+        # (AGENTED_MESSAGE_RETENTION_S), and queued ones are still owed.
         done["messages"] = delete_in_batches(
             cfg, "messages",
-            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE state = 'acked'"
-            " AND acked_at < ? UNION ALL SELECT id FROM messages WHERE state = 'dead'"
+            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE state = 'dead'"
             " AND dead_at < ? LIMIT ?)",
-            (cutoff, cutoff), batch,
+            (now - cfg["RETENTION_MESSAGES_DAYS"] * DAY,), batch,
         )  # fmt: skip
     done["alerts"] = delete_in_batches(
         cfg, "alerts",
