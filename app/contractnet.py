@@ -16,7 +16,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from flask import Blueprint, Flask, current_app, g, jsonify
+from flask import Blueprint, current_app, g, jsonify
 from pydantic import Field
 
 from app import db, events, msgconfig, ratelimit
@@ -158,9 +158,8 @@ def close(conn, cfg: dict, conversation_id: str, t: float, force: bool = False) 
     return evs
 
 
-def close_due(app: Flask, t: float, only: list[str] | None = None) -> None:
+def close_due(cfg: dict, t: float, only: list[str] | None = None) -> None:
     """Close every open Contract Net past its deadline or fully answered (`only`: these ids)."""
-    cfg = app.config
 
     def job(conn):
         if only is not None:

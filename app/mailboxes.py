@@ -331,25 +331,22 @@ def sweep(conn, cfg: dict, t: float) -> list[dict]:
 
 def sweep_now(app: Flask, t: float | None = None) -> list[dict]:
     """Run every messaging sweep once (the background loop, the CLI and tests call this)."""
-    from app import contractnet
+    from app import contractnet, delegation
 
     cfg = app.config
-    with app.app_context():
-        now = time.time() if t is None else t
-        evs = db.write(lambda conn: sweep(conn, cfg, now), cfg["DATABASE"])
-        events.publish_all(evs)
-        contractnet.close_due(app, now)
-        try:
-            from app import delegation
-        except ImportError:
-            return evs
-        delegation.reply_finished(app)
+    now = time.time() if t is None else t
+    evs = db.write(lambda conn: sweep(conn, cfg, now), cfg["DATABASE"])
+    events.publish_all(evs)
+    contractnet.close_due(cfg, now)
+    delegation.reply_finished(app)
     return evs
 
 
 def start(app: Flask) -> None:
-    """Run the sweep every MESSAGE_SWEEP_S in a greenlet (called in the gunicorn worker)."""
+    """Run the sweep every MESSAGE_SWEEP_S and answer delegations (in the gunicorn worker)."""
     import gevent
+
+    from app import delegation
 
     def loop() -> None:
         while True:
@@ -360,3 +357,4 @@ def start(app: Flask) -> None:
                 log.exception("messaging sweep failed")
 
     gevent.spawn(loop)
+    delegation.start(app)

@@ -29,7 +29,7 @@ from app.agents import (
     has_capabilities,
     key_agent_id,
 )
-from app.api import Body, arg_int, body_model, decode_cursor, encode_cursor
+from app.api import Body, body_model
 from app.auth import allows, requires
 from app.errors import ApiError
 
@@ -280,7 +280,12 @@ def prepare(raw: Any, agents: dict[str, Any], cfg: dict) -> Draft:
             json.dumps([sender, msg.model_dump(mode="json")], sort_keys=True).encode()
         ).hexdigest()
     draining = [n for n in receivers if agents[n]["state"] == "draining"]
-    return Draft(msg, sender, receivers, content, digest, ttl, draining)
+    draft = Draft(msg, sender, receivers, content, digest, ttl, draining)
+    if msg.performative == "request" and msg.protocol:
+        from app import delegation
+
+        draft.task_plan = delegation.plan_for(draft, agents)
+    return draft
 
 
 def reply_not_understood(items: list[tuple[int, Any, Problem]], agents, cfg: dict) -> None:
@@ -389,59 +394,58 @@ def messages_send():
         ratelimit.take(sender, agents[sender]["rate_tier"], "send", n)
     results, evs = db.write(lambda conn: store(conn, drafts, cfg, time.time()))
     events.publish_all(evs)
-    delegate_requests(results, drafts, agents)
+    after_send(results, drafts)
     status = 200 if all(r["duplicate"] for r in results) else 201
     return jsonify({"messages": results} if batch else results[0]), status
+
+
+def duplicate_of(conn, seen: dict, index: int, d: Draft) -> dict | None:
+    """Return the earlier send's result when this message is a retry; 409 on a reused id."""
+    m = d.msg
+    if m.message_id is None:
+        return None
+    key = (d.sender, m.message_id)
+    reused = ApiError(
+        409,
+        f"message {index}: message_id {m.message_id!r} was already used for another message",
+        code="message_id_reused",
+        details={"index": index, "message_id": m.message_id},
+    )
+    if key in seen:  # the same id earlier in this batch
+        digest, first = seen[key]
+        if digest != d.digest:
+            raise reused
+        return {"message_id": m.message_id, "duplicate": True, "same_as": first}
+    seen[key] = (d.digest, index)
+    old = conn.execute(
+        "SELECT id, receiver, conversation_id, digest FROM messages"
+        " WHERE sender = ? AND message_id = ? ORDER BY id",
+        key,
+    ).fetchall()
+    if not old:
+        return None
+    if old[0]["digest"] != d.digest:
+        raise reused
+    return {
+        "message_id": m.message_id,
+        "conversation_id": old[0]["conversation_id"],
+        "duplicate": True,
+        "deliveries": [{"id": r["id"], "receiver": r["receiver"]} for r in old],
+    }
 
 
 def store(conn, drafts: list[Draft], cfg: dict, t: float) -> tuple[list[dict], list[dict]]:
     """Insert every draft's rows or none (raises ApiError); return results and events."""
     rows: list[tuple] = []
     results: list[dict] = []
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str], tuple[str, int]] = {}
     per_receiver: dict[str, int] = defaultdict(int)
     for index, d in enumerate(drafts):
         m = d.msg
-        if m.message_id is not None:
-            key = (d.sender, m.message_id)
-            earlier = seen.get(key)
-            if earlier is None:
-                old = conn.execute(
-                    "SELECT id, receiver, conversation_id, digest FROM messages"
-                    " WHERE sender = ? AND message_id = ? ORDER BY id",
-                    key,
-                ).fetchall()
-                if old:
-                    if old[0]["digest"] != d.digest:
-                        raise ApiError(
-                            409,
-                            f"message {index}: message_id {m.message_id!r} was already used"
-                            " for a different message",
-                            code="message_id_reused",
-                            details={"index": index, "message_id": m.message_id},
-                        )
-                    results.append(
-                        {
-                            "message_id": m.message_id,
-                            "conversation_id": old[0]["conversation_id"],
-                            "duplicate": True,
-                            "deliveries": [{"id": r["id"], "receiver": r["receiver"]} for r in old],
-                        }
-                    )
-                    seen[key] = d.digest
-                    continue
-            elif earlier == d.digest:
-                results.append({"message_id": m.message_id, "duplicate": True, "same_as": index})
-                continue
-            else:
-                raise ApiError(
-                    409,
-                    f"message {index}: message_id {m.message_id!r} appears twice with different"
-                    " messages",
-                    code="message_id_reused",
-                    details={"index": index, "message_id": m.message_id},
-                )
-            seen[key] = d.digest
+        dup = duplicate_of(conn, seen, index, d)
+        if dup is not None:
+            results.append(dup)
+            continue
         conversation = m.conversation_id or uuid.uuid4().hex
         for name in d.draining:
             # A draining agent finishes the conversations it is in and starts no new one.
@@ -487,29 +491,42 @@ def store(conn, drafts: list[Draft], cfg: dict, t: float) -> tuple[list[dict], l
             )
     ids = iter(insert_rows(conn, rows))
     by_receiver: dict[str, list[int]] = defaultdict(list)
-    for result in results:
+    evs: list[dict] = []
+    for result, d in zip(results, drafts, strict=True):
         if result["duplicate"]:
             continue
         for delivery in result["deliveries"]:
             delivery["id"] = next(ids)
             by_receiver[delivery["receiver"]].append(delivery["id"])
+        if d.task_plan is not None:
+            from app import delegation
+
+            row_id = result["deliveries"][0]["id"]
+            evs += delegation.begin(conn, cfg, row_id, d, result["conversation_id"], t)
     for result in results:
         if "same_as" in result:
             first = results[result.pop("same_as")]
             result.update(conversation_id=first["conversation_id"], deliveries=first["deliveries"])
-    return results, wake_events(conn, by_receiver)
+    return results, wake_events(conn, by_receiver) + evs
 
 
-def delegate_requests(results: list[dict], drafts: list[Draft], agents: dict) -> None:
-    """Turn requests to local agents whose protocol names a task into tasks (app/delegation.py)."""
-    try:
-        from app import delegation
-    except ImportError:
-        return
-    delegation.after_send(results, drafts, agents)
+def after_send(results: list[dict], drafts: list[Draft]) -> None:
+    """Wake the scheduler for delegated tasks; close Contract Nets every participant answered."""
+    fresh = [(r, d) for r, d in zip(results, drafts, strict=True) if not r["duplicate"]]
+    if any(d.task_plan for _r, d in fresh):
+        from app.tasks import wake_scheduler
+
+        wake_scheduler()
+    answered = {
+        r["conversation_id"] for r, d in fresh if d.msg.performative in ("propose", "refuse")
+    }
+    if answered:
+        from app import contractnet
+
+        contractnet.close_due(current_app.config, time.time(), sorted(answered))
 
 
-# --- conversations ------------------------------------------------------------------------
+# --- output ---------------------------------------------------------------------------------
 
 
 def message_json(row) -> dict:
@@ -529,90 +546,3 @@ def message_json(row) -> dict:
         "deliveries": row["deliveries"],
         "state": row["state"],
     }
-
-
-@bp.get("/api/v1/conversations/<conversation_id>")
-@requires("viewer")
-@agent_scoped
-def conversations_get(conversation_id: str):
-    """Return a conversation's messages in order, one entry per message with its receivers."""
-    limit = arg_int("limit", 500, 1, 5000)
-    cursor = decode_cursor(request.args.get("cursor")) or {}
-    rows = db.query_all(
-        "SELECT * FROM messages WHERE conversation_id = ? AND id > ? ORDER BY id LIMIT ?",
-        (conversation_id, int(cursor.get("id", 0)), limit + 1),
-    )
-    if not rows and not cursor:
-        raise ApiError(404, "conversation not found")
-    own = key_agent_id()
-    if own is not None:
-        me = db.query_one("SELECT name FROM agents WHERE id = ?", (own,))["name"]
-        if not db.query_one(
-            "SELECT 1 FROM messages WHERE conversation_id = ? AND (sender = ? OR receiver = ?)",
-            (conversation_id, me, me),
-        ):
-            raise ApiError(403, "this agent takes no part in that conversation")
-    more = len(rows) > limit
-    rows = rows[:limit]
-    thread: list[dict] = []
-    by_id: dict[str, dict] = {}
-    for row in rows:
-        entry = by_id.get(row["message_id"] + "\x00" + row["sender"])
-        if entry is None:
-            entry = message_json(row)
-            entry["receivers"] = []
-            for name in ("receiver", "state", "deliveries", "id"):
-                entry.pop(name)
-            entry["first_id"] = row["id"]
-            by_id[row["message_id"] + "\x00" + row["sender"]] = entry
-            thread.append(entry)
-        entry["receivers"].append(
-            {
-                "id": row["id"],
-                "receiver": row["receiver"],
-                "state": row["state"],
-                "deliveries": row["deliveries"],
-                "dead_reason": row["dead_reason"],
-            }
-        )
-    return jsonify(
-        {
-            "conversation_id": conversation_id,
-            "messages": thread,
-            "next_cursor": encode_cursor({"id": rows[-1]["id"]}) if more else None,
-        }
-    )
-
-
-@bp.get("/api/v1/conversations")
-@requires("viewer")
-def conversations_list():
-    """List conversations, most recently active first; ?agent= keeps one agent's."""
-    limit = arg_int("limit", 50, 1, 500)
-    agent = request.args.get("agent")
-    cursor = decode_cursor(request.args.get("cursor")) or {}
-    where, params = ["1 = 1"], []
-    if agent:
-        where.append("(sender = ? OR receiver = ?)")
-        params += [agent, agent]
-    having, hparams = "", []
-    if "last_id" in cursor:
-        having = "HAVING max(id) < ?"
-        hparams = [int(cursor["last_id"])]
-    rows = db.query_all(
-        "SELECT conversation_id, count(*) AS messages, min(created_at) AS started_at,"
-        " max(created_at) AS last_at, max(id) AS last_id,"
-        " group_concat(DISTINCT sender) AS senders"
-        f" FROM messages WHERE {' AND '.join(where)} GROUP BY conversation_id {having}"
-        " ORDER BY last_id DESC LIMIT ?",
-        (*params, *hparams, limit + 1),
-    )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    items = [dict(r) | {"senders": (r["senders"] or "").split(",")} for r in rows]
-    return jsonify(
-        {
-            "conversations": items,
-            "next_cursor": encode_cursor({"last_id": rows[-1]["last_id"]}) if more else None,
-        }
-    )

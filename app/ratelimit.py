@@ -5,8 +5,8 @@ an agent does, whichever key it uses: sending messages, polling its mailbox,
 acking, heartbeating, opening Contract Nets. The `limits` package offers only
 window strategies (fixed, moving, sliding counter), none with a separate
 refill rate and burst, so the bucket is the ~20 lines below. Buckets live in
-memory: the service is one process (gunicorn.conf.py), and a restart that
-refills them costs nothing that matters.
+memory (app.extensions): the service is one process (gunicorn.conf.py), and a
+restart that refills them costs nothing that matters.
 """
 
 from __future__ import annotations
@@ -69,9 +69,6 @@ class Bucket:
         self.stamp = stamp
 
 
-_buckets: dict[tuple[str, str], Bucket] = {}
-
-
 def take(agent: str, tier: str, action: str, cost: float = 1.0) -> None:
     """Take `cost` tokens from the agent's bucket for `action` or raise 429 with Retry-After."""
     tiers = current_app.config["RATE_TIERS"]
@@ -80,9 +77,11 @@ def take(agent: str, tier: str, action: str, cost: float = 1.0) -> None:
         return  # no limit for this tier and action
     rate, burst = rule
     now = time.monotonic()
-    bucket = _buckets.get((agent, action))
+    # Per app, so two apps in one process (tests) never share buckets.
+    buckets = current_app.extensions.setdefault("agent_buckets", {})
+    bucket = buckets.get((agent, action))
     if bucket is None:
-        bucket = _buckets[(agent, action)] = Bucket(burst, now)
+        bucket = buckets[(agent, action)] = Bucket(burst, now)
     bucket.tokens = min(burst, bucket.tokens + (now - bucket.stamp) * rate)
     bucket.stamp = now
     if cost > burst:
@@ -103,8 +102,3 @@ def take(agent: str, tier: str, action: str, cost: float = 1.0) -> None:
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
     bucket.tokens -= cost
-
-
-def reset() -> None:
-    """Forget every bucket (tests)."""
-    _buckets.clear()

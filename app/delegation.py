@@ -1,0 +1,151 @@
+"""Delegation: a `request` whose protocol names a task becomes a task for a local agent.
+
+`protocol: "agented-task"` with content `{"prompt": "...", "params": {...}}`, or
+`protocol: "agented-task:<trigger-slug>"` with the trigger's params as content,
+sent to one local (non-external) agent. The task is created in the same
+transaction as the message; the agent answers `agree` with the task id at
+once, then `inform` (succeeded, with the output's tail) or `failure` (dead or
+cancelled) when the task finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Flask, g
+
+from app import db, events
+from app.messages import Draft, Problem, hub_reply
+
+log = logging.getLogger("agented.delegation")
+PROTOCOL = "agented-task"
+OUTPUT_LINES = 200
+OUTPUT_BYTES = 32 * 1024
+
+
+def plan_for(draft: Draft, agents: dict[str, Any]) -> dict | None:
+    """Return the task plan a message asks for, None if it asks for none; Problem if malformed."""
+    msg = draft.msg
+    protocol = msg.protocol or ""
+    if msg.performative != "request" or not (
+        protocol == PROTOCOL or protocol.startswith(PROTOCOL + ":")
+    ):
+        return None
+    if len(draft.receivers) != 1 or agents[draft.receivers[0]]["backend"] == "external":
+        raise Problem("malformed", f"a {PROTOCOL} request goes to exactly one local agent")
+    agent = draft.receivers[0]
+    content = msg.content if isinstance(msg.content, dict) else None
+    if content is None:
+        raise Problem("malformed", f"a {PROTOCOL} request's content is a JSON object")
+    slug = protocol.partition(":")[2]
+    if slug:
+        from app.errors import ApiError
+        from app.triggers import plan_from_trigger
+
+        try:
+            plan = plan_from_trigger(slug, content)
+        except ApiError as exc:
+            raise Problem("malformed", f"trigger {slug!r}: {exc.message}") from None
+        plan["agent"] = agent
+    else:
+        prompt = content.get("prompt")
+        params = content.get("params", {})
+        if not isinstance(prompt, str) or not prompt.strip() or not isinstance(params, dict):
+            raise Problem(
+                "malformed", 'content needs "prompt" (text) and may have "params" (object)'
+            )
+        if set(content) - {"prompt", "params"}:
+            raise Problem("malformed", 'content takes only "prompt" and "params"')
+        plan = {"agent": agent, "prompt": prompt, "params": params}
+    plan["api_key_id"] = g.key["id"]
+    return plan
+
+
+def begin(conn, cfg: dict, row_id: int, draft: Draft, conversation_id: str, t: float):
+    """Create the task for a delegated request in the send's transaction; return the events."""
+    from app.tasks import create_task
+
+    task_id, ev = create_task(conn, cfg, **(draft.task_plan or {}))
+    agent = draft.receivers[0]
+    conn.execute(
+        "INSERT INTO delegations (task_id, message_row_id, requester, agent, conversation_id,"
+        " reply_with, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (task_id, row_id, draft.sender, agent, conversation_id, draft.msg.reply_with, t),
+    )
+    # The hub hands the message to the task: nobody else reads a local agent's mailbox.
+    conn.execute(
+        "UPDATE messages SET state = 'acked', acked_at = ?, deliveries = 1, delivered_at = ?"
+        " WHERE id = ?",
+        (t, t, row_id),
+    )
+    agree = hub_reply(
+        conn, cfg, draft.sender, "agree", {"task_id": task_id},
+        sender=agent, conversation_id=conversation_id, in_reply_to=draft.msg.reply_with,
+        protocol=draft.msg.protocol,
+    )  # fmt: skip
+    return [ev, *agree]
+
+
+def _output(conn, task_id: int) -> str:
+    rows = conn.execute(
+        "SELECT text FROM task_logs WHERE task_id = ? AND stream = 'stdout'"
+        " ORDER BY seq DESC LIMIT ?",
+        (task_id, OUTPUT_LINES),
+    ).fetchall()
+    text = "\n".join(r["text"] for r in reversed(rows))
+    return text[-OUTPUT_BYTES:]
+
+
+def reply(conn, cfg: dict, t: float) -> list[dict]:
+    """Answer every delegation whose task has finished; return the events."""
+    evs: list[dict] = []
+    for d in conn.execute(
+        "SELECT d.*, k.state AS task_state, k.exit_code, k.last_error FROM delegations d"
+        " JOIN tasks k ON k.id = d.task_id WHERE d.replied_at IS NULL"
+        " AND k.state IN ('succeeded', 'cancelled', 'dead') LIMIT 500"
+    ).fetchall():
+        content = {"task_id": d["task_id"], "state": d["task_state"], "exit_code": d["exit_code"]}
+        if d["task_state"] == "succeeded":
+            performative = "inform"
+            content["output"] = _output(conn, d["task_id"])
+        else:
+            performative = "failure"
+            content["error"] = d["last_error"]
+        evs += hub_reply(
+            conn, cfg, d["requester"], performative, content,
+            sender=d["agent"], conversation_id=d["conversation_id"],
+            in_reply_to=d["reply_with"], protocol=PROTOCOL,
+        )  # fmt: skip
+        conn.execute("UPDATE delegations SET replied_at = ? WHERE task_id = ?", (t, d["task_id"]))
+    return evs
+
+
+def reply_finished(app: Flask) -> None:
+    cfg = app.config
+    events.publish_all(db.write(lambda conn: reply(conn, cfg, time.time()), cfg["DATABASE"]))
+
+
+def start(app: Flask) -> None:
+    """Answer delegations as soon as their task finishes (the sweep catches anything missed)."""
+    import gevent
+
+    def loop() -> None:
+        sub = events.broker.subscribe("task", maxsize=10000)
+        while True:
+            event = sub.get(timeout=60)
+            if sub.dropped:
+                sub = events.broker.subscribe("task", maxsize=10000)
+            if event is None or event["kind"] not in (
+                "task.succeeded",
+                "task.dead",
+                "task.cancelled",
+            ):
+                continue
+            try:
+                reply_finished(app)
+            except Exception:
+                log.exception("delegation replies failed")
+
+    gevent.spawn(loop)
