@@ -249,19 +249,21 @@ def trigger_create(path, as_json):
 
 @trigger_group.command("enable")
 @click.argument("slug")
-def trigger_enable(slug):
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def trigger_enable(slug, as_json):
     """Turn a trigger on."""
-    set_enabled(slug, True)
+    set_enabled(slug, True, as_json)
 
 
 @trigger_group.command("disable")
 @click.argument("slug")
-def trigger_disable(slug):
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def trigger_disable(slug, as_json):
     """Turn a trigger off (its webhooks are recorded but start nothing)."""
-    set_enabled(slug, False)
+    set_enabled(slug, False, as_json)
 
 
-def set_enabled(slug: str, on: bool) -> None:
+def set_enabled(slug: str, on: bool, as_json: bool) -> None:
     with app_context():
         changed = db.write(
             lambda conn: (
@@ -273,7 +275,7 @@ def set_enabled(slug: str, on: bool) -> None:
         )
         if not changed:
             raise click.ClickException(f"no trigger {slug!r}")
-        click.echo(f"trigger {slug} {'enabled' if on else 'disabled'}")
+        emit(as_json, {"slug": slug, "enabled": on}, f"trigger {slug} {'on' if on else 'off'}")
 
 
 # --- deliveries -----------------------------------------------------------------
