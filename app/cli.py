@@ -187,5 +187,12 @@ for _group in (task_group, trigger_group, delivery_group):
 # completion) and the CLI's audit rows: they register themselves on `main`.
 import app.cli_ops  # noqa: E402, F401
 
+# Agents, messages and message dead letters (issue 6). They go through the
+# service's HTTP API, not the database: see app/cli_messages.py for why.
+from app.cli_messages import agent_group, dlq_group, msg_group  # noqa: E402
+
+for _group in (agent_group, msg_group, dlq_group):
+    main.add_command(_group)
+
 if __name__ == "__main__":
     main()

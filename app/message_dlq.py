@@ -44,7 +44,11 @@ class Selection(Body):
         return self
 
 
-class RedirectIn(Selection):
+class ReplayIn(Selection):
+    ttl: float | None = Field(default=None, gt=0, description="new TTL; default the message's")
+
+
+class RedirectIn(ReplayIn):
     to: str = Field(max_length=63)
 
 
@@ -141,9 +145,11 @@ def dead_letters_stats():
     return jsonify(_stats(path))
 
 
-def _requeue(selection: Selection, to: str | None):
+def _requeue(selection: Selection, to: str | None, ttl: float | None):
     cfg = current_app.config
     sel = selection.model_dump(exclude_none=True)
+    if ttl is not None and ttl > cfg["MESSAGE_TTL_S"]:
+        raise ApiError(422, f"ttl is at most {cfg['MESSAGE_TTL_S']:g} seconds")
     if to is not None and db.query_one("SELECT 1 FROM agents WHERE name = ?", (to,)) is None:
         raise ApiError(422, f"no agent named {to!r}")
     t = time.time()
@@ -187,9 +193,10 @@ def _requeue(selection: Selection, to: str | None):
                 "UPDATE messages SET state = 'queued', receiver = ?,"
                 " original_receiver = CASE WHEN ? != receiver"
                 "   THEN coalesce(original_receiver, receiver) ELSE original_receiver END,"
-                " visible_at = ?, deliveries = 0, expires_at = ? + ttl_s, replays = replays + 1,"
+                " visible_at = ?, deliveries = 0, ttl_s = coalesce(?, ttl_s),"
+                " expires_at = ? + coalesce(?, ttl_s), replays = replays + 1,"
                 " dead_reason = NULL, dead_detail = NULL, dead_at = NULL WHERE id = ?",
-                (name, name, t, t, r["id"]),
+                (name, name, t, ttl, t, ttl, r["id"]),
             )
             moved.setdefault(name, []).append(r["id"])
         return moved, wake_events(conn, moved)
@@ -202,10 +209,11 @@ def _requeue(selection: Selection, to: str | None):
 
 @bp.post("/api/v1/message-dead-letters/replay")
 @requires("operator")
-@body_model(Selection)
+@body_model(ReplayIn)
 def dead_letters_replay():
     """Put dead letters back in their mailboxes (fresh TTL and delivery count)."""
-    return _requeue(parse_body(Selection), None)
+    body = parse_body(ReplayIn)
+    return _requeue(Selection(**body.model_dump(exclude={"ttl"})), None, body.ttl)
 
 
 @bp.post("/api/v1/message-dead-letters/redirect")
@@ -214,7 +222,7 @@ def dead_letters_replay():
 def dead_letters_redirect():
     """Deliver dead letters to another agent instead."""
     body = parse_body(RedirectIn)
-    return _requeue(Selection(**body.model_dump(exclude={"to"})), body.to)
+    return _requeue(Selection(**body.model_dump(exclude={"to", "ttl"})), body.to, body.ttl)
 
 
 @bp.post("/api/v1/message-dead-letters/purge")
