@@ -1,14 +1,38 @@
-"""The dashboard pages."""
+"""The dashboard: server-rendered pages for people, one module per page.
+
+Every page declares its least role with `@requires`, so the guard in app/auth.py
+sends a stranger to /signin and checks CSRF on every post. Partials are named
+`_*.html` and rendered both inside their page and alone by fragment routes.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, g, redirect, render_template, url_for
+from flask import Blueprint
 
 bp = Blueprint("dashboard", __name__)
 
+# The page modules register their routes on `bp` when imported.
+from app.dashboard import (  # noqa: E402
+    agents,
+    common,
+    deadletters,
+    deliveries,
+    health,
+    keys,
+    overview,
+    tasks,
+    triggers,
+)
 
-@bp.get("/")
-def index():
-    if g.get("key") is None:
-        return redirect(url_for("auth.signin_get"))
-    return render_template("index.html")
+__all__ = [
+    "agents",
+    "bp",
+    "common",
+    "deadletters",
+    "deliveries",
+    "health",
+    "keys",
+    "overview",
+    "tasks",
+    "triggers",
+]

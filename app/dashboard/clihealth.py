@@ -1,0 +1,155 @@
+"""CLI health (FEAT-02): is each agent CLI installed, which version, do credentials look set?
+
+The check runs `<cli> --version` with a timeout, so it is never done inside a
+request: `snapshot()` returns the cached result (or None) at once and starts a
+background refresh when the cache is older than TTL_S. Under gunicorn the
+refresh is a greenlet (subprocess is cooperative there); elsewhere a thread.
+Credentials are only looked for (an environment variable's name, a file's
+presence, an agent secret's name); their values are never read or shown.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("agented.clihealth")
+
+TTL_S = 600
+VERSION_TIMEOUT_S = 10
+# name -> executable, environment variables and files that hold its credentials.
+CLIS: dict[str, dict] = {
+    "claude": {
+        "bin": "claude",
+        "env": ["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_AUTH_TOKEN"],
+        "files": ["~/.claude/.credentials.json"],
+    },
+    "codex": {
+        "bin": "codex",
+        "env": ["OPENAI_API_KEY", "CODEX_API_KEY"],
+        "files": ["~/.codex/auth.json"],
+    },
+    "gemini": {
+        "bin": "gemini",
+        "env": ["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_APPLICATION_CREDENTIALS"],
+        "files": ["~/.gemini/oauth_creds.json"],
+    },
+    "opencode": {
+        "bin": "opencode",
+        "env": ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY", "GEMINI_API_KEY"],
+        "files": ["~/.local/share/opencode/auth.json"],
+    },
+}
+
+_lock = threading.Lock()
+_cache: dict = {"at": 0.0, "results": None, "running": False}
+
+
+def snapshot(cfg: dict) -> dict | None:
+    """Return {"checked_at", "clis": [...]} from the cache, starting a refresh when stale."""
+    with _lock:
+        fresh = time.time() - _cache["at"] < TTL_S
+        start = not fresh and not _cache["running"]
+        if start:
+            _cache["running"] = True
+        results = _cache["results"]
+    if start:
+        _spawn(cfg)
+    return results
+
+
+def refresh(cfg: dict) -> None:
+    """Forget the cache and start a new check in the background."""
+    with _lock:
+        _cache["at"] = 0.0
+        if _cache["running"]:
+            return
+        _cache["running"] = True
+    _spawn(cfg)
+
+
+def checking() -> bool:
+    return bool(_cache["running"])
+
+
+def _spawn(cfg: dict) -> None:
+    args = ({"DATABASE": cfg["DATABASE"], "SECRET_KEY": cfg["SECRET_KEY"]},)
+    from gevent import monkey
+
+    if monkey.is_module_patched("subprocess"):
+        import gevent
+
+        gevent.spawn(_run, *args)
+    else:
+        threading.Thread(target=_run, args=args, daemon=True).start()
+
+
+def _run(cfg: dict) -> None:
+    try:
+        secret_names = agent_secret_names(cfg)
+        results = [check(name, spec, secret_names.get(name, set())) for name, spec in CLIS.items()]
+        with _lock:
+            _cache["results"] = {"checked_at": time.time(), "clis": results}
+            _cache["at"] = time.time()
+    except Exception:  # a check must never take the page down; it is retried next TTL
+        log.exception("CLI health check failed")
+    finally:
+        _cache["running"] = False
+
+
+def check(name: str, spec: dict, secret_names: set[str]) -> dict:
+    """Check one CLI; every field is safe to show (no secret values)."""
+    path = shutil.which(spec["bin"])
+    result = {"name": name, "installed": path is not None, "path": path, "version": None,
+              "error": None, "credentials": []}  # fmt: skip
+    if path is not None:
+        try:
+            done = subprocess.run(
+                [path, "--version"],
+                capture_output=True,
+                text=True,
+                timeout=VERSION_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+            )
+            out = (done.stdout or done.stderr).strip().splitlines()
+            result["version"] = out[0][:120] if out else None
+            if done.returncode != 0:
+                result["error"] = f"--version exited with status {done.returncode}"
+        except subprocess.TimeoutExpired:
+            result["error"] = f"--version took longer than {VERSION_TIMEOUT_S} s"
+        except OSError as exc:
+            result["error"] = f"cannot run: {exc.strerror}"
+    found = [f"${var} is set" for var in spec["env"] if os.environ.get(var)]
+    for file in spec["files"]:
+        if Path(file).expanduser().is_file():
+            found.append(f"{file} exists")
+    found += [f"agent secret {var}" for var in sorted(secret_names & set(spec["env"]))]
+    result["credentials"] = found
+    return result
+
+
+def agent_secret_names(cfg: dict) -> dict[str, set[str]]:
+    """Collect the names (never values) of agent secrets per backend."""
+    from app import crypto, db
+
+    conn = db.connect(cfg["DATABASE"])
+    try:
+        rows = conn.execute(
+            "SELECT backend, secrets_enc FROM agents WHERE secrets_enc IS NOT NULL"
+        ).fetchall()
+    finally:
+        conn.close()
+    names: dict[str, set[str]] = {}
+    for row in rows:
+        try:
+            keys = json.loads(crypto.decrypt(row["secrets_enc"], cfg["SECRET_KEY"]))
+        except ValueError:
+            continue
+        names.setdefault(row["backend"], set()).update(keys)
+    return names

@@ -1,0 +1,188 @@
+"""What every dashboard page shares: filters, errors as pages, SSE framing, small helpers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import (
+    Response,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+)
+from markupsafe import Markup
+
+from app.auth import allows
+from app.dashboard import bp
+from app.errors import ApiError
+
+# Main navigation: (endpoint, label, the page module that marks it current).
+NAV = [
+    ("dashboard.index", "Overview", "overview"),
+    ("dashboard.tasks_get", "Tasks", "tasks"),
+    ("dashboard.triggers_get", "Triggers", "triggers"),
+    ("dashboard.agents_get", "Agents", "agents"),
+    ("dashboard.deliveries_get", "Deliveries", "deliveries"),
+    ("dashboard.dead_get", "Dead letters", "deadletters"),
+    ("dashboard.keys_get", "Keys", "keys"),
+    ("dashboard.health_get", "Health", "health"),
+]
+STATE_CLASS = {
+    "queued": "wait",
+    "assigned": "run",
+    "accepted": "run",
+    "running": "run",
+    "succeeded": "good",
+    "failed": "bad",
+    "timed_out": "bad",
+    "cancelled": "muted",
+    "dead": "bad",
+    "crashed": "bad",
+    "starting": "run",
+}
+
+
+def can(role: str) -> bool:
+    return allows(g.get("key"), role)
+
+
+def is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def done(message: str, target: str) -> Response:
+    """Finish a form post: flash what happened and go back (post/redirect/get)."""
+    flash(message, "ok")
+    return redirect(target, 303)
+
+
+@bp.app_context_processor
+def inject() -> dict:
+    view = current_app.view_functions.get(request.endpoint or "")
+    section = getattr(view, "__module__", "").rpartition(".")[2]
+    return {"nav": NAV, "section": section, "can": can, "state_class": STATE_CLASS}
+
+
+@bp.errorhandler(ApiError)
+def page_error(exc: ApiError):
+    """Answer a refused dashboard request with a page (or a short text for htmx)."""
+    if is_htmx():
+        return Response(exc.message, exc.status, mimetype="text/plain", headers=exc.headers)
+    body = render_template("error.html", status=exc.status, message=exc.message)
+    return Response(body, exc.status, headers=exc.headers)
+
+
+# --- template filters ------------------------------------------------------------------
+
+
+@bp.app_template_filter("when")
+def when(ts: float | None) -> Markup | str:
+    """Render a Unix time as a <time> with a short relative label and the UTC time on hover."""
+    if not ts:
+        return "—"
+    moment = datetime.fromtimestamp(ts, UTC)
+    return Markup('<time datetime="{iso}" title="{full}">{rel}</time>').format(
+        iso=moment.isoformat(timespec="seconds"),
+        full=moment.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        rel=ago(ts),
+    )
+
+
+def ago(ts: float, now: float | None = None) -> str:
+    delta = (now or time.time()) - ts
+    if delta < 0:
+        return "in " + span(-delta)
+    if delta < 5:
+        return "just now"
+    return span(delta) + " ago"
+
+
+@bp.app_template_filter("span")
+def span(seconds: float | None) -> str:
+    """Say a duration the short way: 850 ms, 12 s, 4 min 5 s, 3 h 20 min, 2 d 4 h."""
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+@bp.app_template_filter("pretty_json")
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+@bp.app_template_filter("from_json")
+def from_json(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+@bp.app_template_filter("first_line")
+def first_line(text: str | None, width: int = 100) -> str:
+    line = (text or "").strip().split("\n", 1)[0]
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+# --- SSE ---------------------------------------------------------------------------------
+
+HEARTBEAT_S = 15.0
+
+
+def sse(data: str, event: str | None = None, event_id: int | None = None) -> str:
+    """Frame one SSE message; every line of `data` gets its own `data:` field."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    head += f"event: {event}\n" if event else ""
+    lines = data.replace("\r", "").split("\n")
+    return head + "".join(f"data: {line}\n" for line in lines) + "\n"
+
+
+def last_event_id() -> int:
+    """Where a stream resumes: Last-Event-ID (browser reconnect) or ?after= (first connect)."""
+    raw = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise ApiError(400, "Last-Event-ID must be a number") from None
+
+
+def sse_response(stream: Iterator[str]) -> Response:
+    """Stream `stream` as text/event-stream without holding this request's DB connection."""
+    from app import db
+
+    # A stream can stay open for hours; the guard's read connection (two file
+    # descriptors) must not stay open with it. Generators open their own.
+    db.close_db()
+    resp = Response(stream_with_context(stream), mimetype="text/event-stream")
+    resp.headers["Cache-Control"] = "no-cache"
+    resp.headers["X-Accel-Buffering"] = "no"  # proxies must not hold events back
+    return resp
+
+
+def stopping() -> bool:
+    """True once the service is shutting down, so open streams end and browsers reconnect."""
+    try:
+        from app import executions
+    except ImportError:  # the execution pipeline is optional for the pages themselves
+        return False
+    return executions.stopping()
+
+
+def db_path() -> str:
+    return str(current_app.config["DATABASE"])

@@ -1,0 +1,419 @@
+"""Triggers: list, create and edit with field errors, preview, test events, enable, secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from typing import Any
+
+from flask import current_app, g, redirect, render_template, request, url_for
+
+from app import crypto, db, events, prompts
+from app.api import validate
+from app.auth import requires
+from app.dashboard import bp
+from app.dashboard.common import done
+from app.errors import ApiError
+from app.triggers import (
+    LIST_FIELDS,
+    TriggerIn,
+    check_trigger,
+    get_trigger,
+    match,
+    next_run,
+    plan,
+    plan_from_trigger,
+    slugify,
+    trigger_json,
+    webhook_url,
+)
+
+KINDS = ("webhook", "github", "cron", "manual")
+INT_FIELDS = ("priority", "max_attempts", "timeout_s", "concurrency_limit")
+TEXT_FIELDS = ("name", "slug", "kind", "agent", "prompt_template", "schedule", "timezone",
+               "injection_policy", "concurrency_key")  # fmt: skip
+SAMPLES = {
+    "webhook": {"title": "Example event", "name": "world"},
+    "github": {
+        "action": "opened",
+        "issue": {"number": 1, "title": "Example issue", "labels": [{"name": "agent"}]},
+        "repository": {"full_name": "octo/example"},
+        "sender": {"login": "octocat"},
+    },
+}
+
+
+# --- the form ---------------------------------------------------------------------------
+
+
+def blank_form(kind: str = "webhook") -> dict[str, Any]:
+    return {
+        "name": "", "slug": "", "kind": kind, "agent": "", "selector": "",
+        "prompt_template": "Handle this event:\n{{ payload | tojson }}",
+        "repositories": "", "events": "", "actions": "", "labels": "", "branches": "",
+        "match": "{}", "schedule": "", "timezone": "UTC", "injection_policy": "flag",
+        "priority": "0", "max_attempts": "", "timeout_s": "", "concurrency_key": "",
+        "concurrency_limit": "", "enabled": True,
+    }  # fmt: skip
+
+
+def form_of(row) -> dict[str, Any]:
+    """A stored trigger as the form's text fields."""
+    data = trigger_json(row)
+    form = {k: "" if data.get(k) is None else str(data[k]) for k in (*TEXT_FIELDS, *INT_FIELDS)}
+    for field in LIST_FIELDS:
+        form[field] = ", ".join(data[field])
+    form["match"] = json.dumps(data["match"], indent=2) if data["match"] else "{}"
+    form["enabled"] = data["enabled"]
+    return form
+
+
+def read_form(fixed: dict | None = None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Return (the form as typed, the data for TriggerIn, field errors)."""
+    f = request.form
+    form: dict[str, Any] = {k: f.get(k, "").strip() for k in (*TEXT_FIELDS, *INT_FIELDS)}
+    form["prompt_template"] = f.get("prompt_template", "")
+    for field in LIST_FIELDS:
+        form[field] = f.get(field, "")
+    form["match"] = f.get("match", "").strip() or "{}"
+    form["enabled"] = f.get("enabled") == "on"
+    form.update(fixed or {})
+    errors: dict[str, str] = {}
+    data: dict[str, Any] = {
+        "name": form["name"],
+        "kind": form["kind"],
+        "prompt_template": form["prompt_template"],
+        "timezone": form["timezone"] or "UTC",
+        "injection_policy": form["injection_policy"] or "flag",
+        "enabled": form["enabled"],
+    }
+    for name in ("slug", "agent", "schedule", "concurrency_key"):
+        data[name] = form[name] or None
+    for field in LIST_FIELDS:
+        data[field] = [item.strip() for item in form[field].split(",") if item.strip()]
+    for name in INT_FIELDS:
+        if form[name]:
+            try:
+                data[name] = int(form[name])
+            except ValueError:
+                errors[name] = "Enter a whole number."
+    data.setdefault("priority", 0)
+    try:
+        data["match"] = json.loads(form["match"])
+        if not isinstance(data["match"], dict):
+            errors["match"] = 'Enter a JSON object, e.g. {"action": "opened"}.'
+    except ValueError as exc:
+        errors["match"] = f"Not valid JSON: {exc}"
+    return form, data, errors
+
+
+# check_trigger's messages name the field they are about; route each to its input.
+FIELD_HINTS = (("agent", "agent"), ("selector", "agent"), ("time zone", "timezone"),
+               ("schedule", "schedule"), ("slug", "slug"))  # fmt: skip
+
+
+def validate_trigger(data: dict, errors: dict[str, str]) -> dict | None:
+    """Validate like the API does; fill `errors` per field and return the clean body or None."""
+    if errors:
+        return None
+    try:
+        body = validate(TriggerIn, data).model_dump()
+    except ApiError as exc:
+        for item in exc.details or []:
+            field = item["field"].split(".")[0] or "form"
+            errors.setdefault(field, item["message"].removeprefix("Value error, "))
+        return None
+    try:
+        check_trigger(body)
+    except ApiError as exc:
+        field = next((f for word, f in FIELD_HINTS if word in exc.message), "form")
+        errors[field] = exc.message
+        return None
+    return body
+
+
+def form_page(form: dict, errors: dict, trigger=None, status: int = 200):
+    agents = [r[0] for r in db.query_all("SELECT name FROM agents ORDER BY name")]
+    hook_url = webhook_url(trigger["slug"]) if trigger is not None else None
+    return render_template(
+        "triggers/form.html", form=form, errors=errors, trigger=trigger, agents=agents,
+        kinds=KINDS, hook_url=hook_url, **preview_choices(trigger),
+    ), status  # fmt: skip
+
+
+def preview_choices(trigger) -> dict:
+    if trigger is None:
+        return {"recent": [], "sample": json.dumps(SAMPLES["webhook"], indent=2)}
+    if trigger["kind"] == "github":
+        recent = db.query_all(
+            "SELECT id, event, received_at FROM deliveries WHERE source = 'github'"
+            " AND signature = 'valid' ORDER BY id DESC LIMIT 20"
+        )
+    else:
+        recent = db.query_all(
+            "SELECT id, event, received_at FROM deliveries WHERE trigger_slug = ?"
+            " AND signature = 'valid' ORDER BY id DESC LIMIT 20",
+            (trigger["slug"],),
+        )
+    sample = SAMPLES.get(trigger["kind"], {})
+    return {"recent": recent, "sample": json.dumps(sample, indent=2)}
+
+
+# --- storing ----------------------------------------------------------------------------
+
+
+def insert_trigger(body: dict) -> tuple[str, str | None]:
+    """Insert a validated trigger; return (slug, the webhook secret or None)."""
+    slug = body.pop("slug") or slugify(body["name"])
+    secret = secrets.token_urlsafe(32) if body["kind"] == "webhook" else None
+    t = time.time()
+    next_at = next_run(body["schedule"], body["timezone"], t) if body["kind"] == "cron" else None
+    values = {**body, "slug": slug, "next_run_at": next_at, "created_at": t, "updated_at": t}
+    values["secret_enc"] = crypto.encrypt(secret) if secret else None
+    for field in (*LIST_FIELDS, "match"):
+        values[field] = json.dumps(values[field])
+    values["enabled"] = int(values["enabled"])
+
+    def insert(conn):
+        if conn.execute("SELECT 1 FROM triggers WHERE slug = ?", (slug,)).fetchone():
+            raise ApiError(409, f"A trigger with slug {slug!r} exists; choose another slug.")
+        # Column names are TriggerIn's field names, never request input.
+        cols = ", ".join(values)
+        conn.execute(
+            f"INSERT INTO triggers ({cols}) VALUES ({', '.join('?' * len(values))})",
+            list(values.values()),
+        )
+
+    db.write(insert)
+    return slug, secret
+
+
+def update_trigger(row, body: dict) -> None:
+    """Store every editable field of a validated trigger (slug and kind never change)."""
+    values = {k: v for k, v in body.items() if k not in ("slug", "kind")}
+    for field in (*LIST_FIELDS, "match"):
+        values[field] = json.dumps(values[field])
+    values["enabled"] = int(values["enabled"])
+    if row["kind"] == "cron":
+        values["next_run_at"] = next_run(body["schedule"], body["timezone"], time.time())
+    values["updated_at"] = time.time()
+    assignments = ", ".join(f"{col} = ?" for col in values)
+    db.write(
+        lambda conn: conn.execute(
+            f"UPDATE triggers SET {assignments} WHERE id = ?", (*values.values(), row["id"])
+        )
+    )
+
+
+# --- pages ------------------------------------------------------------------------------
+
+
+@bp.get("/triggers")
+@requires("viewer")
+def triggers_get():
+    rows = db.query_all("SELECT * FROM triggers ORDER BY slug")
+    day = time.time() - 86400
+    counts = {
+        r["trigger_slug"]: r
+        for r in db.query_all(
+            "SELECT trigger_slug, count(*) AS n, sum(state = 'dead') AS dead,"
+            " max(created_at) AS last FROM tasks WHERE created_at > ? AND trigger_slug IS NOT NULL"
+            " GROUP BY trigger_slug",
+            (day,),
+        )
+    }
+    return render_template("triggers/list.html", triggers=rows, counts=counts)
+
+
+@bp.get("/triggers/new")
+@requires("operator")
+def trigger_new_get():
+    kind = request.args.get("kind", "webhook")
+    return form_page(blank_form(kind if kind in KINDS else "webhook"), {})
+
+
+@bp.post("/triggers/new")
+@requires("operator")
+def trigger_new_post():
+    form, data, errors = read_form()
+    body = validate_trigger(data, errors)
+    if body is None:
+        return form_page(form, errors, status=422)
+    try:
+        slug, secret = insert_trigger(body)
+    except ApiError as exc:
+        return form_page(form, {"slug": exc.message}, status=409)
+    if secret is None:
+        return done(f"Trigger {slug} created.", url_for("dashboard.trigger_get", slug=slug))
+    return render_template(
+        "triggers/secret.html", trigger=get_trigger(slug), secret=secret, url=webhook_url(slug),
+        created=True,
+    ), 201  # fmt: skip
+
+
+@bp.get("/triggers/<slug>")
+@requires("viewer")
+def trigger_get(slug: str):
+    row = get_trigger(slug)
+    return form_page(form_of(row), {}, trigger=row)
+
+
+@bp.post("/triggers/<slug>")
+@requires("operator")
+def trigger_post(slug: str):
+    row = get_trigger(slug)
+    form, data, errors = read_form(fixed={"slug": row["slug"], "kind": row["kind"]})
+    body = validate_trigger(data, errors)
+    if body is None:
+        return form_page(form, errors, trigger=row, status=422)
+    update_trigger(row, body)
+    return done(f"Trigger {slug} saved.", url_for("dashboard.trigger_get", slug=slug))
+
+
+@bp.post("/triggers/<slug>/enabled")
+@requires("operator")
+def trigger_enabled_post(slug: str):
+    row = get_trigger(slug)
+    enable = request.form.get("enabled") == "1"
+    changes: dict[str, Any] = {"enabled": int(enable), "updated_at": time.time()}
+    if enable and row["kind"] == "cron":
+        # A schedule missed while disabled must not fire at once on enabling.
+        changes["next_run_at"] = next_run(row["schedule"], row["timezone"], time.time())
+    assignments = ", ".join(f"{col} = ?" for col in changes)
+    db.write(
+        lambda conn: conn.execute(
+            f"UPDATE triggers SET {assignments} WHERE id = ?", (*changes.values(), row["id"])
+        )
+    )
+    word = "enabled" if enable else "disabled"
+    return done(f"Trigger {slug} {word}.", request.form.get("next") or "/triggers")
+
+
+@bp.post("/triggers/<slug>/delete")
+@requires("operator")
+def trigger_delete_post(slug: str):
+    row = get_trigger(slug)
+    db.write(lambda conn: conn.execute("DELETE FROM triggers WHERE id = ?", (row["id"],)))
+    return done(f"Trigger {slug} deleted; its tasks and deliveries stay.", "/triggers")
+
+
+@bp.post("/triggers/<slug>/secret")
+@requires("operator")
+def trigger_secret_post(slug: str):
+    row = get_trigger(slug)
+    if row["kind"] != "webhook":
+        raise ApiError(409, "Only webhook triggers have a secret.")
+    secret = secrets.token_urlsafe(32)
+    db.write(
+        lambda conn: conn.execute(
+            "UPDATE triggers SET secret_enc = ?, updated_at = ? WHERE id = ?",
+            (crypto.encrypt(secret), time.time(), row["id"]),
+        )
+    )
+    return render_template(
+        "triggers/secret.html", trigger=row, secret=secret, url=webhook_url(slug), created=False
+    )
+
+
+# --- preview, test event, run now ----------------------------------------------------------
+
+
+def sample_from_form() -> tuple[Any, str | None, str | None]:
+    """Return (payload, event, error) from the preview form: a past delivery or the sample."""
+    event = request.form.get("event", "").strip()[:100] or None
+    delivery_id = request.form.get("delivery_id", "").strip()
+    if delivery_id:
+        if not delivery_id.isdigit():
+            return None, event, "Choose a delivery from the list."
+        row = db.query_one("SELECT event, body FROM deliveries WHERE id = ?", (int(delivery_id),))
+        if row is None:
+            return None, event, f"There is no delivery #{delivery_id}."
+        try:
+            return json.loads(row["body"] or b"{}"), row["event"], None
+        except ValueError:
+            return None, event, "That delivery's body is not JSON."
+    try:
+        payload = json.loads(request.form.get("payload", "").strip() or "{}")
+    except ValueError as exc:
+        return None, event, f"The sample payload is not valid JSON: {exc}"
+    return payload, event, None
+
+
+@bp.post("/triggers/<slug>/preview")
+@requires("developer")
+def trigger_preview_post(slug: str):
+    """Render the prompt (as currently typed in the form) against a sample or a past delivery."""
+    row = dict(get_trigger(slug))
+    if request.form.get("prompt_template"):
+        row["prompt_template"] = request.form["prompt_template"]
+    payload, event, error = sample_from_form()
+    result: dict[str, Any] = {"error": error}
+    if error is None:
+        result["matched"], result["reason"] = match(row, event, payload)
+        try:
+            planned = plan(row, event, payload, {})
+            result.update(prompt=planned["prompt"], flags=planned["flags"],
+                          concurrency_key=planned["concurrency_key"])  # fmt: skip
+        except prompts.PromptError as exc:
+            result["error"] = str(exc)
+    return render_template("triggers/_preview.html", result=result)
+
+
+@bp.post("/triggers/<slug>/test")
+@requires("operator")
+def trigger_test_post(slug: str):
+    """Sign the sample with the trigger's secret and post it to the real webhook endpoint."""
+    row = get_trigger(slug)
+    payload, event, error = sample_from_form()
+    if error is None and row["kind"] not in ("webhook", "github"):
+        error = "Only webhook and GitHub triggers receive events; use Run now instead."
+    github_off = not current_app.config["GITHUB_WEBHOOK_SECRET"]
+    if error is None and row["kind"] == "github" and github_off:
+        error = "GITHUB_WEBHOOK_SECRET is not set, so GitHub deliveries cannot be verified."
+    if error is not None:
+        return render_template("triggers/_test.html", error=error), 422
+    status, answer = send_test_event(row, payload, event)
+    return render_template("triggers/_test.html", status=status, answer=answer, error=None)
+
+
+def sign_body(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def send_test_event(row, payload: Any, event: str | None) -> tuple[int, dict]:
+    """Post a signed event through the app's own webhook route, as a sender would."""
+    body = json.dumps(payload).encode()
+    delivery = f"dashboard-test-{secrets.token_hex(8)}"
+    if row["kind"] == "github":
+        path = "/api/webhooks/github/"
+        secret = current_app.config["GITHUB_WEBHOOK_SECRET"]
+        headers = {"X-GitHub-Event": event or "issues", "X-GitHub-Delivery": delivery,
+                   "X-Hub-Signature-256": sign_body(secret, body)}  # fmt: skip
+    else:
+        path = f"/hooks/{row['slug']}"
+        secret = crypto.decrypt(row["secret_enc"])
+        headers = {"X-Delivery-Id": delivery, "X-Signature-256": sign_body(secret, body)}
+        if event:
+            headers["X-Event"] = event
+    headers["Content-Type"] = "application/json"
+    # A fresh app context: the inner request must not share (or reset) this one's `g`.
+    with current_app.app_context():
+        resp = current_app.test_client().post(path, data=body, headers=headers)
+    return resp.status_code, resp.get_json(silent=True) or {}
+
+
+@bp.post("/triggers/<slug>/run")
+@requires("developer")
+def trigger_run_post(slug: str):
+    """Start one task from the trigger now, as `POST /api/v1/tasks {"trigger": slug}` does."""
+    from app.tasks import create_task, wake_scheduler
+
+    fields = plan_from_trigger(slug, {})
+    cfg = current_app.config
+    task_id, event = db.write(lambda conn: create_task(conn, cfg, api_key_id=g.key["id"], **fields))
+    events.publish_all([event])
+    wake_scheduler()
+    return redirect(url_for("dashboard.task_get", task_id=task_id), 303)
