@@ -41,6 +41,10 @@ test *args: setup test-deps
     if [ "$rc" = 5 ]; then echo "no tests ran: failing"; exit 1; fi
     exit "$rc"
 
+# Long reliability run: kill -9 the service 5 times under webhook load; every task must finish.
+chaos rounds="5" load="5": setup
+    AGENTED_CHAOS_ROUNDS={{rounds}} AGENTED_CHAOS_LOAD_S={{load}} .venv/bin/pytest -s tests/test_reliability.py
+
 lint: setup
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .

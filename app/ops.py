@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template
 
-from app import db
+from app import db, errors
 from app.auth import requires
 
 bp = Blueprint("ops", __name__)
@@ -120,3 +121,26 @@ def health_detail():
             "database": str(current_app.config["DATABASE"]),
         }
     )
+
+
+@bp.app_errorhandler(sqlite3.OperationalError)
+def storage_error(exc: sqlite3.OperationalError) -> Response:
+    """Answer a full or failing disk with a clear 503: the request stored nothing."""
+    text = str(exc)
+    if "full" not in text and "disk I/O" not in text:
+        log.exception("unhandled database error")
+        if errors.wants_json():
+            return errors.error(500, "internal error; the request id is in the logs")
+        return Response(render_template("error.html", status=500, message="Something went wrong."),
+                        status=500)  # fmt: skip
+    log.error("storage failure: the request was not stored", extra={"error": text})
+    message = (
+        "the database cannot write (disk full or failing); nothing from this request was "
+        "stored: retry later"
+    )
+    if errors.wants_json():
+        resp = errors.error(503, message, code="storage_unavailable")
+    else:
+        resp = Response(render_template("error.html", status=503, message=message), status=503)
+    resp.headers["Retry-After"] = "30"
+    return resp
