@@ -31,6 +31,10 @@ log = logging.getLogger("agented.audit")
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 SKIP_PREFIXES = ("/hooks/", "/api/webhooks/", "/static/")
 GENESIS = "0" * 64
+# Machine traffic that changes nothing a person decided, with its own record:
+# heartbeats (agents.heartbeat_at), mailbox acks (messages.acked_at) and SSE
+# tokens (stateless). Other modules can mark more views with @exempt.
+EXEMPT_ENDPOINTS = {"agents.agents_heartbeat", "mailboxes.mailbox_ack", "auth.stream_tokens_create"}
 FIELDS = ("ts", "actor", "key_id", "via", "action", "target", "status", "request_id", "detail")
 
 
@@ -135,7 +139,7 @@ def audit_request(resp: Response) -> Response:
     if request.method in SAFE_METHODS or request.path.startswith(SKIP_PREFIXES):
         return resp
     view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
-    if getattr(view, "audit_exempt", False):
+    if getattr(view, "audit_exempt", False) or request.endpoint in EXEMPT_ENDPOINTS:
         return resp
     key = g.get("key")
     if key is None and session.get("key_id") is not None:  # just signed in

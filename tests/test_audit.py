@@ -38,8 +38,9 @@ def test_it_records_refusals_but_not_reads(client, alice, vera):
     assert entry["actor"] == "vera" and entry["status"] == 403
 
 
-def test_it_leaves_webhooks_to_the_deliveries_table(client, alice):
+def test_it_leaves_webhooks_and_machine_traffic_out(client, alice):
     client.post("/hooks/nothing-here", data=b"{}", headers={"Content-Type": "application/json"})
+    client.post("/api/v1/stream-tokens", headers={"X-API-Key": alice})
     assert entries(client, alice) == []
 
 
