@@ -18,7 +18,7 @@ OTHER = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-def strip(text: str) -> str:
+def strip_escapes(text: str) -> str:
     """Remove every escape and control character."""
     return CONTROL.sub("", OTHER.sub("", SGR.sub("", text)))
 

@@ -102,8 +102,6 @@ def confirm_page(action: str, count: int, changed: bool = False):
 @requires("operator")
 def dead_bulk_post():
     """Retry or purge every dead task matching the filters, if the count is still as previewed."""
-    from app import executions
-
     action = request.form.get("action", "")
     if action not in ACTIONS:
         raise ApiError(422, "Choose retry or purge.")
@@ -114,6 +112,8 @@ def dead_bulk_post():
         # Something changed since the preview: show the new count instead of acting on it.
         return confirm_page(action, len(ids), changed=True), 409
     if action == "retry":
+        from app import executions
+
         n = sum(1 for task_id in ids if executions.retry(task_id))
         return done(f"Queued {n} dead task{'s' if n != 1 else ''} again.", "/dead")
     n = purge(ids)

@@ -236,11 +236,16 @@ def attempt_rows(task_id: int) -> list[dict]:
     out = []
     for row in rows:
         usage = json.loads(row["usage"] or "{}")
-        tokens = sum(v for k, v in usage.items() if "tokens" in k and isinstance(v, int | float))
-        cost = next((usage[k] for k in ("cost_usd", "total_cost_usd", "cost") if k in usage), None)
+        # app/commands.py's UsageTracker: input_tokens excludes cache reads and writes.
+        tokens_in = sum(
+            usage.get(k) or 0 for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens")
+        )
+        tokens_out = usage.get("output_tokens") or 0
+        cost = usage.get("cost_usd")
         end = row["finished_at"] or time.time()
         out.append(
-            {**dict(row), "usage": usage, "tokens": tokens or None, "cost": cost,
+            {**dict(row), "usage": {k: v for k, v in usage.items() if v is not None},
+             "tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost,
              "duration": end - row["started_at"]}
         )  # fmt: skip
     return out

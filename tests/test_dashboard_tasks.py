@@ -1,0 +1,263 @@
+"""The Tasks pages: filters, full-text search, pagination, live rows, the task page and its log."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app import db, events
+from app.dashboard import ansi
+from app.dashboard.tasks import fts_query, live_rows, log_stream
+from tests.dashboard_helpers import add_agent, add_delivery, add_task, one, post
+
+
+@pytest.fixture
+def viewer(client, vera, signin):
+    signin(client, vera)
+    return client
+
+
+@pytest.fixture
+def echo(app):
+    add_agent(app)
+
+
+def ids_on(html: str) -> list[int]:
+    import re
+
+    return [int(m) for m in re.findall(r'<tr id="task-(\d+)"', html)]
+
+
+def test_it_filters_by_state_agent_and_trigger(app, viewer, echo):
+    add_agent(app, "other")
+    a = add_task(app, state="running")
+    b = add_task(app, state="dead", agent="other")
+    c = add_task(app, state="queued", trigger_slug="hello")
+    assert ids_on(viewer.get("/tasks").get_data(as_text=True)) == [c, b, a]
+    assert ids_on(viewer.get("/tasks?state=dead").get_data(as_text=True)) == [b]
+    assert ids_on(viewer.get("/tasks?agent=other").get_data(as_text=True)) == [b]
+    assert ids_on(viewer.get("/tasks?trigger=hello").get_data(as_text=True)) == [c]
+    html = viewer.get("/tasks?state=succeeded").get_data(as_text=True)
+    assert "No task matches these filters" in html
+
+
+def test_it_searches_prompts_and_log_lines(app, viewer, echo):
+    a = add_task(app, prompt="Fix the flaky parser in src/lexer.py")
+    b = add_task(app, prompt="Write docs", logs=["compiling", "ERROR: frobnicator exploded"])
+    add_task(app, prompt="Unrelated")
+    assert ids_on(viewer.get("/tasks?q=flaky+parser").get_data(as_text=True)) == [a]
+    assert ids_on(viewer.get("/tasks?q=frobnicator").get_data(as_text=True)) == [b]
+    assert ids_on(viewer.get("/tasks?q=frobni").get_data(as_text=True)) == [b]  # prefix
+    assert ids_on(viewer.get("/tasks?q=frobnicator&state=dead").get_data(as_text=True)) == []
+
+
+@pytest.mark.parametrize("text", ['"', "AND OR NOT", "a*b(", "NEAR(x y)", "col:val", "^", "  "])
+def test_it_takes_search_syntax_literally_and_never_fails(app, viewer, echo, text):
+    add_task(app, prompt="NEAR the col:val end")
+    assert viewer.get("/tasks", query_string={"q": text}).status_code == 200
+
+
+def test_it_quotes_every_search_word():
+    assert fts_query('fix "the" parser') == '"fix" "the" "parser"*'
+    assert fts_query("!!! ...") is None
+
+
+def test_it_keeps_the_search_index_in_step_with_deletes(app, viewer, echo):
+    task_id = add_task(app, prompt="ephemeral zebra", logs=["quagga line"])
+    db.write(lambda conn: conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,)),
+             app.config["DATABASE"])  # fmt: skip
+    conn = db.connect(app.config["DATABASE"])
+    try:
+        for word in ("zebra", "quagga"):
+            hits = conn.execute(
+                "SELECT count(*) FROM task_search WHERE task_search MATCH ?", (word,)
+            ).fetchone()[0]
+            assert hits == 0
+        conn.execute("INSERT INTO task_search (task_search) VALUES ('integrity-check')")
+    finally:
+        conn.close()
+
+
+def test_it_pages_with_a_cursor(app, viewer, echo):
+    made = [add_task(app, prompt=f"task {i}") for i in range(60)]
+    html = viewer.get("/tasks").get_data(as_text=True)
+    first = ids_on(html)
+    assert first == made[::-1][:50]
+    assert "Show older tasks" in html
+    import re
+
+    url = re.search(r'hx-get="(/tasks/rows\?[^"]+)"', html).group(1).replace("&amp;", "&")
+    rest = viewer.get(url).get_data(as_text=True)
+    assert ids_on(rest) == made[::-1][50:]
+    assert "Show older tasks" not in rest
+
+
+def test_it_streams_changed_rows_and_new_rows_as_html(app, echo):
+    old = add_task(app, state="queued", prompt="old one")
+    with app.test_request_context("/tasks/live"):
+        from flask import g
+
+        g.key = None
+        stream = live_rows([], [], True, 0, app.config["DATABASE"])
+        assert next(stream).startswith("retry:")
+        new = add_task(app, prompt="brand new")
+        events.broker.publish("task", {"id": 7, "kind": "task.queued", "subject": f"task:{new}",
+                                       "data": {"task_id": new, "state": "queued"}})  # fmt: skip
+        events.broker.publish("task", {"id": 8, "kind": "task.running", "subject": f"task:{old}",
+                                       "data": {"task_id": old, "state": "running"}})  # fmt: skip
+        first, second = next(stream), next(stream)
+        stream.close()
+    assert first.startswith("id: 7\nevent: task-new\n") and "brand new" in first
+    assert second.startswith(f"id: 8\nevent: task-{old}\n") and f'id="task-{old}"' in second
+    assert all(line.startswith(("id:", "event:", "data:")) for line in second.strip().split("\n"))
+
+
+def test_it_drops_a_row_that_stops_matching_the_filters(app, echo):
+    task_id = add_task(app, state="succeeded")
+    with app.test_request_context("/tasks/live?state=running"):
+        stream = live_rows(["state IN (?)"], ["running"], True, 0, app.config["DATABASE"])
+        next(stream)
+        data = {"task_id": task_id, "state": "succeeded"}
+        events.broker.publish("task", {"id": 9, "kind": "task.succeeded", "data": data})
+        out = next(stream)
+        stream.close()
+    assert f"event: task-{task_id}" in out and 'class="gone"' in out
+
+
+def test_it_resumes_the_row_stream_from_last_event_id(app, viewer, echo):
+    add_task(app)
+    task_id = add_task(app)  # its task.queued event is the newest in the events table
+    last = one(app, "SELECT max(id) FROM events")[0]
+    with app.test_request_context("/tasks/live"):
+        stream = live_rows([], [], True, last - 1, app.config["DATABASE"])
+        next(stream)
+        out = next(stream)
+        stream.close()
+    assert f"id: {last}\nevent: task-{task_id}" in out
+
+
+def test_it_renders_the_task_page_with_log_attempts_prompt_and_payload(app, viewer, echo):
+    delivery = add_delivery(app, {"issue": {"title": "Broken build"}}, trigger_slug="hello")
+    task_id = add_task(
+        app, state="dead", prompt="Please fix <b>it</b>", delivery_id=delivery,
+        logs=["plain line", "\x1b[31mred\x1b[0m and \x1b]0;title\x07normal", "ERR boom"],
+        attempts=[{"state": "failed", "exit_code": 2, "error": "exited with status 2",
+                   "usage": {"input_tokens": 200, "cache_read_tokens": 1000, "output_tokens": 34,
+                             "cost_usd": 0.0123},
+                   "duration": 65}],
+    )  # fmt: skip
+    html = viewer.get(f"/tasks/{task_id}").get_data(as_text=True)
+    assert "Please fix &lt;b&gt;it&lt;/b&gt;" in html
+    assert '<span class="a-fg-31">red</span> and normal' in html
+    assert 'class="ln s-stderr"' in html
+    assert "1,200 in · 34 out" in html and "$0.0123" in html and "1 min 5 s" in html
+    assert "Broken build" in html and 'title="payload.issue.title"' in html
+    assert "sse-connect" not in html  # a dead task has nothing more to say
+
+
+def test_it_connects_a_running_task_page_to_its_stream_after_the_last_line(app, viewer, echo):
+    task_id = add_task(app, state="running", logs=["one", "two"])
+    html = viewer.get(f"/tasks/{task_id}").get_data(as_text=True)
+    assert f'sse-connect="/tasks/{task_id}/stream?after=2"' in html
+    assert 'sse-close="end"' in html and "No output yet" not in html
+
+
+def test_it_streams_the_backlog_then_live_lines_then_the_end(app, echo):
+    task_id = add_task(app, state="running", logs=["one", "two", "three"])
+    path = app.config["DATABASE"]
+    with app.test_request_context(f"/tasks/{task_id}/stream"):
+        from flask import g
+
+        g.key = None
+        stream = log_stream(task_id, 1, "shell", False, path)
+        assert next(stream).startswith("retry:")
+        backlog = next(stream)
+        assert backlog.startswith("id: 3\nevent: log\n")
+        assert "two" in backlog and "one" not in backlog
+        line = {"id": 4, "kind": "log", "seq": 4, "attempt": 1, "stream": "stdout",
+                "text": "four <script>", "ts": 0}  # fmt: skip
+        events.broker.publish(f"task:{task_id}", line)
+        live = next(stream)
+        assert live == (
+            'id: 4\nevent: log\ndata: <div class="ln s-stdout" data-seq="4">four &lt;script&gt;'
+            "</div>\n\n"
+        )
+        assert line["_html"]  # rendered once, shared by every subscriber
+        db.write(lambda c: c.execute("UPDATE tasks SET state = 'succeeded' WHERE id = ?",
+                                     (task_id,)), path)  # fmt: skip
+        events.broker.publish(f"task:{task_id}", {"id": 99, "kind": "task.succeeded",
+                              "data": {"task_id": task_id, "state": "succeeded"}})  # fmt: skip
+        head = next(stream)
+        assert head.startswith("event: state\n") and "succeeded" in head
+        assert 'hx-swap-oob="true"' in head  # the attempts table comes along
+        assert next(stream) == "event: end\ndata: finished\n\n"
+        with pytest.raises(StopIteration):
+            next(stream)
+
+
+def test_it_shows_a_cli_json_stream_as_steps_when_the_parser_knows_it(monkeypatch, app, echo):
+    import sys
+    import types
+
+    from app.dashboard.tasks import line_html
+
+    fake = types.ModuleType("app.commands")
+    fake.parse_line = lambda backend, line: {"kind": "tool_call", "text": "Read src/app.py"}
+    monkeypatch.setitem(sys.modules, "app.commands", fake)
+    row = {"seq": 5, "stream": "stdout", "text": json.dumps({"type": "tool_use"})}
+    html = line_html("claude", row)
+    assert 'class="ln step step-tool_call"' in html and "Read src/app.py" in html
+    assert "tool_use" in line_html("claude", row, raw=True)
+    assert "step" not in line_html("shell", row)
+
+
+def test_it_renders_ansi_colours_as_classes_and_strips_the_rest():
+    assert ansi.to_html("\x1b[1;32mok\x1b[0m done") == '<span class="a-bold a-fg-32">ok</span> done'
+    assert ansi.to_html("\x1b[38;5;196mx\x1b[39m") == "x"
+    assert ansi.to_html("a\x1b[2Kb\x1b[?25lc") == "abc"
+    assert ansi.to_html("<img src=x onerror=alert(1)>") == "&lt;img src=x onerror=alert(1)&gt;"
+    assert ansi.strip_escapes("\x1b[31mred\x1b[0m\x07") == "red"
+
+
+def test_it_cancels_a_queued_task(app, client, dave, signin, echo):
+    task_id = add_task(app)
+    token = signin(client, dave)
+    resp = post(client, f"/tasks/{task_id}/cancel", token)
+    assert resp.status_code == 303
+    page = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert "Cancel requested" in page and "cancelled" in page
+
+
+def test_it_answers_htmx_actions_with_the_new_header(app, client, dave, signin, echo):
+    task_id = add_task(app, state="dead")
+    token = signin(client, dave)
+    resp = client.post(f"/tasks/{task_id}/retry", headers={"HX-Request": "true",
+                                                            "X-CSRF-Token": token})  # fmt: skip
+    assert resp.status_code == 200
+    html = resp.get_data(as_text=True)
+    assert "queued" in html and 'id="attempts"' in html
+    again = client.post(f"/tasks/{task_id}/retry", headers={"HX-Request": "true",
+                                                             "X-CSRF-Token": token})  # fmt: skip
+    assert again.status_code == 409 and again.mimetype == "text/plain"
+
+
+def test_it_replays_a_task_without_a_delivery_as_a_new_task(app, client, dave, signin, echo):
+    task_id = add_task(app, state="succeeded", prompt="Do it again")
+    token = signin(client, dave)
+    resp = post(client, f"/tasks/{task_id}/replay", token)
+    assert resp.status_code == 303
+    new_id = int(resp.headers["Location"].rsplit("/", 1)[1])
+    assert new_id != task_id
+    row = one(app, "SELECT prompt, state FROM tasks WHERE id = ?", (new_id,))
+    assert tuple(row) == ("Do it again", "queued")
+
+
+def test_it_reads_a_real_claude_stream_line_as_a_tool_call():
+    from app.dashboard.tasks import line_html
+
+    call = {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "echo <hi>"}}
+    text = json.dumps({"type": "assistant", "message": {"content": [call]}})
+    html = line_html("claude", {"seq": 1, "stream": "stdout", "text": text})
+    assert html.startswith('<div class="ln step step-tool_call"')
+    assert "Bash: echo &lt;hi&gt;" in html
