@@ -1,0 +1,357 @@
+"""CommandBuilder: the argv, environment and output understanding for each backend.
+
+Pure functions, no database and no Flask: the ExecutionService calls them. The
+prompt always goes to the child's stdin, never onto argv (argv is visible to every
+user on the machine through /proc and `ps`). Per-CLI event parsing lives in
+app/clis.py; this module holds the argv rules, the environment filter, the usage
+tracker and rate-limit recognition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from app import clis
+
+BACKENDS = ("claude", "codex", "gemini", "opencode", "shell")
+DEFAULT_BINARIES = {
+    "claude": "claude",
+    "codex": "codex",
+    "gemini": "gemini",
+    "opencode": "opencode",
+}
+
+# Each CLI's non-interactive mode that reads the prompt from stdin (none is given
+# on argv) and prints one JSON event per line. Checked against `--help` and runs of
+# claude 2.1.197, codex 0.169.0, gemini 0.61.0 and opencode 1.18.33.
+STREAM_ARGS = {
+    # --verbose is required: "When using --print, --output-format=stream-json requires --verbose".
+    "claude": ["-p", "--output-format", "stream-json", "--verbose"],
+    # Tasks may run in a fresh directory that is not a git repository; without
+    # --skip-git-repo-check codex exec refuses to start there.
+    "codex": ["exec", "--json", "--skip-git-repo-check"],
+    # Piped stdin makes gemini headless; headless in an untrusted folder exits 55
+    # unless --skip-trust. The hub chose the workspace, so it vouches for it.
+    "gemini": ["--output-format", "stream-json", "--skip-trust"],
+    "opencode": ["run", "--format", "json"],
+}
+MODEL_FLAG = {"claude": "--model", "codex": "--model", "gemini": "--model", "opencode": "--model"}
+
+# Flags that would switch a CLI out of the streaming mode we parse, or make it
+# wait for a terminal that is not there.
+CONFLICTING_FLAGS = {
+    "claude": ("--output-format", "--input-format"),
+    "codex": (),
+    "gemini": ("--output-format", "-o", "--prompt-interactive", "-i"),
+    "opencode": ("--format", "--interactive", "-i"),
+}
+
+SAFE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE",
+            "TZ", "TMPDIR")  # fmt: skip
+# No colours or cursor tricks in stored logs.
+FORCED_ENV = {"TERM": "dumb", "NO_COLOR": "1"}
+
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                "cost_usd")  # fmt: skip
+
+
+def _str_list(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{what} must be a list of strings")
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"{what} must be a list of strings, got {type(item).__name__}")
+        if "\x00" in item:
+            raise ValueError(f"{what} cannot contain NUL characters")
+    return list(value)
+
+
+def validate_agent_command(backend: str, command: list[str], flags: list[str]) -> None:
+    """Raise ValueError when this backend cannot run with these settings."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    command = _str_list(command or [], "command")
+    flags = _str_list(flags or [], "flags")
+    if backend == "shell" and not command:
+        raise ValueError('a shell agent needs a command (an argv list such as ["cat"])')
+    if command and not command[0].strip():
+        raise ValueError("the command's program (its first item) cannot be empty")
+    for flag in flags:
+        for bad in CONFLICTING_FLAGS.get(backend, ()):
+            if flag == bad or flag.startswith(bad + "="):
+                raise ValueError(
+                    f"flag {flag!r} would change {backend}'s output mode; the hub sets it to "
+                    f"{' '.join(STREAM_ARGS[backend])} so it can follow the run"
+                )
+
+
+def build_argv(agent: Mapping[str, Any]) -> list[str]:
+    """Return the argv for one attempt; the prompt is written to stdin, never on argv."""
+    backend = agent.get("backend")
+    command = _str_list(agent.get("command") or [], "command")
+    flags = _str_list(agent.get("flags") or [], "flags")
+    validate_agent_command(str(backend), command, flags)
+    if backend == "shell":
+        return [*command, *flags]
+    model = agent.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ValueError("model must be a string")
+    model = (model or "").strip()
+    if "\x00" in model or model.startswith("-"):
+        raise ValueError(f"model {model!r} is not a model name")
+    # A command such as ["npx", "@openai/codex"] or a fake CLI script replaces the
+    # default binary; everything after the program is kept in front of our args.
+    argv = command or [DEFAULT_BINARIES[str(backend)]]
+    argv = [*argv, *STREAM_ARGS[str(backend)]]
+    if model:
+        argv += [MODEL_FLAG[str(backend)], model]
+    return argv + flags
+
+
+def _env_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name or "=" in name or "\x00" in name:
+        raise ValueError(f"{what} {name!r} is not a valid environment variable name")
+    return name
+
+
+def filtered_env(
+    allow: Iterable[str], secrets: Mapping[str, str], base: Mapping[str, str]
+) -> dict[str, str]:
+    """Build a child environment from a safe base, the allowlist and the agent's secrets."""
+    env = {name: base[name] for name in SAFE_ENV if name in base}
+    env.update(FORCED_ENV)
+    for name in allow or ():
+        if _env_name(name, "allowed variable") in base:
+            env[name] = base[name]
+    for name, value in (secrets or {}).items():
+        if not isinstance(value, str) or "\x00" in value:
+            raise ValueError(f"secret {name!r} must be a string without NUL characters")
+        env[_env_name(name, "secret")] = value
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
+def parse_line(backend: str, line: str) -> dict | None:
+    """Turn one output line into a readable step, or None for plain text / unknown JSON."""
+    try:
+        reader = clis.STEPS.get(backend)
+        event = clis.load(line) if reader else None
+        return reader(event) if reader and event is not None else None
+    except Exception:  # a CLI's odd output must never break the run that printed it
+        return None
+
+
+class UsageTracker:
+    """Feed every stdout line of an attempt; `.record()` gives the normalised usage.
+
+    input_tokens counts prompt tokens not served from a cache (Anthropic's
+    convention); cache reads and writes are separate, so their sum is the prompt.
+    Totals a CLI reports at the end (claude's and gemini's result) replace the
+    per-turn sums; codex and opencode report per turn/step and are summed.
+    """
+
+    def __init__(self, backend: str, model: str | None = None) -> None:
+        self.backend = backend
+        self._facts = clis.FACTS.get(backend)
+        self._model_arg = model or None
+        self._model: str | None = None
+        self._model_hint: str | None = None
+        self._session: str | None = None
+        self._turns: list[dict] = []
+        self._keyed: dict[str, dict] = {}
+        self._total: dict | None = None
+
+    def feed(self, line: str) -> None:
+        if self._facts is None:
+            return
+        try:
+            event = clis.load(line)
+            facts = self._facts(event) if event is not None else {}
+        except Exception:  # never let a parse problem fail the attempt
+            return
+        self._session = self._session or facts.get("session_id")
+        self._model_hint = self._model_hint or facts.get("model_hint")
+        self._model = facts.get("model") or self._model
+        if "turn" in facts:
+            self._turns.append(facts["turn"])
+        if "keyed" in facts:
+            key, value = facts["keyed"]
+            self._keyed[str(key)] = value
+        if "total" in facts:
+            self._total = facts["total"]
+
+    def record(self) -> dict:
+        record: dict[str, Any] = dict.fromkeys(USAGE_FIELDS)
+        if self._total is not None:
+            record.update(self._total)
+        else:
+            parts = self._turns + list(self._keyed.values())
+            for field in USAGE_FIELDS:
+                values = [p[field] for p in parts if p.get(field) is not None]
+                record[field] = sum(values) if values else None
+        if record["cost_usd"] is not None:
+            record["cost_usd"] = round(record["cost_usd"], 8)
+        record["model"] = self._model or self._model_hint or self._model_arg
+        record["session_id"] = self._session
+        return record
+
+
+# ---------------------------------------------------------------- rate limits
+
+# Phrases the CLIs print when a rate or usage limit stops them (captured from the
+# real CLIs; see tests/fakes/samples/). Kept specific: agents often work on code
+# that talks about rate limits, and a false hit delays a task for hours.
+_HIT = re.compile(
+    r"usage limit reached|you(?:'|’|\u2019)ve hit your [\w ]{0,40}?limit"
+    r"|\blimit reached\s*[∙·•-]\s*resets|rate_limit_error|rate_limit_exceeded"
+    r"|rate limit(?:ed)? (?:reached|exceeded)|\"error\":\s*\"rate_limit\""
+    r"|RESOURCE_EXHAUSTED|quota exceeded|exceeded your current quota"
+    r"|exhausted your (?:[\w-]+ )?(?:quota|capacity)|resource has been exhausted"
+    r"|too many requests|request rejected \(429\)|(?:status|http|code)\"?[\s:=]{0,3}429\b",
+    re.IGNORECASE,
+)
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = (
+    r"(?:\d+(?:\.\d+)?\s*(?:ms|milliseconds?|seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h"
+    r"|days?|d)(?![a-z])[\s,]*(?:and\s+)?)+"
+)
+_RELATIVE = re.compile(
+    r"(?:try again in|retry in|retry after|reset after|resets in|retrying after|wait)\s+"
+    rf"({_DURATION})",
+    re.IGNORECASE,
+)
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)", re.IGNORECASE)
+_EPOCH = re.compile(
+    r"usage limit reached\|(\d{9,13})|\"(?:resetsAt|resets_at|reset_at)\":\s*\"?(\d{9,13})"
+    r"|ratelimit-unified-reset\"?:\s*\"?(\d{9,13})",
+    re.IGNORECASE,
+)
+_SECONDS = re.compile(r"retry[-_]after\"?[\s:=]+\"?(\d+(?:\.\d+)?)", re.IGNORECASE)
+_DELAY_MS = re.compile(r"\"retry_delay_ms\":\s*(\d+)")
+_MONTHS = "jan feb mar apr may jun jul aug sep oct nov dec".split()
+_CLOCK = r"(\d{1,2})(?::(\d{2}))?\s*([ap]\.?m\.?)?"
+_ABSOLUTE = re.compile(
+    r"(?:resets|reset at|resets at|try again at)\s+(?:at\s+)?"
+    r"(?:(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?"
+    r"\s*(?:(\d{4}),?\s*)?(?:at\s+)?)?"
+    rf"{_CLOCK}(?![\d:])(?:\s*\(([\w/+:-]+)\))?",
+    re.IGNORECASE,
+)
+# JSON events whose text is the agent's own work (messages, tool output): a rate
+# limit mentioned there is not the CLI being limited.
+_CONTENT_EVENTS = {
+    "assistant", "user", "message", "text", "reasoning", "tool_use", "tool_result",
+    "item.started", "item.updated", "item.completed", "step_start", "step_finish", "init",
+    "system", "thread.started", "turn.started", "turn.completed", "result", "stream_event",
+}  # fmt: skip
+
+
+def _duration(text: str) -> float:
+    total = 0.0
+    for number, unit in _PART.findall(text):
+        unit = unit.lower()
+        key = "ms" if unit.startswith("mil") or unit == "ms" else unit[0]
+        if unit.startswith("mo"):  # "months" is not a unit any CLI uses for resets
+            continue
+        total += float(number) * _UNIT.get(key, 0)
+    return total
+
+
+def _zone(name: str | None) -> dt.tzinfo | None:
+    if not name:
+        return None
+    if name.upper() in ("UTC", "GMT", "Z"):
+        return dt.UTC
+    try:
+        return ZoneInfo(name)
+    except (ValueError, KeyError, OSError):
+        return None  # an abbreviation such as "PST": fall back to local time
+
+
+def _absolute(match: re.Match, now: float) -> float | None:
+    month, day, year, hour, minute, ampm, zone = match.groups()
+    hour, minute = int(hour), int(minute or 0)
+    if ampm:
+        if hour > 12:
+            return None
+        hour = hour % 12 + (12 if ampm.lower().startswith("p") else 0)
+    if hour > 23 or minute > 59:
+        return None
+    tz = _zone(zone)
+    current = dt.datetime.fromtimestamp(now, tz).astimezone(tz)
+    try:
+        if month:
+            number = _MONTHS.index(month[:3].lower()) + 1
+            when = current.replace(year=int(year) if year else current.year, month=number,
+                                   day=int(day), hour=hour, minute=minute, second=0,
+                                   microsecond=0)  # fmt: skip
+            if not year and when.timestamp() < now - 86400:
+                when = when.replace(year=when.year + 1)
+        else:
+            when = current.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            if when.timestamp() < now - 60:
+                when += dt.timedelta(days=1)  # "resets 3am" said at 11pm means tomorrow
+    except ValueError:
+        return None
+    return when.timestamp()
+
+
+def _item_type(event: dict) -> Any:
+    item = event.get("item")
+    return item.get("type") if isinstance(item, dict) else None
+
+
+def _limit_lines(text: str) -> list[str]:
+    """Keep the lines that can speak for the CLI itself, not for the agent's work."""
+    lines = []
+    for line in text.splitlines():
+        event = clis.load(line) if line.lstrip().startswith("{") else None
+        if event is None:
+            lines.append(line)
+            continue
+        kind = event.get("type")
+        info = event.get("rate_limit_info")
+        if kind == "rate_limit_event":
+            if isinstance(info, dict) and info.get("status") == "rejected":
+                lines.append(line + " usage limit reached")
+        elif (
+            kind not in _CONTENT_EVENTS
+            or (kind == "assistant" and event.get("error"))
+            or (kind == "system" and event.get("subtype") == "api_retry")
+            or (kind == "result" and (event.get("is_error") or event.get("status") == "error"))
+            or (kind == "item.completed" and _item_type(event) == "error")
+        ):
+            lines.append(line)
+    return lines
+
+
+def rate_limit(text: str, now: float | None = None) -> tuple[bool, float | None]:
+    """Recognise a rate/usage-limit message in any backend's output; return (hit, reset epoch)."""
+    try:
+        now = time.time() if now is None else now
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        # Limit messages come at the end of a run; a bounded tail keeps this cheap.
+        lines = [line for line in _limit_lines(text[-1_048_576:]) if _HIT.search(line)]
+        if not lines:
+            return False, None
+        found: list[float] = []
+        for line in lines:
+            for groups in _EPOCH.findall(line):
+                value = float(next(g for g in groups if g))
+                found.append(value / 1000 if value > 1e12 else value)
+            found += [now + _duration(m) for m in _RELATIVE.findall(line)]
+            found += [now + float(s) for s in _SECONDS.findall(line)]
+            found += [now + int(ms) / 1000 for ms in _DELAY_MS.findall(line)]
+            found += [t for m in _ABSOLUTE.finditer(line) if (t := _absolute(m, now))]
+        # Past times and absurd ones are misreads; the latest plausible one is safest.
+        plausible = [t for t in found if now - 60 < t < now + 40 * 86400]
+        return True, (max(plausible) if plausible else None)
+    except Exception:  # recognising a limit is best effort; never fail the run over it
+        return False, None
