@@ -71,4 +71,5 @@ FEATURES = [
     "metrics",
     "audit",
     "alerts",
+    "ops_pages",
 ]

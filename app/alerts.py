@@ -248,14 +248,10 @@ def rules_list():
     return jsonify({"rules": list(rules(db.get_db()).values())})
 
 
-@bp.patch("/api/v1/alerts/rules/<name>")
-@requires("operator")
-@body_model(RuleUpdate)
-def rules_update(name: str):
-    """Change a rule's threshold, window, cooldown, severity or enabled flag (no restart)."""
+def save_rule(name: str, changes: dict) -> dict:
+    """Store changed rule settings (validated by RuleUpdate); return the rule."""
     if name not in RULES:
         raise ApiError(404, "no alert rule with this name")
-    changes = parse_body(RuleUpdate).model_dump(exclude_none=True)
     if name == "failure_rate" and changes.get("threshold", 0) > 1:
         raise ApiError(422, "the failure_rate threshold is a share between 0 and 1")
 
@@ -272,7 +268,17 @@ def rules_update(name: str):
         )  # fmt: skip
 
     db.write(save)
-    return jsonify(rules(db.get_db())[name])
+    return rules(db.get_db())[name]
+
+
+@bp.patch("/api/v1/alerts/rules/<name>")
+@requires("operator")
+@body_model(RuleUpdate)
+def rules_update(name: str):
+    """Change a rule's threshold, window, cooldown, severity or enabled flag (no restart)."""
+    if name not in RULES:
+        raise ApiError(404, "no alert rule with this name")
+    return jsonify(save_rule(name, parse_body(RuleUpdate).model_dump(exclude_none=True)))
 
 
 @bp.get("/api/v1/alerts")
@@ -318,7 +324,8 @@ def alerts_get(alert_id: int):
     return jsonify(alert_json(or_404(row, "alert")))
 
 
-def _close(alert_id: int, action: str) -> dict:
+def close_alert(alert_id: int, action: str) -> dict:
+    """Acknowledge or resolve an alert as the signed-in key; notify; return the alert."""
     who = g.key["name"]
     t = time.time()
 
@@ -350,14 +357,14 @@ def _close(alert_id: int, action: str) -> dict:
 @requires("operator")
 def alerts_ack(alert_id: int):
     """Acknowledge an alert: no more reminders until it resolves."""
-    return jsonify(_close(alert_id, "acknowledged"))
+    return jsonify(close_alert(alert_id, "acknowledged"))
 
 
 @bp.post("/api/v1/alerts/<int:alert_id>/resolve")
 @requires("operator")
 def alerts_resolve(alert_id: int):
     """Resolve an alert by hand (it fires again, after the cooldown, if the cause stays)."""
-    return jsonify(_close(alert_id, "resolved"))
+    return jsonify(close_alert(alert_id, "resolved"))
 
 
 @bp.post("/api/v1/alerts/evaluate")
