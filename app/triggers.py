@@ -268,12 +268,14 @@ def triggers_create():
     secret = secrets.token_urlsafe(32) if body["kind"] == "webhook" else None
     t = time.time()
     next_at = next_run(body["schedule"], body["timezone"], t) if body["kind"] == "cron" else None
+    # Encrypt here: under gunicorn `insert` runs in the writer thread, with no app context.
+    secret_enc = crypto.encrypt(secret) if secret else None
 
     def insert(conn):
         if conn.execute("SELECT 1 FROM triggers WHERE slug = ?", (slug,)).fetchone():
             raise ApiError(409, f"a trigger with slug {slug!r} exists; choose another slug")
         values = {**body, "slug": slug, "next_run_at": next_at, "created_at": t, "updated_at": t}
-        values["secret_enc"] = crypto.encrypt(secret) if secret else None
+        values["secret_enc"] = secret_enc
         for field in (*LIST_FIELDS, "match"):
             values[field] = json.dumps(values[field])
         values["enabled"] = int(values["enabled"])
@@ -343,10 +345,11 @@ def triggers_rotate_secret(slug: str):
     if row["kind"] != "webhook":
         raise ApiError(409, "only webhook triggers have a secret")
     secret = secrets.token_urlsafe(32)
+    secret_enc = crypto.encrypt(secret)  # outside the write: no app context in the writer thread
     db.write(
         lambda conn: conn.execute(
             "UPDATE triggers SET secret_enc = ?, updated_at = ? WHERE id = ?",
-            (crypto.encrypt(secret), time.time(), row["id"]),
+            (secret_enc, time.time(), row["id"]),
         )
     )
     return jsonify({"slug": slug, "webhook_url": webhook_url(slug), "secret": secret})
