@@ -123,6 +123,29 @@ def health_detail():
     )
 
 
+@bp.get("/api/v1/backups")
+@requires("operator")
+def backups_list():
+    """List the backups on disk, newest first."""
+    from app import backup
+
+    return jsonify({"backups": offload(backup.list_backups, dict(current_app.config))})
+
+
+@bp.post("/api/v1/backups")
+@requires("admin")
+def backups_create():
+    """Back up the database now (online, checked with integrity_check; keeps the newest N)."""
+    from app import backup
+    from app.errors import ApiError
+
+    try:
+        result = offload(backup.create_backup, dict(current_app.config))
+    except (backup.BackupError, OSError) as exc:
+        raise ApiError(503, f"the backup failed: {exc}", code="backup_failed") from None
+    return jsonify(result), 201
+
+
 @bp.app_errorhandler(sqlite3.OperationalError)
 def storage_error(exc: sqlite3.OperationalError) -> Response:
     """Answer a full or failing disk with a clear 503: the request stored nothing."""

@@ -161,3 +161,12 @@ def test_it_gives_new_databases_incremental_auto_vacuum(app):
     conn = connect(app.config["DATABASE"])
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_it_backs_up_and_lists_through_the_api(client, alice, bob, vera):
+    assert client.post("/api/v1/backups", headers={"X-API-Key": bob}).status_code == 403
+    resp = client.post("/api/v1/backups", headers={"X-API-Key": alice})
+    assert resp.status_code == 201 and resp.get_json()["integrity"] == "ok"
+    listed = client.get("/api/v1/backups", headers={"X-API-Key": bob}).get_json()["backups"]
+    assert [b["path"] for b in listed] == [resp.get_json()["file"]]
+    assert client.get("/api/v1/backups", headers={"X-API-Key": vera}).status_code == 403
