@@ -338,9 +338,10 @@ def rate_limit(text: str, now: float | None = None) -> tuple[bool, float | None]
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")
         # Limit messages come at the end of a run; a bounded tail keeps this cheap.
-        lines = [line for line in _limit_lines(text[-1_048_576:]) if _HIT.search(line)]
-        if not lines:
+        lines = _limit_lines(text[-1_048_576:])
+        if not any(_HIT.search(line) for line in lines):
             return False, None
+        # A reset may sit on its own line (a Retry-After header after the status line).
         found: list[float] = []
         for line in lines:
             for groups in _EPOCH.findall(line):

@@ -25,7 +25,7 @@ OPENCODE_STEP_COST = 0.00183
 
 def directives(prompt: str) -> dict[str, str]:
     """Read `FAKE:name` / `FAKE:name=value` directives from the prompt."""
-    return {m[0]: m[1] for m in re.findall(r"FAKE:([a-z_]+)(?:=(\S+))?", prompt)}
+    return {m[0]: m[1] for m in re.findall(r"FAKE:([a-z0-9_]+)(?:=(\S+))?", prompt)}
 
 
 class Out:
