@@ -1,0 +1,264 @@
+"""Shared pieces of bench/ingest.py and bench/dispatch.py.
+
+- `Server`: the real service under gunicorn (gunicorn.conf.py: one gevent worker)
+  serving bench/_wsgi_bench.py (app.wsgi's application plus GET /bench/hello),
+  on a free 127.0.0.1 port with a temporary data dir; stopped with its whole
+  process group, whatever happens.
+- `LoadGen`: bench/_loadgen.py in its own process (gevent, raw keep-alive sockets).
+- small helpers: JSON calls, percentiles, a read-only look at the SQLite file.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from array import array
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values, q: float) -> float:
+    """The q-th percentile (nearest rank) of `values`, in the values' unit."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def stop_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, wait: float = 30) -> None:
+    """Stop a process started with start_new_session=True, and everything in its group."""
+    if proc is None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the group, if any
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+class Server:
+    """gunicorn + the real app, with bench settings; use as a context manager."""
+
+    def __init__(self, data: Path, **env: str) -> None:
+        self.data = data
+        self.port = free_port()
+        self.log_path = data.parent / f"gunicorn-{self.port}.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTED_", "CORS_"))}
+        self.env.update(
+            AGENTED_DATA_DIR=str(data),
+            AGENTED_BIND=f"127.0.0.1:{self.port}",
+            AGENTED_ENV_FILE=str(data.parent / "none.env"),
+            # The per-client default (6000/minute) would stop a load test; the limiter
+            # still runs on every request, for both routes.
+            AGENTED_RATE_LIMIT="100000000/minute",
+            # A first backup would start 30 s into the run; upkeep is not what we measure.
+            AGENTED_BACKUP_INTERVAL_S="0",
+        )
+        self.env.update(env)
+        self.proc: subprocess.Popen | None = None
+        data.mkdir(parents=True, exist_ok=True)
+
+    def agented(self, *args: str) -> str:
+        done = subprocess.run(
+            [str(BIN / "agented"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
+
+    def make_key(self) -> str:
+        out = self.agented("keys", "create", "--name", "bench", "--role", "admin", "--json")
+        return json.loads(out)["key"]
+
+    def __enter__(self) -> Server:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(BIN / "gunicorn"),
+                    "-c",
+                    str(ROOT / "gunicorn.conf.py"),
+                    "--pythonpath",
+                    str(BENCH),
+                    "_wsgi_bench:application",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/health/ready")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("gunicorn did not become ready (its log is above)")
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+
+    def log_tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def worker_pid(self) -> int | None:
+        """The gunicorn worker's pid (the master's only child)."""
+        try:
+            kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return None
+        pids = [int(p) for p in kids.split()]
+        return pids[0] if pids else None
+
+    def db(self) -> sqlite3.Connection:
+        """A read-only connection to the service's database (WAL: readers never block it)."""
+        uri = f"file:{self.data / 'agented.db'}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+
+class HttpError(RuntimeError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Api:
+    """JSON calls over one keep-alive connection."""
+
+    def __init__(self, port: int, key: str | None = None) -> None:
+        self.port = port
+        self.key = key
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def call(self, method: str, path: str, body=None, expect=(200, 201, 202)) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["X-API-Key"] = self.key
+        data = json.dumps(body).encode() if body is not None else None
+        self.conn.request(method, path, body=data, headers=headers)
+        resp = self.conn.getresponse()
+        raw = resp.read()
+        if resp.status not in expect:
+            raise HttpError(resp.status, f"{method} {path}: HTTP {resp.status}: {raw[:500]!r}")
+        return json.loads(raw) if raw else {}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds a process has used so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def loop_times(pid: int | None) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of a process's main thread.
+
+    In the gevent worker the main thread is the event loop that serves every request,
+    so on a shared machine "waiting" shows how much other load took from it.
+    """
+    if pid is None:
+        return 0.0, 0.0
+    try:
+        run_ns, wait_ns, _slices = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(run_ns) / 1e9, int(wait_ns) / 1e9
+
+
+class LoadGen:
+    """bench/_loadgen.py in its own process; `phase(...)` runs one timed phase."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "_loadgen.py"), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def phase(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the load generator died")
+        result = json.loads(line)
+        lat = array("d")
+        lat.frombytes(base64.b64decode(result["lat"]))
+        result["lat"] = lat
+        return result
+
+    def __enter__(self) -> LoadGen:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        stop_group(self.proc, wait=5)

@@ -1,0 +1,289 @@
+"""Dispatch: submit -> child started latency, and trivial tasks per second against huey.
+
+Starts the production app (app.wsgi via bench/_wsgi_bench.py) under
+gunicorn.conf.py (one gevent worker, scheduler on, global concurrency 20) on a
+free 127.0.0.1 port with a fresh data dir, then:
+
+(a) Latency. Tasks are submitted one at a time (POST /api/v1/tasks, each after the
+    previous one finished, so the queue is empty) to a shell agent whose command
+    is `date +%s.%N`: its one line of output is the child's own clock at the
+    moment it ran, compared with the client's clock just before it sent the
+    request (same machine, same clock). The database's timestamps split the time:
+    send -> task row written, -> claimed by the scheduler, -> child running.
+    A few more samples with a Python child (`python -c "print(time.time())"`)
+    show what an interpreter's start-up adds on top (not the hub's cost).
+(b) Throughput. N tasks running `true` are submitted quickly (10 keep-alive
+    connections from bench/_loadgen.py in its own process) and timed from the
+    first submission to the last task's finished_at. The reference is huey
+    (SqliteHuey, bench/_huey_tasks.py) on the same machine in the same run: a task
+    that runs the same `subprocess.run(["true"])`, its consumer in its own process
+    with 20 workers (the hub's default global concurrency is 20, so both run at
+    most 20 children at once); thread workers (huey's default kind) are the
+    reference, greenlet workers are shown too. The producer enqueues N and the
+    time runs from the first enqueue to the last task's own finish time. Rounds
+    alternate hub / huey so noise on the 2 shared cores hits both.
+
+Targets (issue 4): submit -> child started p95 < 25 ms; tasks/s >= 1.0 x huey.
+Run: `.venv/bin/python bench/dispatch.py` (or `just bench`); about a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import BENCH, Api, LoadGen, Server, cpu_seconds, pct, stop_group  # noqa: E402
+
+N = 500  # tasks per throughput run
+ROUNDS = 2
+WORKERS = 20
+LAT_SAMPLES = 150
+PY_SAMPLES = 20
+TARGET_P95_MS = 25.0
+TARGET_RATIO = 1.0
+RUN_DEADLINE_S = 60.0
+
+
+def wait_finished(server: Server, task_id: int, deadline_s: float = 10.0):
+    """Poll the database (read-only, not the server) until the task has finished."""
+    conn = server.db()
+    try:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            row = conn.execute(
+                "SELECT state, created_at FROM tasks WHERE id = ?", (task_id,)
+            ).fetchone()
+            if row["state"] in ("succeeded", "failed", "dead", "cancelled", "timed_out"):
+                attempt = conn.execute(
+                    "SELECT started_at, finished_at FROM attempts WHERE task_id = ?"
+                    " ORDER BY number LIMIT 1",
+                    (task_id,),
+                ).fetchone()
+                line = conn.execute(
+                    "SELECT text FROM task_logs WHERE task_id = ? AND stream = 'stdout'"
+                    " ORDER BY seq LIMIT 1",
+                    (task_id,),
+                ).fetchone()
+                return row, attempt, line["text"] if line else None
+            time.sleep(0.002)
+    finally:
+        conn.close()
+    raise RuntimeError(f"task {task_id} did not finish in {deadline_s} s")
+
+
+def latency(server: Server, api: Api, agent: str, samples: int, warmup: int = 5) -> dict:
+    out = {"total": [], "ingest": [], "claim": [], "spawn": []}
+    for i in range(warmup + samples):
+        time.sleep(0.02)  # the previous task's last writes are done: the hub is idle
+        sent = time.time()
+        task = api.call("POST", "/api/v1/tasks", {"agent": agent, "prompt": "x"})
+        row, attempt, line = wait_finished(server, task["id"])
+        if row["state"] != "succeeded" or line is None:
+            raise RuntimeError(f"latency task {task['id']} ended {row['state']}, output {line!r}")
+        if i < warmup:
+            continue
+        child = float(line)
+        out["total"].append(child - sent)
+        out["ingest"].append(row["created_at"] - sent)
+        out["claim"].append(attempt["started_at"] - row["created_at"])
+        out["spawn"].append(child - attempt["started_at"])
+    return {k: [v * 1000 for v in vals] for k, vals in out.items()}
+
+
+def python_start_cost(python: str, samples: int) -> list[float]:
+    """ms from just before spawning a Python child to its first statement, outside the hub."""
+    out = []
+    for _ in range(samples):
+        t0 = time.time()
+        done = subprocess.run(
+            [python, "-c", "import time; print(time.time())"], capture_output=True, text=True
+        )
+        out.append((float(done.stdout) - t0) * 1000)
+    return out
+
+
+def hub_throughput(server: Server, gen: LoadGen, key: str, n: int) -> dict:
+    conn = server.db()
+    try:
+        before = conn.execute("SELECT coalesce(max(id), 0) FROM tasks").fetchone()[0]
+    finally:
+        conn.close()
+    pid = server.worker_pid()
+    cpu0 = cpu_seconds(pid)
+    conns = 10
+    res = gen.phase(
+        kind="task",
+        port=server.port,
+        conns=conns,
+        per_conn=n // conns,
+        duration=RUN_DEADLINE_S,
+        key=key,
+        agent="noop",
+    )
+    if res["ok"] != n:
+        raise RuntimeError(f"{n - res['ok']} submissions failed: {res['statuses']} {res['errors']}")
+    conn = server.db()
+    try:
+        end = time.monotonic() + RUN_DEADLINE_S
+        while True:
+            done, failed, last = conn.execute(
+                "SELECT count(*) FILTER (WHERE state = 'succeeded'),"
+                " count(*) FILTER (WHERE state IN ('failed', 'dead', 'cancelled', 'timed_out')),"
+                " max(finished_at) FROM tasks WHERE id > ?",
+                (before,),
+            ).fetchone()
+            if done + failed >= n:
+                break
+            if time.monotonic() > end:
+                raise RuntimeError(f"only {done} of {n} tasks finished in {RUN_DEADLINE_S} s")
+            time.sleep(0.01)
+    finally:
+        conn.close()
+    wall = last - res["start_epoch"]
+    return {
+        "rate": n / wall,
+        "wall": wall,
+        "submit_s": res["wall"],
+        "failed": failed,
+        "server_cpu": (cpu_seconds(pid) - cpu0) / wall,
+    }
+
+
+class HueyConsumer:
+    """bench/_huey_tasks.py as a consumer process; stopped with its process group."""
+
+    def __init__(self, worker_type: str, log: Path) -> None:
+        self.worker_type = worker_type
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(BENCH / "_huey_tasks.py"), worker_type, str(WORKERS)],
+                cwd=BENCH,
+                env=os.environ.copy(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def __enter__(self) -> HueyConsumer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stop_group(self.proc, wait=10)
+
+
+def huey_throughput(tasks, worker_type: str, n: int, log: Path) -> dict:
+    with HueyConsumer(worker_type, log) as consumer:
+        # Warm up (and wait until the consumer is up): the hub was warmed up too.
+        for r in [tasks.run_true() for _ in range(40)]:
+            r.get(blocking=True, timeout=30)
+        time.sleep(0.2)
+        pid = consumer.proc.pid
+        cpu0 = cpu_seconds(pid)
+        start = time.time()
+        results = [tasks.run_true() for _ in range(n)]
+        enqueued = time.time() - start
+        finished = [r.get(blocking=True, timeout=RUN_DEADLINE_S) for r in results]
+        wall = max(finished) - start
+        return {
+            "rate": n / wall,
+            "wall": wall,
+            "submit_s": enqueued,
+            "failed": 0,
+            "server_cpu": (cpu_seconds(pid) - cpu0) / wall,
+        }
+
+
+def show_lat(label: str, values: list[float]) -> str:
+    return (
+        f"   {label:<46}p50 {pct(values, 50):6.1f}  p95 {pct(values, 95):6.1f}"
+        f"  max {max(values):6.1f} ms"
+    )
+
+
+def main() -> int:
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="agented-bench-dispatch-"))
+    os.environ["BENCH_HUEY_DB"] = str(tmp / "huey.db")
+    import _huey_tasks as tasks  # after BENCH_HUEY_DB is set: the producer's database
+
+    python = sys.executable
+    date = shutil.which("date") or "/bin/date"
+    server = Server(tmp / "data", AGENTED_SCHEDULER="true")
+    runs: dict[str, list[dict]] = {"hub": [], "huey thread": [], "huey greenlet": []}
+    try:
+        key = server.make_key()
+        with server, LoadGen() as gen:
+            api = Api(server.port, key)
+            for name, command in (
+                ("stamp", [date, "+%s.%N"]),
+                ("pystamp", [python, "-c", "import time; print(time.time())"]),
+                ("noop", ["true"]),
+            ):
+                api.call(
+                    "POST",
+                    "/api/v1/agents",
+                    {"name": name, "backend": "shell", "command": command, "concurrency": WORKERS},
+                )
+            lat = latency(server, api, "stamp", LAT_SAMPLES)
+            pylat = latency(server, api, "pystamp", PY_SAMPLES, warmup=2)
+            pystart = python_start_cost(python, PY_SAMPLES)
+
+            hub_throughput(server, gen, key, 40)  # warm up
+            for _ in range(ROUNDS):
+                runs["hub"].append(hub_throughput(server, gen, key, N))
+                for kind in ("thread", "greenlet"):
+                    r = huey_throughput(tasks, kind, N, tmp / "huey.log")
+                    runs[f"huey {kind}"].append(r)
+            api.close()
+    except Exception:
+        print(server.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"-- (a) submit -> child started, {LAT_SAMPLES} tasks one at a time (queue empty)")
+    print(show_lat("send -> child's own clock (date)", lat["total"]))
+    print(show_lat("  send -> task row written", lat["ingest"]))
+    print(show_lat("  task written -> claimed by the scheduler", lat["claim"]))
+    print(show_lat("  claimed -> child running", lat["spawn"]))
+    print(show_lat(f"send -> Python child's first line ({PY_SAMPLES})", pylat["total"]))
+    print(show_lat("  Python start-up alone (outside the hub)", pystart))
+    print(f"-- (b) {N} trivial tasks (`true`) end to end, {WORKERS} at once, {ROUNDS} rounds")
+    print(f"   {'system':<16}{'tasks/s':>9}{'wall s':>8}{'submit s':>10}{'cpu':>7}   per round")
+    means = {}
+    for name, rs in runs.items():
+        means[name] = sum(r["rate"] for r in rs) / len(rs)
+        per = ", ".join(f"{r['rate']:.0f}" for r in rs)
+        wall = sum(r["wall"] for r in rs) / len(rs)
+        sub = sum(r["submit_s"] for r in rs) / len(rs)
+        cpu = sum(r["server_cpu"] for r in rs) / len(rs)
+        failed = sum(r["failed"] for r in rs)
+        note = f"  ({failed} failed)" if failed else ""
+        print(f"   {name:<16}{means[name]:>9.0f}{wall:>8.2f}{sub:>10.2f}{cpu:>7.0%}   {per}{note}")
+    p50, p95 = pct(lat["total"], 50), pct(lat["total"], 95)
+    ratio = means["hub"] / means["huey thread"]
+    ratio_g = means["hub"] / means["huey greenlet"]
+    lat_met = "met" if p95 < TARGET_P95_MS else "NOT met"
+    rate_met = "met" if ratio >= TARGET_RATIO else "NOT met"
+    print(f"bench time: {time.monotonic() - started:.0f} s")
+    print(
+        f"dispatch latency: submit -> child started p50 {p50:.1f} ms p95 {p95:.1f} ms"
+        f" (target p95 < {TARGET_P95_MS:.0f} ms): {lat_met}"
+    )
+    print(
+        f"dispatch throughput: hub {means['hub']:.0f} tasks/s | huey (20 threads)"
+        f" {means['huey thread']:.0f} tasks/s | ratio {ratio:.2f} (target >= {TARGET_RATIO}):"
+        f" {rate_met} | vs huey (20 greenlets) {means['huey greenlet']:.0f}: {ratio_g:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
