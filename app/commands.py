@@ -213,7 +213,8 @@ _HIT = re.compile(
     r"|rate limit(?:ed)? (?:reached|exceeded)|\"error\":\s*\"rate_limit\""
     r"|RESOURCE_EXHAUSTED|quota exceeded|exceeded your current quota"
     r"|exhausted your (?:[\w-]+ )?(?:quota|capacity)|resource has been exhausted"
-    r"|too many requests|request rejected \(429\)|(?:status|http|code)\"?[\s:=]{0,3}429\b",
+    r"|too many requests|request rejected \(429\)|(?:status|http|code)\"?[\s:=]{0,3}429\b"
+    r"|http/[\d.]+ 429\b",
     re.IGNORECASE,
 )
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -276,6 +277,8 @@ def _zone(name: str | None) -> dt.tzinfo | None:
 
 def _absolute(match: re.Match, now: float) -> float | None:
     month, day, year, hour, minute, ampm, zone = match.groups()
+    if minute is None and ampm is None:
+        return None  # a bare number ("resets 2 counters") is not a time of day
     hour, minute = int(hour), int(minute or 0)
     if ampm:
         if hour > 12:

@@ -511,6 +511,8 @@ def test_it_reads_opencode_rate_limits():
         ("You have exhausted your capacity on this model. Your quota will reset after 8h44m7s.",
          0, 8 * 3600 + 44 * 60 + 7),
         ("[API Error: Resource has been exhausted (e.g. check quota).]", 0, None),
+        ("HTTP/1.1 429\nretry-after: 12", 0, 12),
+        ("Rate limit exceeded. The window resets 2 times a day.", 0, None),
     ],
 )  # fmt: skip
 def test_it_reads_the_known_limit_messages(utc_zone, text, now, expected):
