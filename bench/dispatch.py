@@ -56,6 +56,7 @@ def wait_finished(server: Server, task_id: int, deadline_s: float = 10.0):
     conn = server.db()
     try:
         end = time.monotonic() + deadline_s
+        row = None
         while time.monotonic() < end:
             row = conn.execute(
                 "SELECT state, created_at FROM tasks WHERE id = ?", (task_id,)
@@ -75,7 +76,12 @@ def wait_finished(server: Server, task_id: int, deadline_s: float = 10.0):
             time.sleep(0.002)
     finally:
         conn.close()
-    raise RuntimeError(f"task {task_id} did not finish in {deadline_s} s")
+    hint = " (no scheduler ran: does app/wsgi.py call executions.start?)"
+    state = row["state"] if row is not None else "missing"
+    raise RuntimeError(
+        f"task {task_id} did not finish in {deadline_s} s; it is {state}"
+        + (hint if state == "queued" else "")
+    )
 
 
 def latency(server: Server, api: Api, agent: str, samples: int, warmup: int = 5) -> dict:
