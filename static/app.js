@@ -34,6 +34,12 @@
     source.setAttribute("sse-connect", url.pathname + url.search);
   });
 
+  // When a task's stream ends (sse-close), its log is complete: drop the "live" badge.
+  document.addEventListener("htmx:sseClose", function (evt) {
+    var badge = evt.target.querySelector && evt.target.querySelector(".live-badge");
+    if (badge) badge.remove();
+  });
+
   // A row that changed flashes briefly so the eye finds it.
   document.addEventListener("htmx:sseMessage", function (evt) {
     var row = evt.target;

@@ -173,6 +173,7 @@ def test_it_streams_the_backlog_then_live_lines_then_the_end(app, echo):
         stream = log_stream(task_id, 1, "shell", False, path)
         assert next(stream).startswith("retry:")
         backlog = next(stream)
+        assert next(stream).startswith("event: state\n")  # the header, in case it changed
         assert backlog.startswith("id: 3\nevent: log\n")
         assert "two" in backlog and "one" not in backlog
         line = {"id": 4, "kind": "log", "seq": 4, "attempt": 1, "stream": "stdout",

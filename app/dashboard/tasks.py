@@ -325,8 +325,9 @@ def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: s
             chunk = backlog[start : start + 200]
             after = chunk[-1]["seq"]
             yield sse("".join(line_html(backend, r, raw) for r in chunk), "log", after)
+        # The state may have changed between the page's render and this connect.
+        yield _head_event(task_id, path)
         if task["state"] in FINISHED:
-            yield _head_event(task_id, path)
             yield sse("finished", "end")
             return
         while not stopping():
