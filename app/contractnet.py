@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any, Literal
 
 from flask import Blueprint, current_app, g, jsonify
@@ -31,7 +30,7 @@ from app.agents import (
 from app.api import Body, body_model, or_404, parse_body
 from app.auth import allows, requires
 from app.errors import ApiError
-from app.messages import ID, hub_reply, insert_rows, row_tuple, wake_events
+from app.messages import ID, hub_reply, insert_rows, new_id, row_tuple, wake_events
 
 bp = Blueprint("contractnet", __name__)
 bp.record_once(lambda state: msgconfig.apply(state.app))
@@ -230,7 +229,7 @@ def contract_nets_create():
         raise ApiError(422, "no participant: no other agent takes new work with those capabilities")
     ratelimit.take(initiator["name"], initiator["rate_tier"], "cfp")
     t = time.time()
-    conversation_id = body.conversation_id or uuid.uuid4().hex
+    conversation_id = body.conversation_id or new_id()
     deadline = t + body.deadline_s
     rule = body.rule.model_dump()
     content = json.dumps({"task": body.task, "deadline_at": deadline, "rule": rule})
@@ -248,7 +247,7 @@ def contract_nets_create():
                 rule["by"], rule["prefer"], deadline, t,
             ),
         )  # fmt: skip
-        message_id = uuid.uuid4().hex
+        message_id = new_id()
         rows = [
             row_tuple(
                 message_id=message_id, sender=initiator["name"], receiver=name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -183,3 +184,16 @@ def test_it_pages_a_long_conversation(client, pair, alice):
         if cursor is None:
             break
     assert seen == list(range(7))
+
+
+def test_it_builds_the_lease_answer_exactly_as_json_would(app, client, pair):
+    from app import db
+    from app.mailboxes import leased_json, leased_text
+
+    a, _b = pair
+    send(
+        client, a, performative="inform", receiver="beta", reply_with='he said "hi"\n',
+        protocol="p\\q", content={"text": "ünï \"quoted\"", "n": [1, 2.5, None]},
+    )  # fmt: skip
+    row = db.connect(app.config["DATABASE"]).execute("SELECT * FROM messages").fetchone()
+    assert json.loads(leased_text(row, 12.5)) == leased_json(row, 12.5)
