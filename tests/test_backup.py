@@ -170,3 +170,12 @@ def test_it_backs_up_and_lists_through_the_api(client, alice, bob, vera):
     listed = client.get("/api/v1/backups", headers={"X-API-Key": bob}).get_json()["backups"]
     assert [b["path"] for b in listed] == [resp.get_json()["file"]]
     assert client.get("/api/v1/backups", headers={"X-API-Key": vera}).status_code == 403
+
+
+def test_it_reports_storage_facts_to_admins(client, alice):
+    backup_file = client.post("/api/v1/backups", headers={"X-API-Key": alice}).get_json()["file"]
+    storage = client.get("/api/v1/health", headers={"X-API-Key": alice}).get_json()["storage"]
+    assert storage["last_backup_file"] == backup_file and storage["backups"] == 1
+    assert storage["db_bytes"] > 0 and 0 <= storage["fragmentation"] < 1
+    assert storage["auto_vacuum"] == "incremental"
+    assert storage["tables"]["tasks"] > 0 and "audit_log" in storage["tables"]
