@@ -326,6 +326,7 @@ class Run:
             gevent.spawn(self._read, self.proc.stdout, "stdout"),
             gevent.spawn(self._read, self.proc.stderr, "stderr"),
         ]
+        self.flush_stop = gevent.event.Event()
         flusher = gevent.spawn(self._flush_loop)
         deadline = time.monotonic() + task["timeout_s"]
         waiter = gevent.spawn(self.proc.wait)
@@ -348,7 +349,11 @@ class Run:
         self._kill_group(signal.SIGKILL)
         gevent.joinall(readers, timeout=5)
         gevent.killall([*readers, feeder], block=False)
-        flusher.kill()
+        # Stop the loop between flushes, never inside one: a flush killed while it
+        # waits for its commit would store its lines but never publish them, so
+        # live streams would silently miss them.
+        self.flush_stop.set()
+        flusher.join(timeout=10)
         self._flush()
         code = self.proc.returncode
         if outcome == "cancelled":
@@ -413,8 +418,7 @@ class Run:
                 gevent.spawn(self._flush)
 
     def _flush_loop(self) -> None:
-        while True:
-            gevent.sleep(FLUSH_INTERVAL_S)
+        while not self.flush_stop.wait(FLUSH_INTERVAL_S):
             self._flush()
 
     def _flush(self) -> None:
