@@ -307,10 +307,11 @@ def trigger_secret_post(slug: str):
     if row["kind"] != "webhook":
         raise ApiError(409, "Only webhook triggers have a secret.")
     secret = secrets.token_urlsafe(32)
+    secret_enc = crypto.encrypt(secret)  # outside the write: no app context in the writer thread
     db.write(
         lambda conn: conn.execute(
             "UPDATE triggers SET secret_enc = ?, updated_at = ? WHERE id = ?",
-            (crypto.encrypt(secret), time.time(), row["id"]),
+            (secret_enc, time.time(), row["id"]),
         )
     )
     return render_template(
