@@ -76,12 +76,16 @@ def test_it_refuses_webhooks_while_the_disk_is_full_and_recovers(live_server):
 
     assert send_raw("before", 10)[0] == 202
     pid = worker_pid(srv.proc.pid)
-    files = [srv.data_dir / "agented.db", srv.data_dir / "agented.db-wal", srv.log_path]
-    cap = max(p.stat().st_size for p in files if Path(p).exists()) + 256 * 1024
+    # Each refused body is bigger than the cap, so its WAL write fails wherever in the
+    # file it lands; the database and the log file stay below the cap meanwhile.
+    body_size = 900 * 1024
+    files = [srv.data_dir / "agented.db", srv.log_path]
+    cap = max(512 * 1024, max(Path(p).stat().st_size for p in files) + 128 * 1024)
+    assert cap < body_size, f"the database or log is already {cap} bytes"
     hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)[1]
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (cap, hard))
     try:
-        refused = [send_raw(f"full-{i}", 600 * 1024) for i in range(3)]
+        refused = [send_raw(f"full-{i}", body_size) for i in range(3)]
     finally:
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
     for status, body in refused:
@@ -92,6 +96,6 @@ def test_it_refuses_webhooks_while_the_disk_is_full_and_recovers(live_server):
     keys = {r[0] for r in conn.execute("SELECT delivery_key FROM deliveries")}
     assert "before" in keys and not any(k and k.startswith("full-") for k in keys)
     # Space is back: the sender's retry goes through, and the service stayed up.
-    status, body = send_raw("full-0", 600 * 1024)
+    status, body = send_raw("full-0", body_size)
     assert status == 202 and len(body["tasks"]) == 1
     assert srv.request("GET", "/health/ready")[0] == 200
