@@ -148,7 +148,7 @@ def start_schedule(cfg: dict) -> None:
     from app import metrics, ops
 
     def loop() -> None:
-        gevent.sleep(30)  # never slow down start-up
+        gevent.sleep(min(30, cfg["BACKUP_INTERVAL_S"]))  # never slow down start-up
         while True:
             newest = list_backups(cfg)
             due = (newest[0]["created_at"] if newest else 0) + cfg["BACKUP_INTERVAL_S"]

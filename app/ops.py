@@ -63,12 +63,14 @@ def start(app: Flask) -> None:
     metrics.start_loop_monitor()
     if cfg["BACKUP_INTERVAL_S"] > 0:
         backup.start_schedule(cfg)
-    if cfg["RETENTION_INTERVAL_S"] > 0:
-        every("retention", cfg["RETENTION_INTERVAL_S"], lambda: retention.run(cfg), 60)
-    if cfg["COMPACT_INTERVAL_S"] > 0:
-        every("compaction", cfg["COMPACT_INTERVAL_S"], lambda: retention.compact(cfg), 300)
-    if cfg["ALERT_INTERVAL_S"] > 0:
-        every("alerts", cfg["ALERT_INTERVAL_S"], lambda: alerts.evaluate(cfg), 10)
+    # First runs wait a little (never slow down start-up), or one interval if shorter.
+    for name, interval, job, first in (
+        ("retention", cfg["RETENTION_INTERVAL_S"], lambda: retention.run(cfg), 60),
+        ("compaction", cfg["COMPACT_INTERVAL_S"], lambda: retention.compact(cfg), 300),
+        ("alerts", cfg["ALERT_INTERVAL_S"], lambda: alerts.evaluate(cfg), 10),
+    ):
+        if interval > 0:
+            every(name, interval, job, min(first, interval))
 
 
 # --- health -----------------------------------------------------------------------
