@@ -337,20 +337,31 @@ def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: s
             if event is None:
                 yield ": keepalive\n\n"
                 continue
-            if event["kind"] != "log":
+            # Lines published together (one flush) go out as one message: a thousand
+            # subscribers then cost a thousand writes per flush, not per line.
+            batch = [event]
+            while len(batch) < 500 and not sub.queue.empty():
+                batch.append(sub.queue.get_nowait())
+            lines: list[str] = []
+            for ev in batch:
+                if ev["kind"] == "log":
+                    if ev["seq"] > after:
+                        after = ev["seq"]
+                        # Every subscriber gets the same event object: render it once.
+                        html = ev.get(cache_key)
+                        if html is None:
+                            html = ev[cache_key] = line_html(backend, ev, raw)
+                        lines.append(html)
+                    continue
+                if lines:
+                    yield sse("".join(lines), "log", after)
+                    lines = []
                 yield _head_event(task_id, path)
-                if event["data"].get("state") in FINISHED:
+                if ev["data"].get("state") in FINISHED:
                     yield sse("finished", "end")
                     return
-                continue
-            if event["seq"] <= after:
-                continue
-            after = event["seq"]
-            # Every subscriber gets the same event object: render once, share the HTML.
-            html = event.get(cache_key)
-            if html is None:
-                html = event[cache_key] = line_html(backend, event, raw)
-            yield sse(html, "log", after)
+            if lines:
+                yield sse("".join(lines), "log", after)
     finally:
         events.broker.unsubscribe(sub)
 
