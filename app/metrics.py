@@ -24,7 +24,7 @@ import os
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -37,6 +37,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from app import auth, db, events
+from app.auth import requires
 from app.errors import ApiError
 
 bp = Blueprint("metrics", __name__)
@@ -45,8 +46,17 @@ log = logging.getLogger("agented.metrics")
 # The *_created series double the output and no dashboard of ours reads them.
 disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
-TASK_STATES = ("queued", "assigned", "accepted", "running", "succeeded", "failed",
-               "timed_out", "cancelled", "dead")  # fmt: skip
+TASK_STATES = (
+    "queued",
+    "assigned",
+    "accepted",
+    "running",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "cancelled",
+    "dead",
+)
 AGENT_STATES = ("registered", "running", "draining", "stopped", "offline")
 OUTCOMES = ("accepted", "duplicate", "rejected")
 
@@ -69,17 +79,23 @@ ATTEMPT_SECONDS = Histogram(
     registry=REGISTRY,
 )
 DELIVERIES = Counter(
-    "agented_webhook_deliveries", "Inbound webhook deliveries, by outcome", ("outcome",),
+    "agented_webhook_deliveries",
+    "Inbound webhook deliveries, by outcome",
+    ("outcome",),
     registry=REGISTRY,
-)  # fmt: skip
+)
 TRANSITIONS = Counter(
-    "agented_transitions", "State transitions (rows of the event log), by kind", ("kind",),
+    "agented_transitions",
+    "State transitions (rows of the event log), by kind",
+    ("kind",),
     registry=REGISTRY,
-)  # fmt: skip
-LOOP_LAG = Gauge("agented_loop_lag_seconds", "Latest gevent loop lag (sleep overshoot)",
-                 registry=REGISTRY)  # fmt: skip
-LOOP_LAG_MAX = Gauge("agented_loop_lag_max_seconds", "Largest loop lag in the last minute",
-                     registry=REGISTRY)  # fmt: skip
+)
+LOOP_LAG = Gauge(
+    "agented_loop_lag_seconds", "Latest gevent loop lag (sleep overshoot)", registry=REGISTRY
+)
+LOOP_LAG_MAX = Gauge(
+    "agented_loop_lag_max_seconds", "Largest loop lag in the last minute", registry=REGISTRY
+)
 for outcome in OUTCOMES:
     DELIVERIES.labels(outcome)
 
@@ -241,12 +257,18 @@ def snapshot(cfg: dict) -> list:
         ("agented_wal_bytes", "Size of the write-ahead log", facts["wal_bytes"]),
         ("agented_db_free_pages", "Free pages in the database file", facts["free_pages"]),
         ("agented_backups", "Backups on disk", facts["backups"]),
-        ("agented_backup_last_timestamp_seconds", "When the newest backup was made (0: never)",
-         facts["last_backup_at"] or 0),
+        (
+            "agented_backup_last_timestamp_seconds",
+            "When the newest backup was made (0: never)",
+            facts["last_backup_at"] or 0,
+        ),
         ("agented_backup_last_bytes", "Size of the newest backup", facts["last_backup_bytes"] or 0),
-        ("agented_disk_free_bytes", "Free space where the data lives",
-         _free_bytes(cfg["DATA_DIR"])),
-    ):  # fmt: skip
+        (
+            "agented_disk_free_bytes",
+            "Free space where the data lives",
+            _free_bytes(cfg["DATA_DIR"]),
+        ),
+    ):
         gauge = GaugeMetricFamily(name, doc)
         gauge.add_metric([], value)
         families.append(gauge)
@@ -325,6 +347,15 @@ def _authorised() -> bool:
     if presented:
         raise auth._auth_failed("the metrics token is not valid")
     return False
+
+
+@bp.get("/api/v1/metrics")
+@requires("viewer")
+def metrics_json():
+    """Queue depth, latency, failure rate, agent utilization and deliveries over the last hour."""
+    from app import metrics_summary, ops
+
+    return jsonify(ops.offload(metrics_summary.summary, dict(current_app.config)))
 
 
 @bp.get("/metrics")

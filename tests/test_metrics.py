@@ -123,3 +123,32 @@ def test_it_serves_metrics_under_gunicorn(live_server):
     assert sample(text, "agented_write_batches_total") >= 1
     status, _headers, body = srv.request("GET", "/metrics")
     assert status == 401 and b'"error"' in body
+
+
+def test_it_sums_up_the_last_hour_as_json(app, client, vera):
+    conn = connect(app.config["DATABASE"])
+    conn.execute(
+        "INSERT INTO agents (name, backend, concurrency, created_at, updated_at)"
+        " VALUES ('echo', 'shell', 4, 0, 0)"
+    )
+    now = time.time()
+    for i, state in enumerate(("succeeded", "succeeded", "failed", "timed_out")):
+        task = add_task(conn, "succeeded", age_s=100, finished_age_s=1)
+        add_attempt(conn, task, 1, state, now - 90 + i, now - 60)
+    add_task(conn, "running")
+    add_delivery(conn, 202)
+    add_delivery(conn, 401, "unchecked")
+    assert client.get("/api/v1/metrics").status_code == 401
+    body = client.get("/api/v1/metrics", headers={"X-API-Key": vera}).get_json()
+    assert body["tasks"]["succeeded"] == 4 and body["tasks"]["running"] == 1
+    attempts = body["attempts"]
+    assert attempts["finished"] == 4 and attempts["failure_rate"] == 0.5
+    assert 25 <= attempts["duration_p50_s"] <= 30 and 9 <= attempts["queue_wait_p50_s"] <= 14
+    assert body["agents"] == {
+        "enabled": 1,
+        "offline": 0,
+        "capacity": 4,
+        "busy": 1,
+        "utilization": 0.25,
+    }
+    assert body["deliveries"] == {"accepted": 1, "duplicate": 0, "rejected": 1}
