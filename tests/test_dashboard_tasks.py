@@ -262,3 +262,23 @@ def test_it_reads_a_real_claude_stream_line_as_a_tool_call():
     html = line_html("claude", {"seq": 1, "stream": "stdout", "text": text})
     assert html.startswith('<div class="ln step step-tool_call"')
     assert "Bash: echo &lt;hi&gt;" in html
+
+
+def test_it_ends_open_streams_soon_after_shutdown_begins(monkeypatch, app, echo):
+    import time
+
+    from app.dashboard import common, tasks
+
+    task_id = add_task(app, state="running")
+    monkeypatch.setattr(common, "POLL_S", 0.05)
+    monkeypatch.setattr(common, "HEARTBEAT_S", 0.1)
+    stopping = {"now": False}
+    monkeypatch.setattr(tasks, "stopping", lambda: stopping["now"])
+    with app.test_request_context(f"/tasks/{task_id}/stream"):
+        stream = log_stream(task_id, 0, "shell", False, app.config["DATABASE"])
+        chunks = [next(stream), next(stream), next(stream)]  # retry, header, a heartbeat
+        assert chunks[-1] == ": keepalive\n\n"
+        stopping["now"] = True
+        started = time.monotonic()
+        assert list(stream) == []
+        assert time.monotonic() - started < 0.5

@@ -15,7 +15,6 @@ from app.api import decode_cursor, encode_cursor
 from app.auth import requires
 from app.dashboard import ansi, bp
 from app.dashboard.common import (
-    HEARTBEAT_S,
     db_path,
     done,
     is_htmx,
@@ -23,6 +22,7 @@ from app.dashboard.common import (
     sse,
     sse_response,
     stopping,
+    wait_event,
 )
 from app.dashboard.deliveries import json_tree
 from app.errors import ApiError
@@ -145,11 +145,14 @@ def live_rows(where: list[str], params: list, with_new: bool, after: int, path: 
                 conn.close()
             changed = {int(r["subject"].split(":")[1]): (r["id"], False) for r in missed}
             yield from _rows_for(changed, where, params, path)
+        idle = [0.0]
         while not stopping():
-            event = sub.get(timeout=HEARTBEAT_S)
+            event = wait_event(sub, idle)
             if sub.dropped:
                 return  # fell behind: the browser reconnects with Last-Event-ID
             if event is None:
+                continue
+            if event == "keepalive":
                 yield ": keepalive\n\n"
                 continue
             # Coalesce a burst (queued, assigned, running...) into one row per task.
@@ -330,11 +333,14 @@ def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: s
         if task["state"] in FINISHED:
             yield sse("finished", "end")
             return
+        idle = [0.0]
         while not stopping():
-            event = sub.get(timeout=HEARTBEAT_S)
+            event = wait_event(sub, idle)
             if sub.dropped:
                 return  # fell behind: the browser reconnects with Last-Event-ID
             if event is None:
+                continue
+            if event == "keepalive":
                 yield ": keepalive\n\n"
                 continue
             # Lines published together (one flush) go out as one message: a thousand
