@@ -226,9 +226,10 @@ def line_html(backend: str | None, row: Any, raw: bool = False) -> str:
     step = None if raw else parse_step(backend, stream, text)
     if step is not None:
         kind = escape(str(step["kind"]))
+        label = kind.replace("_", " ")
         body = escape(str(step.get("text") or ""))
         return (
-            f'<div class="ln step step-{kind}" data-seq="{seq}"><span class="tag">{kind}</span>'
+            f'<div class="ln step step-{kind}" data-seq="{seq}"><span class="tag">{label}</span>'
             f" {body}</div>"
         )
     return f'<div class="ln s-{escape(stream)}" data-seq="{seq}">{ansi.to_html(text)}</div>'

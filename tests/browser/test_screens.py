@@ -85,3 +85,75 @@ def test_it_is_keyboard_operable(page, busy_hub):
     expect(page).to_have_url(f"{busy_hub.url}/triggers")
     focused = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert focused in ("auto", "solid", "none")
+
+
+CLAUDE_STREAM = [
+    {"type": "system", "subtype": "init", "session_id": "5b1e", "model": "claude-sonnet-4-5"},
+    {"type": "assistant", "message": {"content": [
+        {"type": "text", "text": "I will run the failing test first."}]}},
+    {"type": "assistant", "message": {"content": [
+        {"type": "tool_use", "id": "t1", "name": "Bash",
+         "input": {"command": "pytest -x tests/test_parser.py"}}]}},
+    {"type": "user", "message": {"content": [
+        {"type": "tool_result", "tool_use_id": "t1", "content": "1 failed, 12 passed"}]}},
+    {"type": "assistant", "message": {"content": [
+        {"type": "thinking", "thinking": "The tokenizer drops the last character."}]}},
+    {"type": "assistant", "message": {"content": [
+        {"type": "tool_use", "id": "t2", "name": "Edit",
+         "input": {"file_path": "src/parser.py", "old_string": "a", "new_string": "b"}}]}},
+    {"type": "result", "subtype": "success", "is_error": False, "num_turns": 4,
+     "result": "Fixed the off-by-one in the tokenizer.", "total_cost_usd": 0.0412},
+]  # fmt: skip
+
+
+def test_it_shows_a_claude_stream_as_readable_steps(page, hub):
+    """A finished Claude Code task (written straight to the database: no CLI runs here)."""
+    import json
+    import time
+
+    from app import db
+
+    t = time.time()
+    usage = {"input_tokens": 1800, "output_tokens": 420, "cache_read_tokens": 24000,
+             "cache_write_tokens": 0, "cost_usd": 0.0412, "model": "claude-sonnet-4-5"}  # fmt: skip
+
+    def insert(conn):
+        # Disabled, so the scheduler never tries to run a claude that is not installed.
+        conn.execute(
+            "INSERT INTO agents (name, backend, enabled, created_at, updated_at)"
+            " VALUES ('coder', 'claude', 0, ?, ?)",
+            (t, t),
+        )
+        cur = conn.execute(
+            "INSERT INTO tasks (state, agent, prompt, max_attempts, timeout_s, attempts,"
+            " next_attempt_at, log_seq, created_at, updated_at, finished_at)"
+            " VALUES ('succeeded', 'coder', 'Fix the failing parser test.', 3, 1800, 1, ?, ?,"
+            " ?, ?, ?)",
+            (t, len(CLAUDE_STREAM), t - 94, t, t),
+        )
+        task_id = cur.lastrowid
+        conn.executemany(
+            "INSERT INTO task_logs (task_id, seq, attempt, stream, text, ts)"
+            " VALUES (?, ?, 1, 'stdout', ?, ?)",
+            [(task_id, i, json.dumps(line), t) for i, line in enumerate(CLAUDE_STREAM, 1)],
+        )
+        conn.execute(
+            "INSERT INTO attempts (task_id, number, agent, state, exit_code, usage, started_at,"
+            " finished_at) VALUES (?, 1, 'coder', 'succeeded', 0, ?, ?, ?)",
+            (task_id, json.dumps(usage), t - 93, t),
+        )
+        return task_id
+
+    task_id = db.write(insert, hub.srv.data_dir / "agented.db")
+    sign_in(page, hub.admin, f"/tasks/{task_id}")
+    steps = page.locator("#log-lines .step")
+    expect(steps).to_have_count(len(CLAUDE_STREAM))
+    expect(page.locator(".step-tool_call").first).to_contain_text("Bash: pytest -x")
+    expect(page.locator(".step-result")).to_contain_text("$0.0412")
+    expect(page.locator("#attempts")).to_contain_text("25,800 in · 420 out")
+    expect(page.locator("#attempts")).to_contain_text("$0.0412")
+    shot(page, "task-steps", docs=True)
+    page.get_by_role("link", name="Show raw lines").click()
+    expect(page.locator("#log-lines .step")).to_have_count(0)
+    expect(page.locator("#log-lines")).to_contain_text('"type": "tool_use"')
+    assert not page.errors, page.errors
