@@ -8,7 +8,8 @@ import pytest
 
 from app import db, events
 from app.dashboard import ansi
-from app.dashboard.tasks import fts_query, live_rows, log_stream
+from app.dashboard.live import live_rows, log_stream
+from app.dashboard.tasks import fts_query
 from tests.dashboard_helpers import add_agent, add_delivery, add_task, one, post
 
 
@@ -201,7 +202,7 @@ def test_it_shows_a_cli_json_stream_as_steps_when_the_parser_knows_it(monkeypatc
     import sys
     import types
 
-    from app.dashboard.tasks import line_html
+    from app.dashboard.live import line_html
 
     fake = types.ModuleType("app.commands")
     fake.parse_line = lambda backend, line: {"kind": "tool_call", "text": "Read src/app.py"}
@@ -255,7 +256,7 @@ def test_it_replays_a_task_without_a_delivery_as_a_new_task(app, client, dave, s
 
 
 def test_it_reads_a_real_claude_stream_line_as_a_tool_call():
-    from app.dashboard.tasks import line_html
+    from app.dashboard.live import line_html
 
     call = {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "echo <hi>"}}
     text = json.dumps({"type": "assistant", "message": {"content": [call]}})
@@ -267,13 +268,13 @@ def test_it_reads_a_real_claude_stream_line_as_a_tool_call():
 def test_it_ends_open_streams_soon_after_shutdown_begins(monkeypatch, app, echo):
     import time
 
-    from app.dashboard import common, tasks
+    from app.dashboard import common, live
 
     task_id = add_task(app, state="running")
     monkeypatch.setattr(common, "POLL_S", 0.05)
     monkeypatch.setattr(common, "HEARTBEAT_S", 0.1)
     stopping = {"now": False}
-    monkeypatch.setattr(tasks, "stopping", lambda: stopping["now"])
+    monkeypatch.setattr(live, "stopping", lambda: stopping["now"])
     with app.test_request_context(f"/tasks/{task_id}/stream"):
         stream = log_stream(task_id, 0, "shell", False, app.config["DATABASE"])
         chunks = [next(stream), next(stream), next(stream)]  # retry, header, a heartbeat

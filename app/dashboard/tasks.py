@@ -4,39 +4,35 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from typing import Any
 
 from flask import current_app, flash, g, redirect, render_template, request, url_for
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from app import db, events
 from app.api import decode_cursor, encode_cursor
 from app.auth import requires
-from app.dashboard import ansi, bp
-from app.dashboard.common import (
-    db_path,
-    done,
-    is_htmx,
-    last_event_id,
-    sse,
-    sse_response,
-    stopping,
-    wait_event,
-)
+from app.dashboard import bp
+from app.dashboard.common import db_path, done, is_htmx, last_event_id, sse_response
 from app.dashboard.deliveries import json_tree
+from app.dashboard.live import (
+    LOG_PAGE,
+    STEP_BACKENDS,
+    head_context,
+    line_html,
+    live_rows,
+    log_stream,
+)
 from app.errors import ApiError
 from app.tasks import FINISHED, filters_sql, get_task
 
 PAGE = 50
-LOG_PAGE = 2000  # lines shown (and replayed on connect) at most; the API has the rest
 SHIFT = 4294967296  # task_search rowid = task_id * 2^32 + seq (migrations/0006_search.sql)
 STATES = ("queued", "assigned", "accepted", "running", "succeeded", "failed", "timed_out",
           "cancelled", "dead")  # fmt: skip
 # Mirrors app/executions.py, which the pages do not import at load time.
 CANCELLABLE = ("queued", "assigned", "accepted", "running")
 RETRYABLE = ("cancelled", "dead", "succeeded")
-STEP_BACKENDS = ("claude", "codex", "gemini", "opencode")
 
 
 # --- finding tasks --------------------------------------------------------------------
@@ -127,136 +123,12 @@ def tasks_live_get():
     return sse_response(live_rows(where, params, with_new, last_event_id(), db_path()))
 
 
-def live_rows(where: list[str], params: list, with_new: bool, after: int, path: str):
-    """Yield rendered rows for task state events, resuming after event id `after`."""
-    sub = events.broker.subscribe("task", maxsize=1000)
-    try:
-        yield "retry: 2000\n\n"
-        if after:
-            # Reconnected: send the rows of every task that changed while away.
-            conn = db.connect(path)
-            try:
-                missed = conn.execute(
-                    "SELECT max(id) AS id, subject FROM events WHERE id > ? AND kind LIKE 'task.%'"
-                    " GROUP BY subject ORDER BY 1 LIMIT 500",
-                    (after,),
-                ).fetchall()
-            finally:
-                conn.close()
-            changed = {int(r["subject"].split(":")[1]): (r["id"], False) for r in missed}
-            yield from _rows_for(changed, where, params, path)
-        idle = [0.0]
-        while not stopping():
-            event = wait_event(sub, idle)
-            if sub.dropped:
-                return  # fell behind: the browser reconnects with Last-Event-ID
-            if event is None:
-                continue
-            if event == "keepalive":
-                yield ": keepalive\n\n"
-                continue
-            # Coalesce a burst (queued, assigned, running...) into one row per task.
-            batch = [event]
-            while len(batch) < 200 and not sub.queue.empty():
-                batch.append(sub.queue.get_nowait())
-            changed: dict[int, tuple[int, bool]] = {}
-            for ev in batch:
-                task_id = ev["data"].get("task_id")
-                if task_id is None:
-                    continue
-                # create_task's event carries only these two fields; a retry's carries more.
-                new = ev["kind"] == "task.queued" and set(ev["data"]) == {"task_id", "state"}
-                _, was_new = changed.get(task_id, (0, False))
-                changed[task_id] = (ev["id"], was_new or (new and with_new))
-            yield from _rows_for(changed, where, params, path)
-    finally:
-        events.broker.unsubscribe(sub)
-
-
-def _rows_for(changed: dict[int, tuple[int, bool]], where, params, path):
-    if not changed:
-        return
-    ids = list(changed)
-    sql = f"SELECT * FROM tasks WHERE id IN ({', '.join('?' * len(ids))})"
-    conn = db.connect(path)
-    try:
-        rows = {r["id"]: r for r in conn.execute(sql, ids).fetchall()}
-        matching = rows
-        if where:
-            sql += " AND " + " AND ".join(where)
-            matching = {r["id"]: r for r in conn.execute(sql, [*ids, *params]).fetchall()}
-    finally:
-        conn.close()
-    for task_id, (event_id, new) in sorted(changed.items(), key=lambda kv: kv[1][0]):
-        row = matching.get(task_id)
-        if row is not None:
-            html = render_template("tasks/_row.html", t=row)
-            yield sse(html, "task-new" if new else f"task-{task_id}", event_id)
-        elif not new:
-            # Purged, or no longer matching the filters: the browser drops the row.
-            yield sse('<tr class="gone" hidden></tr>', f"task-{task_id}", event_id)
-
-
 # --- one task ---------------------------------------------------------------------------
 
 
 def agent_backend(name: str | None) -> str | None:
     row = db.query_one("SELECT backend FROM agents WHERE name = ?", (name,)) if name else None
     return row["backend"] if row else None
-
-
-def parse_step(backend: str | None, stream: str, text: str) -> dict | None:
-    """Read a CLI's JSON-stream line as a step, if app/commands.py can (FEAT-03)."""
-    if backend not in STEP_BACKENDS or stream != "stdout" or not text.startswith("{"):
-        return None
-    try:
-        from app.commands import parse_line
-    except ImportError:
-        return None
-    try:
-        step = parse_line(backend, text)
-    except Exception:  # a parser bug must not hide the log; show the raw line
-        return None
-    return step if isinstance(step, dict) and step.get("kind") else None
-
-
-def line_html(backend: str | None, row: Any, raw: bool = False) -> str:
-    """Render one log line; a recognised CLI step becomes a labelled, readable line."""
-    seq, stream, text = row["seq"], row["stream"], row["text"]
-    step = None if raw else parse_step(backend, stream, text)
-    if step is not None:
-        kind = escape(str(step["kind"]))
-        label = kind.replace("_", " ")
-        body = escape(str(step.get("text") or ""))
-        return (
-            f'<div class="ln step step-{kind}" data-seq="{seq}"><span class="tag">{label}</span>'
-            f" {body}</div>"
-        )
-    return f'<div class="ln s-{escape(stream)}" data-seq="{seq}">{ansi.to_html(text)}</div>'
-
-
-def attempt_rows(task_id: int) -> list[dict]:
-    rows = db.query_all("SELECT * FROM attempts WHERE task_id = ? ORDER BY number", (task_id,))
-    out = []
-    for row in rows:
-        usage = json.loads(row["usage"] or "{}")
-        # app/commands.py's UsageTracker: input_tokens excludes cache reads and writes.
-        tokens_in = sum(
-            usage.get(k) or 0 for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens")
-        )
-        tokens_out = usage.get("output_tokens") or 0
-        cost = usage.get("cost_usd")
-        end = row["finished_at"] or time.time()
-        out.append(
-            {**dict(row), "usage": {k: v for k, v in usage.items() if v is not None},
-             "tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost,
-             "duration": end - row["started_at"]}
-        )  # fmt: skip
-    return out
-
-
-def head_context(task) -> dict:
-    return {"t": task, "attempts": attempt_rows(task["id"]), "live": True}
 
 
 @bp.get("/tasks/<int:task_id>")
@@ -307,79 +179,6 @@ def task_stream_get(task_id: int):
     backend = agent_backend(task["agent"])
     raw = request.args.get("raw") == "1"
     return sse_response(log_stream(task_id, last_event_id(), backend, raw, db_path()))
-
-
-def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: str):
-    # Subscribe first, then read the backlog: nothing published in between is lost.
-    sub = events.broker.subscribe(f"task:{task_id}", maxsize=2000)
-    cache_key = "_html_raw" if raw else "_html"
-    try:
-        conn = db.connect(path)
-        try:
-            task = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            backlog = conn.execute(
-                "SELECT seq, stream, text FROM task_logs WHERE task_id = ? AND seq > ?"
-                " ORDER BY seq",
-                (task_id, max(after, task["log_seq"] - LOG_PAGE)),
-            ).fetchall()
-        finally:
-            conn.close()
-        yield "retry: 2000\n\n"
-        for start in range(0, len(backlog), 200):
-            chunk = backlog[start : start + 200]
-            after = chunk[-1]["seq"]
-            yield sse("".join(line_html(backend, r, raw) for r in chunk), "log", after)
-        # The state may have changed between the page's render and this connect.
-        yield _head_event(task_id, path)
-        if task["state"] in FINISHED:
-            yield sse("finished", "end")
-            return
-        idle = [0.0]
-        while not stopping():
-            event = wait_event(sub, idle)
-            if sub.dropped:
-                return  # fell behind: the browser reconnects with Last-Event-ID
-            if event is None:
-                continue
-            if event == "keepalive":
-                yield ": keepalive\n\n"
-                continue
-            # Lines published together (one flush) go out as one message: a thousand
-            # subscribers then cost a thousand writes per flush, not per line.
-            batch = [event]
-            while len(batch) < 500 and not sub.queue.empty():
-                batch.append(sub.queue.get_nowait())
-            lines: list[str] = []
-            for ev in batch:
-                if ev["kind"] == "log":
-                    if ev["seq"] > after:
-                        after = ev["seq"]
-                        # Every subscriber gets the same event object: render it once.
-                        html = ev.get(cache_key)
-                        if html is None:
-                            html = ev[cache_key] = line_html(backend, ev, raw)
-                        lines.append(html)
-                    continue
-                if lines:
-                    yield sse("".join(lines), "log", after)
-                    lines = []
-                yield _head_event(task_id, path)
-                if ev["data"].get("state") in FINISHED:
-                    yield sse("finished", "end")
-                    return
-            if lines:
-                yield sse("".join(lines), "log", after)
-    finally:
-        events.broker.unsubscribe(sub)
-
-
-def _head_event(task_id: int, path: str) -> str:
-    conn = db.connect(path)
-    try:
-        task = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-    finally:
-        conn.close()
-    return sse(render_template("tasks/_head.html", **head_context(task), oob=True), "state")
 
 
 # --- actions ------------------------------------------------------------------------------

@@ -1,0 +1,224 @@
+"""The task streams: changed rows for the Tasks page, and one task's log and header.
+
+Both send rendered HTML over SSE (htmx-ext-sse swaps it in), with `id:` on every
+event so a reconnecting browser resumes where it was. The generators open their
+own short-lived read connections: a stream may stay open for hours.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flask import render_template
+from markupsafe import escape
+
+from app import db, events
+from app.dashboard import ansi
+from app.dashboard.common import sse, stopping, wait_event
+from app.tasks import FINISHED
+
+LOG_PAGE = 2000  # lines shown (and replayed on connect) at most; the API has the rest
+STEP_BACKENDS = ("claude", "codex", "gemini", "opencode")
+
+
+# --- the Tasks page's rows ----------------------------------------------------------------
+
+
+def live_rows(where: list[str], params: list, with_new: bool, after: int, path: str):
+    """Yield rendered rows for task state events, resuming after event id `after`."""
+    sub = events.broker.subscribe("task", maxsize=1000)
+    try:
+        yield "retry: 2000\n\n"
+        if after:
+            # Reconnected: send the rows of every task that changed while away.
+            conn = db.connect(path)
+            try:
+                missed = conn.execute(
+                    "SELECT max(id) AS id, subject FROM events WHERE id > ? AND kind LIKE 'task.%'"
+                    " GROUP BY subject ORDER BY 1 LIMIT 500",
+                    (after,),
+                ).fetchall()
+            finally:
+                conn.close()
+            changed = {int(r["subject"].split(":")[1]): (r["id"], False) for r in missed}
+            yield from _rows_for(changed, where, params, path)
+        idle = [0.0]
+        while not stopping():
+            event = wait_event(sub, idle)
+            if sub.dropped:
+                return  # fell behind: the browser reconnects with Last-Event-ID
+            if event is None:
+                continue
+            if event == "keepalive":
+                yield ": keepalive\n\n"
+                continue
+            # Coalesce a burst (queued, assigned, running...) into one row per task.
+            batch = [event]
+            while len(batch) < 200 and not sub.queue.empty():
+                batch.append(sub.queue.get_nowait())
+            changed: dict[int, tuple[int, bool]] = {}
+            for ev in batch:
+                task_id = ev["data"].get("task_id")
+                if task_id is None:
+                    continue
+                # create_task's event carries only these two fields; a retry's carries more.
+                new = ev["kind"] == "task.queued" and set(ev["data"]) == {"task_id", "state"}
+                _, was_new = changed.get(task_id, (0, False))
+                changed[task_id] = (ev["id"], was_new or (new and with_new))
+            yield from _rows_for(changed, where, params, path)
+    finally:
+        events.broker.unsubscribe(sub)
+
+
+def _rows_for(changed: dict[int, tuple[int, bool]], where, params, path):
+    if not changed:
+        return
+    ids = list(changed)
+    sql = f"SELECT * FROM tasks WHERE id IN ({', '.join('?' * len(ids))})"
+    if where:
+        sql += " AND " + " AND ".join(where)
+    conn = db.connect(path)
+    try:
+        matching = {r["id"]: r for r in conn.execute(sql, [*ids, *params]).fetchall()}
+    finally:
+        conn.close()
+    for task_id, (event_id, new) in sorted(changed.items(), key=lambda kv: kv[1][0]):
+        row = matching.get(task_id)
+        if row is not None:
+            html = render_template("tasks/_row.html", t=row)
+            yield sse(html, "task-new" if new else f"task-{task_id}", event_id)
+        elif not new:
+            # Purged, or no longer matching the filters: the browser drops the row.
+            yield sse('<tr class="gone" hidden></tr>', f"task-{task_id}", event_id)
+
+
+# --- one task's log and header -------------------------------------------------------------
+
+
+def parse_step(backend: str | None, stream: str, text: str) -> dict | None:
+    """Read a CLI's JSON-stream line as a step, if app/commands.py can (FEAT-03)."""
+    if backend not in STEP_BACKENDS or stream != "stdout" or not text.startswith("{"):
+        return None
+    try:
+        from app.commands import parse_line
+    except ImportError:
+        return None
+    try:
+        step = parse_line(backend, text)
+    except Exception:  # a parser bug must not hide the log; show the raw line
+        return None
+    return step if isinstance(step, dict) and step.get("kind") else None
+
+
+def line_html(backend: str | None, row: Any, raw: bool = False) -> str:
+    """Render one log line; a recognised CLI step becomes a labelled, readable line."""
+    seq, stream, text = row["seq"], row["stream"], row["text"]
+    step = None if raw else parse_step(backend, stream, text)
+    if step is not None:
+        kind = escape(str(step["kind"]))
+        label = kind.replace("_", " ")
+        body = escape(str(step.get("text") or ""))
+        return (
+            f'<div class="ln step step-{kind}" data-seq="{seq}"><span class="tag">{label}</span>'
+            f" {body}</div>"
+        )
+    return f'<div class="ln s-{escape(stream)}" data-seq="{seq}">{ansi.to_html(text)}</div>'
+
+
+def attempt_rows(task_id: int) -> list[dict]:
+    rows = db.query_all("SELECT * FROM attempts WHERE task_id = ? ORDER BY number", (task_id,))
+    out = []
+    for row in rows:
+        usage = json.loads(row["usage"] or "{}")
+        # app/commands.py's UsageTracker: input_tokens excludes cache reads and writes.
+        tokens_in = sum(
+            usage.get(k) or 0 for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens")
+        )
+        tokens_out = usage.get("output_tokens") or 0
+        cost = usage.get("cost_usd")
+        end = row["finished_at"] or time.time()
+        out.append(
+            {**dict(row), "usage": {k: v for k, v in usage.items() if v is not None},
+             "tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost,
+             "duration": end - row["started_at"]}
+        )  # fmt: skip
+    return out
+
+
+def head_context(task) -> dict:
+    return {"t": task, "attempts": attempt_rows(task["id"]), "live": True}
+
+
+def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: str):
+    # Subscribe first, then read the backlog: nothing published in between is lost.
+    sub = events.broker.subscribe(f"task:{task_id}", maxsize=2000)
+    cache_key = "_html_raw" if raw else "_html"
+    try:
+        conn = db.connect(path)
+        try:
+            task = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            backlog = conn.execute(
+                "SELECT seq, stream, text FROM task_logs WHERE task_id = ? AND seq > ?"
+                " ORDER BY seq",
+                (task_id, max(after, task["log_seq"] - LOG_PAGE)),
+            ).fetchall()
+        finally:
+            conn.close()
+        yield "retry: 2000\n\n"
+        for start in range(0, len(backlog), 200):
+            chunk = backlog[start : start + 200]
+            after = chunk[-1]["seq"]
+            yield sse("".join(line_html(backend, r, raw) for r in chunk), "log", after)
+        # The state may have changed between the page's render and this connect.
+        yield _head_event(task_id, path)
+        if task["state"] in FINISHED:
+            yield sse("finished", "end")
+            return
+        idle = [0.0]
+        while not stopping():
+            event = wait_event(sub, idle)
+            if sub.dropped:
+                return  # fell behind: the browser reconnects with Last-Event-ID
+            if event is None:
+                continue
+            if event == "keepalive":
+                yield ": keepalive\n\n"
+                continue
+            # Lines published together (one flush) go out as one message: a thousand
+            # subscribers then cost a thousand writes per flush, not per line.
+            batch = [event]
+            while len(batch) < 500 and not sub.queue.empty():
+                batch.append(sub.queue.get_nowait())
+            lines: list[str] = []
+            for ev in batch:
+                if ev["kind"] == "log":
+                    if ev["seq"] > after:
+                        after = ev["seq"]
+                        # Every subscriber gets the same event object: render it once.
+                        html = ev.get(cache_key)
+                        if html is None:
+                            html = ev[cache_key] = line_html(backend, ev, raw)
+                        lines.append(html)
+                    continue
+                if lines:
+                    yield sse("".join(lines), "log", after)
+                    lines = []
+                yield _head_event(task_id, path)
+                if ev["data"].get("state") in FINISHED:
+                    yield sse("finished", "end")
+                    return
+            if lines:
+                yield sse("".join(lines), "log", after)
+    finally:
+        events.broker.unsubscribe(sub)
+
+
+def _head_event(task_id: int, path: str) -> str:
+    conn = db.connect(path)
+    try:
+        task = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    finally:
+        conn.close()
+    return sse(render_template("tasks/_head.html", **head_context(task), oob=True), "state")
