@@ -1,0 +1,317 @@
+"""Messages: durable send -> receive -> ack throughput, beside Redis Streams in the same run.
+
+Ours: the real service under gunicorn (gunicorn.conf.py: one gevent worker,
+SQLite in WAL mode, group commit), on a free 127.0.0.1 port with a temporary
+data dir. Each client process has its own sender and receiver agent (own
+agent-scoped keys, rate tier `unlimited`) and loops send -> lease -> ack:
+
+- batched:      POST {"messages": [BATCH]}, GET ?limit=BATCH, POST ack (BATCH ids)
+- per request:  one message per HTTP request: POST one, GET ?limit=1, POST ack one
+
+Reference: Debian's redis-server on loopback, started here on a free port with
+AOF on and `appendfsync everysec` (a reply means the write reached the OS, as
+SQLite WAL with synchronous=NORMAL: safe against a process crash, not a power
+cut). redis-py, one stream and consumer group per client process:
+
+- batched:      a pipeline of BATCH XADDs, XREADGROUP COUNT BATCH, XACK BATCH ids
+- per request:  XADD, XREADGROUP COUNT 1, XACK: one round trip each
+
+Same client processes, same phase length, messages counted once acked. Prints
+msgs/s for each and the ratios. Bounded (~35 s), loopback only.
+Run: `.venv/bin/python bench/messages.py` (or `just bench`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+CLIENTS = 4
+BATCH = 500
+PHASE_S = 5.0
+CONTENT = {"task": "resize", "image": "s3://bucket/key.png", "width": 640}
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen | None) -> None:
+    """Stop a process started with start_new_session=True, and its whole group."""
+    if proc is None or proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class Server:
+    """The real service (app.wsgi under gunicorn.conf.py) on loopback, for one run."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+        self.port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTED_", "CORS_"))}
+        self.env.update(
+            AGENTED_DATA_DIR=str(data),
+            AGENTED_BIND=f"127.0.0.1:{self.port}",
+            AGENTED_ENV_FILE=str(data.parent / "none.env"),
+            # The per-key default (6000/minute) would stop a load test; the limiter still runs.
+            AGENTED_RATE_LIMIT="100000000/minute",
+            AGENTED_SCHEDULER="false",
+            AGENTED_BACKUP_INTERVAL_S="0",
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Server:
+        self.data.mkdir(parents=True, exist_ok=True)
+        log = open(self.data.parent / "gunicorn.log", "ab")  # noqa: SIM115 (kept by the child)
+        self.proc = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/health/ready")
+                if conn.getresponse().status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        stop_group(self.proc)
+        tail = (self.data.parent / "gunicorn.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"gunicorn did not become ready:\n{tail}")
+
+    def __exit__(self, *exc) -> None:
+        stop_group(self.proc)
+
+    def make_key(self) -> str:
+        argv = [str(BIN / "agented"), "keys", "create", "--name", "bench", "--role", "admin"]
+        done = subprocess.run(
+            [*argv, "--json"], env=self.env, capture_output=True, text=True, timeout=60, check=True
+        )
+        return json.loads(done.stdout)["key"]
+
+    def queued(self) -> int:
+        conn = sqlite3.connect(f"file:{self.data / 'agented.db'}?mode=ro", uri=True, timeout=10)
+        try:
+            return conn.execute("SELECT count(*) FROM messages WHERE state = 'queued'").fetchone()[
+                0
+            ]
+        finally:
+            conn.close()
+
+
+# --- our service ---------------------------------------------------------------------------
+
+
+def ours_client(args) -> int:
+    """Loop send -> lease -> ack until `end`; return the number of messages acked."""
+    port, send_key, recv_key, receiver, batch, start_at, end = args
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    msg = {"performative": "inform", "receiver": receiver, "content": CONTENT}
+    send_body = json.dumps({"messages": [msg] * batch} if batch > 1 else msg).encode()
+    send_headers = {"X-API-Key": send_key, "Content-Type": "application/json"}
+    recv_headers = {"X-API-Key": recv_key, "Content-Type": "application/json"}
+    lease_path = f"/api/v1/agents/{receiver}/messages?limit={batch}&visibility=60"
+    ack_path = f"/api/v1/agents/{receiver}/messages/ack"
+
+    def call(method, path, body, headers, want):
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        if resp.status != want:
+            raise RuntimeError(f"{method} {path}: HTTP {resp.status} {raw[:300]!r}")
+        return raw
+
+    done = 0
+    while time.time() < start_at:
+        time.sleep(0.001)
+    while time.time() < end:
+        call("POST", "/api/v1/messages", send_body, send_headers, 201)
+        got = json.loads(call("GET", lease_path, None, recv_headers, 200))["messages"]
+        ids = [m["id"] for m in got]
+        acked = json.loads(call("POST", ack_path, json.dumps({"ids": ids}), recv_headers, 200))
+        done += len(acked["acked"])
+    conn.close()
+    return done
+
+
+def run_ours(pool, port: int, agents: list[tuple[str, str, str]], batch: int) -> float:
+    start_at = time.time() + 0.5
+    end = start_at + PHASE_S
+    jobs = [(port, s, r, name, batch, start_at, end) for s, r, name in agents]
+    counts = pool.map(ours_client, jobs)
+    return sum(counts) / (time.time() - start_at)
+
+
+def setup_ours(server: Server) -> list[tuple[str, str, str]]:
+    """Register a sender and a receiver agent per client; return (send key, recv key, name)."""
+    admin = server.make_key()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    agents = []
+    for i in range(CLIENTS):
+        keys = []
+        for role in ("send", "recv"):
+            body = {"name": f"{role}{i}", "backend": "external", "rate_tier": "unlimited"}
+            headers = {"X-API-Key": admin, "Content-Type": "application/json"}
+            conn.request("POST", "/api/v1/agents", body=json.dumps(body), headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+            if resp.status != 201:
+                raise RuntimeError(f"registering {role}{i}: HTTP {resp.status} {raw[:300]!r}")
+            keys.append(json.loads(raw)["key"])
+        agents.append((keys[0], keys[1], f"recv{i}"))
+    conn.close()
+    return agents
+
+
+# --- Redis Streams ---------------------------------------------------------------------------
+
+
+def redis_client(args) -> int:
+    import redis
+
+    port, stream, batch, start_at, end = args
+    r = redis.Redis(port=port)
+    fields = {"performative": "inform", "content": json.dumps(CONTENT)}
+    done = 0
+    while time.time() < start_at:
+        time.sleep(0.001)
+    while time.time() < end:
+        if batch > 1:
+            pipe = r.pipeline(transaction=False)
+            for _ in range(batch):
+                pipe.xadd(stream, fields)
+            pipe.execute()
+        else:
+            r.xadd(stream, fields)
+        got = r.xreadgroup("g", "c", {stream: ">"}, count=batch)
+        ids = [mid for _name, entries in got for mid, _fields in entries]
+        done += r.xack(stream, "g", *ids)
+    r.close()
+    return done
+
+
+def run_redis(pool, port: int, batch: int) -> float:
+    import redis
+
+    r = redis.Redis(port=port)
+    streams = [f"mailbox:{batch}:{i}" for i in range(CLIENTS)]
+    for stream in streams:
+        r.xgroup_create(stream, "g", id="0", mkstream=True)
+    r.close()
+    start_at = time.time() + 0.5
+    end = start_at + PHASE_S
+    counts = pool.map(redis_client, [(port, s, batch, start_at, end) for s in streams])
+    return sum(counts) / (time.time() - start_at)
+
+
+def find_redis() -> tuple[str | None, str]:
+    """Return (path of redis-server, "") or (None, why it is skipped), installing it if we can."""
+    path = shutil.which("redis-server")
+    if path:
+        return path, ""
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("redis-server is missing: installing Debian's package (apt-get install redis-server)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], env=env, check=False)
+        path = shutil.which("redis-server")
+        if path:
+            return path, ""
+    return None, "redis-server is not installed (apt-get install -y redis-server), and not root"
+
+
+def start_redis(path: str, workdir: Path) -> tuple[subprocess.Popen, int]:
+    import redis
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [path, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+         "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+         "--protected-mode", "yes", "--daemonize", "no", "--logfile", str(workdir / "redis.log")],
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis(port=port).ping():
+                return proc, port
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    stop_group(proc)
+    raise RuntimeError("redis-server did not start")
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        redis_path, why = None, "the redis package is missing (pip install -e '.[dev]')"
+    else:
+        redis_path, why = find_redis()
+    results: dict[str, float] = {}
+    ctx = multiprocessing.get_context("fork")
+    with tempfile.TemporaryDirectory(prefix="agented-bench-msg-") as tmp, ctx.Pool(CLIENTS) as pool:
+        tmp_path = Path(tmp)
+        with Server(tmp_path / "data") as server:
+            agents = setup_ours(server)
+            results["ours batched"] = run_ours(pool, server.port, agents, BATCH)
+            results["ours per request"] = run_ours(pool, server.port, agents, 1)
+            left = server.queued()
+        if redis_path:
+            (tmp_path / "redis").mkdir()
+            proc, port = start_redis(redis_path, tmp_path / "redis")
+            try:
+                results["redis batched"] = run_redis(pool, port, BATCH)
+                results["redis per request"] = run_redis(pool, port, 1)
+            finally:
+                stop_group(proc)
+
+    print(f"messages: {CLIENTS} client processes, {PHASE_S:g} s per phase, batch {BATCH}")
+    for name, value in results.items():
+        print(f"  {name:<20} {value:>10,.0f} msgs/s (send -> receive -> ack, durable)")
+    print(f"  unacked messages left in our mailboxes after the run: {left}")
+    if not redis_path:
+        print(f"  Redis Streams: skipped: {why}")
+        return 0
+    for mode in ("batched", "per request"):
+        ratio = results[f"ours {mode}"] / results[f"redis {mode}"]
+        print(f"  ratio ours/redis {mode:<12} {ratio:.2f}")
+    batched_ok = results["ours batched"] >= 50_000
+    per_ok = results["ours per request"] >= 0.5 * results["redis per request"]
+    print(f"  target batched >= 50,000 msgs/s: {'met' if batched_ok else 'NOT met'}")
+    print(f"  target per request >= 0.5 x Redis: {'met' if per_ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
