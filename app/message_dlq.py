@@ -133,16 +133,10 @@ def _stats(path) -> dict:
 @requires("viewer")
 def dead_letters_stats():
     """Count dead letters by reason, receiver, sender, performative and hour."""
-    from gevent import monkey
+    from app.ops import offload
 
-    path = current_app.config["DATABASE"]
-    if monkey.is_module_patched("socket"):
-        import gevent
-
-        # A GROUP BY over a big table is slow work: under gevent it runs in the
-        # threadpool so the loop keeps serving.
-        return jsonify(gevent.get_hub().threadpool.apply(_stats, (path,)))
-    return jsonify(_stats(path))
+    # A GROUP BY over a big table is slow work: it runs in the threadpool.
+    return jsonify(offload(_stats, current_app.config["DATABASE"]))
 
 
 def _requeue(selection: Selection, to: str | None, ttl: float | None):
