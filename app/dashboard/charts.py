@@ -9,12 +9,9 @@ LEFT, BOTTOM, TOP = 36, 18, 6
 
 
 def stacked_bars(buckets: list[dict[str, Any]], keys: list[str], unit: str = "") -> dict:
-    """Lay out one stacked bar per bucket.
-
-    `buckets` are {"label", "values": {key: number}}; returns the rectangles
-    (x, y, w, h, cls, title), the axis labels and the largest total, all in
-    SVG user units, for templates/_chart.html to draw.
-    """
+    """Lay out one stacked bar per bucket ({"label", "values": {key: number}}) in SVG units."""
+    # Returns the rectangles (x, y, w, h, cls, title), the x-axis ticks and the
+    # largest total, for the `chart` macro in templates/_macros.html to draw.
     totals = [sum(b["values"].get(k, 0) or 0 for k in keys) for b in buckets]
     top = max(totals, default=0) or 1
     plot_w = WIDTH - LEFT - 4

@@ -61,6 +61,12 @@ def test_it_creates_a_trigger_and_previews_its_prompt(page, hub):
     expect(page.locator("#preview-result pre")).to_have_text("Triage: Login is broken")
     expect(page.locator("#preview-result")).to_contain_text("would match")
     shot(page, "trigger-edit", docs=True)
+    # The test event is signed on the server and posted through the real webhook route.
+    page.get_by_role("button", name="Send test event").click()
+    expect(page.locator("#preview-result")).to_contain_text("answered 202")
+    page.locator("#preview-result").get_by_role("link", name=re.compile(r"task #\d+")).click()
+    expect(page.locator("#log-lines")).to_contain_text("Triage: Login is broken")
+    expect(page.locator("#task-head .badge").first).to_have_text("succeeded")
     page.goto("/triggers")
     expect(page.get_by_role("link", name="Issue triage")).to_be_visible()
     assert not page.errors, page.errors
