@@ -1,13 +1,14 @@
 """Browser fixtures: Debian's Chromium driven by Playwright against the real service.
 
 The browser is /usr/bin/chromium (installed by `just test-deps`), never one
-downloaded by `playwright install`. Screenshots go to test-artifacts/; a few are
-copied to docs/screenshots/ for the README.
+downloaded by `playwright install`. Screenshots go to test-artifacts/; with
+UPDATE_SCREENSHOTS=1 a few are also copied to docs/screenshots/ for the README.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import urllib.request
@@ -131,11 +132,13 @@ def sign_in(page, key: str, path: str = "/") -> None:
 
 
 def shot(page, name: str, docs: bool = False, full_page: bool = True) -> Path:
-    """Save a screenshot to test-artifacts/ (and docs/screenshots/ when `docs`)."""
+    """Save a screenshot to test-artifacts/ (and docs/screenshots/ when `docs` and asked)."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
-    if docs:
+    # The README's copies change only on request, so a test run leaves the checkout clean:
+    # UPDATE_SCREENSHOTS=1 just test tests/browser
+    if docs and os.environ.get("UPDATE_SCREENSHOTS") == "1":
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOCS_SHOTS / path.name)
     return path
