@@ -221,3 +221,39 @@ def test_it_dead_letters_by_ttl_in_the_background(live_server, ttl):
         time.sleep(0.2)
         dead = call(srv, admin, "GET", "/api/v1/message-dead-letters")[1]["dead_letters"]
     assert [d["reason"] for d in dead] == ["ttl_expired"]
+
+
+def test_it_delegates_a_request_to_a_local_agent_and_informs_with_the_output(live_server):
+    srv = live_server({"AGENTED_MESSAGE_SWEEP_S": "0.2"})  # the scheduler runs here
+    admin = srv.make_key("admin")
+    status, body = call(
+        srv,
+        admin,
+        "POST",
+        "/api/v1/agents",
+        {"name": "echoer", "backend": "shell", "command": ["cat"]},
+    )
+    assert status == 201, body
+    asker = register(srv, admin, "asker")
+    request = {
+        "performative": "request",
+        "receiver": "echoer",
+        "protocol": "agented-task",
+        "reply_with": "r1",
+        "content": {"prompt": "hello from asker"},
+    }
+    assert call(srv, asker, "POST", "/api/v1/messages", request)[0] == 201
+    seen: list[dict] = []
+    deadline = time.monotonic() + PATIENCE_S
+    while not any(m["performative"] in ("inform", "failure") for m in seen):
+        assert time.monotonic() < deadline, (seen, srv.log_tail())
+        status, body = call(srv, asker, "GET", "/api/v1/agents/asker/messages?wait=5")
+        seen += body["messages"]
+        ids = [m["id"] for m in body["messages"]]
+        if ids:
+            call(srv, asker, "POST", "/api/v1/agents/asker/messages/ack", {"ids": ids})
+    agree, inform = seen
+    assert agree["performative"] == "agree" and inform["performative"] == "inform"
+    assert inform["sender"] == "echoer" and inform["in_reply_to"] == "r1"
+    assert "hello from asker" in inform["content"]["output"]
+    assert inform["content"]["task_id"] == agree["content"]["task_id"]
