@@ -183,3 +183,25 @@ def test_it_never_answers_500_on_a_bad_cursor_or_filter(viewer):
     assert viewer.get("/tasks?since=yesterday").status_code == 400
     assert viewer.get("/deliveries?cursor=zzz").status_code == 400
     assert viewer.get("/dead?cursor=@").status_code == 400
+
+
+@pytest.mark.parametrize(("path", "label"), [("/alerts", "Alerts"), ("/audit", "Audit")])
+def test_it_lists_the_ops_pages_in_the_nav(viewer, path, label):
+    html = viewer.get(path).get_data(as_text=True)
+    assert f'<a href="{path}" aria-current="page">{label}</a>' in html
+    assert html.count('aria-current="page"') == 1
+
+
+def test_it_lets_other_pages_import_the_macros_without_context(app, client, bob, signin):
+    from app import db
+
+    db.write(
+        lambda conn: conn.execute(
+            "INSERT INTO alerts (rule, state, severity, value, threshold, message, fired_at,"
+            " last_seen_at) VALUES ('dead_letters', 'firing', 'warning', 5, 1, 'x', 1, 1)"
+        ),
+        app.config["DATABASE"],
+    )
+    signin(client, bob)
+    html = client.get("/alerts").get_data(as_text=True)
+    assert 'name="csrf_token" value="' in html

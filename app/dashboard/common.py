@@ -24,7 +24,7 @@ from app.auth import allows
 from app.dashboard import bp
 from app.errors import ApiError
 
-# Main navigation: (endpoint, label, the page module that marks it current).
+# Main navigation: (endpoint, label, the page module or endpoint that marks it current).
 NAV = [
     ("dashboard.index", "Overview", "overview"),
     ("dashboard.tasks_get", "Tasks", "tasks"),
@@ -32,6 +32,8 @@ NAV = [
     ("dashboard.agents_get", "Agents", "agents"),
     ("dashboard.deliveries_get", "Deliveries", "deliveries"),
     ("dashboard.dead_get", "Dead letters", "deadletters"),
+    ("ops_pages.alerts_get", "Alerts", "ops_pages.alerts_get"),
+    ("ops_pages.audit_get", "Audit", "ops_pages.audit_get"),
     ("dashboard.keys_get", "Keys", "keys"),
     ("dashboard.health_get", "Health", "health"),
 ]
@@ -66,9 +68,19 @@ def done(message: str, target: str) -> Response:
 
 @bp.app_context_processor
 def inject() -> dict:
-    view = current_app.view_functions.get(request.endpoint or "")
-    section = getattr(view, "__module__", "").rpartition(".")[2]
-    return {"nav": NAV, "section": section, "can": can, "state_class": STATE_CLASS}
+    endpoint = request.endpoint or ""
+    view = current_app.view_functions.get(endpoint)
+    module = getattr(view, "__module__", "").rpartition(".")[2]
+    nav = [(e, label, key in (module, endpoint)) for e, label, key in NAV]
+    return {"nav": nav, "can": can, "state_class": STATE_CLASS}
+
+
+@bp.record_once
+def template_globals(state) -> None:
+    # Globals too, so macros imported without context (other features' pages) still work.
+    from app.auth import csrf_token
+
+    state.app.jinja_env.globals.update(csrf_token=csrf_token, can=can, state_class=STATE_CLASS)
 
 
 @bp.errorhandler(ApiError)
