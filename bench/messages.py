@@ -17,7 +17,8 @@ cut). redis-py, one stream and consumer group per client process:
 - per request:  XADD, XREADGROUP COUNT 1, XACK: one round trip each
 
 Same client processes, same phase length, messages counted once acked. Prints
-msgs/s for each and the ratios. Bounded (~35 s), loopback only.
+msgs/s for each and the ratios, and GET /health/live requests/s on the same
+worker as the floor of the per-request mode. Bounded (~40 s), loopback only.
 Run: `.venv/bin/python bench/messages.py` (or `just bench`).
 """
 
@@ -162,6 +163,27 @@ def ours_client(args) -> int:
     return done
 
 
+def hello_client(args) -> int:
+    """GET /health/live in a loop: the floor every request of this service pays."""
+    port, start_at, end = args
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    done = 0
+    while time.time() < start_at:
+        time.sleep(0.001)
+    while time.time() < end:
+        conn.request("GET", "/health/live")
+        conn.getresponse().read()
+        done += 1
+    conn.close()
+    return done
+
+
+def run_hello(pool, port: int) -> float:
+    start_at = time.time() + 0.5
+    end = start_at + PHASE_S / 2
+    return sum(pool.map(hello_client, [(port, start_at, end)] * CLIENTS)) / (end - start_at)
+
+
 def run_ours(pool, port: int, agents: list[tuple[str, str, str]], batch: int) -> float:
     start_at = time.time() + 0.5
     end = start_at + PHASE_S
@@ -286,6 +308,7 @@ def main() -> int:
             agents = setup_ours(server)
             results["ours batched"] = run_ours(pool, server.port, agents, BATCH)
             results["ours per request"] = run_ours(pool, server.port, agents, 1)
+            hello = run_hello(pool, server.port)
             left = server.queued()
         if redis_path:
             (tmp_path / "redis").mkdir()
@@ -300,6 +323,10 @@ def main() -> int:
     for name, value in results.items():
         print(f"  {name:<20} {value:>10,.0f} msgs/s (send -> receive -> ack, durable)")
     print(f"  unacked messages left in our mailboxes after the run: {left}")
+    print(
+        f"  for scale: GET /health/live {hello:,.0f} requests/s on the same worker, so one"
+        f" message per request (3 requests) cannot pass {hello / 3:,.0f} msgs/s here"
+    )
     if not redis_path:
         print(f"  Redis Streams: skipped: {why}")
         return 0
