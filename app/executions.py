@@ -35,6 +35,7 @@ CANCELLABLE = ("queued", "assigned", "accepted", "running")
 RETRYABLE_STATES = ("cancelled", "dead", "succeeded")
 FLUSH_INTERVAL_S = 0.1
 FLUSH_LINES = 200
+USAGE_LINE_MAX = 8 * 1024 * 1024
 
 _app: Flask | None = None
 _wake = gevent.event.Event()
@@ -260,7 +261,7 @@ class Run:
         # Marks the children so recovery can tell our orphans from a reused pid.
         env["AGENTED_ATTEMPT"] = f"{self.task_id}:{self.attempt}"
         env["AGENTED_TASK_ID"] = str(self.task_id)
-        self.usage = commands.UsageTracker(agent["backend"])
+        self.usage = commands.UsageTracker(agent["backend"], agent["model"])
         try:
             self.proc = gevent.subprocess.Popen(
                 argv,
@@ -392,28 +393,33 @@ class Run:
             raw = stream.readline(max_line + 1)
             if not raw:
                 return
-            # Reading continues past the cap so a chatty child never blocks on a full pipe.
-            if self.truncated:
-                continue
-            cut = len(raw) > max_line
-            text = raw[:max_line].decode("utf-8", errors="replace").rstrip("\r\n")
-            if cut:
-                text += " [… line cut]"
-                # Skip the rest of the over-long line.
-                while raw and not raw.endswith(b"\n"):
-                    raw = stream.readline(max_line + 1)
+            cut = not raw.endswith(b"\n") and len(raw) > max_line
+            whole = raw
+            # Read the rest of an over-long line: stored cut, but the usage parser
+            # needs it whole (a CLI's final result line repeats the whole answer).
+            while cut and raw and not raw.endswith(b"\n"):
+                raw = stream.readline(max_line + 1)
+                if len(whole) < USAGE_LINE_MAX:
+                    whole += raw
             if name == "stdout":
-                self.usage.feed(text)
-            if not self.rate_limited[0]:
-                hit = commands.rate_limit(text)
+                self.usage.feed(whole)
+            if self.rate_limited[1] is None:
+                hit = commands.rate_limit(whole[:max_line].decode("utf-8", errors="replace"))
                 if hit[0]:
                     self.rate_limited = hit
+            # Reading goes on past the cap so a chatty child never blocks on a full pipe.
+            if self.truncated:
+                continue
+            text = whole[:max_line].decode("utf-8", errors="replace").rstrip("\r\n")
+            if cut:
+                text += " [… line cut]"
+            stored_as = name
             self.log_bytes += len(text)
             if self.log_bytes > max_total:
                 self.truncated = True
                 text = f"[… log truncated at {max_total} bytes; output after this is dropped]"
-                name = "system"
-            self.pending.append((name, text, time.time()))
+                stored_as = "system"
+            self.pending.append((stored_as, text, time.time()))
             if len(self.pending) >= FLUSH_LINES:
                 gevent.spawn(self._flush)
 
