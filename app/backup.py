@@ -265,6 +265,7 @@ def _restore_locked(cfg: dict, source: Path, target: Path) -> dict:
         aside_dir = target.parent / "replaced"
         aside_dir.mkdir(exist_ok=True, mode=0o700)
         aside = aside_dir / f"{target.stem}-{stamp}.db"
+        db.close_idle()  # pooled readers would keep reading the replaced file
         for suffix in ("", "-wal", "-shm"):
             old = Path(f"{target}{suffix}")
             if old.exists():

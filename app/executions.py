@@ -108,8 +108,7 @@ def _scheduler_loop() -> None:
 def claim_ready() -> list[dict]:
     """Claim every queued task that is due and fits the concurrency limits."""
     cfg = _app.config
-    conn = db.connect(cfg["DATABASE"])
-    try:
+    with db.reading(cfg["DATABASE"]) as conn:
         now = time.time()
         due = conn.execute(
             "SELECT id, agent, selector, attempts, concurrency_key, concurrency_limit FROM tasks"
@@ -129,8 +128,6 @@ def claim_ready() -> list[dict]:
                 " AND backend != 'external' AND state NOT IN ('draining', 'stopped')"
             )
         }
-    finally:
-        conn.close()
     running = len(active)
     per_agent: dict[str, int] = {}
     per_key: dict[str, int] = {}
@@ -229,14 +226,11 @@ class Run:
 
     def _run(self) -> None:
         cfg = _app.config
-        conn = db.connect(cfg["DATABASE"])
-        try:
+        with db.reading(cfg["DATABASE"]) as conn:
             task = conn.execute("SELECT * FROM tasks WHERE id = ?", (self.task_id,)).fetchone()
             agent = conn.execute(
                 "SELECT * FROM agents WHERE name = ?", (self.agent_name,)
             ).fetchone()
-        finally:
-            conn.close()
         self.seq = task["log_seq"]
         if agent is None:
             return self._finish("failed", None, "the agent was deleted", retryable=False)
@@ -369,13 +363,10 @@ class Run:
             self._finish("failed", code, reason, retry_at=reset if hit else None)
 
     def _cancel_requested(self) -> bool:
-        conn = db.connect(_app.config["DATABASE"])
-        try:
+        with db.reading(_app.config["DATABASE"]) as conn:
             row = conn.execute(
                 "SELECT cancel_requested FROM tasks WHERE id = ?", (self.task_id,)
             ).fetchone()
-        finally:
-            conn.close()
         return bool(row and row["cancel_requested"])
 
     def _feed_stdin(self, data: bytes) -> None:
@@ -593,14 +584,11 @@ def _ours(pid: int, marker: str) -> bool:
 def recover() -> None:
     """Treat attempts left running by a previous process as crashed; kill their orphans."""
     cfg = _app.config
-    conn = db.connect(cfg["DATABASE"])
-    try:
+    with db.reading(cfg["DATABASE"]) as conn:
         stale = conn.execute(
             "SELECT a.task_id, a.number, a.pgid FROM attempts a JOIN tasks t ON t.id = a.task_id"
             " WHERE a.state IN ('starting', 'running') AND t.attempts = a.number"
         ).fetchall()
-    finally:
-        conn.close()
     for row in stale:
         if row["pgid"] and _ours(row["pgid"], f"{row['task_id']}:{row['number']}"):
             try:

@@ -349,16 +349,13 @@ def log_events(task_id: int, after: int, path, heartbeat: float = 15.0):
     # Subscribe first, then read the backlog: nothing published in between is lost.
     sub = events.broker.subscribe(f"task:{task_id}")
     try:
-        conn = db.connect(path)
-        try:
+        with db.reading(path) as conn:
             rows = conn.execute(
                 "SELECT seq, attempt, stream, text, ts FROM task_logs"
                 " WHERE task_id = ? AND seq > ? ORDER BY seq",
                 (task_id, after),
             ).fetchall()
             state = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        finally:
-            conn.close()
         yield "retry: 2000\n\n"
         for row in rows:
             after = row["seq"]
