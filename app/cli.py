@@ -55,11 +55,16 @@ def db_group() -> None:
 @db_group.command("migrate")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def db_migrate(as_json: bool) -> None:
-    """Apply pending migrations."""
+    """Check the database (quick_check), then apply pending migrations."""
+    from app import backup
+
     cfg = settings()
     try:
+        # Under systemd this runs first (ExecStartPre): a corrupt database must
+        # stop here with the restore command, or be restored when configured.
+        backup.startup_check(cfg)
         applied = db.migrate(cfg["DATABASE"])
-    except db.MigrationError as exc:
+    except (db.MigrationError, backup.CorruptDatabase) as exc:
         raise click.ClickException(str(exc)) from None
     emit(as_json, {"applied": applied}, "\n".join(applied) or "up to date")
 

@@ -9,11 +9,14 @@ Last-Event-ID, reading what it missed from the database.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import defaultdict
 from typing import Any
 
 from gevent.queue import Full, Queue
+
+log = logging.getLogger("agented.events")
 
 
 class Subscription:
@@ -75,7 +78,12 @@ def record(conn, kind: str, subject: str, data: dict[str, Any]) -> dict:
 
 
 def publish_all(events: list[dict]) -> None:
-    """Publish committed events to their subject and to their kind's family topic."""
+    """Log and publish committed events, to their subject and their kind's family topic."""
     for event in events:
+        # One structured line per transition, with stable names (`task.running`, …).
+        data = {f"data_{k}": v for k, v in event["data"].items()}
+        log.info(
+            event["kind"], extra={"event_id": event["id"], "subject": event["subject"], **data}
+        )
         broker.publish(event["subject"], event)
         broker.publish(event["kind"].split(".", 1)[0], event)

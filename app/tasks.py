@@ -25,7 +25,7 @@ MAX_PARAM_BYTES = 2048
 
 def check_pending_cap(conn, cap: int) -> None:
     """Refuse new work once the global pending cap is reached (429)."""
-    pending = conn.execute("SELECT count(*) FROM tasks WHERE state = 'queued'").fetchone()[0]
+    pending = conn.execute("SELECT queued FROM queue_depth WHERE id = 1").fetchone()[0]
     if pending >= cap:
         raise ApiError(
             429, f"{pending} tasks are waiting; try later", headers={"Retry-After": "30"}
