@@ -25,7 +25,13 @@ from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
 from app import db, events, metrics
-from app.api import Body, arg_int, body_model, decode_cursor, encode_cursor, or_404, parse_body
+from app.api import (
+    Body,
+    body_model,
+    newest_first,
+    or_404,
+    parse_body,
+)
 from app.auth import requires
 from app.errors import ApiError
 
@@ -297,23 +303,8 @@ def alerts_list():
     if request.args.get("rule"):
         where.append("rule = ?")
         params.append(request.args["rule"])
-    cursor = decode_cursor(request.args.get("cursor"))
-    if cursor is not None:
-        if not isinstance(cursor.get("id"), int):
-            raise ApiError(400, "the cursor is not valid")
-        where.append("id < ?")
-        params.append(cursor["id"])
-    limit = arg_int("limit", 50, 1, 500)
-    sql = "SELECT * FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
-    rows = db.query_all(sql + " ORDER BY id DESC LIMIT ?", [*params, limit + 1])
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return jsonify(
-        {
-            "alerts": [alert_json(r) for r in rows],
-            "next_cursor": encode_cursor({"id": rows[-1]["id"]}) if more else None,
-        }
-    )
+    rows, next_cursor = newest_first("alerts", where, params)
+    return jsonify({"alerts": [alert_json(r) for r in rows], "next_cursor": next_cursor})
 
 
 @bp.get("/api/v1/alerts/<int:alert_id>")

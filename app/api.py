@@ -86,3 +86,20 @@ def arg_int(name: str, default: int, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise ApiError(400, f"{name} must be between {lo} and {hi}")
     return value
+
+
+def newest_first(table: str, where: list[str], params: list, default: int = 50):
+    """Return one page of `table` rows, newest id first, and the next page's cursor or None."""
+    from app import db
+
+    cursor = decode_cursor(request.args.get("cursor"))
+    if cursor is not None:
+        if not isinstance(cursor.get("id"), int):
+            raise ApiError(400, "the cursor is not valid")
+        where, params = [*where, "id < ?"], [*params, cursor["id"]]
+    limit = arg_int("limit", default, 1, 500)
+    # `table` is always a literal from the calling module, never request input.
+    sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
+    rows = db.query_all(sql + " ORDER BY id DESC LIMIT ?", [*params, limit + 1])
+    next_cursor = encode_cursor({"id": rows[limit - 1]["id"]}) if len(rows) > limit else None
+    return rows[:limit], next_cursor

@@ -21,7 +21,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
 from app import db
-from app.api import arg_int, decode_cursor, encode_cursor
+from app.api import arg_int, newest_first
 from app.auth import requires
 from app.errors import ApiError
 
@@ -203,23 +203,8 @@ def audit_list():
         if value is not None:
             where.append(f"ts {op} ?")
             params.append(value)
-    cursor = decode_cursor(request.args.get("cursor"))
-    if cursor is not None:
-        if not isinstance(cursor.get("id"), int):
-            raise ApiError(400, "the cursor is not valid")
-        where.append("id < ?")
-        params.append(cursor["id"])
-    limit = arg_int("limit", 100, 1, 500)
-    sql = "SELECT * FROM audit_log" + (" WHERE " + " AND ".join(where) if where else "")
-    rows = db.query_all(sql + " ORDER BY id DESC LIMIT ?", [*params, limit + 1])
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return jsonify(
-        {
-            "entries": [entry_json(r) for r in rows],
-            "next_cursor": encode_cursor({"id": rows[-1]["id"]}) if more else None,
-        }
-    )
+    rows, next_cursor = newest_first("audit_log", where, params, 100)
+    return jsonify({"entries": [entry_json(r) for r in rows], "next_cursor": next_cursor})
 
 
 @bp.get("/api/v1/audit/verify")

@@ -11,7 +11,14 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, stream_
 from pydantic import Field, model_validator
 
 from app import db, events
-from app.api import Body, arg_int, body_model, decode_cursor, encode_cursor, or_404, parse_body
+from app.api import (
+    Body,
+    arg_int,
+    body_model,
+    newest_first,
+    or_404,
+    parse_body,
+)
 from app.auth import requires, streams
 from app.errors import ApiError
 
@@ -194,16 +201,7 @@ def wake_scheduler() -> None:
 def tasks_list():
     """List tasks, newest first; filter by state, agent, trigger, key, concurrency_key, time."""
     where, params = filters_sql(request.args)
-    cursor = decode_cursor(request.args.get("cursor"))
-    if cursor is not None:
-        where.append("id < ?")
-        params.append(int(cursor.get("id", 0)))
-    limit = arg_int("limit", 50, 1, 500)
-    sql = "SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
-    rows = db.query_all(sql + " ORDER BY id DESC LIMIT ?", [*params, limit + 1])
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = encode_cursor({"id": rows[-1]["id"]}) if more and rows else None
+    rows, next_cursor = newest_first("tasks", where, params)
     return jsonify({"tasks": [task_json(r) for r in rows], "next_cursor": next_cursor})
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from app import crypto, db, events, prompts
-from app.api import arg_int, decode_cursor, encode_cursor, or_404
+from app.api import newest_first, or_404
 from app.auth import requires
 from app.errors import ApiError
 from app.tasks import create_task, remember_key, seen_key, wake_scheduler
@@ -244,21 +244,8 @@ def deliveries_list():
         if request.args.get(arg):
             where.append(f"{arg} = ?")
             params.append(request.args[arg])
-    cursor = decode_cursor(request.args.get("cursor"))
-    if cursor is not None:
-        where.append("id < ?")
-        params.append(int(cursor.get("id", 0)))
-    limit = arg_int("limit", 50, 1, 500)
-    sql = "SELECT * FROM deliveries" + (" WHERE " + " AND ".join(where) if where else "")
-    rows = db.query_all(sql + " ORDER BY id DESC LIMIT ?", [*params, limit + 1])
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return jsonify(
-        {
-            "deliveries": [delivery_json(r) for r in rows],
-            "next_cursor": encode_cursor({"id": rows[-1]["id"]}) if more else None,
-        }
-    )
+    rows, next_cursor = newest_first("deliveries", where, params)
+    return jsonify({"deliveries": [delivery_json(r) for r in rows], "next_cursor": next_cursor})
 
 
 @bp.get("/api/v1/deliveries/<int:delivery_id>")

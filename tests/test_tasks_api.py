@@ -131,3 +131,10 @@ def dave_for():
     from tests.conftest import make_key
 
     return lambda app: make_key(app, "dave", "developer")
+
+
+def test_it_refuses_a_forged_cursor(client, agent, dave):
+    from app.api import encode_cursor
+
+    status, body = call(client, dave, "GET", f"/api/v1/tasks?cursor={encode_cursor({'id': 'x'})}")
+    assert status == 400 and body["error"]["code"] == "bad_request"
