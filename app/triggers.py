@@ -341,7 +341,12 @@ def triggers_delete(slug: str):
 @requires("operator")
 def triggers_rotate_secret(slug: str):
     """Replace a webhook trigger's secret; the new one is in this answer only."""
-    row = get_trigger(slug)
+    secret = rotate_secret(get_trigger(slug))
+    return jsonify({"slug": slug, "webhook_url": webhook_url(slug), "secret": secret})
+
+
+def rotate_secret(row) -> str:
+    """Give a webhook trigger a new secret; return it (the only time it is shown)."""
     if row["kind"] != "webhook":
         raise ApiError(409, "only webhook triggers have a secret")
     secret = secrets.token_urlsafe(32)
@@ -352,7 +357,7 @@ def triggers_rotate_secret(slug: str):
             (secret_enc, time.time(), row["id"]),
         )
     )
-    return jsonify({"slug": slug, "webhook_url": webhook_url(slug), "secret": secret})
+    return secret
 
 
 @bp.post("/api/v1/triggers/<slug>/preview")

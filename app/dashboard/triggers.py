@@ -26,6 +26,7 @@ from app.triggers import (
     next_run,
     plan,
     plan_from_trigger,
+    rotate_secret,
     slugify,
     trigger_json,
     webhook_url,
@@ -304,16 +305,7 @@ def trigger_delete_post(slug: str):
 @requires("operator")
 def trigger_secret_post(slug: str):
     row = get_trigger(slug)
-    if row["kind"] != "webhook":
-        raise ApiError(409, "Only webhook triggers have a secret.")
-    secret = secrets.token_urlsafe(32)
-    secret_enc = crypto.encrypt(secret)  # outside the write: no app context in the writer thread
-    db.write(
-        lambda conn: conn.execute(
-            "UPDATE triggers SET secret_enc = ?, updated_at = ? WHERE id = ?",
-            (secret_enc, time.time(), row["id"]),
-        )
-    )
+    secret = rotate_secret(row)
     return render_template(
         "triggers/secret.html", trigger=row, secret=secret, url=webhook_url(slug), created=False
     )
