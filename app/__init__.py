@@ -9,10 +9,17 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 from flask import Flask
+from werkzeug.routing import IntegerConverter
 
 from app import backup, config, db
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class SqliteInt(IntegerConverter):
+    def __init__(self, url_map, *args, **kwargs) -> None:
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(url_map, *args, **kwargs)
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -34,6 +41,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     app.config["SESSION_COOKIE_SECURE"] = app.config["BEHIND_TLS"]
+    # Ids beyond SQLite's 64-bit integers cannot exist: answer 404, not an overflow.
+    app.url_map.converters["int"] = SqliteInt
 
     from app import telemetry
 

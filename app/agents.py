@@ -72,6 +72,8 @@ class HeartbeatIn(Body):
     metadata: dict[str, Any] | None = None
 
 
+# Fields a PATCH may set to null (clearing them); the others must keep a value.
+NULLABLE = {"model", "repository", "secrets"}
 JSON_FIELDS = ("command", "flags", "env_allow", "capabilities", "metadata")
 
 
@@ -344,6 +346,10 @@ def agents_update(name: str):
     """Change an agent's settings; fields left out keep their value."""
     row = get_agent(name)
     changes = parse_body(AgentPatch).model_dump(exclude_unset=True)
+    nulls = sorted(k for k, v in changes.items() if v is None and k not in NULLABLE)
+    if nulls:
+        details = [{"field": k, "message": "cannot be null"} for k in nulls]
+        raise ApiError(422, "the body does not match the schema", details=details)
     merged = agent_json(row) | {k: v for k, v in changes.items() if k != "secrets"}
     check_runnable(merged)
     check_registry_fields(changes)

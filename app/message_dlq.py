@@ -38,7 +38,9 @@ class Selection(Body):
 
     @model_validator(mode="after")
     def says_which(self) -> Selection:
-        chosen = self.model_dump(exclude={"all"}, exclude_none=True)
+        # Only the choosing fields: a subclass's ttl or target chooses nothing.
+        which = set(Selection.model_fields) - {"all"}
+        chosen = self.model_dump(include=which, exclude_none=True)
         if not chosen and not self.all:
             raise ValueError("choose dead letters by ids or filters, or send all: true")
         return self

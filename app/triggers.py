@@ -309,6 +309,12 @@ def triggers_update(slug: str):
     changes = parse_body(TriggerPatch).model_dump(exclude_unset=True)
     if "slug" in changes or "kind" in changes:
         raise ApiError(422, "slug and kind cannot change; create a new trigger instead")
+    nulls = sorted(
+        k for k in ("name", "prompt_template", "timezone") if k in changes and changes[k] is None
+    )
+    if nulls:
+        details = [{"field": k, "message": "cannot be null"} for k in nulls]
+        raise ApiError(422, "the body does not match the schema", details=details)
     merged = trigger_json(row) | changes
     check_trigger(merged)
     if merged["kind"] == "cron" and ({"schedule", "timezone", "enabled"} & set(changes)):

@@ -141,3 +141,12 @@ def test_it_refuses_a_replay_that_would_overflow_the_mailbox(make_app):
     )
     assert resp.status_code == 429 and error_code(resp) == "mailbox_full"
     assert len(listing(client, admin)["dead_letters"]) == 2
+
+
+def test_it_refuses_a_replay_that_names_no_dead_letters(client, bob):
+    from tests.pipeline_helpers import call
+
+    for path in ("replay", "redirect"):
+        body = {"ttl": 1.0} | ({"to": "x"} if path == "redirect" else {})
+        status, err = call(client, bob, "POST", f"/api/v1/message-dead-letters/{path}", body)
+        assert status == 422, err

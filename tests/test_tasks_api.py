@@ -138,3 +138,14 @@ def test_it_refuses_a_forged_cursor(client, agent, dave):
 
     status, body = call(client, dave, "GET", f"/api/v1/tasks?cursor={encode_cursor({'id': 'x'})}")
     assert status == 400 and body["error"]["code"] == "bad_request"
+
+
+def test_it_answers_404_for_ids_beyond_sqlite_integers(client, dave):
+    status, body = call(client, dave, "GET", f"/api/v1/tasks/{2**70}")
+    assert status == 404 and body["error"]["code"] == "not_found"
+
+
+def test_it_refuses_nulls_for_fields_that_need_a_value(client, agent, bob):
+    status, body = call(client, bob, "PATCH", "/api/v1/agents/echo", {"command": None})
+    assert status == 422 and body["error"]["details"][0]["field"] == "command"
+    assert call(client, bob, "PATCH", "/api/v1/agents/echo", {"model": None})[0] == 200
