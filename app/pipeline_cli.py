@@ -8,6 +8,7 @@ picks up new work within half a second and sees cancels within a second.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,8 @@ def app_context():
         app = create_app()
     except (config.ConfigError, db.MigrationError) as exc:
         raise click.ClickException(str(exc)) from None
+    # The service's INFO lines (one per event) are noise on a terminal.
+    logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
     with app.app_context(), app.test_request_context():
         yield app
 

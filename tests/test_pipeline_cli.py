@@ -17,7 +17,7 @@ def agent(client, bob):
 
 def run(cli_runner, *args):
     result = cli_runner.invoke(main, list(args))
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 def test_it_submits_lists_shows_and_cancels_tasks(cli_runner, agent):
