@@ -45,6 +45,21 @@ test *args: setup test-deps
 chaos rounds="5" load="5": setup
     AGENTED_CHAOS_ROUNDS={{rounds}} AGENTED_CHAOS_LOAD_S={{load}} .venv/bin/pytest -s tests/test_reliability.py
 
+# Fuzz the whole API from /openapi.json with schemathesis (admin key): any 5xx fails.
+fuzz examples="20": setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    .venv/bin/pip install -q --disable-pip-version-check schemathesis
+    dir=$(mktemp -d); port=$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    export AGENTED_DATA_DIR="$dir" AGENTED_BIND="127.0.0.1:$port" GITHUB_WEBHOOK_SECRET=fuzz \
+        AGENTED_RATE_LIMIT=100000/minute AGENTED_AUTH_FAIL_LIMIT=100000/minute
+    key=$(.venv/bin/agented keys create --name fuzz --role admin --json | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["key"])')
+    .venv/bin/gunicorn -c gunicorn.conf.py 2> "$dir/server.log" & pid=$!
+    trap 'kill $pid; wait $pid || true; rm -rf "$dir"' EXIT
+    until curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null; do sleep 0.2; done
+    .venv/bin/schemathesis run "http://127.0.0.1:$port/openapi.json" -H "X-API-Key: $key" \
+        --max-examples {{examples}} --checks not_a_server_error
+
 lint: setup
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
