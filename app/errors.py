@@ -112,4 +112,6 @@ def _retry_after() -> int:
     breached = limiter.current_limit
     if breached is None:  # a 429 raised by hand, not by the limiter
         return 60
-    return max(1, breached.reset_at - int(time.time()))
+    # reset_at is a whole second; never promise more than one window.
+    window = breached.limit.get_expiry()
+    return min(window, max(1, breached.reset_at - int(time.time())))
