@@ -287,3 +287,22 @@ def test_it_runs_higher_priority_first(live_server):
     first = wait_state(srv, low, "succeeded")["attempt_list"][0]["started_at"]
     second = wait_state(srv, high, "succeeded")["attempt_list"][0]["started_at"]
     assert second < first
+
+
+def test_it_runs_in_a_git_worktree_of_the_agents_repository(hub, tmp_path):
+    import subprocess
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "README").write_text("from the repository\n")
+    subprocess.run([*git, "add", "README"], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    make_agent(hub, "reader", ["cat", "README"], workdir_policy="worktree", repository=str(repo))
+    task_id = submit(hub, "reader")
+    done = wait_state(hub, task_id, "succeeded")
+    assert [line["text"] for line in logs(hub, task_id)] == ["from the repository"]
+    workspace = done["attempt_list"][0]["workspace"]
+    listed = subprocess.run([*git, "worktree", "list"], capture_output=True, text=True).stdout
+    assert workspace in listed
