@@ -109,10 +109,6 @@ def query_all(sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
     return get_db().execute(sql, params).fetchall()
 
 
-def now() -> float:
-    return time.time()
-
-
 # --- the write path ---------------------------------------------------------
 
 _local = threading.local()
