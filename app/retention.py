@@ -9,7 +9,10 @@ is the point of it).
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -103,8 +106,79 @@ def run(cfg: dict, now: float | None = None) -> dict[str, int]:
         " AND resolved_at < ? LIMIT ?)",
         (now - cfg["RETENTION_EVENTS_DAYS"] * DAY,), batch,
     )  # fmt: skip
+    done["workspaces"] = remove_workspaces(cfg, now)
     log.info("retention run", extra={"deleted": done})
     return done
+
+
+# --- workspaces ---------------------------------------------------------------------
+
+_WORKSPACE = re.compile(r"task-(\d+)-(\d+)")
+
+
+def remove_workspaces(cfg: dict, now: float) -> int:
+    """Remove the workspaces of attempts finished longer ago than the keep time.
+
+    A failed run's directory is worth a look, so it is kept for a while
+    (AGENTED_RETENTION_WORKSPACES_DAYS), not removed when the run ends. A
+    directory with no attempt row left (its task was deleted) goes once it is
+    older than the keep time too; a running attempt's never does.
+    """
+    from app import ops
+
+    base = Path(cfg["WORKSPACES_DIR"])
+    if not base.is_dir():
+        return 0
+    cutoff = now - cfg["RETENTION_WORKSPACES_DAYS"] * DAY
+    found = {}
+    for entry in base.iterdir():
+        match = _WORKSPACE.fullmatch(entry.name)
+        if match and entry.is_dir():
+            found[(int(match[1]), int(match[2]))] = entry
+    if not found:
+        return 0
+    with db.reading(cfg["DATABASE"]) as conn:
+        rows = conn.execute(
+            "SELECT task_id, number, finished_at FROM attempts WHERE task_id IN"
+            " (SELECT value FROM json_each(?))",
+            (json.dumps(sorted({task for task, _ in found})),),
+        ).fetchall()
+    finished = {(r["task_id"], r["number"]): r["finished_at"] for r in rows}
+    removed = 0
+    for key, path in found.items():
+        if key in finished:
+            expired = finished[key] is not None and finished[key] < cutoff
+        else:
+            expired = path.stat().st_mtime < cutoff
+        if expired:
+            ops.offload(_remove_workspace, path)
+            removed += 1
+    if removed:
+        metrics.count("retention_deleted_total", removed, table="workspaces")
+    return removed
+
+
+def _remove_workspace(path: Path) -> None:
+    """Delete a workspace; for a git worktree also its entry in the repository.
+
+    A worktree's `.git` is a file naming its admin directory
+    (<repo>/.git/worktrees/<name>); deleting that directory is what
+    `git worktree prune` would do once the checkout is gone, without a process.
+    """
+    admin = None
+    dotgit = path / ".git"
+    if dotgit.is_file():
+        line = dotgit.read_text(errors="replace").strip()
+        if line.startswith("gitdir:"):
+            candidate = Path(line.removeprefix("gitdir:").strip())
+            back = candidate / "gitdir"
+            # Only an admin directory that points back at this very workspace.
+            if candidate.parent.name == "worktrees" and back.is_file():
+                if Path(back.read_text(errors="replace").strip()).parent == path:
+                    admin = candidate
+    shutil.rmtree(path, ignore_errors=True)
+    if admin is not None:
+        shutil.rmtree(admin, ignore_errors=True)
 
 
 # --- compaction ---------------------------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 from pathlib import Path
 
 from app import db, retention
@@ -112,3 +115,62 @@ def test_it_runs_retention_and_compaction_from_the_cli(app, cli_runner):
     assert result.exit_code == 0 and "after" in json.loads(result.output)
     result = cli_runner.invoke(main, ["compact", "--full", "--json"])
     assert result.exit_code == 0 and "after_bytes" in json.loads(result.output)
+
+
+def _workspace(app, task_id: int, number: int, age_s: float = 0) -> Path:
+    path = Path(app.config["WORKSPACES_DIR"]) / f"task-{task_id}-{number}"
+    path.mkdir(parents=True)
+    (path / "out.txt").write_text("left by the agent")
+    if age_s:
+        old = time.time() - age_s
+        os.utime(path, (old, old))
+    return path
+
+
+def test_it_removes_finished_workspaces_after_the_keep_time_only(app):
+    conn = connect(app.config["DATABASE"])
+    now = time.time()
+    old = add_task(conn, "failed", age_s=3 * DAY, finished_age_s=2 * DAY)
+    add_attempt(conn, old, 1, "failed", now - 3 * DAY, now - 2 * DAY)
+    recent = add_task(conn, "failed", finished_age_s=3600)
+    add_attempt(conn, recent, 1, "failed", now - 7200, now - 3600)
+    running = add_task(conn, "running", age_s=5 * DAY)
+    add_attempt(conn, running, 1, "running", now - 5 * DAY, None)
+    paths = {
+        "old": _workspace(app, old, 1),
+        "recent": _workspace(app, recent, 1),
+        "running": _workspace(app, running, 1, age_s=5 * DAY),
+        "orphan old": _workspace(app, 9999, 1, age_s=2 * DAY),  # its task was deleted
+        "orphan new": _workspace(app, 9998, 1),  # e.g. being prepared right now
+    }
+    other = Path(app.config["WORKSPACES_DIR"]) / "notes"  # not ours: never touched
+    other.mkdir()
+
+    assert retention.run(app.config)["workspaces"] == 2
+
+    left = {name for name, path in paths.items() if path.exists()}
+    assert left == {"recent", "running", "orphan new"}
+    assert other.exists()
+
+
+def test_it_unregisters_a_removed_git_worktree(app, tmp_path):
+    repo = tmp_path / "repo"
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "README").write_text("hello\n")
+    subprocess.run([*git, "add", "README"], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    conn = connect(app.config["DATABASE"])
+    now = time.time()
+    task = add_task(conn, "succeeded", age_s=3 * DAY, finished_age_s=2 * DAY)
+    add_attempt(conn, task, 1, "succeeded", now - 3 * DAY, now - 2 * DAY)
+    path = Path(app.config["WORKSPACES_DIR"]) / f"task-{task}-1"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([*git, "worktree", "add", "-q", "--detach", str(path)], check=True)
+
+    assert retention.run(app.config)["workspaces"] == 1
+
+    assert not path.exists()
+    listed = subprocess.run([*git, "worktree", "list"], capture_output=True, text=True).stdout
+    assert str(path) not in listed
+    assert (repo / "README").read_text() == "hello\n"  # the repository itself untouched
