@@ -1,4 +1,4 @@
-"""Agents: state, capabilities, concurrency in use, and the CLI health panel (FEAT-02)."""
+"""Agents: lifecycle state, heartbeat age, mailbox depth, concurrency, and the CLI health panel."""
 
 from __future__ import annotations
 
@@ -14,6 +14,38 @@ from app.dashboard.common import done, is_htmx
 from app.tasks import ACTIVE
 
 
+def mailbox_depths(now: float) -> dict[str, dict[str, int]]:
+    """Per receiver: messages waiting (queued), out on a lease (leased) and dead letters."""
+    depths: dict[str, dict[str, int]] = {}
+    # A queued row that was handed out and is still hidden is out on a lease
+    # (app/mailboxes.py lease()); every other queued row waits its turn.
+    for r in db.query_all(
+        "SELECT receiver, sum(visible_at > ? AND deliveries > 0) AS leased, count(*) AS n"
+        " FROM messages WHERE state = 'queued' GROUP BY receiver",
+        (now,),
+    ):
+        depths[r["receiver"]] = {"queued": r["n"] - r["leased"], "leased": r["leased"], "dead": 0}
+    for r in db.query_all(
+        "SELECT receiver, count(*) AS n FROM messages WHERE state = 'dead' GROUP BY receiver"
+    ):
+        depths.setdefault(r["receiver"], {"queued": 0, "leased": 0, "dead": 0})["dead"] = r["n"]
+    return depths
+
+
+def heartbeat(row, now: float, cfg) -> dict:
+    """How old the agent's last heartbeat is, and whether that is late ("stale") or offline."""
+    age = now - row["heartbeat_at"] if row["heartbeat_at"] else None
+    if row["backend"] != "external" or age is None:
+        level = ""
+    elif age > cfg["AGENT_OFFLINE_S"]:
+        level = "bad"
+    elif age > cfg["AGENT_HEARTBEAT_S"]:
+        level = "wait"
+    else:
+        level = "good"
+    return {"age": age, "level": level}
+
+
 @bp.get("/agents")
 @requires("viewer")
 def agents_get():
@@ -25,17 +57,26 @@ def agents_get():
         )
     }
     now = time.time()
+    depths = mailbox_depths(now)
+    empty = {"queued": 0, "leased": 0, "dead": 0}
     agents = [
         {
             **dict(r),
             "capabilities": json.loads(r["capabilities"]),
             "command": json.loads(r["command"]),
             "in_use": in_use.get(r["name"], 0),
-            "heartbeat_age": now - r["heartbeat_at"] if r["heartbeat_at"] else None,
+            "heartbeat": heartbeat(r, now, current_app.config),
+            "mailbox": depths.get(r["name"], empty),
         }
         for r in rows
     ]
-    return render_template("agents/list.html", agents=agents, **cli_context())
+    return render_template(
+        "agents/list.html",
+        agents=agents,
+        heartbeat_s=current_app.config["AGENT_HEARTBEAT_S"],
+        offline_s=current_app.config["AGENT_OFFLINE_S"],
+        **cli_context(),
+    )
 
 
 def cli_context() -> dict:

@@ -30,6 +30,7 @@ NAV = [
     ("dashboard.tasks_get", "Tasks", "tasks"),
     ("dashboard.triggers_get", "Triggers", "triggers"),
     ("dashboard.agents_get", "Agents", "agents"),
+    ("dashboard.conversations_get", "Messages", "messaging"),
     ("dashboard.deliveries_get", "Deliveries", "deliveries"),
     ("dashboard.dead_get", "Dead letters", "deadletters"),
     ("ops_pages.alerts_get", "Alerts", "ops_pages.alerts_get"),
