@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from app import backup, config, db
@@ -41,6 +42,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     app.config["SESSION_COOKIE_SECURE"] = app.config["BEHIND_TLS"]
+    if hops := app.config["TRUSTED_PROXIES"]:
+        # Behind a reverse proxy every request comes from the proxy's address: the
+        # client's is in X-Forwarded-For. Trusted only when configured, and only as
+        # many hops as there are proxies, so a client cannot make up its address.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     # Ids beyond SQLite's 64-bit integers cannot exist: answer 404, not an overflow.
     app.url_map.converters["int"] = SqliteInt
 

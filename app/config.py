@@ -95,6 +95,7 @@ def load() -> dict:
         "PUBLIC_URL": env_str("AGENTED_PUBLIC_URL", ""),
         "SECRET_KEY": secret_key(data_dir),
         "BEHIND_TLS": env_bool("AGENTED_BEHIND_TLS", False),
+        "TRUSTED_PROXIES": env_int("AGENTED_TRUSTED_PROXIES", 0),
         "CORS_ALLOWED_ORIGINS": env_list("CORS_ALLOWED_ORIGINS"),
         "MAX_CONTENT_LENGTH": env_int("AGENTED_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
         "RATE_LIMIT_DEFAULT": env_str("AGENTED_RATE_LIMIT", "6000/minute"),

@@ -53,6 +53,17 @@ def test_it_lets_loopback_scrape_only_when_configured(make_app):
     assert remote.status_code == 401
 
 
+def test_it_takes_the_client_address_from_a_trusted_proxy_only(make_app):
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    app = make_app(env={"AGENTED_METRICS_LOOPBACK": "true", "AGENTED_TRUSTED_PROXIES": "1"})
+    # Through the proxy on loopback, a remote client is remote.
+    assert app.test_client().get("/metrics", headers=forwarded).status_code == 401
+    scrape(app.test_client())  # the proxy's own request, or a local one
+    # With no proxy configured the header is the client's word, and ignored.
+    app = make_app(env={"AGENTED_METRICS_LOOPBACK": "true", "AGENTED_TRUSTED_PROXIES": "0"})
+    scrape(app.test_client(), **forwarded)
+
+
 def test_it_counts_tasks_by_state_and_the_queue(app, client, vera):
     conn = connect(app.config["DATABASE"])
     for _ in range(3):
