@@ -194,9 +194,7 @@ def acting_as(name: str, need: str = "developer"):
 
 def new_agent_key(conn, agent_id: int, name: str) -> tuple[int, str]:
     """Create an agent-scoped key (role viewer, see limit_agent_keys) in the caller's write."""
-    key_id, raw = create_key(conn, f"agent:{name}", "viewer")
-    conn.execute("UPDATE api_keys SET agent_id = ? WHERE id = ?", (agent_id, key_id))
-    return key_id, raw
+    return create_key(conn, f"agent:{name}", "viewer", agent_id)
 
 
 # --- lifecycle -------------------------------------------------------------------------

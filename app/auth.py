@@ -54,8 +54,9 @@ def create_key(conn, name: str, role: str, agent_id: int | None = None) -> tuple
     """Insert a new key inside the caller's transaction; return (id, raw key)."""
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
     cur = conn.execute(
-        "INSERT INTO api_keys (name, role, prefix, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-        (name, role, raw[:12], hash_key(raw), time.time()),
+        "INSERT INTO api_keys (name, role, prefix, key_hash, agent_id, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (name, role, raw[:12], hash_key(raw), agent_id, time.time()),
     )
     return cur.lastrowid, raw
 
