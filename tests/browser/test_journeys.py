@@ -205,3 +205,53 @@ def test_a_viewer_cannot_cancel(page, hub):
     assert hub.task(task_id)["state"] == "running"
     hub.api("POST", f"/api/v1/tasks/{task_id}/cancel")
     assert not page.errors, page.errors
+
+
+def talk(hub) -> dict[str, str]:
+    """Two external agents talk in conversation build-42; one message dies unacked (TTL 1 s)."""
+    from tests.pipeline_helpers import wait_for
+
+    keys = {}
+    for name in ("planner", "coder"):
+        status, body = hub.api("POST", "/api/v1/agents", {"name": name, "backend": "external"})
+        assert status == 201, body
+        keys[name] = body["key"]
+    ask = {"performative": "request", "receiver": "coder", "conversation_id": "build-42",
+           "reply_with": "q1", "content": {"task": "build", "ref": "main"}}  # fmt: skip
+    assert hub.api("POST", "/api/v1/messages", ask, keys["planner"])[0] == 201
+    status, got = hub.api("GET", "/api/v1/agents/coder/messages?limit=1", None, keys["coder"])
+    ids = [m["id"] for m in got["messages"]]
+    hub.api("POST", "/api/v1/agents/coder/messages/ack", {"ids": ids}, keys["coder"])
+    answer = {"performative": "inform", "receiver": "planner", "conversation_id": "build-42",
+              "in_reply_to": "q1", "content": {"built": True, "artifacts": 3}}  # fmt: skip
+    assert hub.api("POST", "/api/v1/messages", answer, keys["coder"])[0] == 201
+    late = {"performative": "query-ref", "receiver": "coder", "conversation_id": "build-42",
+            "content": {"ask": "logs"}, "ttl": 1}  # fmt: skip
+    assert hub.api("POST", "/api/v1/messages", late, keys["planner"])[0] == 201
+    # The hub's sweep (every few seconds) dead-letters it once its TTL is over.
+    wait_for(lambda: hub.api("GET", "/api/v1/message-dead-letters")[1]["dead_letters"])
+    return keys
+
+
+def test_it_replays_a_message_dead_letter_from_its_page(page, hub):
+    keys = talk(hub)
+    sign_in(page, hub.admin, "/agents")
+    expect(page.locator("#agent-coder")).to_contain_text("1 dead")
+    page.locator("#agent-coder").get_by_role("link", name="1 dead").click()
+    expect(page.get_by_role("heading", name="Message dead letters")).to_be_visible()
+    expect(page.locator("tr[id^=dead-msg-]")).to_have_count(1)
+    expect(page.locator("#by-reason-h + table")).to_contain_text("ttl expired")
+    page.get_by_role("button", name="Replay all…").click()
+    expect(page.locator("#bulk-confirm")).to_contain_text("1 dead letter will be put back")
+    shot(page, "message-dead-letters")
+    page.locator("#bulk-confirm").get_by_role("button", name="Replay 1 message").click()
+    expect(page.get_by_role("status")).to_contain_text("Sent 1 dead letter to their mailboxes")
+    expect(page.get_by_text("No dead letter matches these filters")).to_be_visible()
+    # Back in coder's mailbox with a fresh TTL: the thread shows it queued again.
+    page.get_by_role("link", name="Messages", exact=True).click()
+    page.get_by_role("link", name="build-42").click()
+    expect(page.locator(".thread > li")).to_have_count(3)
+    expect(page.locator(".thread > li").last.locator(".badge")).to_have_text("queued")
+    status, got = hub.api("GET", "/api/v1/agents/coder/messages", None, keys["coder"])
+    assert [m["content"] for m in got["messages"]] == [{"ask": "logs"}]
+    assert not page.errors, page.errors

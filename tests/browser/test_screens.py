@@ -6,13 +6,16 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import shot, sign_in
-from tests.browser.test_journeys import FAILER
+from tests.browser.test_journeys import FAILER, talk
 
 PAGES = {
     "overview": "/",
     "tasks": "/tasks",
     "triggers": "/triggers",
     "agents": "/agents",
+    "conversations": "/conversations",
+    "conversation": "/conversations/build-42",
+    "message-dead": "/messages/dead",
     "deliveries": "/deliveries",
     "dead": "/dead",
     "keys": "/keys",
@@ -22,7 +25,7 @@ PAGES = {
 
 @pytest.fixture
 def busy_hub(hub):
-    """A hub that has done some work: tasks succeeded and dead, deliveries, triggers."""
+    """A hub that has done some work: tasks succeeded and dead, deliveries, triggers, messages."""
     hub.agent("echo", capabilities=["sample"])
     hub.agent("failer", FAILER, capabilities=["python", "flaky"])
     secret = hub.trigger("hello", "echo")
@@ -33,6 +36,7 @@ def busy_hub(hub):
     for task_id in done:
         hub.wait_state(task_id, "succeeded")
     hub.wait_state(dead, "dead")
+    talk(hub)
     return hub
 
 
@@ -66,6 +70,10 @@ def test_it_reads_at_360_px_in_dark_mode(browser, busy_hub):
         shot(page, "tasks-mobile-dark", docs=True)
         page.goto("/")
         shot(page, "overview-mobile-dark")
+        page.goto("/messages/dead")
+        shot(page, "message-dead-mobile-dark")
+        page.goto("/conversations/build-42")
+        shot(page, "conversation-mobile-dark")
     finally:
         context.close()
 
