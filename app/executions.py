@@ -4,9 +4,9 @@ The scheduler greenlet claims queued tasks with a conditional UPDATE that bumps
 the attempt number (the fencing token): every later write for that attempt says
 `WHERE attempts = ?`, so a stale runner can never overwrite a newer attempt.
 Each run spawns the agent's argv in its own process group with a filtered
-environment, streams stdout/stderr lines to the database in batches (so a crash
-loses at most ~100 ms of log) and to live subscribers, and ends with one
-transaction that records the attempt and moves the task on.
+environment, streams stdout/stderr lines to live subscribers as soon as they are
+read and to the database in batches (so a crash loses at most ~100 ms of log),
+and ends with one transaction that records the attempt and moves the task on.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.subprocess
 from flask import Flask
 
@@ -35,6 +36,10 @@ CANCELLABLE = ("queued", "assigned", "accepted", "running")
 RETRYABLE_STATES = ("cancelled", "dead", "succeeded")
 FLUSH_INTERVAL_S = 0.1
 FLUSH_LINES = 200
+# Lines published to live subscribers before their commit, at most. Recovery skips
+# this many sequence numbers after a crashed attempt, so a line a browser saw but
+# the database never got can never share its number with a later attempt's line.
+PUBLISH_AHEAD = 1000
 USAGE_LINE_MAX = 8 * 1024 * 1024
 
 _app: Flask | None = None
@@ -207,7 +212,14 @@ class Run:
         self.agent_name = claim["agent"]
         self.cancel = gevent.event.Event()
         self.proc: Any = None
-        self.pending: list[tuple] = []
+        # Log lines by sequence number: every line read gets the next number at once
+        # (`seq`); `published` and `stored` say how far subscribers and the database
+        # have got. `unstored` holds the lines after `stored`, `pending` those no
+        # flush has taken yet.
+        self.seq = self.published = self.stored = 0
+        self.unstored: list[dict] = []
+        self.pending: list[dict] = []
+        self.flush_lock = gevent.lock.Semaphore()
         self.log_bytes = 0
         self.truncated = False
         self.rate_limited: tuple[bool, float | None] = (False, None)
@@ -231,7 +243,7 @@ class Run:
             agent = conn.execute(
                 "SELECT * FROM agents WHERE name = ?", (self.agent_name,)
             ).fetchone()
-        self.seq = task["log_seq"]
+        self.seq = self.published = self.stored = task["log_seq"]
         if agent is None:
             return self._finish("failed", None, "the agent was deleted", retryable=False)
         if task["cancel_requested"]:
@@ -349,7 +361,7 @@ class Run:
         # live streams would silently miss them.
         self.flush_stop.set()
         flusher.join(timeout=10)
-        self._flush()
+        self._flush()  # after any flush still in flight (the lock), so lines stay in order
         code = self.proc.returncode
         if outcome == "cancelled":
             self._finish("cancelled", code, "cancelled")
@@ -410,47 +422,74 @@ class Run:
                 self.truncated = True
                 text = f"[… log truncated at {max_total} bytes; output after this is dropped]"
                 stored_as = "system"
-            self.pending.append((stored_as, text, time.time()))
-            if len(self.pending) >= FLUSH_LINES:
-                gevent.spawn(self._flush)
+            self._line(stored_as, text)
+
+    def _line(self, stream: str, text: str) -> None:
+        """Number a line, publish it to live subscribers now, and queue it for storage."""
+        self.seq += 1
+        event = {"id": self.seq, "kind": "log", "seq": self.seq, "attempt": self.attempt,
+                 "stream": stream, "text": text, "ts": time.time()}  # fmt: skip
+        self.unstored.append(event)
+        self.pending.append(event)
+        # Issue 5: waiting for the batch's commit cost subscribers ~100 ms per line.
+        # A stream that connects meanwhile gets these lines from `unstored_lines`.
+        self._publish()
+        if len(self.pending) >= FLUSH_LINES:
+            gevent.spawn(self._flush_logged)
+
+    def _publish(self) -> None:
+        """Publish lines in order: every stored one, and up to PUBLISH_AHEAD beyond those."""
+        topic = f"task:{self.task_id}"
+        upto = min(self.seq, self.stored + PUBLISH_AHEAD)
+        while self.published < upto:
+            event = self.unstored[self.published + 1 - self.unstored[0]["seq"]]
+            events.broker.publish(topic, event)
+            self.published += 1
 
     def _flush_loop(self) -> None:
         while not self.flush_stop.wait(FLUSH_INTERVAL_S):
+            self._flush_logged()
+
+    def _flush_logged(self) -> None:
+        try:
             self._flush()
+        except Exception:
+            log.exception("storing log lines failed; retrying", extra={"task_id": self.task_id})
 
     def _flush(self) -> None:
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, []
-        start = self.seq
-        self.seq += len(batch)
-        rows = [
-            (self.task_id, start + i + 1, self.attempt, stream, text, ts)
-            for i, (stream, text, ts) in enumerate(batch)
-        ]
+        # One flush at a time, so lines are committed in sequence order and a failed
+        # batch goes back in front of the next one.
+        with self.flush_lock:
+            if not self.pending:
+                return
+            batch, self.pending = self.pending, []
+            last = batch[-1]["seq"]
+            rows = [
+                (self.task_id, ev["seq"], self.attempt, ev["stream"], ev["text"], ev["ts"])
+                for ev in batch
+            ]
+            log_bytes = self.log_bytes
 
-        def store(conn):
-            conn.executemany(
-                "INSERT INTO task_logs (task_id, seq, attempt, stream, text, ts)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            conn.execute(
-                "UPDATE tasks SET log_seq = ? WHERE id = ?", (start + len(batch), self.task_id)
-            )
-            conn.execute(
-                "UPDATE attempts SET log_bytes = ? WHERE task_id = ? AND number = ?",
-                (self.log_bytes, self.task_id, self.attempt),
-            )
+            def store(conn):
+                conn.executemany(
+                    "INSERT INTO task_logs (task_id, seq, attempt, stream, text, ts)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                conn.execute("UPDATE tasks SET log_seq = ? WHERE id = ?", (last, self.task_id))
+                conn.execute(
+                    "UPDATE attempts SET log_bytes = ? WHERE task_id = ? AND number = ?",
+                    (log_bytes, self.task_id, self.attempt),
+                )
 
-        db.write(store, _app.config["DATABASE"])
-        topic = f"task:{self.task_id}"
-        for _tid, seq, attempt, stream, text, ts in rows:
-            events.broker.publish(
-                topic,
-                {"id": seq, "kind": "log", "seq": seq, "attempt": attempt, "stream": stream,
-                 "text": text, "ts": ts},
-            )  # fmt: skip
+            try:
+                db.write(store, _app.config["DATABASE"])
+            except BaseException:
+                self.pending[:0] = batch
+                raise
+            self.stored = last
+            self._publish()  # lines held back by PUBLISH_AHEAD, before they leave `unstored`
+            del self.unstored[: last + 1 - self.unstored[0]["seq"]]
 
     def _stop_process(self, grace: float) -> None:
         self._kill_group(signal.SIGTERM)
@@ -525,6 +564,20 @@ class Run:
         )
 
 
+def unstored_lines(task_id: int, after: int) -> list[dict]:
+    """Lines of a live run already published but perhaps not stored yet, after seq `after`.
+
+    A stream calls this right after subscribing, without yielding in between: a
+    line is then either in the database when the stream reads it, in this list,
+    or still to come on the subscription (the stream dedupes by seq).
+    """
+    run = RUNS.get(task_id)
+    if run is None:
+        return []
+    live = run.unstored[: run.published - run.stored]
+    return [ev for ev in live if ev["seq"] > after]
+
+
 # --- cancel, retry, recovery, shutdown -------------------------------------------
 
 
@@ -589,6 +642,16 @@ def recover() -> None:
             "SELECT a.task_id, a.number, a.pgid FROM attempts a JOIN tasks t ON t.id = a.task_id"
             " WHERE a.state IN ('starting', 'running') AND t.attempts = a.number"
         ).fetchall()
+    if stale:
+        # Lines a crashed run published live may never have been stored: the next
+        # attempt numbers its lines past any of them (see PUBLISH_AHEAD).
+        db.write(
+            lambda conn: conn.executemany(
+                "UPDATE tasks SET log_seq = log_seq + ? WHERE id = ?",
+                [(PUBLISH_AHEAD, row["task_id"]) for row in stale],
+            ),
+            cfg["DATABASE"],
+        )
     for row in stale:
         if row["pgid"] and _ours(row["pgid"], f"{row['task_id']}:{row['number']}"):
             try:

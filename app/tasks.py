@@ -340,6 +340,15 @@ def sse(data: dict, event: str | None = None, event_id: int | None = None) -> st
     return head + f"data: {json.dumps(data)}\n\n"
 
 
+def _log_sse(event: dict) -> str:
+    """Frame a published log line once; every subscriber shares the same string."""
+    frame = event.get("_api_sse")
+    if frame is None:
+        line = {k: event[k] for k in ("seq", "attempt", "stream", "text", "ts")}
+        frame = event["_api_sse"] = sse(line, "log", event["seq"])
+    return frame
+
+
 def log_events(task_id: int, after: int, path, heartbeat: float = 15.0):
     """Yield the backlog from the database, then live lines, until the task is finished."""
     from app import executions
@@ -347,6 +356,9 @@ def log_events(task_id: int, after: int, path, heartbeat: float = 15.0):
     # Subscribe first, then read the backlog: nothing published in between is lost.
     sub = events.broker.subscribe(f"task:{task_id}")
     try:
+        # Lines are published before their batch is stored: take the live run's
+        # unstored ones now, before anything yields (see executions.unstored_lines).
+        unstored = executions.unstored_lines(task_id, after)
         with db.reading(path) as conn:
             rows = conn.execute(
                 "SELECT seq, attempt, stream, text, ts FROM task_logs"
@@ -358,6 +370,10 @@ def log_events(task_id: int, after: int, path, heartbeat: float = 15.0):
         for row in rows:
             after = row["seq"]
             yield sse(dict(row), "log", row["seq"])
+        for event in unstored:
+            if event["seq"] > after:  # stored since: already sent from the database
+                after = event["seq"]
+                yield _log_sse(event)
         yield sse({"state": state["state"]}, "state")
         if state["state"] in FINISHED:
             yield sse({"state": state["state"]}, "end")
@@ -373,8 +389,7 @@ def log_events(task_id: int, after: int, path, heartbeat: float = 15.0):
                 if event["seq"] <= after:
                     continue
                 after = event["seq"]
-                line = {k: event[k] for k in ("seq", "attempt", "stream", "text", "ts")}
-                yield sse(line, "log", event["seq"])
+                yield _log_sse(event)
             else:
                 yield sse(event["data"], "state")
                 if event["data"].get("state") in FINISHED:

@@ -7,9 +7,10 @@ read the dashboard's task stream (/tasks/<id>/stream, rendered HTML, session
 cookie) over raw sockets in CLIENT_PROCS processes, and note when each line
 arrives. Printed, for 1 subscriber (the reference, same run) and for 1,000:
 
-- emit -> receipt: from the agent's print to a subscriber's read. This includes
-  the ExecutionService's batching of log lines (a flush every 100 ms, by design)
-  and the group-commit write, so its floor is about 50 ms on average.
+- emit -> receipt: from the agent's print to a subscriber's read. The
+  ExecutionService publishes each line to live streams as soon as it reads it
+  (storage is batched, a flush every 100 ms, but streams do not wait for it), so
+  this is the pipe, the worker's loop and the socket writes to every subscriber.
 - fan-out spread: from the first subscriber's receipt of a line to each other
   subscriber's receipt of it: what 1,000 subscribers add over one.
 - lines lost (expected LINES per subscriber), and the worker's RSS idle and with

@@ -127,8 +127,9 @@ def line_html(backend: str | None, row: Any, raw: bool = False) -> str:
     return f'<div class="ln s-{escape(stream)}" data-seq="{seq}">{ansi.to_html(text)}</div>'
 
 
-def attempt_rows(task_id: int) -> list[dict]:
-    rows = db.query_all("SELECT * FROM attempts WHERE task_id = ? ORDER BY number", (task_id,))
+def attempt_rows(task_id: int, conn: Any = None) -> list[dict]:
+    sql = "SELECT * FROM attempts WHERE task_id = ? ORDER BY number"
+    rows = (conn or db.get_db()).execute(sql, (task_id,)).fetchall()
     out = []
     for row in rows:
         usage = json.loads(row["usage"] or "{}")
@@ -156,16 +157,18 @@ def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: s
     sub = events.broker.subscribe(f"task:{task_id}", maxsize=2000)
     cache_key = "_html_raw" if raw else "_html"
     try:
-        conn = db.connect(path)
-        try:
+        # Lines are published before their batch is stored: take the live run's
+        # unstored ones now, before anything yields (see executions.unstored_lines).
+        unstored = _unstored_lines(task_id, after)
+        with db.reading(path) as conn:
             task = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            backlog = conn.execute(
+            backlog: list[Any] = conn.execute(
                 "SELECT seq, stream, text FROM task_logs WHERE task_id = ? AND seq > ?"
                 " ORDER BY seq",
                 (task_id, max(after, task["log_seq"] - LOG_PAGE)),
             ).fetchall()
-        finally:
-            conn.close()
+        stored_upto = backlog[-1]["seq"] if backlog else after
+        backlog += [ev for ev in unstored if ev["seq"] > stored_upto]  # no line twice
         yield "retry: 2000\n\n"
         for start in range(0, len(backlog), 200):
             chunk = backlog[start : start + 200]
@@ -186,39 +189,57 @@ def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: s
             if event == "keepalive":
                 yield ": keepalive\n\n"
                 continue
-            # Lines published together (one flush) go out as one message: a thousand
-            # subscribers then cost a thousand writes per flush, not per line.
+            # Whatever queued up while this stream was writing goes out in one write.
             batch = [event]
             while len(batch) < 500 and not sub.queue.empty():
                 batch.append(sub.queue.get_nowait())
-            lines: list[str] = []
+            frames: list[str] = []
             for ev in batch:
                 if ev["kind"] == "log":
                     if ev["seq"] > after:
                         after = ev["seq"]
-                        # Every subscriber gets the same event object: render it once.
-                        html = ev.get(cache_key)
-                        if html is None:
-                            html = ev[cache_key] = line_html(backend, ev, raw)
-                        lines.append(html)
+                        frames.append(_line_frame(ev, backend, raw, cache_key))
                     continue
-                if lines:
-                    yield sse("".join(lines), "log", after)
-                    lines = []
-                yield _head_event(task_id, path)
+                if frames:
+                    yield "".join(frames)
+                    frames = []
+                yield _head_event(task_id, path, ev)
                 if ev["data"].get("state") in FINISHED:
                     yield sse("finished", "end")
                     return
-            if lines:
-                yield sse("".join(lines), "log", after)
+            if frames:
+                yield "".join(frames)
     finally:
         events.broker.unsubscribe(sub)
 
 
-def _head_event(task_id: int, path: str) -> str:
-    conn = db.connect(path)
+def _line_frame(event: dict, backend: str | None, raw: bool, cache_key: str) -> str:
+    """One live line as an SSE message, rendered once and shared by every subscriber."""
+    frame = event.get(cache_key)
+    if frame is None:
+        frame = event[cache_key] = sse(line_html(backend, event, raw), "log", event["seq"])
+    return frame
+
+
+def _unstored_lines(task_id: int, after: int) -> list[dict]:
     try:
-        task = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-    finally:
-        conn.close()
-    return sse(render_template("tasks/_head.html", **head_context(task), oob=True), "state")
+        from app.executions import unstored_lines
+    except ImportError:  # the execution pipeline is optional for the pages themselves
+        return []
+    return unstored_lines(task_id, after)
+
+
+def _head_event(task_id: int, path: str, event: dict | None = None) -> str:
+    """The task's header as an SSE message; for a state event, rows read once for all streams."""
+    rows = event.get("_head_rows") if event is not None else None
+    if rows is None:
+        # A borrowed connection, not the request's: that one would stay open with the stream.
+        with db.reading(path) as conn:
+            task = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            rows = (task, attempt_rows(task_id, conn))
+        if event is not None:
+            event["_head_rows"] = rows
+    task, attempts = rows
+    # Rendered per stream: the buttons depend on the viewer's role and carry its CSRF token.
+    html = render_template("tasks/_head.html", t=task, attempts=attempts, live=True, oob=True)
+    return sse(html, "state")
