@@ -9,12 +9,12 @@ conversation is leased and unacked, later ones of that conversation wait.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
+from operator import itemgetter
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request, stream_with_context
+from flask import Blueprint, Flask, Response, current_app, request, stream_with_context
 from pydantic import Field
 
 from app import agents, db, events, msgconfig, ratelimit
@@ -22,7 +22,7 @@ from app.agents import acting_as, agent_scoped, key_agent_id
 from app.api import Body, arg_int, body_model, parse_body
 from app.auth import requires, streams
 from app.errors import ApiError
-from app.messages import compact, message_json
+from app.messages import compact
 
 bp = Blueprint("mailboxes", __name__)
 bp.record_once(lambda state: msgconfig.apply(state.app))
@@ -80,85 +80,68 @@ def expire(conn, receiver: str | None, t: float) -> list[dict]:
     ]
 
 
+# The leased message as JSON, built by SQLite in the UPDATE that leases it (no
+# Python object per row). The floats are added in Python (leased_text): SQLite's
+# JSON keeps 15 digits, and a client comparing timestamps needs all of them.
+LEASED = (
+    "json_object('id', id, 'message_id', message_id, 'performative', performative,"
+    " 'sender', sender, 'receiver', receiver, 'conversation_id', conversation_id,"
+    " 'reply_with', reply_with, 'in_reply_to', in_reply_to, 'protocol', protocol,"
+    " 'deliveries', deliveries, 'state', 'leased', 'content', json(content)),"
+    " id, created_at, expires_at"
+)
+LEASE = (
+    "UPDATE messages SET visible_at = ?, deliveries = deliveries + 1, delivered_at = ?"
+    " WHERE id IN (SELECT id FROM messages WHERE receiver = ? AND state = 'queued'"
+    " AND visible_at <= ?"
+    # An earlier message of the same conversation still in flight holds back the later
+    # ones. The list is built once, before any row changes (an uncorrelated subquery).
+    " AND conversation_id NOT IN (SELECT conversation_id FROM messages"
+    "   WHERE receiver = ? AND state = 'queued' AND visible_at > ?)"
+    f" ORDER BY id LIMIT ?) RETURNING {LEASED}"
+)
+RELEASE = (
+    "UPDATE messages SET visible_at = ?, deliveries = deliveries + 1, delivered_at = ?"
+    " WHERE id IN (SELECT id FROM messages WHERE receiver = ? AND state = 'queued' AND id > ?"
+    f" AND visible_at > ? AND deliveries > 0 ORDER BY id LIMIT ?) RETURNING {LEASED}"
+)
+
+
 def lease(
     conn, receiver: str, limit: int, visibility: float, t: float, after: int | None = None
 ) -> dict:
-    """Lease up to `limit` deliverable messages in order; return rows, events, next wake-up.
+    """Lease up to `limit` deliverable messages in order; return them, events, next wake-up.
 
-    With `after` (an SSE Last-Event-ID), messages above it that are still leased
-    are leased again first: the connection that carried them may have died.
+    `rows` holds (id, JSON text) pairs in id order. With `after` (an SSE
+    Last-Event-ID), messages above it that are still leased are leased again
+    first: the connection that carried them may have died. `next_visible` is
+    looked up only when nothing was leased (only a waiting poll needs it).
     """
     evs = expire(conn, receiver, t)
+    until = t + visibility
     picked: list = []
     if after is not None:
-        picked = conn.execute(
-            "SELECT * FROM messages WHERE receiver = ? AND state = 'queued' AND id > ?"
-            " AND visible_at > ? AND deliveries > 0 ORDER BY id LIMIT ?",
-            (receiver, after, t, limit),
-        ).fetchall()
-    blocked = {
-        r[0]
-        for r in conn.execute(
-            "SELECT DISTINCT conversation_id FROM messages"
-            " WHERE receiver = ? AND state = 'queued' AND visible_at > ?",
-            (receiver, t),
-        )
-    }
+        picked = conn.execute(RELEASE, (until, t, receiver, after, t, limit)).fetchall()
     if len(picked) < limit:
-        for row in conn.execute(
-            "SELECT * FROM messages WHERE receiver = ? AND state = 'queued' AND visible_at <= ?"
-            " ORDER BY id",
+        picked += conn.execute(LEASE, (until, t, receiver, t, receiver, t, limit - len(picked)))
+    # RETURNING promises no order; the id order is the delivery order.
+    picked.sort(key=itemgetter(1))
+    nxt = None
+    if not picked:
+        nxt = conn.execute(
+            "SELECT min(visible_at) FROM messages WHERE receiver = ? AND state = 'queued'"
+            " AND visible_at > ?",
             (receiver, t),
-        ):
-            if row["conversation_id"] in blocked:
-                continue  # an earlier message of this conversation is still in flight
-            picked.append(row)
-            if len(picked) >= limit:
-                break
-    until = t + visibility
-    if picked:
-        marks = ", ".join("?" * len(picked))
-        conn.execute(
-            "UPDATE messages SET visible_at = ?, deliveries = deliveries + 1, delivered_at = ?"
-            f" WHERE id IN ({marks})",
-            (until, t, *(row["id"] for row in picked)),
-        )
-    nxt = conn.execute(
-        "SELECT min(visible_at) FROM messages WHERE receiver = ? AND state = 'queued'"
-        " AND visible_at > ?",
-        (receiver, t),
-    ).fetchone()[0]
-    return {"rows": picked, "events": evs, "until": until, "next_visible": nxt}
-
-
-def leased_json(row, until: float) -> dict:
-    data = message_json(row)
-    data["deliveries"] = row["deliveries"] + 1
-    data["state"] = "leased"
-    data["lease_expires_at"] = until
-    return data
-
-
-def _text(value: str | None) -> str:
-    return "null" if value is None else compact(value)
+        ).fetchone()[0]
+    rows = [(row[1], leased_text(row, until)) for row in picked]
+    return {"rows": rows, "events": evs, "until": until, "next_visible": nxt}
 
 
 def leased_text(row, until: float) -> str:
-    """leased_json as JSON text, built directly: the hot path of every consumer.
-
-    Agent names and performatives match fixed patterns (nothing to escape);
-    free-form strings go through the encoder; the content column is JSON this
-    service wrote itself (one line), spliced in without parsing it again.
-    """
-    r = row
+    """Finish a LEASED row: SQLite's JSON object plus the timestamps at full precision."""
     return (
-        f'{{"id":{r["id"]},"message_id":{_text(r["message_id"])},'
-        f'"performative":"{r["performative"]}","sender":"{r["sender"]}",'
-        f'"receiver":"{r["receiver"]}","conversation_id":{_text(r["conversation_id"])},'
-        f'"reply_with":{_text(r["reply_with"])},"in_reply_to":{_text(r["in_reply_to"])},'
-        f'"protocol":{_text(r["protocol"])},"created_at":{r["created_at"]!r},'
-        f'"expires_at":{r["expires_at"]!r},"deliveries":{r["deliveries"] + 1},'
-        f'"state":"leased","lease_expires_at":{until!r},"content":{r["content"]}}}'
+        f'{row[0][:-1]},"created_at":{row[2]!r},"expires_at":{row[3]!r},'
+        f'"lease_expires_at":{until!r}}}'
     )
 
 
@@ -235,9 +218,8 @@ def mailbox_lease(name: str):
     finally:
         if sub is not None:
             events.broker.unsubscribe(sub)
-    until = result["until"]
     # Built as text: a 1000-message answer is the hot path of every consumer.
-    body = '{"messages":[' + ",".join(leased_text(r, until) for r in result["rows"]) + "]}"
+    body = '{"messages":[' + ",".join(text for _id, text in result["rows"]) + "]}"
     return Response(body, mimetype="application/json")
 
 
@@ -253,38 +235,37 @@ def mailbox_ack(name: str):
     t = time.time()
 
     def ack(conn):
-        marks = ", ".join("?" * len(ids))
+        listed = compact(ids)
         # Only delivered messages of this mailbox: an ack cannot skip delivery.
-        fresh = {
-            r[0]
-            for r in conn.execute(
-                "UPDATE messages SET state = 'acked', acked_at = ? WHERE receiver = ?"
-                f" AND state = 'queued' AND deliveries > 0 AND id IN ({marks}) RETURNING id",
-                (t, name, *ids),
-            )
-        }
-        rest = [i for i in ids if i not in fresh]
-        states = {}
-        if rest:
-            states = dict(
-                conn.execute(
-                    "SELECT id, state FROM messages"
-                    f" WHERE receiver = ? AND id IN ({', '.join('?' * len(rest))})",
-                    (name, *rest),
-                ).fetchall()
-            )
-        return fresh, states
+        done = conn.execute(
+            "UPDATE messages SET state = 'acked', acked_at = ? WHERE receiver = ?"
+            " AND state = 'queued' AND deliveries > 0"
+            " AND id IN (SELECT value FROM json_each(?))",
+            (t, name, listed),
+        ).rowcount
+        if done == len(ids):
+            return None  # the common case: every id was a leased message, now acked
+        # Which of the rest were acked before, are dead letters or are not ours to ack.
+        return dict(
+            conn.execute(
+                "SELECT id, state FROM messages"
+                " WHERE receiver = ? AND id IN (SELECT value FROM json_each(?))",
+                (name, listed),
+            ).fetchall()
+        )
 
-    fresh, states = db.write(ack)
-    acked = [i for i in ids if i in fresh or states.get(i) == "acked"]
-    dead = [i for i in ids if states.get(i) == "dead"]
-    missing = [i for i in ids if i not in fresh and states.get(i) not in ("acked", "dead")]
-    return jsonify({"acked": acked, "dead": dead, "missing": missing})
-
-
-def sse_event(data: dict, event: str, event_id: int | None = None) -> str:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return head + f"event: {event}\ndata: {json.dumps(data)}\n\n"
+    states = db.write(ack)
+    if states is None:
+        body = '{"acked":' + compact(ids) + ',"dead":[],"missing":[]}'
+    else:
+        body = compact(
+            {
+                "acked": [i for i in ids if states.get(i) == "acked"],
+                "dead": [i for i in ids if states.get(i) == "dead"],
+                "missing": [i for i in ids if states.get(i) not in ("acked", "dead")],
+            }
+        )
+    return Response(body, mimetype="application/json")
 
 
 @bp.get("/api/v1/agents/<name>/messages/stream")
@@ -327,8 +308,8 @@ def _stream(name, alive, sub, limit, visibility, after, max_s) -> Iterator[str]:
         while time.monotonic() < end and not stopping():
             result = lease_once(name, alive, limit, visibility, after)
             alive, after = None, None
-            for r in result["rows"]:
-                yield sse_event(leased_json(r, result["until"]), "message", r["id"])
+            for row_id, text in result["rows"]:
+                yield f"id: {row_id}\nevent: message\ndata: {text}\n\n"
             if result["rows"]:
                 continue
             left = min(15.0, end - time.monotonic())

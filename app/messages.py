@@ -434,11 +434,26 @@ def messages_send():
     return json_response({"messages": results} if batch else results[0], status)
 
 
-def duplicate_of(conn, seen: dict, index: int, d: Draft) -> dict | None:
+def previous_sends(conn, drafts: list[Draft]) -> dict[tuple[str, str], list]:
+    """Return the stored rows of every (sender, message_id) in `drafts`: one query per sender."""
+    wanted: dict[str, list[str]] = defaultdict(list)
+    for d in drafts:
+        if d.msg.message_id is not None:
+            wanted[d.sender].append(d.msg.message_id)
+    found: dict[tuple[str, str], list] = defaultdict(list)
+    for sender, message_ids in wanted.items():
+        for row in conn.execute(
+            "SELECT message_id, id, receiver, conversation_id, digest FROM messages"
+            " WHERE sender = ? AND message_id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (sender, compact(message_ids)),
+        ):
+            found[(sender, row[0])].append(row)
+    return found
+
+
+def duplicate_of(seen: dict, found: dict, index: int, d: Draft) -> dict | None:
     """Return the earlier send's result when this message is a retry; 409 on a reused id."""
     m = d.msg
-    if m.message_id is None:
-        return None
     key = (d.sender, m.message_id)
     reused = ApiError(
         409,
@@ -452,11 +467,7 @@ def duplicate_of(conn, seen: dict, index: int, d: Draft) -> dict | None:
             raise reused
         return {"message_id": m.message_id, "duplicate": True, "same_as": first}
     seen[key] = (d.digest, index)
-    old = conn.execute(
-        "SELECT id, receiver, conversation_id, digest FROM messages"
-        " WHERE sender = ? AND message_id = ? ORDER BY id",
-        key,
-    ).fetchall()
+    old = found.get(key)
     if not old:
         return None
     if old[0]["digest"] != d.digest:
@@ -474,14 +485,16 @@ def store(conn, drafts: list[Draft], cfg: dict, t: float) -> tuple[list[dict], l
     rows: list[tuple] = []
     results: list[dict] = []
     seen: dict[tuple[str, str], tuple[str, int]] = {}
+    found = previous_sends(conn, drafts)
     per_receiver: dict[str, int] = defaultdict(int)
     max_deliveries = cfg["MESSAGE_MAX_DELIVERIES"]
     for index, d in enumerate(drafts):
         m = d.msg
-        dup = duplicate_of(conn, seen, index, d)
-        if dup is not None:
-            results.append(dup)
-            continue
+        if m.message_id is not None:
+            dup = duplicate_of(seen, found, index, d)
+            if dup is not None:
+                results.append(dup)
+                continue
         conversation = m.conversation_id or new_id()
         for name in d.draining:
             # A draining agent finishes the conversations it is in and starts no new one.
@@ -510,7 +523,7 @@ def store(conn, drafts: list[Draft], cfg: dict, t: float) -> tuple[list[dict], l
                 "message_id": message_id,
                 "conversation_id": conversation,
                 "duplicate": False,
-                "deliveries": [{"id": None, "receiver": n} for n in d.receivers],
+                "deliveries": d.receivers,  # names until the ids are known
             }
         )
     for name, n in per_receiver.items():
@@ -522,19 +535,23 @@ def store(conn, drafts: list[Draft], cfg: dict, t: float) -> tuple[list[dict], l
                 details={"receiver": name, "limit": cfg["MAILBOX_MAX"]},
                 headers={"Retry-After": "5"},
             )
-    ids = iter(insert_rows(conn, rows))
+    ids = insert_rows(conn, rows)
+    next_id = ids[0] if ids else 0
     by_receiver: dict[str, list[int]] = defaultdict(list)
     evs: list[dict] = []
     for result, d in zip(results, drafts, strict=True):
         if result["duplicate"]:
             continue
-        for delivery in result["deliveries"]:
-            delivery["id"] = next(ids)
-            by_receiver[delivery["receiver"]].append(delivery["id"])
+        deliveries = []
+        for name in result["deliveries"]:
+            deliveries.append({"id": next_id, "receiver": name})
+            by_receiver[name].append(next_id)
+            next_id += 1
+        result["deliveries"] = deliveries
         if d.task_plan is not None:
             from app import delegation
 
-            row_id = result["deliveries"][0]["id"]
+            row_id = deliveries[0]["id"]
             evs += delegation.begin(conn, cfg, row_id, d, result["conversation_id"], t)
     for result in results:
         if "same_as" in result:

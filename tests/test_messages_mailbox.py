@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -188,12 +187,14 @@ def test_it_pages_a_long_conversation(client, pair, alice):
 
 def test_it_builds_the_lease_answer_exactly_as_json_would(app, client, pair):
     from app import db
-    from app.mailboxes import leased_json, leased_text
+    from app.messages import message_json
 
-    a, _b = pair
+    a, b = pair
     send(
         client, a, performative="inform", receiver="beta", reply_with='he said "hi"\n',
-        protocol="p\\q", content={"text": "ünï \"quoted\"", "n": [1, 2.5, None]},
+        protocol="p\\q", content={"text": "ünï \"quoted\" 😀", "n": [1, 2.5, None]},
     )  # fmt: skip
+    [got] = lease(client, b, "beta", visibility=7)
     row = db.connect(app.config["DATABASE"]).execute("SELECT * FROM messages").fetchone()
-    assert json.loads(leased_text(row, 12.5)) == leased_json(row, 12.5)
+    want = message_json(row) | {"state": "leased", "lease_expires_at": row["visible_at"]}
+    assert got == want
