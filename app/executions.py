@@ -28,6 +28,7 @@ from flask import Flask
 
 from app import commands, db, events
 from app.agents import agent_secrets
+from app.spawn import spawn
 from app.tasks import ACTIVE, transition
 
 log = logging.getLogger("agented.executions")
@@ -269,16 +270,8 @@ class Run:
         env["AGENTED_TASK_ID"] = str(self.task_id)
         self.usage = commands.UsageTracker(agent["backend"], agent["model"])
         try:
-            self.proc = gevent.subprocess.Popen(
-                argv,
-                stdin=gevent.subprocess.PIPE,
-                stdout=gevent.subprocess.PIPE,
-                stderr=gevent.subprocess.PIPE,
-                cwd=workspace,
-                env=env,
-                start_new_session=True,
-                close_fds=True,
-            )
+            # Own session (so its process group), only `env`, no other fds, stdio piped.
+            self.proc = spawn(argv, env, workspace)
         except OSError as exc:
             return self._finish("failed", None, f"cannot start {argv[0]}: {exc}", retryable=False)
         if not self._mark_running(argv, workspace):

@@ -1,0 +1,77 @@
+"""app/spawn.py: what a started attempt gets, whichever way it is started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import gevent
+import pytest
+
+from app import spawn as spawn_mod
+from app.spawn import spawn
+
+PY = sys.executable
+ENV = {"PATH": "/usr/bin:/bin", "AGENTED_TASK_ID": "7"}
+
+
+@pytest.fixture(params=["posix_spawn", "popen"])
+def how(request, monkeypatch):
+    if request.param == "popen":
+        monkeypatch.setattr(spawn_mod, "_libc", None)
+    elif spawn_mod._libc is None:
+        pytest.skip("this libc has no posix_spawn chdir/closefrom")
+    return request.param
+
+
+def run(argv, cwd, prompt=b"", env=ENV):
+    child = spawn(argv, dict(env), str(cwd))
+    child.stdin.write(prompt)
+    child.stdin.close()
+    out = gevent.spawn(child.stdout.read)
+    err = gevent.spawn(child.stderr.read)
+    code = child.wait(timeout=30)
+    return code, out.get(timeout=30), err.get(timeout=30), child.pid
+
+
+def test_it_runs_argv_in_the_workspace_with_the_prompt_on_stdin(how, tmp_path):
+    code, out, err, _ = run(["sh", "-c", "cat; pwd; echo oops >&2; exit 3"], tmp_path, b"hi\n")
+    assert (code, out, err) == (3, f"hi\n{tmp_path}\n".encode(), b"oops\n")
+
+
+def test_it_gives_the_child_its_own_session_and_only_the_given_environment(how, tmp_path):
+    script = "import os; print(os.getsid(0), os.getpgid(0), os.getpid())"
+    os.environ["AGENTED_SECRET_KEY_FOR_TEST"] = "leak"
+    try:
+        _, out, _, pid = run([PY, "-c", script], tmp_path)
+        _, env, _, _ = run(["cat", "/proc/self/environ"], tmp_path)
+    finally:
+        del os.environ["AGENTED_SECRET_KEY_FOR_TEST"]
+    assert out.split() == [str(pid).encode()] * 3
+    assert sorted(env.split(b"\0")[:-1]) == [b"AGENTED_TASK_ID=7", b"PATH=/usr/bin:/bin"]
+
+
+def test_it_passes_no_other_file_descriptors_and_default_signals(how, tmp_path):
+    leaked = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leaked, True)
+    try:
+        _, fds, _, _ = run(["ls", "/proc/self/fd"], tmp_path)
+        _, status, _, _ = run(["cat", "/proc/self/status"], tmp_path)
+    finally:
+        os.close(leaked)
+    assert sorted(int(fd) for fd in fds.split()) == [0, 1, 2, 3]  # 3: ls's own directory
+    fields = dict(line.split(":\t") for line in status.decode().splitlines() if ":\t" in line)
+    assert int(fields["SigIgn"], 16) & (1 << (signal.SIGPIPE - 1)) == 0
+    assert int(fields["SigBlk"], 16) == 0
+
+
+def test_it_reports_a_missing_program_and_a_signal_death(how, tmp_path):
+    with pytest.raises(OSError):
+        spawn(["no-such-program-here"], dict(ENV), str(tmp_path))
+    child = spawn(["sleep", "30"], dict(ENV), str(tmp_path))
+    with pytest.raises(Exception) as timed_out:
+        child.wait(timeout=0.05)
+    assert type(timed_out.value).__name__ == "TimeoutExpired"
+    os.killpg(child.pid, signal.SIGKILL)
+    assert child.wait(timeout=10) == -signal.SIGKILL
