@@ -282,8 +282,8 @@ class Run:
     def _workspace(self, agent) -> str:
         base = _app.config["WORKSPACES_DIR"]
         path = base / f"task-{self.task_id}-{self.attempt}"
-        shutil.rmtree(path, ignore_errors=True)
         if agent["workdir_policy"] == "worktree":
+            shutil.rmtree(path, ignore_errors=True)
             base.mkdir(parents=True, exist_ok=True)
             gevent.subprocess.run(
                 ["git", "-C", agent["repository"], "worktree", "add", "--detach", "--", str(path)],
@@ -292,7 +292,11 @@ class Run:
                 timeout=120,
             )
         else:
-            path.mkdir(parents=True)
+            try:
+                path.mkdir(parents=True)
+            except FileExistsError:  # left by a run cut short: start from an empty one
+                shutil.rmtree(path)
+                path.mkdir()
         return str(path)
 
     def _mark_running(self, argv: list[str], workspace: str) -> bool:
@@ -354,7 +358,7 @@ class Run:
         # live streams would silently miss them.
         self.flush_stop.set()
         flusher.join(timeout=10)
-        self._flush()  # after any flush still in flight (the lock), so lines stay in order
+        # The last lines are stored by _finish, in the transaction that ends the attempt.
         code = self.proc.returncode
         if outcome == "cancelled":
             self._finish("cancelled", code, "cancelled")
@@ -449,14 +453,15 @@ class Run:
         except Exception:
             log.exception("storing log lines failed; retrying", extra={"task_id": self.task_id})
 
-    def _flush(self) -> None:
+    def _flush(self, then=None) -> Any:
+        """Store the pending lines; with `then`, also run then(conn) in that transaction."""
         # One flush at a time, so lines are committed in sequence order and a failed
         # batch goes back in front of the next one.
         with self.flush_lock:
-            if not self.pending:
-                return
+            if not self.pending and then is None:
+                return None
             batch, self.pending = self.pending, []
-            last = batch[-1]["seq"]
+            last = batch[-1]["seq"] if batch else self.stored
             rows = [
                 (self.task_id, ev["seq"], self.attempt, ev["stream"], ev["text"], ev["ts"])
                 for ev in batch
@@ -464,25 +469,29 @@ class Run:
             log_bytes = self.log_bytes
 
             def store(conn):
-                conn.executemany(
-                    "INSERT INTO task_logs (task_id, seq, attempt, stream, text, ts)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                conn.execute("UPDATE tasks SET log_seq = ? WHERE id = ?", (last, self.task_id))
-                conn.execute(
-                    "UPDATE attempts SET log_bytes = ? WHERE task_id = ? AND number = ?",
-                    (log_bytes, self.task_id, self.attempt),
-                )
+                if rows:
+                    conn.executemany(
+                        "INSERT INTO task_logs (task_id, seq, attempt, stream, text, ts)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                    conn.execute("UPDATE tasks SET log_seq = ? WHERE id = ?", (last, self.task_id))
+                    conn.execute(
+                        "UPDATE attempts SET log_bytes = ? WHERE task_id = ? AND number = ?",
+                        (log_bytes, self.task_id, self.attempt),
+                    )
+                return then(conn) if then is not None else None
 
             try:
-                db.write(store, _app.config["DATABASE"])
+                result = db.write(store, _app.config["DATABASE"])
             except BaseException:
                 self.pending[:0] = batch
                 raise
-            self.stored = last
-            self._publish()  # lines held back by PUBLISH_AHEAD, before they leave `unstored`
-            del self.unstored[: last + 1 - self.unstored[0]["seq"]]
+            if batch:
+                self.stored = last
+                self._publish()  # lines held back by PUBLISH_AHEAD, before they leave `unstored`
+                del self.unstored[: last + 1 - self.unstored[0]["seq"]]
+            return result
 
     def _stop_process(self, grace: float) -> None:
         self._kill_group(signal.SIGTERM)
@@ -549,7 +558,8 @@ class Run:
             )
             return evs
 
-        evs = db.write(finish, cfg["DATABASE"])
+        # With the lines still pending: one transaction instead of a flush and then this.
+        evs = self._flush(finish)
         events.publish_all(evs)
         log.info(
             "attempt finished",
