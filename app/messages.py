@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flask import Blueprint, Response, current_app, g, request
-from pydantic import Field, RootModel, ValidationError
+from pydantic import Field, RootModel, TypeAdapter, ValidationError
 
 from app import db, events, msgconfig, ratelimit
 from app.agents import (
@@ -78,6 +78,11 @@ class SendIn(RootModel[MessageIn | BatchIn]):
     """One message, or {"messages": [...]} stored in one transaction."""
 
 
+# A whole batch in one call: half the cost of one model_validate per message.
+# When it fails, each message is validated alone to say which ones are bad and why.
+MESSAGES = TypeAdapter(list[MessageIn])
+
+
 class Problem(Exception):
     """One message of a send cannot be accepted; `reply` says whether to send not-understood."""
 
@@ -89,7 +94,7 @@ class Problem(Exception):
         self.reply = reply
 
 
-@dataclass
+@dataclass(slots=True)
 class Draft:
     """A validated message with its receivers resolved, ready to insert."""
 
@@ -302,12 +307,18 @@ def own_agent(agents: dict[str, Any]) -> str | None:
     return next(n for n, row in agents.items() if row["id"] == own)
 
 
-def prepare(raw: Any, agents: dict[str, Any], cfg: dict, mine: str | None) -> Draft:
-    """Validate one raw message and resolve its sender and receivers (`mine`: own_agent)."""
-    try:
-        msg = MessageIn.model_validate(raw)
-    except ValidationError as exc:
-        raise _classify(exc, raw) from None
+def prepare(
+    raw: Any, agents: dict[str, Any], cfg: dict, mine: str | None, msg: MessageIn | None = None
+) -> Draft:
+    """Validate one raw message and resolve its sender and receivers (`mine`: own_agent).
+
+    `msg` is `raw` already validated (MESSAGES), when the whole batch was.
+    """
+    if msg is None:
+        try:
+            msg = MessageIn.model_validate(raw)
+        except ValidationError as exc:
+            raise _classify(exc, raw) from None
     if mine is not None:
         if msg.sender not in (None, mine):
             raise ApiError(403, f"this key may send only as {mine!r}, not {msg.sender!r}")
@@ -410,7 +421,8 @@ def read_items() -> tuple[list[Any], bool]:
 
 def load_agents() -> dict[str, Any]:
     rows = db.query_all("SELECT id, name, state, capabilities, rate_tier, backend FROM agents")
-    return {r["name"]: r for r in rows}
+    # Plain dicts: prepare() reads them once or twice per message.
+    return {r["name"]: dict(r) for r in rows}
 
 
 @bp.post("/api/v1/messages")
@@ -425,9 +437,13 @@ def messages_send():
     drafts: list[Draft] = []
     problems: list[tuple[int, Any, Problem]] = []
     mine = own_agent(agents)
-    for index, raw in enumerate(items):
+    try:
+        msgs: list = MESSAGES.validate_python(items)
+    except ValidationError:
+        msgs = [None] * len(items)  # prepare validates each one and says what is wrong
+    for index, (raw, msg) in enumerate(zip(items, msgs, strict=True)):
         try:
-            drafts.append(prepare(raw, agents, cfg, mine))
+            drafts.append(prepare(raw, agents, cfg, mine, msg))
         except Problem as problem:
             problems.append((index, raw, problem))
     if problems:

@@ -302,3 +302,23 @@ def test_it_refuses_a_bad_rate_tier_setting(make_app):
 
     with pytest.raises(ConfigError):
         make_app(env={"AGENTED_RATE_TIERS": '{"x": {"fly": [1, 1]}}'})
+
+
+def test_it_answers_a_batch_exactly_as_json_would(client, alice):
+    from app.messages import compact, result_text
+
+    a = register(client, alice, "alpha")
+    register(client, alice, "beta")
+    register(client, alice, "gamma")
+    msgs = [
+        {"performative": "inform", "receiver": ["beta", "gamma"], "message_id": "m/1@x"},
+        {"performative": "inform", "receiver": "beta", "conversation_id": "c:1"},
+        {"performative": "inform", "receiver": ["beta", "gamma"], "message_id": "m/1@x"},
+    ]
+    resp = send_batch(client, a, msgs)
+    assert resp.status_code == 201
+    results = resp.get_json()["messages"]
+    assert [r["duplicate"] for r in results] == [False, False, True]
+    assert results[1]["conversation_id"] == "c:1"
+    for r in results:
+        assert json.loads(result_text(r)) == json.loads(compact(r))
