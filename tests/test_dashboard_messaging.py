@@ -384,3 +384,9 @@ def test_it_refuses_dead_letter_actions_without_the_csrf_token(app, client, dead
     resp = client.post("/messages/dead/1/replay", headers={"X-CSRF-Token": "wrong"})
     assert resp.status_code == 403
     assert {s for s, _r in dead_states(app).values()} == {"dead"}
+
+
+@pytest.mark.parametrize("path", ["/conversations", "/conversations/conv-1", "/messages/dead"])
+def test_it_sends_strangers_to_sign_in(client, path):
+    resp = client.get(path)
+    assert resp.status_code == 302 and resp.headers["Location"].startswith("/signin")
