@@ -9,6 +9,7 @@ import re
 import secrets
 import time
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -164,12 +165,27 @@ def branch_of(payload: dict) -> str | None:
     return None
 
 
+@lru_cache(maxsize=1024)
+def parsed(text: str) -> Any:
+    """Parse a trigger's stored JSON once per distinct text (callers only read the result).
+
+    Keyed by the text itself, so a changed trigger is parsed afresh: nothing to
+    invalidate, in this process or another.
+    """
+    return json.loads(text)
+
+
+@lru_cache(maxsize=1024)
+def filters_of(*texts: str) -> dict[str, Any]:
+    return {f: parsed(t) for f, t in zip(LIST_FIELDS, texts, strict=True)}
+
+
 def match(row, event: str | None, payload: Any) -> tuple[bool, str]:
     """Say whether a trigger wants this event, and why not when it does not."""
     if not row["enabled"]:
         return False, "the trigger is disabled"
     body = payload if isinstance(payload, dict) else {}
-    wanted = {f: json.loads(row[f]) for f in LIST_FIELDS}
+    wanted = filters_of(*(row[f] for f in LIST_FIELDS))
     if wanted["events"] and event not in wanted["events"]:
         return False, f"event {event!r} is not one of {wanted['events']}"
     action = body.get("action")
@@ -184,7 +200,7 @@ def match(row, event: str | None, payload: Any) -> tuple[bool, str]:
         branch = branch_of(body)
         if branch is None or not any(fnmatch.fnmatchcase(branch, b) for b in wanted["branches"]):
             return False, f"branch {branch!r} does not match {wanted['branches']}"
-    for path, expected in json.loads(row["match"]).items():
+    for path, expected in parsed(row["match"]).items():
         actual = dig(body, path)
         allowed = expected if isinstance(expected, list) else [expected]
         if actual not in allowed:
@@ -224,7 +240,7 @@ def plan(row, event: str | None, payload: Any, params: dict, delivery_id=None) -
         key = prompts.render(row["concurrency_key"], ctx, "warn").prompt.strip()[:200] or None
     return {
         "agent": row["agent"],
-        "selector": json.loads(row["selector"]),
+        "selector": list(parsed(row["selector"])),
         "prompt": rendered.prompt,
         "params": params,
         "flags": rendered.flags,

@@ -20,7 +20,7 @@ from app import crypto, db, events, prompts
 from app.api import newest_first, or_404
 from app.auth import requires
 from app.errors import ApiError
-from app.tasks import create_task, remember_key, seen_key, wake_scheduler
+from app.tasks import create_task, remember_key, wake_scheduler
 from app.triggers import match, plan
 
 bp = Blueprint("webhooks", __name__)
@@ -92,24 +92,30 @@ def accept(source: str, scope: str | None, key: str | None, plans: list, **deliv
 
     def store(conn):
         if key is not None:
-            seen = seen_key(conn, scope, key, cfg["DEDUPE_WINDOW_S"])
-            if seen is not None:
+            # One look-up for the common case, a new key; an expired one is replaced.
+            seen = conn.execute(
+                "SELECT * FROM dedupe_keys WHERE scope = ? AND key = ?", (scope, key)
+            ).fetchone()
+            if seen is not None and seen["created_at"] > time.time() - cfg["DEDUPE_WINDOW_S"]:
                 delivery_id = record_delivery(
                     conn, source=source, dedupe="duplicate", status=200, **delivery
                 )
                 return "duplicate", seen, delivery_id, [], []
-            conn.execute("DELETE FROM dedupe_keys WHERE scope = ? AND key = ?", (scope, key))
+            if seen is not None:
+                conn.execute("DELETE FROM dedupe_keys WHERE scope = ? AND key = ?", (scope, key))
         delivery_id = record_delivery(conn, source=source, dedupe="new", status=202, **delivery)
-        ids, evs = [], []
+        briefs, evs = [], []
         for fields in plans:
             task_id, event = create_task(conn, cfg, **(fields | {"delivery_id": delivery_id}))
-            ids.append(task_id)
+            # The answer describes the task as committed; no need to read it back.
+            brief = {"id": task_id, "state": "queued", "agent": fields.get("agent")}
+            briefs.append(brief | {"trigger_slug": fields.get("trigger_slug")})
             evs.append(event)
         if key is not None:
-            remember_key(conn, scope, key, digest, ids, delivery_id)
-        return "new", None, delivery_id, ids, evs
+            remember_key(conn, scope, key, digest, [b["id"] for b in briefs], delivery_id)
+        return "new", None, delivery_id, briefs, evs
 
-    verdict, seen, delivery_id, ids, evs = db.write(store)
+    verdict, seen, delivery_id, briefs, evs = db.write(store)
     if verdict == "duplicate":
         if seen["body_hash"] != digest:
             raise ApiError(409, "this delivery id was already used with a different body")
@@ -122,13 +128,13 @@ def accept(source: str, scope: str | None, key: str | None, plans: list, **deliv
             }
         ), 200
     events.publish_all(evs)
-    if ids:
+    if briefs:
         wake_scheduler()
     return jsonify(
         {
             "delivery_id": delivery_id,
             "duplicate": False,
-            "tasks": tasks_brief(ids),
+            "tasks": briefs,
             "verdicts": delivery.get("verdicts", []),
         }
     ), 202
