@@ -80,15 +80,18 @@ def expire(conn, receiver: str | None, t: float) -> list[dict]:
     ]
 
 
-# The leased message as JSON, built by SQLite in the UPDATE that leases it (no
-# Python object per row). The floats are added in Python (leased_text): SQLite's
-# JSON keeps 15 digits, and a client comparing timestamps needs all of them.
+# The leased message as JSON, built by SQLite in the UPDATE that leases it: no
+# Python object per row. SQLite's JSON writes a float with 15 digits; printf's
+# %!.17g keeps every digit (a client comparing timestamps needs them), and
+# json() passes that number through as it is. The last parameter is the lease's
+# end as JSON text. `content` is JSON this service wrote itself.
 LEASED = (
     "json_object('id', id, 'message_id', message_id, 'performative', performative,"
     " 'sender', sender, 'receiver', receiver, 'conversation_id', conversation_id,"
     " 'reply_with', reply_with, 'in_reply_to', in_reply_to, 'protocol', protocol,"
-    " 'deliveries', deliveries, 'state', 'leased', 'content', json(content)),"
-    " id, created_at, expires_at"
+    " 'created_at', json(printf('%!.17g', created_at)),"
+    " 'expires_at', json(printf('%!.17g', expires_at)), 'deliveries', deliveries,"
+    " 'state', 'leased', 'lease_expires_at', json(?), 'content', json(content)), id"
 )
 LEASE = (
     "UPDATE messages SET visible_at = ?, deliveries = deliveries + 1, delivered_at = ?"
@@ -112,7 +115,7 @@ def lease(
 ) -> dict:
     """Lease up to `limit` deliverable messages in order; return them, events, next wake-up.
 
-    `rows` holds (id, JSON text) pairs in id order. With `after` (an SSE
+    `rows` holds (JSON text, id) pairs in id order. With `after` (an SSE
     Last-Event-ID), messages above it that are still leased are leased again
     first: the connection that carried them may have died. `next_visible` is
     looked up only when nothing was leased (only a waiting poll needs it).
@@ -120,10 +123,12 @@ def lease(
     evs = expire(conn, receiver, t)
     until = t + visibility
     picked: list = []
+    end = repr(until)
     if after is not None:
-        picked = conn.execute(RELEASE, (until, t, receiver, after, t, limit)).fetchall()
+        picked = conn.execute(RELEASE, (until, t, receiver, after, t, limit, end)).fetchall()
     if len(picked) < limit:
-        picked += conn.execute(LEASE, (until, t, receiver, t, receiver, t, limit - len(picked)))
+        left = limit - len(picked)
+        picked += conn.execute(LEASE, (until, t, receiver, t, receiver, t, left, end))
     # RETURNING promises no order; the id order is the delivery order.
     picked.sort(key=itemgetter(1))
     nxt = None
@@ -133,16 +138,7 @@ def lease(
             " AND visible_at > ?",
             (receiver, t),
         ).fetchone()[0]
-    rows = [(row[1], leased_text(row, until)) for row in picked]
-    return {"rows": rows, "events": evs, "until": until, "next_visible": nxt}
-
-
-def leased_text(row, until: float) -> str:
-    """Finish a LEASED row: SQLite's JSON object plus the timestamps at full precision."""
-    return (
-        f'{row[0][:-1]},"created_at":{row[2]!r},"expires_at":{row[3]!r},'
-        f'"lease_expires_at":{until!r}}}'
-    )
+    return {"rows": picked, "events": evs, "until": until, "next_visible": nxt}
 
 
 def note_alive(conn, agent_id: int, t: float) -> list[dict]:
@@ -219,7 +215,7 @@ def mailbox_lease(name: str):
         if sub is not None:
             events.broker.unsubscribe(sub)
     # Built as text: a 1000-message answer is the hot path of every consumer.
-    body = '{"messages":[' + ",".join(text for _id, text in result["rows"]) + "]}"
+    body = '{"messages":[' + ",".join([text for text, _id in result["rows"]]) + "]}"
     return Response(body, mimetype="application/json")
 
 
@@ -308,7 +304,7 @@ def _stream(name, alive, sub, limit, visibility, after, max_s) -> Iterator[str]:
         while time.monotonic() < end and not stopping():
             result = lease_once(name, alive, limit, visibility, after)
             alive, after = None, None
-            for row_id, text in result["rows"]:
+            for text, row_id in result["rows"]:
                 yield f"id: {row_id}\nevent: message\ndata: {text}\n\n"
             if result["rows"]:
                 continue
