@@ -283,3 +283,17 @@ def test_it_ends_open_streams_soon_after_shutdown_begins(monkeypatch, app, echo)
         started = time.monotonic()
         assert list(stream) == []
         assert time.monotonic() - started < 0.5
+
+
+def test_it_shows_a_whole_short_log_whose_numbers_jumped_after_a_crash(app, viewer, echo):
+    task_id = add_task(app, state="succeeded", logs=["before the crash", "after the restart"])
+    conn = db.connect(app.config["DATABASE"])
+    with conn:  # recovery numbers the next attempt's lines past what was published
+        conn.execute(
+            "UPDATE task_logs SET seq = seq + 2500 WHERE task_id = ? AND seq = 2", (task_id,)
+        )
+        conn.execute("UPDATE tasks SET log_seq = 2502 WHERE id = ?", (task_id,))
+    conn.close()
+    html = viewer.get(f"/tasks/{task_id}").get_data(as_text=True)
+    assert "before the crash" in html and "after the restart" in html
+    assert "Showing the last lines only" not in html

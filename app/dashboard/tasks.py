@@ -137,10 +137,13 @@ def task_get(task_id: int):
     task = get_task(task_id)
     raw = request.args.get("raw") == "1"
     backend = agent_backend(task["agent"])
+    # The last LOG_PAGE lines by count, not by number: seq has gaps after a crash.
     lines = db.query_all(
-        "SELECT seq, stream, text FROM task_logs WHERE task_id = ? AND seq > ? ORDER BY seq",
-        (task_id, max(0, task["log_seq"] - LOG_PAGE)),
-    )
+        "SELECT seq, stream, text FROM task_logs WHERE task_id = ? ORDER BY seq DESC LIMIT ?",
+        (task_id, LOG_PAGE + 1),
+    )[::-1]
+    log_cut = len(lines) > LOG_PAGE
+    lines = lines[1:] if log_cut else lines
     delivery = None
     payload = None
     if task["delivery_id"]:
@@ -158,7 +161,7 @@ def task_get(task_id: int):
         "tasks/detail.html",
         **head_context(task),
         log_html=Markup("".join(line_html(backend, r, raw) for r in lines)),
-        log_cut=task["log_seq"] > LOG_PAGE,
+        log_cut=log_cut,
         last_seq=lines[-1]["seq"] if lines else task["log_seq"],
         finished=task["state"] in FINISHED,
         params=json.loads(task["params"]),
