@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from dotenv import load_dotenv
+from gunicorn.glogging import Logger
 
 from app import config as app_config  # "config" is a gunicorn setting name
 
@@ -40,6 +41,22 @@ timeout = 60
 keepalive = 5
 # The app logs one JSON line per request itself (with request id and key id).
 accesslog = None
+
+
+class AppLogsRequests(Logger):
+    """Gunicorn's logger without its access log, which the app replaces.
+
+    With logconfig_dict set, gunicorn builds every request's access-log fields
+    even though its access logger drops them (issue 4).
+    """
+
+    access_log_enabled = False
+
+    def access(self, resp, req, environ, request_time):
+        pass
+
+
+logger_class = AppLogsRequests
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,

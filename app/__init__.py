@@ -9,6 +9,8 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
@@ -21,6 +23,22 @@ class SqliteInt(IntegerConverter):
     def __init__(self, url_map, *args, **kwargs) -> None:
         kwargs.setdefault("max", 2**63 - 1)
         super().__init__(url_map, *args, **kwargs)
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, with its serializer built once per secret key.
+
+    Flask opens the session on every request, and building the serializer was
+    most of that cost even for requests that carry no cookie (issue 4).
+    """
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        cached = app.extensions.get("agented.session_serializer")
+        secret = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        if cached is None or cached[0] != secret:
+            cached = (secret, super().get_signing_serializer(app))
+            app.extensions["agented.session_serializer"] = cached
+        return cached[1]
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -49,6 +67,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     # Ids beyond SQLite's 64-bit integers cannot exist: answer 404, not an overflow.
     app.url_map.converters["int"] = SqliteInt
+    app.session_interface = SessionInterface()
 
     from app import telemetry
 
