@@ -464,7 +464,11 @@ def messages_send():
         cost[d.sender] += len(d.receivers)
     for sender, n in cost.items():
         ratelimit.take(sender, agents[sender]["rate_tier"], "send", n)
-    results, evs = db.write(lambda conn: store(conn, drafts, cfg, time.time()))
+    t = time.time()
+    plan = Plan(drafts, cfg, t, {})
+    plan, evs = db.write(lambda conn: store(conn, drafts, cfg, t, plan))
+    plan.number()  # out of the write: the writer's time is everyone's
+    results = plan.results
     events.publish_all(evs)
     after_send(results, drafts)
     status = 200 if all(r["duplicate"] for r in results) else 201
@@ -537,29 +541,99 @@ def duplicate_of(seen: dict, found: dict, index: int, d: Draft) -> dict | None:
     }
 
 
-def store(conn, drafts: list[Draft], cfg: dict, t: float) -> tuple[list[dict], list[dict]]:
-    """Insert every draft's rows or none (raises ApiError); return results and events."""
-    rows: list[tuple] = []
-    results: list[dict] = []
-    seen: dict[tuple[str, str], tuple[str, int]] = {}
-    found = previous_sends(conn, drafts)
-    per_receiver: dict[str, int] = defaultdict(int)
-    max_deliveries = cfg["MESSAGE_MAX_DELIVERIES"]
-    make_id = id_maker()
-    for index, d in enumerate(drafts):
-        m = d.msg
-        if m.message_id is not None:
-            dup = duplicate_of(seen, found, index, d)
-            if dup is not None:
-                results.append(dup)
+class Plan:
+    """A send's mailbox rows (INSERT's order) and its results, ids filled in after the insert."""
+
+    __slots__ = ("rows", "results", "spans", "first_id", "numbered")
+
+    def __init__(self, drafts: list[Draft], cfg: dict, t: float, found: dict) -> None:
+        """Build every row in Python, before the write (the writer thread runs only SQL).
+
+        `found` holds earlier sends of the drafts' message_ids (previous_sends):
+        those drafts, and repeats inside the batch, become duplicates.
+        """
+        rows: list[tuple] = []
+        results: list[dict] = []
+        seen: dict[tuple[str, str], tuple[str, int]] = {}
+        # receiver -> [deliveries, first row, last row]: the wake-up events need no more.
+        spans: dict[str, list[int]] = {}
+        max_deliveries = cfg["MESSAGE_MAX_DELIVERIES"]
+        make_id = id_maker()
+        for index, d in enumerate(drafts):
+            m = d.msg
+            if m.message_id is not None:
+                dup = duplicate_of(seen, found, index, d)
+                if dup is not None:
+                    results.append(dup)
+                    continue
+            conversation = m.conversation_id or make_id()
+            message_id = m.message_id or make_id()
+            for name in d.receivers:
+                span = spans.get(name)
+                if span is None:
+                    spans[name] = [1, len(rows), len(rows)]
+                else:
+                    span[0] += 1
+                    span[2] = len(rows)
+                # row_tuple's column order, inline: this loop runs once per delivery.
+                rows.append((
+                    message_id, d.sender, name, m.performative, conversation, m.reply_with,
+                    m.in_reply_to, m.protocol, d.content, d.digest, t, max_deliveries, d.ttl,
+                    t + d.ttl, t,
+                ))  # fmt: skip
+            results.append(
+                {
+                    "message_id": message_id,
+                    "conversation_id": conversation,
+                    "duplicate": False,
+                    "deliveries": d.receivers,  # names until the ids are known
+                }
+            )
+        self.rows, self.results, self.spans = rows, results, spans
+        self.first_id = 0  # the first row's id, once inserted
+        self.numbered = False
+
+    def number(self) -> None:
+        """Give each fresh result's deliveries their ids (rows were inserted in order)."""
+        if self.numbered:
+            return
+        self.numbered = True
+        next_id = self.first_id
+        results = self.results
+        for result in results:
+            if result["duplicate"]:
                 continue
-        conversation = m.conversation_id or make_id()
+            deliveries = []
+            for name in result["deliveries"]:
+                deliveries.append({"id": next_id, "receiver": name})
+                next_id += 1
+            result["deliveries"] = deliveries
+        for result in results:
+            if "same_as" in result:
+                first = results[result.pop("same_as")]
+                result.update(
+                    conversation_id=first["conversation_id"], deliveries=first["deliveries"]
+                )
+
+
+def store(conn, drafts: list[Draft], cfg: dict, t: float, plan: Plan) -> tuple[Plan, list[dict]]:
+    """Insert every draft's rows or none (raises ApiError); return the plan and the events.
+
+    `plan` was built before the write on the guess that no message_id was used
+    before; when one was, it is built again here with what the database holds.
+    """
+    found = previous_sends(conn, drafts)
+    if found:
+        plan = Plan(drafts, cfg, t, found)
+    for index, (d, result) in enumerate(zip(drafts, plan.results, strict=True)):
         for name in d.draining:
+            if result["duplicate"]:
+                break
             # A draining agent finishes the conversations it is in and starts no new one.
             if not conn.execute(
                 "SELECT 1 FROM messages WHERE conversation_id = ?"
                 " AND (receiver = ? OR sender = ?) LIMIT 1",
-                (conversation, name, name),
+                (result["conversation_id"], name, name),
             ).fetchone():
                 raise ApiError(
                     409,
@@ -567,24 +641,7 @@ def store(conn, drafts: list[Draft], cfg: dict, t: float) -> tuple[list[dict], l
                     code="receiver_draining",
                     details={"index": index, "receiver": name},
                 )
-        message_id = m.message_id or make_id()
-        for name in d.receivers:
-            per_receiver[name] += 1
-            # row_tuple's column order, inline: this loop runs once per delivery.
-            rows.append((
-                message_id, d.sender, name, m.performative, conversation, m.reply_with,
-                m.in_reply_to, m.protocol, d.content, d.digest, t, max_deliveries, d.ttl,
-                t + d.ttl, t,
-            ))  # fmt: skip
-        results.append(
-            {
-                "message_id": message_id,
-                "conversation_id": conversation,
-                "duplicate": False,
-                "deliveries": d.receivers,  # names until the ids are known
-            }
-        )
-    for name, n in per_receiver.items():
+    for name, (n, _first, _last) in plan.spans.items():
         if mailbox_full(conn, name, n, cfg["MAILBOX_MAX"]):
             raise ApiError(
                 429,
@@ -593,29 +650,26 @@ def store(conn, drafts: list[Draft], cfg: dict, t: float) -> tuple[list[dict], l
                 details={"receiver": name, "limit": cfg["MAILBOX_MAX"]},
                 headers={"Retry-After": "5"},
             )
-    ids = insert_rows(conn, rows)
-    next_id = ids[0] if ids else 0
-    by_receiver: dict[str, list[int]] = defaultdict(list)
-    evs: list[dict] = []
-    for result, d in zip(results, drafts, strict=True):
-        if result["duplicate"]:
-            continue
-        deliveries = []
-        for name in result["deliveries"]:
-            deliveries.append({"id": next_id, "receiver": name})
-            by_receiver[name].append(next_id)
-            next_id += 1
-        result["deliveries"] = deliveries
-        if d.task_plan is not None:
-            from app import delegation
+    ids = insert_rows(conn, plan.rows)
+    first_id = plan.first_id = ids[0] if ids else 0
+    evs = [
+        events.record(
+            conn,
+            "message.sent",
+            f"agent:{name}",
+            {"receiver": name, "count": n, "first_id": first_id + a, "last_id": first_id + b},
+        )
+        for name, (n, a, b) in plan.spans.items()
+    ]
+    if any(d.task_plan for d in drafts):
+        from app import delegation
 
-            row_id = deliveries[0]["id"]
-            evs += delegation.begin(conn, cfg, row_id, d, result["conversation_id"], t)
-    for result in results:
-        if "same_as" in result:
-            first = results[result.pop("same_as")]
-            result.update(conversation_id=first["conversation_id"], deliveries=first["deliveries"])
-    return results, wake_events(conn, by_receiver) + evs
+        plan.number()
+        for d, result in zip(drafts, plan.results, strict=True):
+            if d.task_plan is not None and not result["duplicate"]:
+                row_id = result["deliveries"][0]["id"]
+                evs += delegation.begin(conn, cfg, row_id, d, result["conversation_id"], t)
+    return plan, evs
 
 
 def after_send(results: list[dict], drafts: list[Draft]) -> None:

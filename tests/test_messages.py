@@ -322,3 +322,19 @@ def test_it_answers_a_batch_exactly_as_json_would(client, alice):
     assert results[1]["conversation_id"] == "c:1"
     for r in results:
         assert json.loads(result_text(r)) == json.loads(compact(r))
+
+
+def test_it_answers_a_retried_batch_with_the_first_sends(client, alice):
+    a = register(client, alice, "alpha")
+    b = register(client, alice, "beta")
+    msg = {"performative": "inform", "receiver": "beta", "content": 1, "message_id": "again"}
+    first = send_batch(client, a, [msg, {"performative": "inform", "receiver": "beta"}])
+    assert first.status_code == 201
+    resp = send_batch(client, a, [msg, msg])
+    assert resp.status_code == 200
+    one, two = resp.get_json()["messages"]
+    want = first.get_json()["messages"][0]["deliveries"]
+    assert one["duplicate"] and two["duplicate"]
+    assert one["deliveries"] == two["deliveries"] == want
+    assert two["conversation_id"] == first.get_json()["messages"][0]["conversation_id"]
+    assert len(lease(client, b, "beta", limit=10)) == 2
