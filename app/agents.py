@@ -124,6 +124,92 @@ def check_registry_fields(data: dict) -> None:
         raise ApiError(422, f"unknown rate tier {tier!r}; known tiers: {known}")
 
 
+def register_agent(body: dict) -> tuple[int, str] | None:
+    """Check and insert a parsed AgentIn; return an external agent's new key (id, raw)."""
+    if body["name"] in RESERVED_NAMES:
+        raise ApiError(422, f"the name {body['name']!r} is reserved")
+    check_runnable(body)
+    check_registry_fields(body)
+    body = dict(body)
+    secrets_enc = crypto.encrypt(body.pop("secrets")) if body["secrets"] else None
+    t = time.time()
+    external = body["backend"] == "external"
+
+    def insert(conn):
+        if conn.execute("SELECT 1 FROM agents WHERE name = ?", (body["name"],)).fetchone():
+            raise ApiError(409, f"an agent named {body['name']!r} exists")
+        cur = conn.execute(
+            "INSERT INTO agents (name, backend, model, command, flags, workdir_policy,"
+            " repository, env_allow, secrets_enc, capabilities, concurrency, enabled,"
+            " metadata, rate_tier, state_changed_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                body["name"], body["backend"], body["model"], json.dumps(body["command"]),
+                json.dumps(body["flags"]), body["workdir_policy"], body["repository"],
+                json.dumps(body["env_allow"]), secrets_enc, json.dumps(body["capabilities"]),
+                body["concurrency"], int(body["enabled"]), json.dumps(body["metadata"]),
+                body["rate_tier"], t, t, t,
+            ),
+        )  # fmt: skip
+        ev = events.record(
+            conn, "agent.registered", f"agent:{body['name']}", {"agent": body["name"]}
+        )
+        key = new_agent_key(conn, cur.lastrowid, body["name"]) if external else None
+        return key, ev
+
+    key, ev = db.write(insert)
+    events.publish_all([ev])
+    return key
+
+
+def update_agent(row, changes: dict) -> None:
+    """Check and store a parsed AgentPatch (fields left out keep their value)."""
+    nulls = sorted(k for k, v in changes.items() if v is None and k not in NULLABLE)
+    if nulls:
+        details = [{"field": k, "message": "cannot be null"} for k in nulls]
+        raise ApiError(422, "the body does not match the schema", details=details)
+    merged = agent_json(row) | {k: v for k, v in changes.items() if k != "secrets"}
+    check_runnable(merged)
+    check_registry_fields(changes)
+    values: dict[str, Any] = {}
+    for field, value in changes.items():
+        if field == "secrets":
+            values["secrets_enc"] = crypto.encrypt(value) if value else None
+        elif field in JSON_FIELDS:
+            values[field] = json.dumps(value)
+        elif field == "enabled":
+            values[field] = int(bool(value))
+        elif field == "rate_tier" and value is None:
+            raise ApiError(422, "rate_tier cannot be null")
+        else:
+            values[field] = value
+    if values:
+        values["updated_at"] = time.time()
+        # Column names come from the pydantic model's fields, never from input.
+        assignments = ", ".join(f"{col} = ?" for col in values)
+        db.write(
+            lambda conn: conn.execute(
+                f"UPDATE agents SET {assignments} WHERE id = ?", (*values.values(), row["id"])
+            )
+        )
+
+
+def delete_agent(row) -> None:
+    """Delete the agent and (by cascade) its keys; its unread messages become dead letters."""
+    t = time.time()
+
+    def delete(conn):
+        conn.execute(
+            "UPDATE messages SET state = 'dead', dead_reason = 'receiver_gone',"
+            " dead_detail = 'the agent was deleted', dead_at = ?"
+            " WHERE receiver = ? AND state = 'queued'",
+            (t, row["name"]),
+        )
+        conn.execute("DELETE FROM agents WHERE id = ?", (row["id"],))
+
+    db.write(delete)
+
+
 def get_agent(name: str):
     return or_404(db.query_one("SELECT * FROM agents WHERE name = ?", (name,)), "agent")
 
@@ -286,38 +372,7 @@ def agents_create():
         raise ApiError(403, "registering a local agent needs the operator role")
     if body["rate_tier"] != "standard" and not allows(g.key, "operator"):
         raise ApiError(403, "choosing a rate tier needs the operator role")
-    if body["name"] in RESERVED_NAMES:
-        raise ApiError(422, f"the name {body['name']!r} is reserved")
-    check_runnable(body)
-    check_registry_fields(body)
-    secrets_enc = crypto.encrypt(body.pop("secrets")) if body["secrets"] else None
-    t = time.time()
-    external = body["backend"] == "external"
-
-    def insert(conn):
-        if conn.execute("SELECT 1 FROM agents WHERE name = ?", (body["name"],)).fetchone():
-            raise ApiError(409, f"an agent named {body['name']!r} exists")
-        cur = conn.execute(
-            "INSERT INTO agents (name, backend, model, command, flags, workdir_policy,"
-            " repository, env_allow, secrets_enc, capabilities, concurrency, enabled,"
-            " metadata, rate_tier, state_changed_at, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                body["name"], body["backend"], body["model"], json.dumps(body["command"]),
-                json.dumps(body["flags"]), body["workdir_policy"], body["repository"],
-                json.dumps(body["env_allow"]), secrets_enc, json.dumps(body["capabilities"]),
-                body["concurrency"], int(body["enabled"]), json.dumps(body["metadata"]),
-                body["rate_tier"], t, t, t,
-            ),
-        )  # fmt: skip
-        ev = events.record(
-            conn, "agent.registered", f"agent:{body['name']}", {"agent": body["name"]}
-        )
-        key = new_agent_key(conn, cur.lastrowid, body["name"]) if external else None
-        return key, ev
-
-    key, ev = db.write(insert)
-    events.publish_all([ev])
+    key = register_agent(body)
     data = agent_json(get_agent(body["name"]))
     if key is not None:
         data["key"] = key[1]
@@ -344,34 +399,7 @@ def agents_update(name: str):
     """Change an agent's settings; fields left out keep their value."""
     row = get_agent(name)
     changes = parse_body(AgentPatch).model_dump(exclude_unset=True)
-    nulls = sorted(k for k, v in changes.items() if v is None and k not in NULLABLE)
-    if nulls:
-        details = [{"field": k, "message": "cannot be null"} for k in nulls]
-        raise ApiError(422, "the body does not match the schema", details=details)
-    merged = agent_json(row) | {k: v for k, v in changes.items() if k != "secrets"}
-    check_runnable(merged)
-    check_registry_fields(changes)
-    values: dict[str, Any] = {}
-    for field, value in changes.items():
-        if field == "secrets":
-            values["secrets_enc"] = crypto.encrypt(value) if value else None
-        elif field in JSON_FIELDS:
-            values[field] = json.dumps(value)
-        elif field == "enabled":
-            values[field] = int(bool(value))
-        elif field == "rate_tier" and value is None:
-            raise ApiError(422, "rate_tier cannot be null")
-        else:
-            values[field] = value
-    if values:
-        values["updated_at"] = time.time()
-        # Column names come from the pydantic model's fields, never from input.
-        assignments = ", ".join(f"{col} = ?" for col in values)
-        db.write(
-            lambda conn: conn.execute(
-                f"UPDATE agents SET {assignments} WHERE id = ?", (*values.values(), row["id"])
-            )
-        )
+    update_agent(row, changes)
     return jsonify(agent_json(get_agent(name)))
 
 
@@ -379,19 +407,7 @@ def agents_update(name: str):
 @requires("operator")
 def agents_delete(name: str):
     """Delete an agent (its keys go with it); its unread messages become dead letters."""
-    row = get_agent(name)
-    t = time.time()
-
-    def delete(conn):
-        conn.execute(
-            "UPDATE messages SET state = 'dead', dead_reason = 'receiver_gone',"
-            " dead_detail = 'the agent was deleted', dead_at = ?"
-            " WHERE receiver = ? AND state = 'queued'",
-            (t, name),
-        )
-        conn.execute("DELETE FROM agents WHERE id = ?", (row["id"],))
-
-    db.write(delete)
+    delete_agent(get_agent(name))
     return "", 204
 
 
