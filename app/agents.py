@@ -459,7 +459,12 @@ def agents_heartbeat(name: str):
 
 
 def _lifecycle(name: str, action: str):
-    row = acting_as(name, need="operator")
+    change_state(acting_as(name, need="operator"), action)
+    return jsonify(agent_json(get_agent(name)))
+
+
+def change_state(row, action: str) -> None:
+    """Start, drain or stop the agent; 409 when its current state does not allow it."""
     t = time.time()
 
     def change(conn):
@@ -476,7 +481,6 @@ def _lifecycle(name: str, action: str):
     ev = db.write(change)
     if ev is not None:
         events.publish_all([ev])
-    return jsonify(agent_json(get_agent(name)))
 
 
 @bp.post("/api/v1/agents/<name>/start")
