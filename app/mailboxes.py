@@ -9,10 +9,10 @@ conversation is leased and unacked, later ones of that conversation wait.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
-from operator import itemgetter
 
 from flask import Blueprint, Flask, Response, current_app, request, stream_with_context
 from pydantic import Field
@@ -80,65 +80,82 @@ def expire(conn, receiver: str | None, t: float) -> list[dict]:
     ]
 
 
-# The leased message as JSON, built by SQLite in the UPDATE that leases it: no
-# Python object per row. SQLite's JSON writes a float with 15 digits; printf's
-# %!.17g keeps every digit (a client comparing timestamps needs them), and
-# json() passes that number through as it is. The last parameter is the lease's
-# end as JSON text. `content` is JSON this service wrote itself.
+# The leased message as JSON, built by SQLite: no Python object per message.
+# SQLite's JSON writes a float with 15 digits; printf's %!.17g keeps every digit
+# (a client comparing timestamps needs them), and json() passes that number
+# through as it is. The parameter is the lease's end as JSON text. `content` is
+# JSON this service wrote itself.
 LEASED = (
     "json_object('id', id, 'message_id', message_id, 'performative', performative,"
     " 'sender', sender, 'receiver', receiver, 'conversation_id', conversation_id,"
     " 'reply_with', reply_with, 'in_reply_to', in_reply_to, 'protocol', protocol,"
     " 'created_at', json(printf('%!.17g', created_at)),"
     " 'expires_at', json(printf('%!.17g', expires_at)), 'deliveries', deliveries,"
-    " 'state', 'leased', 'lease_expires_at', json(?), 'content', json(content)), id"
+    " 'state', 'leased', 'lease_expires_at', json(?), 'content', json(content))"
 )
-LEASE = (
-    "UPDATE messages SET visible_at = ?, deliveries = deliveries + 1, delivered_at = ?"
-    " WHERE id IN (SELECT id FROM messages WHERE receiver = ? AND state = 'queued'"
-    " AND visible_at <= ?"
-    # An earlier message of the same conversation still in flight holds back the later
-    # ones. The list is built once, before any row changes (an uncorrelated subquery).
+# Which messages to lease, as a JSON array of ids. An earlier message of the same
+# conversation still in flight holds back the later ones.
+PICK = (
+    "SELECT json_group_array(id) FROM (SELECT id FROM messages"
+    " WHERE receiver = ? AND state = 'queued' AND visible_at <= ?"
     " AND conversation_id NOT IN (SELECT conversation_id FROM messages"
     "   WHERE receiver = ? AND state = 'queued' AND visible_at > ?)"
-    f" ORDER BY id LIMIT ?) RETURNING {LEASED}"
+    " ORDER BY id LIMIT ?)"
 )
-RELEASE = (
-    "UPDATE messages SET visible_at = ?, deliveries = deliveries + 1, delivered_at = ?"
-    " WHERE id IN (SELECT id FROM messages WHERE receiver = ? AND state = 'queued' AND id > ?"
-    f" AND visible_at > ? AND deliveries > 0 ORDER BY id LIMIT ?) RETURNING {LEASED}"
+# Still leased above an SSE Last-Event-ID: the connection that carried them may have died.
+PICK_AGAIN = (
+    "SELECT json_group_array(id) FROM (SELECT id FROM messages WHERE receiver = ?"
+    " AND state = 'queued' AND id > ? AND visible_at > ? AND deliveries > 0 ORDER BY id LIMIT ?)"
 )
+IDS = "SELECT value FROM json_each(?)"
 
 
 def lease(
-    conn, receiver: str, limit: int, visibility: float, t: float, after: int | None = None
+    conn,
+    receiver: str,
+    limit: int,
+    visibility: float,
+    t: float,
+    after: int | None = None,
+    rows: bool = False,
 ) -> dict:
     """Lease up to `limit` deliverable messages in order; return them, events, next wake-up.
 
-    `rows` holds (JSON text, id) pairs in id order. With `after` (an SSE
-    Last-Event-ID), messages above it that are still leased are leased again
-    first: the connection that carried them may have died. `next_visible` is
-    looked up only when nothing was leased (only a waiting poll needs it).
+    `text` is the leased messages as JSON objects joined by commas; with
+    `rows`, `rows` holds them as (JSON text, id) pairs instead (the SSE stream,
+    which may pass `after`, its Last-Event-ID). Each step is one statement over a JSON array of ids:
+    a statement per message, or a fetch per RETURNING row, costs several times
+    more. `next_visible` is looked up only when nothing was leased (only a
+    waiting poll needs it).
     """
     evs = expire(conn, receiver, t)
     until = t + visibility
-    picked: list = []
-    end = repr(until)
+    ids = conn.execute(PICK, (receiver, t, receiver, t, limit)).fetchone()[0]
     if after is not None:
-        picked = conn.execute(RELEASE, (until, t, receiver, after, t, limit, end)).fetchall()
-    if len(picked) < limit:
-        left = limit - len(picked)
-        picked += conn.execute(LEASE, (until, t, receiver, t, receiver, t, left, end))
-    # RETURNING promises no order; the id order is the delivery order.
-    picked.sort(key=itemgetter(1))
-    nxt = None
-    if not picked:
-        nxt = conn.execute(
+        again = json.loads(conn.execute(PICK_AGAIN, (receiver, after, t, limit)).fetchone()[0])
+        ids = compact((again + json.loads(ids))[:limit])
+    result = {"text": "", "rows": [], "count": 0, "events": evs, "until": until}
+    result["next_visible"] = None
+    if ids == "[]":
+        result["next_visible"] = conn.execute(
             "SELECT min(visible_at) FROM messages WHERE receiver = ? AND state = 'queued'"
             " AND visible_at > ?",
             (receiver, t),
         ).fetchone()[0]
-    return {"rows": picked, "events": evs, "until": until, "next_visible": nxt}
+        return result
+    result["count"] = conn.execute(
+        "UPDATE messages SET visible_at = ?, deliveries = deliveries + 1, delivered_at = ?"
+        f" WHERE id IN ({IDS})",
+        (until, t, ids),
+    ).rowcount
+    # The rows come in id order (the delivery order): the IN list is walked sorted.
+    inner = f"SELECT {LEASED} AS j, id FROM messages WHERE id IN ({IDS}) ORDER BY id"
+    if not rows:
+        sql = f"SELECT group_concat(j, ',') FROM ({inner})"
+        result["text"] = conn.execute(sql, (repr(until), ids)).fetchone()[0]
+    else:
+        result["rows"] = conn.execute(inner, (repr(until), ids)).fetchall()
+    return result
 
 
 def note_alive(conn, agent_id: int, t: float) -> list[dict]:
@@ -153,10 +170,12 @@ def note_alive(conn, agent_id: int, t: float) -> list[dict]:
     return []
 
 
-def lease_once(name: str, agent_id: int | None, limit: int, visibility: float, after=None):
+def lease_once(
+    name: str, agent_id: int | None, limit: int, visibility: float, after=None, rows=False
+):
     def job(conn):
         t = time.time()
-        result = lease(conn, name, limit, visibility, t, after)
+        result = lease(conn, name, limit, visibility, t, after, rows)
         if agent_id is not None:
             result["events"] += note_alive(conn, agent_id, t)
         return result
@@ -200,7 +219,7 @@ def mailbox_lease(name: str):
             result = lease_once(name, alive, limit, visibility)
             alive = None
             left = deadline - time.monotonic()
-            if result["rows"] or left <= 0 or sub is None:
+            if result["count"] or left <= 0 or sub is None:
                 break
             nxt = result["next_visible"]
             if nxt is not None:
@@ -215,7 +234,7 @@ def mailbox_lease(name: str):
         if sub is not None:
             events.broker.unsubscribe(sub)
     # Built as text: a 1000-message answer is the hot path of every consumer.
-    body = '{"messages":[' + ",".join([text for text, _id in result["rows"]]) + "]}"
+    body = '{"messages":[' + result["text"] + "]}"
     return Response(body, mimetype="application/json")
 
 
@@ -302,7 +321,7 @@ def _stream(name, alive, sub, limit, visibility, after, max_s) -> Iterator[str]:
     try:
         yield "retry: 2000\n\n"
         while time.monotonic() < end and not stopping():
-            result = lease_once(name, alive, limit, visibility, after)
+            result = lease_once(name, alive, limit, visibility, after, rows=True)
             alive, after = None, None
             for text, row_id in result["rows"]:
                 yield f"id: {row_id}\nevent: message\ndata: {text}\n\n"
