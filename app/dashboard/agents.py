@@ -1,17 +1,45 @@
-"""Agents: lifecycle state, heartbeat age, mailbox depth, concurrency, and the CLI health panel."""
+"""Agents: the list (state, heartbeat, mailbox, load), create and edit forms, CLI health.
+
+The forms check input with the API's own model and helpers (app/agents.py), so a
+person and a script get the same rules, and store it through the same writes.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from typing import Any
 
-from flask import current_app, render_template
+from flask import current_app, render_template, request, url_for
 
 from app import db
+from app.agents import (
+    TAKES_NEW_WORK,
+    TARGET,
+    TRANSITIONS,
+    AgentIn,
+    AgentPatch,
+    agent_json,
+    agent_secrets,
+    change_state,
+    delete_agent,
+    get_agent,
+    register_agent,
+    update_agent,
+)
+from app.api import validate
 from app.auth import requires
 from app.dashboard import bp, clihealth
 from app.dashboard.common import done, is_htmx
+from app.errors import ApiError
 from app.tasks import ACTIVE
+
+# External agents run elsewhere and get a one-time key: the API or `agented agent register`.
+LOCAL_BACKENDS = ("claude", "codex", "gemini", "opencode", "shell")
+LINE_FIELDS = ("command", "flags")  # argv items: one per line, never split on spaces
+TAG_FIELDS = ("env_allow", "capabilities")  # names: commas or spaces between them
+TEXT_FIELDS = ("name", "backend", "model", "workdir_policy", "repository", "concurrency")
 
 
 def mailbox_depths(now: float) -> dict[str, dict[str, int]]:
@@ -98,3 +126,242 @@ def agents_cli_post():
     if is_htmx():
         return render_template("agents/_cli.html", **cli_context())
     return done("Checking the CLIs again; the panel updates when done.", "/agents")
+
+
+# --- the form ---------------------------------------------------------------------------
+
+
+def blank_form() -> dict[str, Any]:
+    return {
+        "name": "", "backend": "claude", "model": "", "command": "", "flags": "",
+        "workdir_policy": "fresh", "repository": "", "env_allow": "", "capabilities": "",
+        "concurrency": "5", "enabled": True, "new_secrets": ["", ""],
+    }  # fmt: skip
+
+
+def form_of(row) -> dict[str, Any]:
+    """A stored agent as the form's text fields (secret values stay out)."""
+    data = agent_json(row)
+    form = {k: "" if data[k] is None else str(data[k]) for k in TEXT_FIELDS}
+    for field in LINE_FIELDS:
+        form[field] = "\n".join(data[field])
+    for field in TAG_FIELDS:
+        form[field] = ", ".join(data[field])
+    form["enabled"] = data["enabled"]
+    form["new_secrets"] = ["", ""]
+    return form
+
+
+def read_secrets(existing: dict[str, str], errors: dict[str, str]) -> tuple[list[str], dict]:
+    """Merge the form's secret rows into `existing`: a blank value keeps the old one.
+
+    Returns the new rows' names (to show again on an error; values are never
+    sent back to the page) and the agent's secrets after the change.
+    """
+    f = request.form
+    remove = set(f.getlist("secret_remove"))
+    merged = {k: v for k, v in existing.items() if k not in remove}
+    typed = []
+    for name, value in zip(f.getlist("secret_name"), f.getlist("secret_value"), strict=False):
+        name = name.strip()
+        if name in existing:
+            if value and name not in remove:
+                merged[name] = value
+            continue
+        typed.append(name)
+        if not name and value:
+            errors.setdefault("secrets", "Name each secret (its environment variable).")
+        elif name and not value:
+            errors.setdefault("secrets", f"Enter a value for the new secret {name}.")
+        elif name:
+            merged[name] = value
+    return [*typed, "", ""][: max(2, len(typed))], merged
+
+
+def read_form(row=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Return (the form as typed, the data for AgentIn or AgentPatch, field errors)."""
+    f = request.form
+    form: dict[str, Any] = {k: f.get(k, "").strip() for k in TEXT_FIELDS}
+    for field in (*LINE_FIELDS, *TAG_FIELDS):
+        form[field] = f.get(field, "")
+    form["enabled"] = f.get("enabled") == "on"
+    errors: dict[str, str] = {}
+    if row is not None:  # the name and backend never change
+        form["name"], form["backend"] = row["name"], row["backend"]
+    elif form["backend"] not in LOCAL_BACKENDS:
+        errors["backend"] = f"Choose one of {', '.join(LOCAL_BACKENDS)}."
+    existing = agent_secrets(row) if row is not None else {}
+    form["new_secrets"], secrets = read_secrets(existing, errors)
+    data: dict[str, Any] = {
+        "model": form["model"] or None,
+        "workdir_policy": form["workdir_policy"] or "fresh",
+        "repository": form["repository"] or None,
+        "enabled": form["enabled"],
+    }
+    for field in LINE_FIELDS:
+        data[field] = [line.strip() for line in form[field].splitlines() if line.strip()]
+    for field in TAG_FIELDS:
+        data[field] = [item for item in re.split(r"[,\s]+", form[field]) if item]
+    try:
+        data["concurrency"] = int(form["concurrency"] or "5")
+    except ValueError:
+        errors["concurrency"] = "Enter a whole number."
+    if row is None:
+        data.update(name=form["name"], backend=form["backend"], secrets=secrets)
+    elif secrets != existing:
+        data["secrets"] = secrets  # only when changed: PATCH replaces them all
+    return form, data, errors
+
+
+# The API's check messages name the field they are about; route each to its input.
+FIELD_HINTS = (("reserved", "name"), ("exists", "name"), ("unknown backend", "backend"),
+               ("repository", "repository"), ("flag", "flags"), ("command", "command"),
+               ("capability", "capabilities"), ("secret", "secrets"))  # fmt: skip
+
+
+def checked(model: type[AgentIn] | type[AgentPatch], data: dict, store, errors: dict) -> bool:
+    """Validate `data` with the API's model and store it with `store`; fill `errors` if not."""
+    if errors:
+        return False
+    try:
+        store(validate(model, data).model_dump(exclude_unset=model is AgentPatch))
+    except ApiError as exc:
+        for item in exc.details or []:
+            field = str(item["field"]).split(".")[0] or "form"
+            errors.setdefault(field, item["message"].removeprefix("Value error, "))
+        if not exc.details:
+            field = next((f for word, f in FIELD_HINTS if word in exc.message), "form")
+            errors[field] = exc.message[:1].upper() + exc.message[1:]
+        return False
+    return True
+
+
+def impact(row) -> dict[str, int]:
+    """What deleting the agent touches: its waiting work, its mailbox and its keys."""
+    name = row["name"]
+    return {
+        "queued": db.query_one(
+            "SELECT count(*) FROM tasks WHERE agent = ? AND state = 'queued'", (name,)
+        )[0],
+        "active": db.query_one(
+            f"SELECT count(*) FROM tasks WHERE agent = ? AND state IN {ACTIVE}", (name,)
+        )[0],
+        "messages": db.query_one(
+            "SELECT count(*) FROM messages WHERE receiver = ? AND state = 'queued'", (name,)
+        )[0],
+        "keys": db.query_one(
+            "SELECT count(*) FROM api_keys WHERE agent_id = ? AND revoked_at IS NULL",
+            (row["id"],),
+        )[0],
+    }
+
+
+def deleting(row, n: dict[str, int]) -> list[str]:
+    """Say what deleting the agent does, with the numbers as they are now."""
+    name = row["name"]
+    said = []
+    if n["keys"]:
+        said.append(f"Its {n['keys']} key(s) are deleted, so it can no longer call the hub.")
+    said.append(f"Unread messages in its mailbox ({n['messages']} now) become dead letters.")
+    said.append(
+        f"Queued tasks naming it ({n['queued']} now) stay queued until an agent named"
+        f" {name} exists again; cancel them on the Tasks page."
+    )
+    if n["active"]:
+        said.append(f"{n['active']} task(s) in hand are not stopped; one not started yet fails.")
+    said.append("Its past tasks and their logs stay.")
+    return said
+
+
+def lifecycle_actions(row) -> list[str]:
+    """Drain and stop while it takes work; start once it does not (the API allows more)."""
+    if row["state"] in TAKES_NEW_WORK:
+        return [a for a in ("drain", "stop") if row["state"] in TRANSITIONS[a]]
+    return [a for a in ("start", "stop") if row["state"] in TRANSITIONS[a] and
+            row["state"] != TARGET[a]]  # fmt: skip
+
+
+def form_page(form: dict, errors: dict, row=None, status: int = 200):
+    agent = agent_json(row) if row is not None else None
+    n = impact(row) if row is not None else None
+    return render_template(
+        "agents/form.html", form=form, errors=errors, agent=agent, backends=LOCAL_BACKENDS,
+        impact=n, deleting=deleting(row, n) if n is not None else [],
+        actions=lifecycle_actions(row) if row is not None else [],
+    ), status  # fmt: skip
+
+
+# --- pages ------------------------------------------------------------------------------
+
+
+@bp.get("/agents/new")
+@requires("operator")
+def agent_new_get():
+    return form_page(blank_form(), {})
+
+
+@bp.post("/agents/new")
+@requires("operator")
+def agent_new_post():
+    form, data, errors = read_form()
+    if not checked(AgentIn, data, register_agent, errors):
+        return form_page(form, errors, status=409 if "exists" in errors.get("name", "") else 422)
+    name = form["name"]
+    return done(f"Agent {name} created.", url_for("dashboard.agent_get", name=name))
+
+
+@bp.get("/agents/<name>/settings")
+@requires("viewer")
+def agent_get(name: str):
+    row = get_agent(name)
+    return form_page(form_of(row), {}, row=row)
+
+
+@bp.post("/agents/<name>/settings")
+@requires("operator")
+def agent_post(name: str):
+    row = get_agent(name)
+    if row["backend"] == "external":
+        raise ApiError(409, "an external agent's settings are its own; it reports them itself")
+    form, data, errors = read_form(row)
+    if not checked(AgentPatch, data, lambda changes: update_agent(row, changes), errors):
+        return form_page(form, errors, row=row, status=422)
+    return done(f"Agent {name} saved.", url_for("dashboard.agent_get", name=name))
+
+
+@bp.post("/agents/<name>/enabled")
+@requires("operator")
+def agent_enabled_post(name: str):
+    row = get_agent(name)
+    enable = request.form.get("enabled") == "1"
+    update_agent(row, {"enabled": enable})
+    word = "enabled" if enable else "disabled: it takes no new tasks"
+    target = url_for("dashboard.agent_get", name=name)
+    return done(f"Agent {name} {word}.", target)
+
+
+@bp.post("/agents/<name>/state")
+@requires("operator")
+def agent_state_post(name: str):
+    """Start, drain or stop the agent, as the API's lifecycle routes do."""
+    action = request.form.get("action", "")
+    if action not in TRANSITIONS:
+        raise ApiError(400, "choose start, drain or stop")
+    change_state(get_agent(name), action)
+    return done(f"Agent {name}: {action} requested.", url_for("dashboard.agent_get", name=name))
+
+
+@bp.post("/agents/<name>/delete")
+@requires("operator")
+def agent_delete_post(name: str):
+    row = get_agent(name)
+    n = impact(row)
+    delete_agent(row)
+    said = [f"Agent {name} deleted."]
+    if n["messages"]:
+        said.append(f"{n['messages']} unread message(s) became dead letters.")
+    if n["keys"]:
+        said.append(f"{n['keys']} agent key(s) deleted.")
+    if n["queued"]:
+        said.append(f"{n['queued']} queued task(s) wait for an agent named {name}.")
+    return done(" ".join(said), "/agents")

@@ -1,0 +1,256 @@
+"""Agents pages: create and edit local agents with the API's rules, enable, drain, delete."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from app import db
+from app.agents import agent_json, agent_secrets
+from tests.dashboard_helpers import add_task, one, post
+from tests.messaging_helpers import register, send
+
+FORM = {
+    "name": "reviewer",
+    "backend": "claude",
+    "model": "sonnet",
+    "command": "",
+    "flags": "--max-turns\n5\n",
+    "workdir_policy": "fresh",
+    "repository": "",
+    "env_allow": "HTTPS_PROXY, NO_PROXY",
+    "capabilities": "python review",
+    "concurrency": "3",
+    "enabled": "on",
+    "secret_name": ["ANTHROPIC_API_KEY", ""],
+    "secret_value": ["sk-test-123", ""],
+}
+# The same agent as a JSON body for POST /api/v1/agents.
+BODY = {
+    "backend": "claude",
+    "model": "sonnet",
+    "flags": ["--max-turns", "5"],
+    "env_allow": ["HTTPS_PROXY", "NO_PROXY"],
+    "capabilities": ["python", "review"],
+    "concurrency": 3,
+    "secrets": {"ANTHROPIC_API_KEY": "sk-test-123"},
+}
+
+
+@pytest.fixture
+def operator(client, bob, signin):
+    client.token = signin(client, bob)
+    return client
+
+
+def create(client, **changes):
+    return post(client, "/agents/new", client.token, **(FORM | changes))
+
+
+def stored(app, name: str) -> dict:
+    """The agent as the API shows it, plus its decrypted secrets."""
+    with app.app_context():
+        row = db.query_one("SELECT * FROM agents WHERE name = ?", (name,))
+        data = agent_json(row)
+        data["secrets"] = agent_secrets(row)
+    for field in ("id", "name", "created_at", "updated_at", "state_changed_at", "heartbeat_age_s"):
+        data.pop(field)
+    return data
+
+
+def count_agents(app) -> int:
+    return one(app, "SELECT count(*) FROM agents")[0]
+
+
+def test_it_creates_an_agent_stored_as_the_api_stores_it(app, operator, bob):
+    resp = create(operator)
+    assert resp.status_code == 303
+    assert resp.headers["Location"] == "/agents/reviewer/settings"
+    api = operator.post("/api/v1/agents", json={"name": "twin", **BODY}, headers={"X-API-Key": bob})
+    assert api.status_code == 201, api.get_json()
+    assert stored(app, "reviewer") == stored(app, "twin")
+    assert stored(app, "reviewer")["secrets"] == {"ANTHROPIC_API_KEY": "sk-test-123"}
+    listing = operator.get("/agents").get_data(as_text=True)
+    assert 'href="/agents/reviewer/settings"' in listing and "New agent" in listing
+
+
+def test_it_creates_a_shell_agent_with_its_argv_one_item_per_line(app, operator):
+    resp = create(operator, name="echo", backend="shell", command="python3\n-c\nprint( 1 )\n")
+    assert resp.status_code == 303
+    assert stored(app, "echo")["command"] == ["python3", "-c", "print( 1 )"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"backend": "shell", "command": ""}, "command", "needs a command"),
+        ({"name": "Bad Name"}, "name", "should match pattern"),
+        ({"name": "hub"}, "name", "is reserved"),
+        ({"workdir_policy": "worktree"}, "repository", "needs a repository"),
+        ({"concurrency": "0"}, "concurrency", "greater than or equal to 1"),
+        ({"concurrency": "many"}, "concurrency", "whole number"),
+        ({"capabilities": "ok bad!tag"}, "capabilities", "'bad!tag' must match"),
+        ({"flags": "--output-format=text"}, "flags", "would change claude's output mode"),
+        ({"backend": "external"}, "backend", "Choose one of"),
+        ({"secret_name": ["TOKEN", ""], "secret_value": ["", ""]}, "secrets", "value for"),
+    ],
+)
+def test_it_shows_the_apis_error_by_the_field_and_writes_nothing(
+    app, operator, changes, field, message
+):
+    resp = create(operator, **changes)
+    assert resp.status_code == 422
+    html = resp.get_data(as_text=True)
+    error = re.search(rf'<p class="field-error" id="{field}-error">([^<]*)<', html)
+    assert error is not None, html
+    assert message in error.group(1).replace("&#39;", "'")
+    assert f'aria-describedby="{field}-error"' in html
+    assert count_agents(app) == 0
+    # What was typed stays in the form; a secret value is never sent back.
+    assert 'value="HTTPS_PROXY, NO_PROXY"' in html
+    assert "sk-test-123" not in html
+
+
+def test_it_refuses_a_taken_name_on_the_name_field(app, operator):
+    create(operator)
+    resp = create(operator, model="other")
+    assert resp.status_code == 409
+    assert "exists" in re.search(r'id="name-error">([^<]*)<', resp.get_data(as_text=True))[1]
+    assert count_agents(app) == 1
+
+
+def test_it_edits_an_agent_and_keeps_a_secret_left_blank(app, operator):
+    create(operator, secret_name=["ANTHROPIC_API_KEY", "OTHER"], secret_value=["sk-1", "o-1"])
+    page = operator.get("/agents/reviewer/settings").get_data(as_text=True)
+    assert "<code>ANTHROPIC_API_KEY</code>" in page and "sk-1" not in page and "o-1" not in page
+    changes = {
+        "name": "renamed",
+        "backend": "shell",
+        "model": "",
+        "concurrency": "7",
+        "capabilities": "go",
+        # Stored ones first (blank keeps, a value replaces), then a new one.
+        "secret_name": ["ANTHROPIC_API_KEY", "OTHER", "NEW_ONE", ""],
+        "secret_value": ["", "o-2", "n-1", ""],
+    }
+    resp = post(operator, "/agents/reviewer/settings", operator.token, **(FORM | changes))
+    assert resp.status_code == 303, resp.get_data(as_text=True)
+    data = stored(app, "reviewer")
+    assert (data["backend"], data["model"], data["concurrency"]) == ("claude", None, 7)
+    assert data["capabilities"] == ["go"]
+    assert data["secrets"] == {"ANTHROPIC_API_KEY": "sk-1", "OTHER": "o-2", "NEW_ONE": "n-1"}
+    assert count_agents(app) == 1
+
+
+def test_it_removes_a_secret_when_asked(app, operator):
+    create(operator)
+    changes = {"secret_remove": "ANTHROPIC_API_KEY", "secret_name": ["ANTHROPIC_API_KEY"],
+               "secret_value": [""]}  # fmt: skip
+    post(operator, "/agents/reviewer/settings", operator.token, **(FORM | changes))
+    assert stored(app, "reviewer")["secrets"] == {}
+
+
+def test_it_refuses_a_bad_edit_and_keeps_the_stored_agent(app, operator):
+    create(operator, name="echo", backend="shell", command="cat")
+    changes = {"backend": "shell", "command": "", "concurrency": "9"}
+    resp = post(operator, "/agents/echo/settings", operator.token, **(FORM | changes))
+    assert resp.status_code == 422
+    assert 'id="command-error"' in resp.get_data(as_text=True)
+    data = stored(app, "echo")
+    assert (data["command"], data["concurrency"]) == (["cat"], 3)
+
+
+def test_it_disables_and_enables_an_agent(app, operator):
+    create(operator)
+    post(operator, "/agents/reviewer/enabled", operator.token, enabled="0")
+    assert stored(app, "reviewer")["enabled"] is False
+    assert "disabled" in operator.get("/agents").get_data(as_text=True)
+    post(operator, "/agents/reviewer/enabled", operator.token, enabled="1")
+    assert stored(app, "reviewer")["enabled"] is True
+
+
+def test_it_drains_stops_and_starts_an_agent(app, operator):
+    create(operator)
+    for action, state in (("drain", "draining"), ("stop", "stopped"), ("start", "running")):
+        resp = post(operator, "/agents/reviewer/state", operator.token, action=action)
+        assert resp.status_code == 303
+        assert stored(app, "reviewer")["state"] == state
+
+
+def test_it_says_what_a_delete_does_and_then_does_it(app, operator, bob):
+    create(operator)
+    key = register(operator, bob, "sender")
+    send(operator, key, performative="inform", receiver="reviewer", content=1)
+    add_task(app, agent="reviewer")
+    page = operator.get("/agents/reviewer/settings").get_data(as_text=True)
+    said = re.search(r'<ul id="delete-impact">(.*?)</ul>', page, re.S)[1]
+    assert "Unread messages in its mailbox (1 now) become dead letters" in said
+    assert "Queued tasks naming it (1 now) stay queued" in said
+    resp = post(operator, "/agents/reviewer/delete", operator.token)
+    assert resp.status_code == 303 and resp.headers["Location"] == "/agents"
+    assert one(app, "SELECT count(*) FROM agents WHERE name = 'reviewer'")[0] == 0
+    assert one(app, "SELECT state, dead_reason FROM messages")[:] == ("dead", "receiver_gone")
+    assert one(app, "SELECT state FROM tasks")[0] == "queued"
+
+
+def test_it_shows_an_external_agent_read_only_and_deletes_its_keys(app, operator, bob):
+    register(operator, bob, "remote", caps=["gpu"])
+    page = operator.get("/agents/remote/settings").get_data(as_text=True)
+    assert "External agent" in page and "Save changes" not in page
+    assert "Its 1 key(s) are deleted" in page
+    resp = post(operator, "/agents/remote/settings", operator.token, **FORM)
+    assert resp.status_code == 409
+    post(operator, "/agents/remote/state", operator.token, action="drain")
+    assert stored(app, "remote")["state"] == "draining"
+    post(operator, "/agents/remote/delete", operator.token)
+    assert one(app, "SELECT count(*) FROM api_keys WHERE agent_id IS NOT NULL")[0] == 0
+
+
+def test_it_shows_a_viewer_no_buttons_and_refuses_their_posts(app, operator, vera, signin):
+    create(operator)
+    viewer = app.test_client()
+    token = signin(viewer, vera)
+    listing = viewer.get("/agents").get_data(as_text=True)
+    assert "New agent" not in listing
+    page = viewer.get("/agents/reviewer/settings").get_data(as_text=True)
+    assert "<fieldset disabled>" in page and "Save changes" not in page
+    assert "Delete" not in page and "Disable" not in page
+    assert viewer.get("/agents/new").status_code == 403
+    for path, data in [
+        ("/agents/new", FORM | {"name": "other"}),
+        ("/agents/reviewer/settings", FORM | {"concurrency": "9"}),
+        ("/agents/reviewer/enabled", {"enabled": "0"}),
+        ("/agents/reviewer/state", {"action": "stop"}),
+        ("/agents/reviewer/delete", {}),
+    ]:
+        assert post(viewer, path, token, **data).status_code == 403, path
+    data = stored(app, "reviewer")
+    assert (data["concurrency"], data["enabled"], data["state"]) == (3, True, "registered")
+    assert count_agents(app) == 1
+
+
+def test_it_refuses_a_post_without_the_csrf_token(app, operator):
+    resp = operator.post("/agents/new", data=FORM)
+    assert resp.status_code == 403
+    assert count_agents(app) == 0
+    create(operator)
+    assert operator.post("/agents/reviewer/delete").status_code == 403
+    assert count_agents(app) == 1
+
+
+def test_it_audits_each_form_post_as_a_dashboard_action(app, operator):
+    create(operator)
+    post(operator, "/agents/reviewer/enabled", operator.token, enabled="0")
+    conn = db.connect(app.config["DATABASE"])
+    try:
+        rows = conn.execute(
+            "SELECT actor, via, action, status FROM audit_log WHERE action LIKE 'dashboard.agent%'"
+            " ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert [tuple(r) for r in rows] == [
+        ("bob", "dashboard", "dashboard.agent_new_post", 303),
+        ("bob", "dashboard", "dashboard.agent_enabled_post", 303),
+    ]
