@@ -13,6 +13,8 @@ PAGES = {
     "tasks": "/tasks",
     "triggers": "/triggers",
     "agents": "/agents",
+    "agent-new": "/agents/new",
+    "agent-settings": "/agents/echo/settings",
     "conversations": "/conversations",
     "conversation": "/conversations/build-42",
     "message-dead": "/messages/dead",
@@ -93,6 +95,32 @@ def test_it_is_keyboard_operable(page, busy_hub):
     expect(page).to_have_url(f"{busy_hub.url}/triggers")
     focused = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert focused in ("auto", "solid", "none")
+
+
+def test_it_creates_an_agent_from_the_form_after_an_inline_error(page, hub):
+    sign_in(page, hub.admin, "/agents")
+    page.get_by_role("link", name="New agent").first.click()
+    page.locator("#name").fill("lister")
+    page.locator("#backend").select_option("shell")
+    page.get_by_label("New secret name").first.fill("API_TOKEN")
+    page.get_by_label("New secret value").first.fill("s3cret-value")
+    page.get_by_role("button", name="Create agent").click()
+    expect(page.locator("#command-error")).to_contain_text("needs a command")
+    expect(page.locator("#name")).to_have_value("lister")
+    shot(page, "agent-form-error")
+    page.locator("#command").fill("ls\n-la")
+    page.get_by_label("New secret value").first.fill("s3cret-value")
+    page.get_by_role("button", name="Create agent").click()
+    expect(page).to_have_url(f"{hub.url}/agents/lister/settings")
+    expect(page.locator(".flash")).to_contain_text("Agent lister created.")
+    expect(page.locator("#secrets code")).to_have_text("API_TOKEN")
+    assert "s3cret-value" not in page.content()
+    shot(page, "agent-settings-created")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete lister").click()
+    expect(page).to_have_url(f"{hub.url}/agents")
+    expect(page.locator(".flash")).to_contain_text("Agent lister deleted.")
+    assert not page.errors, page.errors
 
 
 CLAUDE_STREAM = [
