@@ -18,7 +18,9 @@ cut). redis-py, one stream and consumer group per client process:
 
 Same client processes, same phase length, messages counted once acked. Prints
 msgs/s for each and the ratios, and GET /health/live requests/s on the same
-worker as the floor of the per-request mode. Bounded (~40 s), loopback only.
+worker as the floor of the per-request mode. Also the worker's CPU time per
+message (and per /health/live request): on a shared machine other processes
+move it far less than they move msgs/s. Bounded (~40 s), loopback only.
 Run: `.venv/bin/python bench/messages.py` (or `just bench`).
 """
 
@@ -118,6 +120,18 @@ class Server:
         )
         return json.loads(done.stdout)["key"]
 
+    def worker_cpu_s(self) -> float:
+        """CPU seconds used so far by the gunicorn worker(s): a figure a busy machine moves less."""
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if self.proc is not None and int(fields[1]) == self.proc.pid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
     def queued(self) -> int:
         conn = sqlite3.connect(f"file:{self.data / 'agented.db'}?mode=ro", uri=True, timeout=10)
         try:
@@ -184,12 +198,15 @@ def run_hello(pool, port: int) -> float:
     return sum(pool.map(hello_client, [(port, start_at, end)] * CLIENTS)) / (end - start_at)
 
 
-def run_ours(pool, port: int, agents: list[tuple[str, str, str]], batch: int) -> float:
+def run_ours(pool, server: Server, agents: list[tuple[str, str, str]], batch: int):
+    """Return (msgs/s, the worker's CPU microseconds per message)."""
     start_at = time.time() + 0.5
     end = start_at + PHASE_S
-    jobs = [(port, s, r, name, batch, start_at, end) for s, r, name in agents]
+    jobs = [(server.port, s, r, name, batch, start_at, end) for s, r, name in agents]
+    cpu = server.worker_cpu_s()
     counts = pool.map(ours_client, jobs)
-    return sum(counts) / (time.time() - start_at)
+    cpu = server.worker_cpu_s() - cpu
+    return sum(counts) / (time.time() - start_at), cpu / max(1, sum(counts)) * 1e6
 
 
 def setup_ours(server: Server) -> list[tuple[str, str, str]]:
@@ -301,14 +318,17 @@ def main() -> int:
     else:
         redis_path, why = find_redis()
     results: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     ctx = multiprocessing.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="agented-bench-msg-") as tmp, ctx.Pool(CLIENTS) as pool:
         tmp_path = Path(tmp)
         with Server(tmp_path / "data") as server:
             agents = setup_ours(server)
-            results["ours batched"] = run_ours(pool, server.port, agents, BATCH)
-            results["ours per request"] = run_ours(pool, server.port, agents, 1)
+            results["ours batched"], cpu["batched"] = run_ours(pool, server, agents, BATCH)
+            results["ours per request"], cpu["per request"] = run_ours(pool, server, agents, 1)
+            hello_cpu = server.worker_cpu_s()
             hello = run_hello(pool, server.port)
+            cpu["hello"] = (server.worker_cpu_s() - hello_cpu) / (hello * PHASE_S / 2) * 1e6
             left = server.queued()
         if redis_path:
             (tmp_path / "redis").mkdir()
@@ -323,6 +343,9 @@ def main() -> int:
     for name, value in results.items():
         print(f"  {name:<20} {value:>10,.0f} msgs/s (send -> receive -> ack, durable)")
     print(f"  unacked messages left in our mailboxes after the run: {left}")
+    for mode in ("batched", "per request"):
+        print(f"  worker CPU per message, ours {mode:<12} {cpu[mode]:>8,.1f} us")
+    print(f"  worker CPU per GET /health/live          {cpu['hello']:>8,.1f} us")
     print(
         f"  for scale: GET /health/live {hello:,.0f} requests/s on the same worker, so one"
         f" message per request (3 requests) cannot pass {hello / 3:,.0f} msgs/s here"
