@@ -132,19 +132,22 @@ def id_maker() -> Callable[[], str]:
 
 # One encoder, built once: json.dumps with any option builds a new one per call.
 compact = json.JSONEncoder(separators=(",", ":")).encode
-# compact's C core, built once too (encode() builds it again on every call, which
+# Content as compact JSON, refusing NaN and Infinity: json.loads takes them, but
+# they are not JSON, and SQLite's json() (the lease) would fail on every poll.
+_strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+# _strict's C core, built once (encode() builds it again on every call, which
 # costs more than encoding a small message's content). No circular check: the
 # content comes from json.loads, which cannot make a cycle.
 _c_encoder = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
     None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii, None,
-    ":", ",", False, False, True,
+    ":", ",", False, False, False,
 )  # fmt: skip
 
 
 def content_json(content: Any) -> str:
-    """Return `content` as compact JSON (what compact() returns, faster for small values)."""
+    """Return `content` as compact JSON; ValueError if it holds NaN or Infinity."""
     if _c_encoder is None or isinstance(content, str):
-        return compact(content)
+        return _strict(content)
     return "".join(_c_encoder(content, 0))
 
 
@@ -330,7 +333,10 @@ def prepare(
             raise Problem("unknown_sender", f"no agent named {msg.sender!r}", reply=False)
         sender = msg.sender
     receivers = resolve(msg, sender, agents)
-    content = content_json(msg.content)
+    try:
+        content = content_json(msg.content)
+    except ValueError:
+        raise Problem("malformed", "content holds NaN or Infinity, which JSON has not") from None
     if len(content) > cfg["MESSAGE_MAX_CONTENT_BYTES"]:
         raise Problem(
             "content_too_large",
@@ -364,7 +370,12 @@ def reply_not_understood(items: list[tuple[int, Any, Problem]], agents, cfg: dic
         if isinstance(raw, dict) and raw.get("performative") == "not-understood":
             continue  # never answer a not-understood with another: no ping-pong
         text = json.dumps(raw)
-        original = raw if len(text) <= 4096 else text[:4096]
+        try:
+            _strict(raw)
+            quote = len(text) > 4096
+        except ValueError:  # NaN or Infinity: quoted as text, never stored as JSON
+            quote = True
+        original = text[:4096] if quote else raw
         fields = {}
         if isinstance(raw, dict):
             for name in ("conversation_id", "reply_with"):

@@ -338,3 +338,20 @@ def test_it_answers_a_retried_batch_with_the_first_sends(client, alice):
     assert one["deliveries"] == two["deliveries"] == want
     assert two["conversation_id"] == first.get_json()["messages"][0]["conversation_id"]
     assert len(lease(client, b, "beta", limit=10)) == 2
+
+
+def test_it_refuses_nan_and_infinity_in_content(client, alice):
+    a = register(client, alice, "alpha")
+    b = register(client, alice, "beta")
+    for bad in ("NaN", "[1, Infinity]", '{"x": -Infinity}'):
+        resp = client.post(
+            "/api/v1/messages",
+            data='{"performative": "inform", "receiver": "beta", "content": ' + bad + "}",
+            headers={"X-API-Key": a, "Content-Type": "application/json"},
+        )
+        assert resp.status_code == 422 and error_code(resp) == "malformed", bad
+    # Nothing poisonous was stored: both mailboxes still lease, the sender's with
+    # a not-understood for each that quotes the original as text.
+    assert lease(client, b, "beta") == []
+    replies = not_understood(client, a, "alpha")
+    assert [type(r["content"]["original"]) for r in replies] == [str, str, str]
