@@ -1,8 +1,12 @@
-"""Security headers from talisman and CORS that fails closed."""
+"""Security headers, CORS that fails closed, and the request rate limit's windows."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+
+from app import security
 
 
 def csp(resp) -> dict[str, str]:
@@ -66,3 +70,20 @@ def test_it_allows_only_the_configured_origins(make_app):
     other = client.get("/health/live", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in other.headers
     assert "Access-Control-Allow-Credentials" not in ok.headers
+
+
+def test_it_sends_the_same_headers_on_errors(client):
+    resp = client.get("/api/v1/no-such-thing")
+    assert resp.status_code in (401, 404)
+    assert resp.headers["X-Frame-Options"] == "DENY"
+    assert resp.headers["Permissions-Policy"] == "browsing-topics=()"
+
+
+def test_it_counts_requests_afresh_in_each_window(make_app, monkeypatch):
+    now = [1_000_040.0]  # 20 s into a one-minute window
+    monkeypatch.setattr(security, "time", SimpleNamespace(time=lambda: now[0]))
+    client = make_app({"AGENTED_RATE_LIMIT": "2/minute"}).test_client()
+    assert [client.get("/health/live").status_code for _ in range(3)] == [200, 200, 429]
+    assert client.get("/health/live").headers["Retry-After"] == "40"
+    now[0] += 40  # the next window
+    assert client.get("/health/live").status_code == 200

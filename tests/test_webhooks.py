@@ -72,6 +72,26 @@ def test_it_runs_a_redelivery_once(client, hook, vera):
     assert conflict[0] == 409
 
 
+def test_it_answers_with_the_tasks_as_stored(client, hook, vera):
+    slug, secret = hook
+    status, body = post_hook(send_with(client), slug, secret, {"title": "bug"})
+    assert status == 202, body
+    task = call(client, vera, "GET", f"/api/v1/tasks/{body['tasks'][0]['id']}")[1]
+    assert body["tasks"] == [{k: task[k] for k in ("id", "state", "agent", "trigger_slug")}]
+
+
+def test_it_accepts_a_delivery_id_again_once_the_window_passed(app, client, hook, vera):
+    slug, secret = hook
+    send = send_with(client)
+    first = post_hook(send, slug, secret, {"title": "a"}, X_Delivery_Id="d-old")
+    app.config["DEDUPE_WINDOW_S"] = 0  # every delivery id seen so far is now forgotten
+    again = post_hook(send, slug, secret, {"title": "b"}, X_Delivery_Id="d-old")
+    assert first[0] == 202 and again[0] == 202
+    assert again[1]["duplicate"] is False
+    assert again[1]["tasks"][0]["id"] != first[1]["tasks"][0]["id"]
+    assert len(call(client, vera, "GET", "/api/v1/tasks")[1]["tasks"]) == 2
+
+
 def test_it_records_why_a_trigger_did_not_match(client, hook, bob, vera):
     slug, secret = hook
     call(client, bob, "PATCH", f"/api/v1/triggers/{slug}", {"match": {"kind": "bug"}})
