@@ -141,7 +141,12 @@ def dead_letters_stats():
     return jsonify(offload(_stats, current_app.config["DATABASE"]))
 
 
-def _requeue(selection: Selection, to: str | None, ttl: float | None):
+def requeue_dead(selection: Selection, to: str | None, ttl: float | None) -> list[int]:
+    """Queue the selected dead letters again (to `to` when given); return their ids.
+
+    Each gets a fresh TTL and delivery count; all or none, refused when a
+    mailbox has no room or a redirect would clash with a message_id there.
+    """
     cfg = current_app.config
     sel = selection.model_dump(exclude_none=True)
     if ttl is not None and ttl > cfg["MESSAGE_TTL_S"]:
@@ -199,7 +204,10 @@ def _requeue(selection: Selection, to: str | None, ttl: float | None):
 
     moved, evs = db.write(requeue)
     events.publish_all(evs)
-    ids = sorted(i for group in moved.values() for i in group)
+    return sorted(i for group in moved.values() for i in group)
+
+
+def _requeued(ids: list[int]):
     return jsonify({"requeued": ids, "count": len(ids)})
 
 
@@ -209,7 +217,7 @@ def _requeue(selection: Selection, to: str | None, ttl: float | None):
 def dead_letters_replay():
     """Put dead letters back in their mailboxes (fresh TTL and delivery count)."""
     body = parse_body(ReplayIn)
-    return _requeue(Selection(**body.model_dump(exclude={"ttl"})), None, body.ttl)
+    return _requeued(requeue_dead(Selection(**body.model_dump(exclude={"ttl"})), None, body.ttl))
 
 
 @bp.post("/api/v1/message-dead-letters/redirect")
@@ -218,7 +226,8 @@ def dead_letters_replay():
 def dead_letters_redirect():
     """Deliver dead letters to another agent instead."""
     body = parse_body(RedirectIn)
-    return _requeue(Selection(**body.model_dump(exclude={"to", "ttl"})), body.to, body.ttl)
+    selection = Selection(**body.model_dump(exclude={"to", "ttl"}))
+    return _requeued(requeue_dead(selection, body.to, body.ttl))
 
 
 @bp.post("/api/v1/message-dead-letters/purge")

@@ -18,7 +18,7 @@ from app.auth import requires
 from app.dashboard import bp, charts
 from app.dashboard.common import done, is_htmx
 from app.errors import ApiError
-from app.message_dlq import REASONS, Selection, _requeue, where_sql
+from app.message_dlq import REASONS, Selection, requeue_dead, where_sql
 from app.ops import offload
 
 PAGE = 50
@@ -323,7 +323,7 @@ def requeue(ids: list[int], to: str | None) -> tuple[int, str | None]:
         chunk = Selection(ids=ids[start : start + CHUNK])
         try:
             # The API's requeue: fresh TTL and delivery count, mailbox room, redirect clashes.
-            moved += _requeue(chunk, to, None).get_json()["count"]
+            moved += len(requeue_dead(chunk, to, None))
         except ApiError as exc:
             return moved, exc.message
     return moved, None
