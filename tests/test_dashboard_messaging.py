@@ -63,9 +63,9 @@ def dead(app, alice):
     """Three message dead letters: two to beta (inform, request), one to gamma; all TTL-expired."""
     api = app.test_client()
     keys = {name: register(api, alice, name) for name in ("alpha", "beta", "gamma")}
-    send(api, keys["alpha"], performative="inform", receiver="beta", content="b1", ttl=10)
-    send(api, keys["alpha"], performative="request", receiver="beta", content="b2", ttl=10)
-    send(api, keys["alpha"], performative="inform", receiver="gamma", content="g1", ttl=10)
+    send(api, keys["alpha"], performative="inform", receiver="beta", content="beta-one", ttl=10)
+    send(api, keys["alpha"], performative="request", receiver="beta", content="beta-two", ttl=10)
+    send(api, keys["alpha"], performative="inform", receiver="gamma", content="gamma-one", ttl=10)
     sweep_now(app, time.time() + 20)
     return keys
 
@@ -238,7 +238,7 @@ def test_it_lists_message_dead_letters_with_filters_and_counts(client, dead, ver
     assert '<meter min="0" max="3" value="2"' in html
     html = client.get("/messages/dead?receiver=beta&performative=inform").get_data(as_text=True)
     assert len(re.findall(r'<tr id="dead-msg-\d+">', html)) == 1
-    assert "b1" in html and "b2" not in html and "g1" not in html
+    assert "beta-one" in html and "beta-two" not in html and "gamma-one" not in html
     html = client.get("/messages/dead?reason=max_deliveries").get_data(as_text=True)
     assert "No dead letter matches these filters" in html
     assert client.get("/messages/dead?cursor=!!").status_code == 400
@@ -259,16 +259,16 @@ def test_it_previews_the_count_then_replays_the_matching_dead_letters(
     resp = post(client, "/messages/dead/preview", token, action="replay", receiver="beta")
     assert resp.status_code == 200
     assert "<strong>2</strong> dead letters will be put back" in resp.get_data(as_text=True)
-    assert dead_states(app)["b1"] == ("dead", "beta")  # a preview changes nothing
+    assert dead_states(app)["beta-one"] == ("dead", "beta")  # a preview changes nothing
     resp = post(
         client, "/messages/dead/bulk", token, action="replay", receiver="beta", expected="2"
     )
     assert resp.status_code == 303 and resp.headers["Location"] == "/messages/dead?receiver=beta"
     states = dead_states(app)
-    assert states["b1"] == ("queued", "beta") and states["b2"] == ("queued", "beta")
-    assert states["g1"] == ("dead", "gamma")
+    assert states["beta-one"] == ("queued", "beta") and states["beta-two"] == ("queued", "beta")
+    assert states["gamma-one"] == ("dead", "gamma")
     got = lease(app.test_client(), dead["beta"], "beta", limit=10)
-    assert [m["content"] for m in got] == ["b1", "b2"] and got[0]["deliveries"] == 1
+    assert [m["content"] for m in got] == ["beta-one", "beta-two"] and got[0]["deliveries"] == 1
     assert "Sent 2 dead letters to their mailboxes again." in client.get(
         resp.headers["Location"]
     ).get_data(as_text=True)
@@ -299,7 +299,7 @@ def test_it_redirects_dead_letters_to_another_agent(app, client, dead, bob, sign
         expected="1",
     )
     assert resp.status_code == 303
-    assert dead_states(app)["g1"] == ("queued", "alpha")
+    assert dead_states(app)["gamma-one"] == ("queued", "alpha")
     row = one(app, "SELECT original_receiver, replays FROM messages WHERE receiver = 'alpha'")
     assert tuple(row) == ("gamma", 1)
 
@@ -327,7 +327,7 @@ def test_it_purges_the_matching_dead_letters(app, client, dead, bob, signin):
         client, "/messages/dead/bulk", token, action="purge", performative="inform", expected="2"
     )
     assert resp.status_code == 303
-    assert set(dead_states(app)) == {"b2"}
+    assert set(dead_states(app)) == {"beta-two"}
 
 
 def test_it_replays_one_dead_letter_and_goes_back(app, client, dead, bob, signin):
@@ -335,7 +335,7 @@ def test_it_replays_one_dead_letter_and_goes_back(app, client, dead, bob, signin
     row_id = one(app, "SELECT id FROM messages WHERE receiver = 'gamma'")[0]
     resp = post(client, f"/messages/dead/{row_id}/replay", token, next="/conversations/x#d-1")
     assert resp.status_code == 303 and resp.headers["Location"] == "/conversations/x#d-1"
-    assert dead_states(app)["g1"] == ("queued", "gamma")
+    assert dead_states(app)["gamma-one"] == ("queued", "gamma")
     resp = post(client, f"/messages/dead/{row_id}/replay", token)
     assert resp.status_code == 409 and "no longer a dead letter" in resp.get_data(as_text=True)
     resp = post(client, "/messages/dead/999/replay", token, next="//evil.example/")
