@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("agented.errors")
@@ -80,8 +81,7 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         headers = {}
         if status == 429:
-            # Set by the rate limit (app/security.py); a 429 raised by hand says a minute.
-            headers["Retry-After"] = str(getattr(exc, "retry_after", None) or 60)
+            headers["Retry-After"] = str(_retry_after(exc))
         if status == 405 and exc.get_response().headers.get("Allow"):
             headers["Allow"] = exc.get_response().headers["Allow"]
         if wants_json():
@@ -103,3 +103,14 @@ def register(app: Flask) -> None:
             render_template("error.html", status=500, message="Something went wrong."),
             status=500,
         )
+
+
+def _retry_after(exc: HTTPException) -> int:
+    """Seconds until the breached flask-limiter window resets; a minute for other 429s."""
+    limiter = current_app.extensions.get("agented.limiter")
+    breached = limiter.current_limit if limiter is not None else None
+    if breached is None:  # a 429 raised by hand, not by the limiter
+        return getattr(exc, "retry_after", None) or 60
+    # reset_at is a whole second; never promise more than one window.
+    window = breached.limit.get_expiry()
+    return min(window, max(1, breached.reset_at - int(time.time())))
