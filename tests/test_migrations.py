@@ -127,3 +127,28 @@ def test_it_reports_status(cli_runner):
     assert text.exit_code == 0
     assert f"applied  {names[0]}" in text.output
     assert cli_runner.invoke(main, ["db", "migrate"]).output.strip() == "up to date"
+
+
+def test_it_turns_old_non_json_message_content_into_a_string(migrations, tmp_path):
+    newer = sorted(migrations.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    held = [p for p in newer if int(p.name[:4]) >= 8]
+    for p in held:
+        p.rename(tmp_path / p.name)
+    path = tmp_path / "old.db"
+    db.migrate(path)  # a database from before 0008
+    conn = sqlite3.connect(path)
+    with conn:
+        for i, content in enumerate(('{"x": NaN}', '{"x": 1}')):
+            conn.execute(
+                "INSERT INTO messages (message_id, sender, receiver, performative,"
+                " conversation_id, content, digest, state, visible_at, max_deliveries, ttl_s,"
+                " expires_at, created_at) VALUES (?, 'a', 'b', 'inform', 'c', ?, 'd', 'queued',"
+                " 0, 5, 60, 0, 0)",
+                (f"m{i}", content),
+            )
+    for p in held:
+        (tmp_path / p.name).rename(migrations / p.name)
+    db.migrate(path)
+    rows = conn.execute("SELECT content, json(content) FROM messages ORDER BY id").fetchall()
+    conn.close()
+    assert [json.loads(r[1]) for r in rows] == ['{"x": NaN}', {"x": 1}]
