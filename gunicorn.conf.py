@@ -50,8 +50,6 @@ class AppLogsRequests(Logger):
     even though its access logger drops them (issue 4).
     """
 
-    access_log_enabled = False
-
     def access(self, resp, req, environ, request_time):
         pass
 

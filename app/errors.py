@@ -81,7 +81,7 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         headers = {}
         if status == 429:
-            headers["Retry-After"] = str(_retry_after(exc))
+            headers["Retry-After"] = str(_retry_after())
         if status == 405 and exc.get_response().headers.get("Allow"):
             headers["Allow"] = exc.get_response().headers["Allow"]
         if wants_json():
@@ -105,12 +105,12 @@ def register(app: Flask) -> None:
         )
 
 
-def _retry_after(exc: HTTPException) -> int:
+def _retry_after() -> int:
     """Seconds until the breached flask-limiter window resets; a minute for other 429s."""
     limiter = current_app.extensions.get("agented.limiter")
     breached = limiter.current_limit if limiter is not None else None
     if breached is None:  # a 429 raised by hand, not by the limiter
-        return getattr(exc, "retry_after", None) or 60
+        return 60
     # reset_at is a whole second; never promise more than one window.
     window = breached.limit.get_expiry()
     return min(window, max(1, breached.reset_at - int(time.time())))

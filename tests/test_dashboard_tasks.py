@@ -297,3 +297,20 @@ def test_it_shows_a_whole_short_log_whose_numbers_jumped_after_a_crash(app, view
     html = viewer.get(f"/tasks/{task_id}").get_data(as_text=True)
     assert "before the crash" in html and "after the restart" in html
     assert "Showing the last lines only" not in html
+
+
+def test_it_streams_a_whole_short_backlog_whose_numbers_jumped(app, echo):
+    task_id = add_task(app, state="running", logs=["before the crash", "after the restart"])
+    path = app.config["DATABASE"]
+    db.write(lambda c: c.execute("UPDATE task_logs SET seq = 2502 WHERE task_id = ? AND seq = 2",
+                                 (task_id,)), path)  # fmt: skip
+    db.write(lambda c: c.execute("UPDATE tasks SET log_seq = 2502 WHERE id = ?", (task_id,)), path)
+    with app.test_request_context(f"/tasks/{task_id}/stream"):
+        from flask import g
+
+        g.key = None
+        stream = log_stream(task_id, 0, "shell", False, path)
+        assert next(stream).startswith("retry:")
+        backlog = next(stream)
+        assert backlog.startswith("id: 2502\nevent: log\n")
+        assert "before the crash" in backlog and "after the restart" in backlog

@@ -17,6 +17,7 @@ from markupsafe import escape
 from app import db, events
 from app.dashboard import ansi
 from app.dashboard.common import sse, stopping, wait_event
+from app.executions import unstored_lines
 from app.tasks import FINISHED
 
 LOG_PAGE = 2000  # lines shown (and replayed on connect) at most; the API has the rest
@@ -159,14 +160,15 @@ def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: s
     try:
         # Lines are published before their batch is stored: take the live run's
         # unstored ones now, before anything yields (see executions.unstored_lines).
-        unstored = _unstored_lines(task_id, after)
+        unstored = unstored_lines(task_id, after)
         with db.reading(path) as conn:
             task = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            # The last LOG_PAGE lines by count: seq has gaps after a crash.
             backlog: list[Any] = conn.execute(
                 "SELECT seq, stream, text FROM task_logs WHERE task_id = ? AND seq > ?"
-                " ORDER BY seq",
-                (task_id, max(after, task["log_seq"] - LOG_PAGE)),
-            ).fetchall()
+                " ORDER BY seq DESC LIMIT ?",
+                (task_id, after, LOG_PAGE),
+            ).fetchall()[::-1]
         stored_upto = backlog[-1]["seq"] if backlog else after
         backlog += [ev for ev in unstored if ev["seq"] > stored_upto]  # no line twice
         yield "retry: 2000\n\n"
@@ -219,14 +221,6 @@ def _line_frame(event: dict, backend: str | None, raw: bool, cache_key: str) -> 
     if frame is None:
         frame = event[cache_key] = sse(line_html(backend, event, raw), "log", event["seq"])
     return frame
-
-
-def _unstored_lines(task_id: int, after: int) -> list[dict]:
-    try:
-        from app.executions import unstored_lines
-    except ImportError:  # the execution pipeline is optional for the pages themselves
-        return []
-    return unstored_lines(task_id, after)
 
 
 def _head_event(task_id: int, path: str, event: dict | None = None) -> str:

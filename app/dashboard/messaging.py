@@ -352,6 +352,7 @@ def message_dead_replay_post(row_id: int):
     if n == 0:
         raise ApiError(409, f"Message #{row_id} is no longer a dead letter.")
     back = request.form.get("next") or url_for("dashboard.message_dead_get")
-    if not back.startswith("/") or back.startswith("//"):
+    # Only a path on this site: "//host" and "/\\host" would leave it.
+    if not back.startswith("/") or back[1:2] in ("/", "\\"):
         back = url_for("dashboard.message_dead_get")
     return done(f"Message #{row_id} is back in its mailbox.", back)
