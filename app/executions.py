@@ -11,6 +11,7 @@ and ends with one transaction that records the attempt and moves the task on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -358,6 +359,9 @@ class Run:
         # live streams would silently miss them.
         self.flush_stop.set()
         flusher.join(timeout=10)
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):
+                pipe.close()  # now, not when the garbage collector gets to them
         # The last lines are stored by _finish, in the transaction that ends the attempt.
         code = self.proc.returncode
         if outcome == "cancelled":
@@ -559,7 +563,13 @@ class Run:
             return evs
 
         # With the lines still pending: one transaction instead of a flush and then this.
-        evs = self._flush(finish)
+        try:
+            evs = self._flush(finish)
+        except Exception:
+            # The outcome matters more than the last lines: store it on its own.
+            log.exception("storing the last log lines failed", extra={"task_id": self.task_id})
+            self.pending = []
+            evs = db.write(finish, _app.config["DATABASE"])
         events.publish_all(evs)
         log.info(
             "attempt finished",

@@ -92,7 +92,7 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str) -> Child | gevent.subp
     if _libc is None:
         return _popen(argv, env, cwd)
     # Like exec*p with the child's environment (what subprocess does): PATH from `env`.
-    path = _which(argv[0], env.get("PATH", os.defpath))
+    path = _which(argv[0], env.get("PATH", os.defpath), cwd)
     ends = [*os.pipe(), *os.pipe(), *os.pipe()]  # stdin r/w, stdout r/w, stderr r/w
     if min(ends) < 3:  # fds 0-2 closed in this process: leave the juggling to subprocess
         for fd in ends:
@@ -111,11 +111,12 @@ def spawn(argv: list[str], env: dict[str, str], cwd: str) -> Child | gevent.subp
     return Child(pid, in_w, out_r, err_r)
 
 
-def _which(name: str, search: str) -> str:
+def _which(name: str, search: str, cwd: str) -> str:
+    # Relative names are looked up from the child's directory, where exec runs.
     if os.sep in name:
-        return name
+        return os.path.join(cwd, name)
     for folder in search.split(os.pathsep):
-        candidate = os.path.join(folder or ".", name)
+        candidate = os.path.join(cwd, folder or ".", name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     raise FileNotFoundError(2, "No such file or directory", name)

@@ -75,3 +75,14 @@ def test_it_reports_a_missing_program_and_a_signal_death(how, tmp_path):
     assert type(timed_out.value).__name__ == "TimeoutExpired"
     os.killpg(child.pid, signal.SIGKILL)
     assert child.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_it_finds_a_relative_path_entry_from_the_childs_directory(tmp_path):
+    work = tmp_path / "work"
+    (work / "bin").mkdir(parents=True)
+    tool = work / "bin" / "tool"
+    tool.write_text("#!/bin/sh\necho from the workspace\n")
+    tool.chmod(0o755)
+    assert spawn_mod._which("tool", "bin", str(work)) == str(work / "bin" / "tool")
+    assert spawn_mod._which("./bin/tool", "", str(work)) == os.path.join(work, "./bin/tool")
+    assert spawn_mod._which("/bin/sh", "", str(work)) == "/bin/sh"
