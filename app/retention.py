@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -126,15 +127,8 @@ def remove_workspaces(cfg: dict, now: float) -> int:
     """
     from app import ops
 
-    base = Path(cfg["WORKSPACES_DIR"])
-    if not base.is_dir():
-        return 0
     cutoff = now - cfg["RETENTION_WORKSPACES_DAYS"] * DAY
-    found = {}
-    for entry in base.iterdir():
-        match = _WORKSPACE.fullmatch(entry.name)
-        if match and entry.is_dir():
-            found[(int(match[1]), int(match[2]))] = entry
+    found = ops.offload(_scan_workspaces, Path(cfg["WORKSPACES_DIR"]))
     if not found:
         return 0
     with db.reading(cfg["DATABASE"]) as conn:
@@ -145,17 +139,35 @@ def remove_workspaces(cfg: dict, now: float) -> int:
         ).fetchall()
     finished = {(r["task_id"], r["number"]): r["finished_at"] for r in rows}
     removed = 0
-    for key, path in found.items():
+    for key, (path, mtime) in found.items():
         if key in finished:
             expired = finished[key] is not None and finished[key] < cutoff
         else:
-            expired = path.stat().st_mtime < cutoff
+            expired = mtime < cutoff
         if expired:
             ops.offload(_remove_workspace, path)
             removed += 1
     if removed:
         metrics.count("retention_deleted_total", removed, table="workspaces")
     return removed
+
+
+def _scan_workspaces(base: Path) -> dict[tuple[int, int], tuple[Path, float]]:
+    """(task id, attempt) -> (directory, mtime) for every workspace under `base`."""
+    found = {}
+    try:
+        entries = list(os.scandir(base))
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        match = _WORKSPACE.fullmatch(entry.name)
+        try:
+            if match and entry.is_dir(follow_symlinks=False):
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+                found[(int(match[1]), int(match[2]))] = (Path(entry.path), mtime)
+        except FileNotFoundError:
+            continue  # removed while we looked
+    return found
 
 
 def _remove_workspace(path: Path) -> None:
