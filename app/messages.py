@@ -137,11 +137,16 @@ compact = json.JSONEncoder(separators=(",", ":")).encode
 _strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 # _strict's C core, built once (encode() builds it again on every call, which
 # costs more than encoding a small message's content). No circular check: the
-# content comes from json.loads, which cannot make a cycle.
-_c_encoder = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
-    None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii, None,
-    ":", ",", False, False, False,
-)  # fmt: skip
+# content comes from json.loads, which cannot make a cycle. c_make_encoder is
+# CPython's internal API: on another Python, or if its arguments change, the
+# plain encoder does the work.
+try:
+    _c_encoder = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
+        None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii, None,
+        ":", ",", False, False, False,
+    )  # fmt: skip
+except TypeError:
+    _c_encoder = None
 
 
 def content_json(content: Any) -> str:
