@@ -200,16 +200,16 @@ def row_tuple(
     )  # fmt: skip
 
 
+def wake_event(conn, name: str, count: int, first_id: int, last_id: int) -> dict:
+    """Record a `message.sent` event for one receiver (topic agent:<name> wakes its pollers)."""
+    data = {"receiver": name, "count": count, "first_id": first_id, "last_id": last_id}
+    return events.record(conn, "message.sent", f"agent:{name}", data)
+
+
 def wake_events(conn, receivers_ids: dict[str, list[int]]) -> list[dict]:
-    """Record one `message.sent` event per receiver (topic agent:<name> wakes its pollers)."""
+    """One wake_event per receiver of the given message ids."""
     return [
-        events.record(
-            conn,
-            "message.sent",
-            f"agent:{name}",
-            {"receiver": name, "count": len(ids), "first_id": ids[0], "last_id": ids[-1]},
-        )
-        for name, ids in receivers_ids.items()
+        wake_event(conn, name, len(ids), ids[0], ids[-1]) for name, ids in receivers_ids.items()
     ]
 
 
@@ -669,12 +669,7 @@ def store(conn, drafts: list[Draft], cfg: dict, t: float, plan: Plan) -> tuple[P
     ids = insert_rows(conn, plan.rows)
     first_id = plan.first_id = ids[0] if ids else 0
     evs = [
-        events.record(
-            conn,
-            "message.sent",
-            f"agent:{name}",
-            {"receiver": name, "count": n, "first_id": first_id + a, "last_id": first_id + b},
-        )
+        wake_event(conn, name, n, first_id + a, first_id + b)
         for name, (n, a, b) in plan.spans.items()
     ]
     if any(d.task_plan for d in drafts):
