@@ -30,7 +30,8 @@ from app.agents import (
 from app.api import Body, body_model, or_404, parse_body
 from app.auth import allows, requires
 from app.errors import ApiError
-from app.messages import ID, hub_reply, insert_rows, new_id, row_tuple, wake_events
+from app.message_store import hub_reply, insert_rows, new_id, row_tuple, wake_events
+from app.messages import ID
 
 bp = Blueprint("contractnet", __name__)
 bp.record_once(lambda state: msgconfig.apply(state.app))

@@ -17,7 +17,8 @@ from typing import Any
 from flask import Flask, g
 
 from app import db, events
-from app.messages import Draft, Problem, hub_reply
+from app.message_store import hub_reply
+from app.messages import Draft, Problem
 
 log = logging.getLogger("agented.delegation")
 PROTOCOL = "agented-task"

@@ -22,7 +22,7 @@ from app.agents import acting_as, agent_scoped, key_agent_id
 from app.api import Body, arg_int, body_model, parse_body
 from app.auth import requires, streams
 from app.errors import ApiError
-from app.messages import compact
+from app.message_store import compact
 
 bp = Blueprint("mailboxes", __name__)
 bp.record_once(lambda state: msgconfig.apply(state.app))

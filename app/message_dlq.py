@@ -16,7 +16,7 @@ from app import db, events, msgconfig
 from app.api import Body, arg_int, body_model, decode_cursor, encode_cursor, parse_body
 from app.auth import requires
 from app.errors import ApiError
-from app.messages import mailbox_full, message_json, wake_events
+from app.message_store import mailbox_full, message_json, wake_events
 
 bp = Blueprint("message_dlq", __name__)
 bp.record_once(lambda state: msgconfig.apply(state.app))

@@ -187,7 +187,7 @@ def test_it_pages_a_long_conversation(client, pair, alice):
 
 def test_it_builds_the_lease_answer_exactly_as_json_would(app, client, pair):
     from app import db
-    from app.messages import message_json
+    from app.message_store import message_json
 
     a, b = pair
     send(
