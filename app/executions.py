@@ -435,8 +435,8 @@ class Run:
         # Issue 5: waiting for the batch's commit cost subscribers ~100 ms per line.
         # A stream that connects meanwhile gets these lines from `unstored_lines`.
         self._publish()
-        if len(self.pending) >= FLUSH_LINES:
-            gevent.spawn(self._flush_logged)
+        if len(self.pending) >= FLUSH_LINES and not self.flush_lock.locked():
+            gevent.spawn(self._flush_early)
 
     def _publish(self) -> None:
         """Publish lines in order: every stored one, and up to PUBLISH_AHEAD beyond those."""
@@ -448,14 +448,23 @@ class Run:
             self.published += 1
 
     def _flush_loop(self) -> None:
-        while not self.flush_stop.wait(FLUSH_INTERVAL_S):
-            self._flush_logged()
+        wait = FLUSH_INTERVAL_S
+        while not self.flush_stop.wait(wait):
+            try:
+                self._flush()
+            except Exception:
+                # Log the first failure of a streak (a full disk fails every
+                # time), then wait longer between tries, up to 5 s.
+                if wait == FLUSH_INTERVAL_S:
+                    log.exception("storing log lines failed", extra={"task_id": self.task_id})
+                wait = min(wait * 2, 5.0)
+            else:
+                wait = FLUSH_INTERVAL_S
 
-    def _flush_logged(self) -> None:
-        try:
+    def _flush_early(self) -> None:
+        """Flush a full batch now; a failure is left to the loop, which logs and retries."""
+        with contextlib.suppress(Exception):
             self._flush()
-        except Exception:
-            log.exception("storing log lines failed; retrying", extra={"task_id": self.task_id})
 
     def _flush(self, then=None) -> Any:
         """Store the pending lines; with `then`, also run then(conn) in that transaction."""

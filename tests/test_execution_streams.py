@@ -135,7 +135,7 @@ def test_it_keeps_a_batch_that_failed_to_store_for_the_next_flush(app, run, monk
         raise OSError("disk full")
 
     monkeypatch.setattr(db, "write", failing)
-    run._flush_logged()
+    run._flush_early()
     assert [e["seq"] for e in run.pending] == [3]
     monkeypatch.setattr(db, "write", real_write)
     run._line("stdout", "four")
