@@ -68,14 +68,6 @@ def conversations_get(conversation_id: str):
     )
 
 
-def _read_all(path, sql: str, params: tuple) -> list[dict]:
-    conn = db.connect(path)
-    try:
-        return [dict(r) for r in conn.execute(sql, params).fetchall()]
-    finally:
-        conn.close()
-
-
 @bp.get("/api/v1/conversations")
 @requires("viewer")
 def conversations_list():
@@ -99,7 +91,8 @@ def conversations_list():
         " ORDER BY last_id DESC LIMIT ?"
     )
     # Grouping every message is slow work on a big table: it runs in the threadpool.
-    rows = offload(_read_all, current_app.config["DATABASE"], sql, (*params, *hparams, limit + 1))
+    path = current_app.config["DATABASE"]
+    rows = offload(db.read_apart, path, sql, (*params, *hparams, limit + 1))
     more = len(rows) > limit
     rows = rows[:limit]
     items = [r | {"senders": (r["senders"] or "").split(",")} for r in rows]

@@ -105,6 +105,16 @@ def query_one(sql: str, params: tuple | list = ()) -> sqlite3.Row | None:
     return get_db().execute(sql, params).fetchone()
 
 
+def read_apart(path: str | Path, sql: str, params: tuple | list = ()) -> list[dict]:
+    """One read on a connection of its own, rows as dicts: for slow reads run in
+    the threadpool (ops.offload), where the loop's pooled connections are not used."""
+    conn = connect(path)
+    try:
+        return [dict(r) for r in conn.execute(sql, params).fetchall()]
+    finally:
+        conn.close()
+
+
 def query_all(sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
     return get_db().execute(sql, params).fetchall()
 

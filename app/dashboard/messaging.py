@@ -39,17 +39,9 @@ def cursor_id(raw: str | None, name: str) -> int | None:
         raise ApiError(400, "the cursor is not valid") from None
 
 
-def _read(path, sql: str, params: list) -> list[dict]:
-    conn = db.connect(path)
-    try:
-        return [dict(r) for r in conn.execute(sql, params).fetchall()]
-    finally:
-        conn.close()
-
-
 def read_slow(sql: str, params: list) -> list[dict]:
     """Run a GROUP BY over every message in the threadpool: it would stall other greenlets."""
-    return offload(_read, current_app.config["DATABASE"], sql, params)
+    return offload(db.read_apart, current_app.config["DATABASE"], sql, params)
 
 
 def agent_names() -> list[str]:
