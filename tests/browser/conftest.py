@@ -41,15 +41,18 @@ FAST = {
 }
 PY = sys.executable
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="/usr/bin/chromium is missing (just test-deps installs it)"
-)
+MISSING = "/usr/bin/chromium is missing (just test-deps installs it)"
+# In CI (.ci/run sets CI=true) a missing browser is a broken setup: fail, never skip.
+REQUIRED = bool(os.environ.get("CI"))
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not REQUIRED, reason=MISSING)
 
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator:
     if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is missing (just test-deps installs it)")
+        if REQUIRED:
+            pytest.fail(MISSING)
+        pytest.skip(MISSING)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
