@@ -123,10 +123,10 @@ def lease(
 
     `text` is the leased messages as JSON objects joined by commas; with
     `rows`, `rows` holds them as (JSON text, id) pairs instead (the SSE stream,
-    which may pass `after`, its Last-Event-ID). Each step is one statement over a JSON array of ids:
-    a statement per message, or a fetch per RETURNING row, costs several times
-    more. `next_visible` is looked up only when nothing was leased (only a
-    waiting poll needs it).
+    which may pass `after`, its Last-Event-ID). Each step is one statement over
+    a JSON array of ids: a statement per message, or a fetch per RETURNING row,
+    costs several times more. `next_visible` is looked up only when nothing was
+    leased (only a waiting poll needs it).
     """
     evs = expire(conn, receiver, t)
     until = t + visibility
@@ -134,8 +134,8 @@ def lease(
     if after is not None:
         again = json.loads(conn.execute(PICK_AGAIN, (receiver, after, t, limit)).fetchone()[0])
         ids = compact((again + json.loads(ids))[:limit])
-    result = {"text": "", "rows": [], "count": 0, "events": evs, "until": until}
-    result["next_visible"] = None
+    result = {"text": "", "rows": [], "count": 0, "events": evs, "until": until,
+              "next_visible": None}  # fmt: skip
     if ids == "[]":
         result["next_visible"] = conn.execute(
             "SELECT min(visible_at) FROM messages WHERE receiver = ? AND state = 'queued'"
