@@ -511,7 +511,12 @@ def agents_stop(name: str):
 @requires("operator")
 def agents_rotate_key(name: str):
     """Revoke an external agent's keys and issue a new one, shown in this answer only."""
-    row = get_agent(name)
+    key_id, raw = replace_agent_key(get_agent(name))
+    return jsonify({"agent": name, "key_id": key_id, "key": raw}), 201
+
+
+def replace_agent_key(row) -> tuple[int, str]:
+    """Revoke an external agent's keys and create its new one in one write; return (id, raw)."""
     if row["backend"] != "external":
         raise ApiError(409, "only external agents have agent-scoped keys")
     t = time.time()
@@ -521,7 +526,6 @@ def agents_rotate_key(name: str):
             "UPDATE api_keys SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL",
             (t, row["id"]),
         )
-        return new_agent_key(conn, row["id"], name)
+        return new_agent_key(conn, row["id"], row["name"])
 
-    key_id, raw = db.write(rotate)
-    return jsonify({"agent": name, "key_id": key_id, "key": raw}), 201
+    return db.write(rotate)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import request
+from flask import current_app, request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.errors import ApiError
@@ -50,6 +50,12 @@ def body_model(model: type[BaseModel]) -> Callable:
         return view
 
     return mark
+
+
+def public_url(path: str) -> str:
+    """`path` on the address clients reach the hub at (AGENTED_PUBLIC_URL, else this request's)."""
+    base = current_app.config["PUBLIC_URL"] or request.host_url
+    return base.rstrip("/") + path
 
 
 def or_404(row: Any, what: str) -> Any:

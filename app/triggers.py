@@ -14,11 +14,11 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 from pydantic import Field, field_validator
 
 from app import crypto, db, events, prompts
-from app.api import Body, body_model, or_404, parse_body
+from app.api import Body, body_model, or_404, parse_body, public_url
 from app.auth import requires
 from app.errors import ApiError
 
@@ -116,8 +116,7 @@ def trigger_json(row) -> dict:
 
 
 def webhook_url(slug: str) -> str:
-    base = current_app.config["PUBLIC_URL"] or request.host_url
-    return base.rstrip("/") + f"/hooks/{slug}"
+    return public_url(f"/hooks/{slug}")
 
 
 def get_trigger(slug: str):

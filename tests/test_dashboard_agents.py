@@ -254,3 +254,82 @@ def test_it_audits_each_form_post_as_a_dashboard_action(app, operator):
         ("bob", "dashboard", "dashboard.agent_new_post", 303),
         ("bob", "dashboard", "dashboard.agent_enabled_post", 303),
     ]
+
+
+def shown_key(page: str) -> str:
+    return re.search(r'<code id="agent-key">([^<]+)</code>', page)[1]
+
+
+def test_it_registers_an_external_agent_whose_key_works_for_its_mailbox_only(
+    app, client, dave, signin
+):
+    token = signin(client, dave)
+    resp = post(client, "/agents/register", token, name="remote", capabilities="gpu, translate",
+                rate_tier="standard", metadata='{"host": "gpu-1"}')  # fmt: skip
+    assert resp.status_code == 201
+    page = resp.get_data(as_text=True)
+    key = shown_key(page)
+    assert "Copy it now" in page and "/api/v1/agents/remote/heartbeat" in page
+    data = stored(app, "remote")
+    assert (data["backend"], data["capabilities"], data["metadata"]) == (
+        "external",
+        ["gpu", "translate"],
+        {"host": "gpu-1"},
+    )
+    # Only the hash is stored, and the key is the agent's own: its mailbox, nobody else's.
+    assert one(app, "SELECT count(*) FROM api_keys WHERE key_hash = ?", (key,))[0] == 0
+    beat = client.post("/api/v1/agents/remote/heartbeat", headers={"X-API-Key": key})
+    assert beat.status_code == 200
+    headers = {"X-API-Key": key}
+    assert client.get("/api/v1/agents/remote/messages", headers=headers).status_code == 200
+    register(client, dave, "other")
+    assert client.get("/api/v1/agents/other/messages", headers=headers).status_code == 403
+    # The key is on the answer page only: the agent's page never shows it.
+    assert key not in client.get("/agents/remote/settings").get_data(as_text=True)
+
+
+def test_it_shows_registration_errors_by_field_and_writes_nothing(app, client, dave, signin):
+    token = signin(client, dave)
+    register(client, dave, "taken")
+    cases = [
+        ({"name": "Bad Name!"}, "name", 422),
+        ({"name": "taken"}, "name", 409),
+        ({"capabilities": "ok -dash-first"}, "capabilities", 422),
+        ({"metadata": "[1, 2]"}, "metadata", 422),
+        ({"metadata": "{oops"}, "metadata", 422),
+        ({"rate_tier": "unlimited"}, "rate_tier", 422),  # a developer may not pick a tier
+    ]
+    for change, field, status in cases:
+        form = {"name": "fresh", "capabilities": "", "rate_tier": "standard", "metadata": ""}
+        resp = post(client, "/agents/register", token, **(form | change))
+        assert resp.status_code == status, change
+        assert f'id="{field}-error"' in resp.get_data(as_text=True), change
+    assert count_agents(app) == 1
+    assert one(app, "SELECT count(*) FROM api_keys WHERE agent_id IS NOT NULL")[0] == 1
+
+
+def test_it_replaces_an_external_agents_key_and_the_old_one_stops(app, operator, bob):
+    old = register(operator, bob, "remote")
+    page = operator.get("/agents/remote/settings").get_data(as_text=True)
+    assert "Replace key" in page
+    resp = post(operator, "/agents/remote/key", operator.token)
+    assert resp.status_code == 201
+    new = shown_key(resp.get_data(as_text=True))
+    headers = {"X-API-Key": old}
+    assert operator.get("/api/v1/agents/remote/messages", headers=headers).status_code == 401
+    headers = {"X-API-Key": new}
+    assert operator.get("/api/v1/agents/remote/messages", headers=headers).status_code == 200
+    create(operator)  # a local agent has no key to replace
+    assert post(operator, "/agents/reviewer/key", operator.token).status_code == 409
+
+
+def test_it_lets_only_developers_register_and_operators_replace_keys(
+    app, client, vera, bob, signin
+):
+    register(client, bob, "remote")
+    token = signin(client, vera)
+    assert "Register external agent" not in client.get("/agents").get_data(as_text=True)
+    assert client.get("/agents/register").status_code == 403
+    assert post(client, "/agents/register", token, name="sneaky").status_code == 403
+    assert post(client, "/agents/remote/key", token).status_code == 403
+    assert count_agents(app) == 1

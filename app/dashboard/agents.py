@@ -11,7 +11,7 @@ import re
 import time
 from typing import Any
 
-from flask import current_app, render_template, request, url_for
+from flask import current_app, g, render_template, request, url_for
 
 from app import db
 from app.agents import (
@@ -26,16 +26,16 @@ from app.agents import (
     delete_agent,
     get_agent,
     register_agent,
+    replace_agent_key,
     update_agent,
 )
-from app.api import validate
-from app.auth import requires
+from app.api import public_url, validate
+from app.auth import allows, requires
 from app.dashboard import bp, clihealth
 from app.dashboard.common import done, is_htmx
 from app.errors import ApiError
 from app.tasks import ACTIVE
 
-# External agents run elsewhere and get a one-time key: the API or `agented agent register`.
 LOCAL_BACKENDS = ("claude", "codex", "gemini", "opencode", "shell")
 LINE_FIELDS = ("command", "flags")  # argv items: one per line, never split on spaces
 TAG_FIELDS = ("env_allow", "capabilities")  # names: commas or spaces between them
@@ -216,7 +216,8 @@ def read_form(row=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]
 # The API's check messages name the field they are about; route each to its input.
 FIELD_HINTS = (("reserved", "name"), ("exists", "name"), ("unknown backend", "backend"),
                ("repository", "repository"), ("flag", "flags"), ("command", "command"),
-               ("capability", "capabilities"), ("secret", "secrets"))  # fmt: skip
+               ("capability", "capabilities"), ("secret", "secrets"),
+               ("rate tier", "rate_tier"))  # fmt: skip
 
 
 def checked(model: type[AgentIn] | type[AgentPatch], data: dict, store, errors: dict) -> bool:
@@ -365,3 +366,60 @@ def agent_delete_post(name: str):
     if n["queued"]:
         said.append(f"{n['queued']} queued task(s) wait for an agent named {name}.")
     return done(" ".join(said), "/agents")
+
+
+# --- external agents --------------------------------------------------------------------
+
+
+def register_page(form: dict, errors: dict, status: int = 200):
+    tiers = sorted(current_app.config["RATE_TIERS"])
+    return render_template("agents/register.html", form=form, errors=errors, tiers=tiers), status
+
+
+def key_page(name: str, raw: str, created: bool):
+    """The agent's new key, shown on this page only, with how the agent uses it."""
+    return render_template(
+        "agents/key.html", agent=agent_json(get_agent(name)), raw=raw, created=created,
+        api=public_url("/api/v1/agents/" + name),
+    ), 201  # fmt: skip
+
+
+@bp.get("/agents/register")
+@requires("developer")
+def agent_register_get():
+    blank = {"name": "", "capabilities": "", "rate_tier": "standard", "metadata": ""}
+    return register_page(blank, {})
+
+
+@bp.post("/agents/register")
+@requires("developer")
+def agent_register_post():
+    """Register an external agent as POST /api/v1/agents does; show its key once."""
+    f = request.form
+    form = {k: f.get(k, "").strip() for k in ("name", "capabilities", "rate_tier", "metadata")}
+    errors: dict[str, str] = {}
+    data: dict[str, Any] = {
+        "name": form["name"],
+        "backend": "external",
+        "capabilities": [tag for tag in re.split(r"[,\s]+", form["capabilities"]) if tag],
+        "rate_tier": form["rate_tier"] or "standard",
+    }
+    if data["rate_tier"] != "standard" and not allows(g.key, "operator"):
+        errors["rate_tier"] = "Only an operator may choose a tier other than standard."
+    if form["metadata"]:
+        try:
+            data["metadata"] = json.loads(form["metadata"])
+        except ValueError:
+            errors["metadata"] = 'Enter a JSON object, e.g. {"host": "gpu-1"}.'
+    keys: list[tuple[int, str]] = []
+    if not checked(AgentIn, data, lambda body: keys.append(register_agent(body)), errors):
+        return register_page(form, errors, 409 if "exists" in errors.get("name", "") else 422)
+    return key_page(form["name"], keys[0][1], created=True)
+
+
+@bp.post("/agents/<name>/key")
+@requires("operator")
+def agent_key_post(name: str):
+    """Replace an external agent's key: the old ones stop working now."""
+    _key_id, raw = replace_agent_key(get_agent(name))
+    return key_page(name, raw, created=False)

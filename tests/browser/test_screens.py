@@ -14,6 +14,7 @@ PAGES = {
     "triggers": "/triggers",
     "agents": "/agents",
     "agent-new": "/agents/new",
+    "agent-register": "/agents/register",
     "agent-settings": "/agents/echo/settings",
     "conversations": "/conversations",
     "conversation": "/conversations/build-42",
