@@ -157,6 +157,34 @@ def test_it_lists_recent_conversations_with_participants_and_last_performative(
     assert '<span class="perf">inform</span>' in conv1 and "from beta" in conv1
 
 
+def test_it_refreshes_the_first_page_of_conversations_when_a_message_arrives(
+    client, talk, vera, signin
+):
+    signin(client, vera)
+    html = client.get("/conversations?agent=gamma").get_data(as_text=True)
+    url = re.search(r'hx-get="([^"]+)" hx-trigger="every 3s"', html).group(1)
+    url = url.replace("&amp;", "&")
+    assert url.startswith("/conversations?agent=gamma&v=")
+    htmx = {"HX-Request": "true"}
+    assert client.get(url, headers=htmx).status_code == 204
+    send(talk["api"], talk["keys"]["alpha"], performative="inform", receiver="gamma",
+         conversation_id="conv-9", content="new")  # fmt: skip
+    resp = client.get(url, headers=htmx)
+    fragment = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and fragment.startswith('<div id="conversations-live"')
+    assert 'href="/conversations/conv-9"' in fragment and "<html" not in fragment
+    # Older pages stay as they are.
+    assert "hx-trigger" not in client.get("/conversations?cursor=" + cursor_after(1)).get_data(
+        as_text=True
+    )
+
+
+def cursor_after(last_id: int) -> str:
+    from app.api import encode_cursor
+
+    return encode_cursor({"last_id": last_id + 1})
+
+
 def test_it_filters_conversations_by_agent(client, talk, vera, signin):
     signin(client, vera)
     html = client.get("/conversations?agent=gamma").get_data(as_text=True)
@@ -203,6 +231,29 @@ def test_it_shows_a_thread_in_order_with_replies_content_and_delivery_states(
     assert states == ["acked", "dead", "queued", "leased", "queued"]
     assert "ttl expired" in html
     assert "/messages/dead/" not in html  # a viewer gets no replay button
+
+
+def test_it_keeps_an_open_thread_current_and_says_204_while_nothing_changed(
+    client, talk, vera, signin
+):
+    signin(client, vera)
+    html = client.get("/conversations/conv-1").get_data(as_text=True)
+    poll = re.search(r'hx-get="(/conversations/conv-1\?v=[^"]+)" hx-trigger="every 3s"', html)
+    assert poll, "the last page of a thread polls for changes"
+    url = poll.group(1).replace("&amp;", "&")
+    htmx = {"HX-Request": "true"}
+    assert client.get(url, headers=htmx).status_code == 204
+    # A lease, an ack or a new message changes what the page shows: it gets the new thread.
+    lease(talk["api"], talk["keys"]["beta"], "beta", limit=10)
+    resp = client.get(url, headers=htmx)
+    assert resp.status_code == 200
+    fragment = resp.get_data(as_text=True)
+    assert "<html" not in fragment and fragment.startswith('<div id="thread-live"')
+    send(talk["api"], talk["keys"]["alpha"], performative="inform", receiver="beta",
+         conversation_id="conv-1", content="fresh news")  # fmt: skip
+    newer = re.search(r'hx-get="([^"]+)"', fragment).group(1).replace("&amp;", "&")
+    fragment = client.get(newer, headers=htmx).get_data(as_text=True)
+    assert "fresh news" in fragment
 
 
 def test_it_answers_404_for_an_unknown_conversation(client, vera, signin):
@@ -342,6 +393,28 @@ def test_it_replays_one_dead_letter_and_goes_back(app, client, dead, bob, signin
     assert resp.status_code == 409
 
 
+def test_it_redirects_or_purges_one_dead_letter_from_its_row(app, client, dead, bob, signin):
+    token = signin(client, bob)
+    html = client.get("/messages/dead").get_data(as_text=True)
+    gamma = one(app, "SELECT id FROM messages WHERE receiver = 'gamma'")[0]
+    assert f'action="/messages/dead/{gamma}/redirect"' in html
+    assert f'action="/messages/dead/{gamma}/purge"' in html
+    resp = post(client, f"/messages/dead/{gamma}/redirect", token, to="beta", next="/messages/dead")
+    assert resp.status_code == 303 and resp.headers["Location"] == "/messages/dead"
+    assert dead_states(app)["gamma-one"] == ("queued", "beta")
+    assert one(app, "SELECT original_receiver FROM messages WHERE id = ?", (gamma,))[0] == "gamma"
+    beta = one(app, "SELECT id FROM messages WHERE content = '\"beta-two\"'")[0]
+    assert post(client, f"/messages/dead/{beta}/redirect", token, to="nobody").status_code == 422
+    assert post(client, f"/messages/dead/{beta}/redirect", token).status_code == 422
+    assert post(client, f"/messages/dead/{beta}/shred", token).status_code == 404
+    assert dead_states(app)["beta-two"][0] == "dead"
+    assert post(client, f"/messages/dead/{beta}/purge", token).status_code == 303
+    assert "beta-two" not in dead_states(app)
+    # A letter that is no longer dead (redirected above) is not purged.
+    assert post(client, f"/messages/dead/{gamma}/purge", token).status_code == 409
+    assert dead_states(app)["gamma-one"] == ("queued", "beta")
+
+
 def test_it_reports_a_full_mailbox_instead_of_replaying(make_app, client, signin):
     from tests.conftest import make_key
 
@@ -365,7 +438,13 @@ def test_it_reports_a_full_mailbox_instead_of_replaying(make_app, client, signin
 
 @pytest.mark.parametrize(
     "path",
-    ["/messages/dead/preview", "/messages/dead/bulk", "/messages/dead/1/replay"],
+    [
+        "/messages/dead/preview",
+        "/messages/dead/bulk",
+        "/messages/dead/1/replay",
+        "/messages/dead/1/redirect",
+        "/messages/dead/1/purge",
+    ],
 )
 @pytest.mark.parametrize("persona", ["vera", "dave"])
 def test_it_refuses_dead_letter_actions_below_operator_with_403(

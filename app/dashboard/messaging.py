@@ -23,6 +23,7 @@ from app.ops import offload
 
 PAGE = 50
 THREAD_PAGE = 500
+POLL_S = 3  # how often an open conversation page asks whether it changed
 CHUNK = 500  # ids per transaction for bulk actions (the API takes at most 1,000 at once)
 ACTIONS = ("replay", "redirect", "purge")
 DEAD_FILTERS = ("reason", "receiver", "performative")
@@ -54,8 +55,20 @@ def agent_names() -> list[str]:
 @bp.get("/conversations")
 @requires("viewer")
 def conversations_get():
+    """Conversations, most recently active first; htmx polls the first page with ?v=."""
     agent = request.args.get("agent", "").strip()
     before = cursor_id(request.args.get("cursor"), "last_id")
+    version = None
+    if before is None:
+        # A new message or a new dead letter changes the first page; an ack does not.
+        # Both are index look-ups, so an open page costs next to nothing while idle.
+        last, died = db.query_one(
+            "SELECT (SELECT coalesce(max(id), 0) FROM messages),"
+            " (SELECT coalesce(max(dead_at), 0) FROM messages WHERE state = 'dead')"
+        )
+        version = f"{last}-{died:.6f}"
+        if is_htmx() and request.args.get("v") == version:
+            return "", 204
     where, params = ["1 = 1"], []
     if agent:
         # Whole conversations the agent takes part in, not just its own rows of them.
@@ -82,13 +95,18 @@ def conversations_get():
         names = (r.pop("senders") or "").split(",") + (r.pop("receivers") or "").split(",")
         r["participants"] = sorted(set(filter(None, names)))
     filters = {"agent": agent} if agent else {}
+    context = {
+        "conversations": rows,
+        "filters": filters,
+        "next_cursor": encode_cursor({"last_id": rows[-1]["last_id"]}) if more else None,
+        "live": version is not None,
+        "version": version,
+        "poll_s": POLL_S,
+    }
+    if is_htmx():
+        return render_template("messages/_conversations.html", **context)
     return render_template(
-        "messages/conversations.html",
-        conversations=rows,
-        filters=filters,
-        agents=agent_names(),
-        next_cursor=encode_cursor({"last_id": rows[-1]["last_id"]}) if more else None,
-        dead_total=dead_total(),
+        "messages/conversations.html", agents=agent_names(), dead_total=dead_total(), **context
     )
 
 
@@ -139,10 +157,27 @@ def thread_of(rows, now: float) -> list[dict]:
     return thread
 
 
+def thread_version(conversation_id: str, after: int, now: float) -> str:
+    """What the thread page shows, in one cheap aggregate: new rows, leases, acks, deaths."""
+    row = db.query_one(
+        "SELECT count(*), coalesce(max(id), 0), total(deliveries), sum(state = 'acked'),"
+        " sum(state = 'dead'), sum(state = 'queued' AND visible_at > ? AND deliveries > 0)"
+        " FROM messages WHERE conversation_id = ? AND id > ?",
+        (now, conversation_id, after),
+    )
+    return "-".join(str(int(v or 0)) for v in row)
+
+
 @bp.get("/conversations/<conversation_id>")
 @requires("viewer")
 def conversation_get(conversation_id: str):
-    after = cursor_id(request.args.get("cursor"), "id") or 0
+    """The thread; htmx polls it with ?v=, answered 204 while nothing in it changed."""
+    raw_cursor = request.args.get("cursor")
+    after = cursor_id(raw_cursor, "id") or 0
+    now = time.time()
+    version = thread_version(conversation_id, after, now)
+    if is_htmx() and request.args.get("v") == version:
+        return "", 204
     rows = db.query_all(
         "SELECT * FROM messages WHERE conversation_id = ? AND id > ? ORDER BY id LIMIT ?",
         (conversation_id, after, THREAD_PAGE + 1),
@@ -151,15 +186,22 @@ def conversation_get(conversation_id: str):
         raise ApiError(404, "conversation not found")
     more = len(rows) > THREAD_PAGE
     rows = rows[:THREAD_PAGE]
-    thread = thread_of(rows, time.time())
+    thread = thread_of(rows, now)
     names = {m["sender"] for m in thread} | {r["name"] for m in thread for r in m["receivers"]}
-    return render_template(
-        "messages/thread.html",
-        conversation_id=conversation_id,
-        thread=thread,
-        participants=sorted(names),
-        next_cursor=encode_cursor({"id": rows[-1]["id"]}) if more else None,
-    )
+    context = {
+        "conversation_id": conversation_id,
+        "thread": thread,
+        "participants": sorted(names),
+        "next_cursor": encode_cursor({"id": rows[-1]["id"]}) if more else None,
+        # Only the last page grows, so only it keeps asking.
+        "live": not more,
+        "cursor": raw_cursor,
+        "version": version,
+        "poll_s": POLL_S,
+    }
+    if is_htmx():
+        return render_template("messages/_thread.html", **context)
+    return render_template("messages/thread.html", **context)
 
 
 # --- message dead letters -----------------------------------------------------------------
@@ -252,9 +294,9 @@ def message_dead_get():
     return render_template("messages/dead.html", **dead_context(request.args))
 
 
-def read_action() -> tuple[str, str | None]:
-    """The bulk action and, for a redirect, the agent to send to; 422 when incomplete."""
-    action = request.form.get("action", "")
+def read_action(action: str | None = None) -> tuple[str, str | None]:
+    """The action (the form's, or the URL's) and, for a redirect, the agent; 422 when incomplete."""
+    action = action if action is not None else request.form.get("action", "")
     if action not in ACTIONS:
         raise ApiError(422, "Choose replay, redirect or purge.")
     to = request.form.get("to", "").strip() or None
@@ -334,11 +376,19 @@ def purge(ids: list[int]) -> int:
     return total
 
 
-@bp.post("/messages/dead/<int:row_id>/replay")
+@bp.post("/messages/dead/<int:row_id>/<action>")
 @requires("operator")
-def message_dead_replay_post(row_id: int):
-    """Put one dead letter back in its receiver's mailbox."""
-    n, error = requeue([row_id], None)
+def message_dead_one_post(row_id: int, action: str):
+    """Replay, redirect or purge one dead letter; then back to the page it was on."""
+    if action not in ACTIONS:
+        raise ApiError(404, "no such action")
+    action, to = read_action(action)
+    if action == "purge":
+        n, error = purge([row_id]), None
+        said = f"Message #{row_id} purged."
+    else:
+        n, error = requeue([row_id], to)
+        said = f"Message #{row_id} is " + (f"redirected to {to}." if to else "back in its mailbox.")
     if error is not None:
         raise ApiError(409, error)
     if n == 0:
@@ -347,4 +397,4 @@ def message_dead_replay_post(row_id: int):
     # Only a path on this site: "//host" and "/\\host" would leave it.
     if not back.startswith("/") or back[1:2] in ("/", "\\"):
         back = url_for("dashboard.message_dead_get")
-    return done(f"Message #{row_id} is back in its mailbox.", back)
+    return done(said, back)
