@@ -21,14 +21,19 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def parse_body(model: type[M]) -> M:
-    """Parse the JSON body into `model` or raise the matching 4xx."""
+def json_body() -> Any:
+    """The request's JSON body, or the matching 4xx."""
     if not request.is_json:
         raise ApiError(415, "send the body as application/json")
     data = request.get_json(silent=True)
     if data is None:
         raise ApiError(400, "the body is not valid JSON")
-    return validate(model, data)
+    return data
+
+
+def parse_body(model: type[M]) -> M:
+    """Parse the JSON body into `model` or raise the matching 4xx."""
+    return validate(model, json_body())
 
 
 def validate(model: type[M], data: Any) -> M:

@@ -60,8 +60,7 @@ def task_submit(agent, prompt, trigger, params, priority, max_attempts, timeout_
     from app import events
     from app.api import validate
     from app.errors import ApiError
-    from app.tasks import TaskIn, create_task, task_json
-    from app.triggers import plan_from_trigger
+    from app.tasks import TaskIn, create_task, plan_task, task_json
 
     if prompt == "-":
         prompt = click.get_text_stream("stdin").read()
@@ -71,16 +70,7 @@ def task_submit(agent, prompt, trigger, params, priority, max_attempts, timeout_
     raw["params"] = dict(p.split("=", 1) for p in params if "=" in p)
     with app_context() as app:
         try:
-            body = validate(TaskIn, raw)
-            overrides = body.model_dump(
-                include={"priority", "max_attempts", "timeout_s"}, exclude_none=True
-            )
-            if body.trigger:
-                plan = plan_from_trigger(body.trigger, body.params) | overrides
-            else:
-                if not db.query_one("SELECT 1 FROM agents WHERE name = ?", (body.agent,)):
-                    raise ApiError(422, f"no agent named {body.agent!r}")
-                plan = {"agent": body.agent, "prompt": body.prompt} | overrides
+            plan = plan_task(validate(TaskIn, raw))
             task_id, event = db.write(lambda conn: create_task(conn, app.config, **plan))
         except ApiError as exc:
             raise api_error(exc) from None

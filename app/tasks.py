@@ -8,16 +8,18 @@ import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
-from pydantic import Field, model_validator
+from pydantic import Field, RootModel, model_validator
 
 from app import db, events
 from app.api import (
     Body,
     arg_int,
     body_model,
+    json_body,
     newest_first,
     or_404,
     parse_body,
+    validate,
 )
 from app.auth import requires, streams
 from app.errors import ApiError
@@ -28,6 +30,9 @@ ACTIVE = ("assigned", "accepted", "running")
 FINISHED = ("succeeded", "cancelled", "dead")
 MAX_PARAMS = 100
 MAX_PARAM_BYTES = 2048
+TASK_BATCH_MAX = 500
+# What a submission may set over the agent's or the trigger's defaults.
+OVERRIDES = ("priority", "max_attempts", "timeout_s", "concurrency_key")
 
 
 def check_pending_cap(conn, cap: int) -> None:
@@ -144,31 +149,71 @@ class TaskIn(Body):
         return self
 
 
-@bp.post("/api/v1/tasks")
-@requires("developer")
-@body_model(TaskIn)
-def tasks_create():
-    """Submit work: an agent and a prompt, or a trigger and params. 202 once committed."""
+class TaskBatchIn(Body):
+    tasks: list[TaskIn] = Field(min_length=1, max_length=TASK_BATCH_MAX)
+
+
+class SubmitIn(RootModel[TaskIn | TaskBatchIn]):
+    """One task, or {"tasks": [...]} stored in one transaction (all or none)."""
+
+
+def plan_task(body: TaskIn, agents: set[str] | None = None) -> dict:
+    """What create_task needs for one submission; 4xx for an unknown agent or trigger.
+
+    `agents`: the agent names, read once by a caller planning many tasks.
+    """
     from app.triggers import plan_from_trigger
 
-    body = parse_body(TaskIn)
     raw = body.model_dump(exclude_unset=True)
+    overrides = {k: raw[k] for k in OVERRIDES if k in raw}
+    if body.trigger is not None:
+        return plan_from_trigger(body.trigger, body.params) | overrides
+    if agents is None:
+        rows = db.query_all("SELECT name FROM agents WHERE name = ?", (body.agent,))
+        agents = {r[0] for r in rows}
+    if body.agent not in agents:
+        raise ApiError(422, f"no agent named {body.agent!r}")
+    return {"agent": body.agent, "prompt": body.prompt, "params": body.params} | overrides
+
+
+def plan_batch(bodies: list[TaskIn]) -> list[dict]:
+    """Plan every task of a batch; the first refusal names its index and stores nothing."""
+    agents = {r[0] for r in db.query_all("SELECT name FROM agents")}
+    plans = []
+    for index, body in enumerate(bodies):
+        try:
+            plans.append(plan_task(body, agents))
+        except ApiError as exc:
+            raise ApiError(
+                exc.status,
+                f"task {index}: {exc.message}; nothing was stored",
+                code=exc.code,
+                details={"index": index},
+            ) from None
+    return plans
+
+
+@bp.post("/api/v1/tasks")
+@requires("developer")
+@body_model(SubmitIn)
+def tasks_create():
+    """Submit work: an agent and a prompt, or a trigger and params; or {"tasks": [...]}.
+
+    202 once every task is committed. A batch is stored in one transaction, all
+    or none, and an error names the first bad task by its index.
+    """
+    data = json_body()
+    batch = isinstance(data, dict) and "tasks" in data
+    bodies = validate(TaskBatchIn, data).tasks if batch else [validate(TaskIn, data)]
+    raws = [b.model_dump(exclude_unset=True) for b in bodies]
     idem = request.headers.get("Idempotency-Key")
     if idem is not None and not 1 <= len(idem) <= 200:
         raise ApiError(400, "Idempotency-Key must be 1 to 200 characters")
     key_id = g.key["id"]
     scope = f"api:{key_id}"
     cfg = current_app.config
-    digest = body_hash(raw)
-    overrides = {
-        k: raw[k] for k in ("priority", "max_attempts", "timeout_s", "concurrency_key") if k in raw
-    }
-    if body.trigger is not None:
-        plan = plan_from_trigger(body.trigger, body.params) | overrides
-    else:
-        if db.query_one("SELECT 1 FROM agents WHERE name = ?", (body.agent,)) is None:
-            raise ApiError(422, f"no agent named {body.agent!r}")
-        plan = {"agent": body.agent, "prompt": body.prompt, "params": body.params} | overrides
+    digest = body_hash({"tasks": raws} if batch else raws[0])
+    plans = plan_batch(bodies) if batch else [plan_task(bodies[0])]
 
     def submit(conn):
         if idem is not None:
@@ -176,18 +221,27 @@ def tasks_create():
             if seen is not None:
                 if seen["body_hash"] != digest:
                     raise ApiError(409, "this Idempotency-Key was used with a different body")
-                return json.loads(seen["task_ids"])[0], None
-        task_id, event = create_task(conn, cfg, api_key_id=key_id, **plan)
+                return json.loads(seen["task_ids"]), []
+        ids, evs = [], []
+        for plan in plans:
+            task_id, event = create_task(conn, cfg, api_key_id=key_id, **plan)
+            ids.append(task_id)
+            evs.append(event)
         if idem is not None:
             conn.execute("DELETE FROM dedupe_keys WHERE scope = ? AND key = ?", (scope, idem))
-            remember_key(conn, scope, idem, digest, [task_id])
-        return task_id, event
+            remember_key(conn, scope, idem, digest, ids)
+        return ids, evs
 
-    task_id, event = db.write(submit)
-    if event is not None:
-        events.publish_all([event])
+    ids, evs = db.write(submit)
+    if evs:
+        events.publish_all(evs)
         wake_scheduler()
-    return jsonify(task_json(get_task(task_id))), 202
+    if not batch:
+        return jsonify(task_json(get_task(ids[0]))), 202
+    rows = db.query_all(
+        f"SELECT * FROM tasks WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", ids
+    )
+    return jsonify({"tasks": [task_json(r) for r in rows]}), 202
 
 
 def wake_scheduler() -> None:

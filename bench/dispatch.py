@@ -21,7 +21,9 @@ free 127.0.0.1 port with a fresh data dir, then:
     most 20 children at once); thread workers (huey's default kind) are the
     reference, greenlet workers are shown too. The producer enqueues N and the
     time runs from the first enqueue to the last task's own finish time. Rounds
-    alternate hub / huey so noise on the 2 shared cores hits both.
+    alternate hub / huey so noise on the 2 shared cores hits both. A second hub
+    row submits the same N in batches of 50 ({"tasks": [...]}, one transaction
+    each), closer to huey's producer, which writes to SQLite without a request.
 
 Targets (issue 4): submit -> child started p95 < 25 ms; tasks/s >= 1.0 x huey.
 Run: `.venv/bin/python bench/dispatch.py` (or `just bench`); about a minute.
@@ -42,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BENCH, Api, LoadGen, Server, cpu_seconds, pct, stop_group  # noqa: E402
 
 N = 500  # tasks per throughput run
+BATCH = 50  # tasks per request in the batched-submit rounds
 ROUNDS = 2
 WORKERS = 20
 LAT_SAMPLES = 150
@@ -116,11 +119,8 @@ def python_start_cost(python: str, samples: int) -> list[float]:
 
 
 def hub_throughput(server: Server, gen: LoadGen, key: str, n: int) -> dict:
-    conn = server.db()
-    try:
-        before = conn.execute("SELECT coalesce(max(id), 0) FROM tasks").fetchone()[0]
-    finally:
-        conn.close()
+    """N tasks, one POST /api/v1/tasks each over 10 connections, until the last finished."""
+    before = last_task_id(server)
     pid = server.worker_pid()
     cpu0 = cpu_seconds(pid)
     conns = 10
@@ -135,6 +135,34 @@ def hub_throughput(server: Server, gen: LoadGen, key: str, n: int) -> dict:
     )
     if res["ok"] != n:
         raise RuntimeError(f"{n - res['ok']} submissions failed: {res['statuses']} {res['errors']}")
+    return finished(server, before, n, res["start_epoch"], res["wall"], pid, cpu0)
+
+
+def hub_batch_throughput(server: Server, api: Api, n: int) -> dict:
+    """N tasks in batches of BATCH ({"tasks": [...]}), as huey's producer enqueues many."""
+    before = last_task_id(server)
+    pid = server.worker_pid()
+    cpu0 = cpu_seconds(pid)
+    bodies = [
+        {"tasks": [{"agent": "noop", "prompt": f"b{i + j}"} for j in range(BATCH)]}
+        for i in range(0, n, BATCH)
+    ]
+    start = time.time()
+    for body in bodies:
+        api.call("POST", "/api/v1/tasks", body)
+    return finished(server, before, n, start, time.time() - start, pid, cpu0)
+
+
+def last_task_id(server: Server) -> int:
+    conn = server.db()
+    try:
+        return conn.execute("SELECT coalesce(max(id), 0) FROM tasks").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def finished(server, before: int, n: int, start: float, submit_s: float, pid, cpu0) -> dict:
+    """Wait for the n tasks after id `before` to finish; time from `start` to the last one."""
     conn = server.db()
     try:
         end = time.monotonic() + RUN_DEADLINE_S
@@ -152,11 +180,11 @@ def hub_throughput(server: Server, gen: LoadGen, key: str, n: int) -> dict:
             time.sleep(0.01)
     finally:
         conn.close()
-    wall = last - res["start_epoch"]
+    wall = last - start
     return {
         "rate": n / wall,
         "wall": wall,
-        "submit_s": res["wall"],
+        "submit_s": submit_s,
         "failed": failed,
         "server_cpu": (cpu_seconds(pid) - cpu0) / wall,
     }
@@ -222,7 +250,12 @@ def main() -> int:
     python = sys.executable
     date = shutil.which("date") or "/bin/date"
     server = Server(tmp / "data", AGENTED_SCHEDULER="true")
-    runs: dict[str, list[dict]] = {"hub": [], "huey thread": [], "huey greenlet": []}
+    runs: dict[str, list[dict]] = {
+        "hub": [],
+        f"hub, batches of {BATCH}": [],
+        "huey thread": [],
+        "huey greenlet": [],
+    }
     try:
         key = server.make_key()
         with server, LoadGen() as gen:
@@ -244,6 +277,7 @@ def main() -> int:
             hub_throughput(server, gen, key, 40)  # warm up
             for _ in range(ROUNDS):
                 runs["hub"].append(hub_throughput(server, gen, key, N))
+                runs[f"hub, batches of {BATCH}"].append(hub_batch_throughput(server, api, N))
                 for kind in ("thread", "greenlet"):
                     r = huey_throughput(tasks, kind, N, tmp / "huey.log")
                     runs[f"huey {kind}"].append(r)
@@ -262,7 +296,7 @@ def main() -> int:
     print(show_lat(f"send -> Python child's first line ({PY_SAMPLES})", pylat["total"]))
     print(show_lat("  Python start-up alone (outside the hub)", pystart))
     print(f"-- (b) {N} trivial tasks (`true`) end to end, {WORKERS} at once, {ROUNDS} rounds")
-    print(f"   {'system':<16}{'tasks/s':>9}{'wall s':>8}{'submit s':>10}{'cpu':>7}   per round")
+    print(f"   {'system':<22}{'tasks/s':>9}{'wall s':>8}{'submit s':>10}{'cpu':>7}   per round")
     means = {}
     for name, rs in runs.items():
         means[name] = sum(r["rate"] for r in rs) / len(rs)
@@ -272,7 +306,7 @@ def main() -> int:
         cpu = sum(r["server_cpu"] for r in rs) / len(rs)
         failed = sum(r["failed"] for r in rs)
         note = f"  ({failed} failed)" if failed else ""
-        print(f"   {name:<16}{means[name]:>9.0f}{wall:>8.2f}{sub:>10.2f}{cpu:>7.0%}   {per}{note}")
+        print(f"   {name:<22}{means[name]:>9.0f}{wall:>8.2f}{sub:>10.2f}{cpu:>7.0%}   {per}{note}")
     p50, p95 = pct(lat["total"], 50), pct(lat["total"], 95)
     ratio = means["hub"] / means["huey thread"]
     ratio_g = means["hub"] / means["huey greenlet"]
@@ -287,6 +321,11 @@ def main() -> int:
         f"dispatch throughput: hub {means['hub']:.0f} tasks/s | huey (20 threads)"
         f" {means['huey thread']:.0f} tasks/s | ratio {ratio:.2f} (target >= {TARGET_RATIO}):"
         f" {rate_met} | vs huey (20 greenlets) {means['huey greenlet']:.0f}: {ratio_g:.2f}"
+    )
+    batched = means[f"hub, batches of {BATCH}"]
+    print(
+        f"dispatch throughput, batched submit: hub {batched:.0f} tasks/s | ratio to huey"
+        f" (20 threads) {batched / means['huey thread']:.2f}"
     )
     return 0
 

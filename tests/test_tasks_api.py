@@ -149,3 +149,79 @@ def test_it_refuses_nulls_for_fields_that_need_a_value(client, agent, bob):
     status, body = call(client, bob, "PATCH", "/api/v1/agents/echo", {"command": None})
     assert status == 422 and body["error"]["details"][0]["field"] == "command"
     assert call(client, bob, "PATCH", "/api/v1/agents/echo", {"model": None})[0] == 200
+
+
+def count_tasks(client, key) -> int:
+    return len(call(client, key, "GET", "/api/v1/tasks?limit=200")[1]["tasks"])
+
+
+def test_it_queues_a_batch_of_tasks_in_one_answer(client, agent, bob, dave):
+    trig = webhook_trigger(prompt_template="Deploy {{ params.env }}")
+    assert call(client, bob, "POST", "/api/v1/triggers", trig)[0] == 201
+    batch = {
+        "tasks": [
+            {"agent": agent, "prompt": "first", "priority": 3},
+            {"trigger": "hook", "params": {"env": "prod"}},
+            {"agent": agent, "prompt": "third", "concurrency_key": "k"},
+        ]
+    }
+    status, body = submit(client, dave, batch)
+    assert status == 202
+    tasks = body["tasks"]
+    assert [t["prompt"] for t in tasks] == ["first", "Deploy prod", "third"]
+    assert [t["state"] for t in tasks] == ["queued"] * 3
+    assert tasks[0]["priority"] == 3 and tasks[2]["concurrency_key"] == "k"
+    assert tasks[0]["id"] < tasks[1]["id"] < tasks[2]["id"]
+    assert count_tasks(client, dave) == 3
+
+
+@pytest.mark.parametrize(
+    ("bad", "status", "index"),
+    [
+        ({"agent": "nobody", "prompt": "x"}, 422, 1),
+        ({"trigger": "missing"}, 404, 1),
+        ({"agent": "echo"}, 422, None),  # the schema: its path names the task
+    ],
+)
+def test_it_stores_none_of_a_batch_with_one_bad_task(client, agent, dave, bad, status, index):
+    batch = {"tasks": [{"agent": agent, "prompt": "fine"}, bad, {"agent": agent, "prompt": "ok"}]}
+    got, body = submit(client, dave, batch)
+    assert got == status, body
+    if index is None:
+        assert body["error"]["details"][0]["field"].startswith("tasks.1")
+    else:
+        assert body["error"]["details"] == {"index": index}
+        assert body["error"]["message"].startswith("task 1: ")
+    assert count_tasks(client, dave) == 0
+
+
+@pytest.mark.parametrize("tasks", [[], [{"agent": "echo", "prompt": "x"}] * 501])
+def test_it_refuses_an_empty_or_oversized_batch(client, agent, dave, tasks):
+    assert submit(client, dave, {"tasks": tasks})[0] == 422
+    assert count_tasks(client, dave) == 0
+
+
+def test_it_dedupes_a_batch_by_idempotency_key(client, agent, dave):
+    batch = {"tasks": [{"agent": agent, "prompt": "a"}, {"agent": agent, "prompt": "b"}]}
+    first = submit(client, dave, batch, **{"Idempotency-Key": "batch-1"})
+    again = submit(client, dave, batch, **{"Idempotency-Key": "batch-1"})
+    assert first[0] == again[0] == 202
+    assert [t["id"] for t in first[1]["tasks"]] == [t["id"] for t in again[1]["tasks"]]
+    changed = {"tasks": batch["tasks"][:1]}
+    assert submit(client, dave, changed, **{"Idempotency-Key": "batch-1"})[0] == 409
+    assert count_tasks(client, dave) == 2
+
+
+def test_it_refuses_a_batch_past_the_pending_cap_whole(make_app, dave_for):
+    from tests.conftest import make_key
+
+    app = make_app(env={"AGENTED_MAX_PENDING_TASKS": "3"})
+    client = app.test_client()
+    dave = dave_for(app)
+    call(client, make_key(app, "bob", "operator"), "POST", "/api/v1/agents", shell_agent())
+    assert submit(client, dave, {"agent": "echo", "prompt": "1"})[0] == 202
+    batch = {"tasks": [{"agent": "echo", "prompt": str(n)} for n in range(3)]}
+    assert submit(client, dave, batch)[0] == 429
+    assert count_tasks(client, dave) == 1
+    assert submit(client, dave, {"tasks": batch["tasks"][:2]})[0] == 202
+    assert count_tasks(client, dave) == 3
