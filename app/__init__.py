@@ -15,6 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from app import backup, config, db
+from app.api import JsonProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +68,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     # Ids beyond SQLite's 64-bit integers cannot exist: answer 404, not an overflow.
     app.url_map.converters["int"] = SqliteInt
+    app.json = JsonProvider(app)
     app.session_interface = SessionInterface()
 
     from app import telemetry

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import current_app, request
+from flask.json.provider import DefaultJSONProvider
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from app.errors import ApiError
@@ -19,6 +20,25 @@ class Body(BaseModel):
     """Base for request bodies: unknown fields are an error, not ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def loads(text: str | bytes) -> Any:
+    """json.loads for text from outside: nesting too deep for the parser is bad JSON too.
+
+    Python's parser recurses per level, so "[[[[…" a few thousand deep raises
+    RecursionError, which is not a ValueError and would end as a 500.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+class JsonProvider(DefaultJSONProvider):
+    """Flask's JSON, with request bodies parsed by `loads` (get_json then says 400)."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return loads(s) if not kwargs else super().loads(s, **kwargs)
 
 
 def json_body() -> Any:

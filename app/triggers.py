@@ -18,7 +18,7 @@ from flask import Blueprint, current_app, jsonify
 from pydantic import Field, field_validator
 
 from app import crypto, db, events, prompts
-from app.api import Body, body_model, or_404, parse_body, public_url
+from app.api import Body, body_model, loads, or_404, parse_body, public_url
 from app.auth import requires
 from app.errors import ApiError
 
@@ -397,7 +397,7 @@ def triggers_preview(slug: str):
         )
         event = delivery["event"]
         try:
-            payload = json.loads(delivery["body"] or b"{}")
+            payload = loads(delivery["body"] or b"{}")
         except ValueError:
             raise ApiError(422, "that delivery's body is not JSON") from None
     matched, reason = match(row, event, payload)

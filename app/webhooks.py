@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from app import crypto, db, events, prompts
-from app.api import newest_first, or_404
+from app.api import loads, newest_first, or_404
 from app.auth import requires
 from app.errors import ApiError
 from app.tasks import create_task, remember_key, wake_scheduler
@@ -42,7 +42,7 @@ def kept_headers() -> dict[str, str]:
 
 def parse_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return loads(body)
     except ValueError:
         return None
 

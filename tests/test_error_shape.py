@@ -113,6 +113,24 @@ def test_it_never_answers_500_or_html_to_an_admin_on_the_api(walk_app, alice):
                 resp.close()
 
 
+def test_it_answers_400_to_json_nested_deeper_than_the_parser_goes(walk_app, alice):
+    # Python's JSON parser recurses per level: this raises RecursionError, not ValueError.
+    deep = "[" * 100_000
+    client = walk_app.test_client()
+    headers = {"X-API-Key": alice, "Content-Type": "application/json"}
+    for path, methods in api_paths(walk_app).items():
+        for method in sorted(methods & {"POST", "PUT", "PATCH"}):
+            resp = client.open(path, method=method, data=deep, headers=headers, buffered=False)
+            try:
+                assert resp.status_code != 500, f"{method} {path} -> {resp.status}"
+                if resp.status_code >= 400:
+                    assert_shape(resp)
+            finally:
+                resp.close()
+    resp = client.post("/api/v1/tasks", data=deep, headers=headers)
+    assert assert_shape(resp, 400)["message"] == "the body is not valid JSON"
+
+
 def test_it_answers_404_with_the_shape(client, alice):
     assert_shape(client.get("/api/v1/no-such-thing"), 401)
     error = assert_shape(client.get("/api/v1/no-such-thing", headers={"X-API-Key": alice}), 404)

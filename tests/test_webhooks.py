@@ -121,6 +121,21 @@ def test_it_rejects_unknown_slugs_and_non_json(client, hook):
     assert resp.get_json()["error"]["code"] == "bad_request"
 
 
+def test_it_records_a_signed_body_nested_too_deep_as_not_json(client, hook, bob, signin):
+    slug, secret = hook
+    raw = b"[" * 100_000
+    resp = client.post(f"/hooks/{slug}", data=raw, headers={"X-Signature-256": sign(secret, raw)})
+    assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "bad_request"
+    status, listing = call(client, bob, "GET", "/api/v1/deliveries")
+    delivery = listing["deliveries"][0]
+    assert delivery["status"] == 400
+    # The stored body stays readable: the API and the dashboard show it as text.
+    status, full = call(client, bob, "GET", f"/api/v1/deliveries/{delivery['id']}")
+    assert status == 200 and full["payload"] is None
+    signin(client, bob)
+    assert client.get(f"/deliveries/{delivery['id']}").status_code == 200
+
+
 def test_it_replays_a_delivery_as_a_new_one(client, hook, bob):
     slug, secret = hook
     first = post_hook(send_with(client), slug, secret, {"title": "again"})[1]

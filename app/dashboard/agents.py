@@ -29,7 +29,7 @@ from app.agents import (
     replace_agent_key,
     update_agent,
 )
-from app.api import public_url, validate
+from app.api import loads, public_url, validate
 from app.auth import allows, requires
 from app.dashboard import bp, clihealth
 from app.dashboard.common import done, is_htmx
@@ -408,7 +408,7 @@ def agent_register_post():
         errors["rate_tier"] = "Only an operator may choose a tier other than standard."
     if form["metadata"]:
         try:
-            data["metadata"] = json.loads(form["metadata"])
+            data["metadata"] = loads(form["metadata"])
         except ValueError:
             errors["metadata"] = 'Enter a JSON object, e.g. {"host": "gpu-1"}.'
     keys: list[tuple[int, str]] = []

@@ -8,7 +8,7 @@ from typing import Any
 from flask import flash, redirect, render_template, request, url_for
 
 from app import db
-from app.api import decode_cursor, encode_cursor, or_404
+from app.api import decode_cursor, encode_cursor, loads, or_404
 from app.auth import requires
 from app.dashboard import bp
 from app.dashboard.common import is_htmx
@@ -119,7 +119,7 @@ def delivery_get(delivery_id: int):
     row = or_404(db.query_one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)), "delivery")
     body = row["body"] or b""
     try:
-        payload = json.loads(body) if body else None
+        payload = loads(body) if body else None
         is_json = bool(body)
     except ValueError:
         payload, is_json = None, False

@@ -10,7 +10,7 @@ from flask import current_app, flash, g, redirect, render_template, request, url
 from markupsafe import Markup
 
 from app import db, events
-from app.api import decode_cursor, encode_cursor
+from app.api import decode_cursor, encode_cursor, loads
 from app.auth import requires
 from app.dashboard import bp
 from app.dashboard.common import db_path, done, is_htmx, last_event_id, sse_response
@@ -154,7 +154,7 @@ def task_get(task_id: int):
         )
         if delivery is not None:
             try:
-                payload = json.loads(delivery["body"] or b"")
+                payload = loads(delivery["body"] or b"")
             except ValueError:
                 payload = None
     return render_template(

@@ -12,7 +12,7 @@ from typing import Any
 from flask import current_app, g, redirect, render_template, request, url_for
 
 from app import crypto, db, events, prompts
-from app.api import validate
+from app.api import loads, validate
 from app.auth import requires
 from app.dashboard import bp
 from app.dashboard.common import done
@@ -103,7 +103,7 @@ def read_form(fixed: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]
                 errors[name] = "Enter a whole number."
     data.setdefault("priority", 0)
     try:
-        data["match"] = json.loads(form["match"])
+        data["match"] = loads(form["match"])
         if not isinstance(data["match"], dict):
             errors["match"] = 'Enter a JSON object, e.g. {"action": "opened"}.'
     except ValueError as exc:
@@ -325,11 +325,11 @@ def sample_from_form() -> tuple[Any, str | None, str | None]:
         if row is None:
             return None, event, f"There is no delivery #{delivery_id}."
         try:
-            return json.loads(row["body"] or b"{}"), row["event"], None
+            return loads(row["body"] or b"{}"), row["event"], None
         except ValueError:
             return None, event, "That delivery's body is not JSON."
     try:
-        payload = json.loads(request.form.get("payload", "").strip() or "{}")
+        payload = loads(request.form.get("payload", "").strip() or "{}")
     except ValueError as exc:
         return None, event, f"The sample payload is not valid JSON: {exc}"
     return payload, event, None
