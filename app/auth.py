@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Callable
 from typing import Literal
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -331,11 +332,25 @@ def signin_post():
     session["key_id"] = key["id"]
     session["csrf"] = secrets.token_urlsafe(24)
     session.permanent = True
-    target = request.form.get("next", "/")
     # Only same-site paths: an open redirect would turn sign-in into a phishing aid.
-    if not target.startswith("/") or target.startswith("//"):
-        target = "/"
-    return redirect(target)
+    return redirect(same_site_path(request.form.get("next"), "/"))
+
+
+def same_site_path(target: str | None, default: str) -> str:
+    r"""`target` when it is a path on this site, else `default`.
+
+    Browsers drop tabs and newlines from URLs and read a backslash as a slash,
+    so "/\t/evil.example" or "/\evil.example" would leave the site like "//evil.example".
+    """
+    if (
+        not target
+        or not target.startswith("/")
+        or target[1:2] in ("/", "\\")
+        or any(c < " " or c == "\x7f" for c in target)
+    ):
+        return default
+    parts = urlsplit(target)
+    return default if parts.scheme or parts.netloc else target
 
 
 @bp.post("/signout")

@@ -154,7 +154,11 @@ class TaskBatchIn(Body):
 
 
 class SubmitIn(RootModel[TaskIn | TaskBatchIn]):
-    """One task, or {"tasks": [...]} stored in one transaction (all or none)."""
+    """The body of POST /api/v1/tasks as /openapi.json describes it: one task, or a batch.
+
+    The view validates TaskIn or TaskBatchIn itself, by whether "tasks" is there,
+    so that an error points into the shape the client meant.
+    """
 
 
 def plan_task(body: TaskIn, agents: set[str] | None = None) -> dict:
@@ -168,10 +172,11 @@ def plan_task(body: TaskIn, agents: set[str] | None = None) -> dict:
     overrides = {k: raw[k] for k in OVERRIDES if k in raw}
     if body.trigger is not None:
         return plan_from_trigger(body.trigger, body.params) | overrides
-    if agents is None:
-        rows = db.query_all("SELECT name FROM agents WHERE name = ?", (body.agent,))
-        agents = {r[0] for r in rows}
-    if body.agent not in agents:
+    if agents is not None:
+        known = body.agent in agents
+    else:
+        known = db.query_one("SELECT 1 FROM agents WHERE name = ?", (body.agent,)) is not None
+    if not known:
         raise ApiError(422, f"no agent named {body.agent!r}")
     return {"agent": body.agent, "prompt": body.prompt, "params": body.params} | overrides
 

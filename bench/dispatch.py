@@ -144,7 +144,7 @@ def hub_batch_throughput(server: Server, api: Api, n: int) -> dict:
     pid = server.worker_pid()
     cpu0 = cpu_seconds(pid)
     bodies = [
-        {"tasks": [{"agent": "noop", "prompt": f"b{i + j}"} for j in range(BATCH)]}
+        {"tasks": [{"agent": "noop", "prompt": f"b{j}"} for j in range(i, min(i + BATCH, n))]}
         for i in range(0, n, BATCH)
     ]
     start = time.time()

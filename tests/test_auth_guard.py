@@ -139,7 +139,12 @@ def test_it_redirects_only_to_local_paths_after_sign_in(client, alice):
     for target, expect in (
         ("//evil.example/x", "/"),
         ("https://evil.example", "/"),
+        ("/\\evil.example", "/"),
+        ("/\t/evil.example", "/"),
+        ("/\n/evil.example", "/"),
+        ("", "/"),
         ("/docs", "/docs"),
+        ("/tasks?state=dead&agent=a", "/tasks?state=dead&agent=a"),
     ):
         resp = client.post("/signin", data={"key": alice, "csrf_token": token, "next": target})
         assert resp.status_code == 302

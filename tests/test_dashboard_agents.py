@@ -8,6 +8,7 @@ import pytest
 
 from app import db
 from app.agents import agent_json, agent_secrets
+from app.auth import hash_key
 from tests.dashboard_helpers import add_task, one, post
 from tests.messaging_helpers import register, send
 
@@ -276,7 +277,11 @@ def test_it_registers_an_external_agent_whose_key_works_for_its_mailbox_only(
         ["gpu", "translate"],
         {"host": "gpu-1"},
     )
-    # Only the hash is stored, and the key is the agent's own: its mailbox, nobody else's.
+    # One live key, scoped to the agent and stored as a hash only.
+    keys = one(app, "SELECT count(*), max(key_hash = ?) FROM api_keys WHERE agent_id ="
+                    " (SELECT id FROM agents WHERE name = 'remote') AND revoked_at IS NULL",
+               (hash_key(key),))  # fmt: skip
+    assert tuple(keys) == (1, 1)
     assert one(app, "SELECT count(*) FROM api_keys WHERE key_hash = ?", (key,))[0] == 0
     beat = client.post("/api/v1/agents/remote/heartbeat", headers={"X-API-Key": key})
     assert beat.status_code == 200
@@ -298,6 +303,7 @@ def test_it_shows_registration_errors_by_field_and_writes_nothing(app, client, d
         ({"metadata": "[1, 2]"}, "metadata", 422),
         ({"metadata": "{oops"}, "metadata", 422),
         ({"rate_tier": "unlimited"}, "rate_tier", 422),  # a developer may not pick a tier
+        ({"rate_tier": "gold"}, "rate_tier", 422),  # nor one that does not exist
     ]
     for change, field, status in cases:
         form = {"name": "fresh", "capabilities": "", "rate_tier": "standard", "metadata": ""}

@@ -179,6 +179,20 @@ def test_it_refreshes_the_first_page_of_conversations_when_a_message_arrives(
     )
 
 
+def test_it_refreshes_the_conversations_when_a_dead_letter_is_replayed(
+    app, client, dead, bob, signin
+):
+    token = signin(client, bob)
+    html = client.get("/conversations").get_data(as_text=True)
+    assert "dead</span>" in html
+    url = re.search(r'hx-get="([^"]+)" hx-trigger', html).group(1).replace("&amp;", "&")
+    htmx = {"HX-Request": "true"}
+    assert client.get(url, headers=htmx).status_code == 204
+    oldest = one(app, "SELECT min(id) FROM messages WHERE state = 'dead'")[0]
+    assert post(client, f"/messages/dead/{oldest}/replay", token).status_code == 303
+    assert client.get(url, headers=htmx).status_code == 200
+
+
 def cursor_after(last_id: int) -> str:
     from app.api import encode_cursor
 
@@ -244,11 +258,16 @@ def test_it_keeps_an_open_thread_current_and_says_204_while_nothing_changed(
     htmx = {"HX-Request": "true"}
     assert client.get(url, headers=htmx).status_code == 204
     # A lease, an ack or a new message changes what the page shows: it gets the new thread.
-    lease(talk["api"], talk["keys"]["beta"], "beta", limit=10)
+    leased = [m["id"] for m in lease(talk["api"], talk["keys"]["beta"], "beta", limit=10)]
     resp = client.get(url, headers=htmx)
     assert resp.status_code == 200
     fragment = resp.get_data(as_text=True)
     assert "<html" not in fragment and fragment.startswith('<div id="thread-live"')
+    newer = re.search(r'hx-get="([^"]+)"', fragment).group(1).replace("&amp;", "&")
+    assert client.get(newer, headers=htmx).status_code == 204
+    ack(talk["api"], talk["keys"]["beta"], "beta", leased)
+    fragment = client.get(newer, headers=htmx).get_data(as_text=True)
+    assert fragment.count(">acked</span>") > 1
     send(talk["api"], talk["keys"]["alpha"], performative="inform", receiver="beta",
          conversation_id="conv-1", content="fresh news")  # fmt: skip
     newer = re.search(r'hx-get="([^"]+)"', fragment).group(1).replace("&amp;", "&")
@@ -260,6 +279,8 @@ def test_it_answers_404_for_an_unknown_conversation(client, vera, signin):
     signin(client, vera)
     resp = client.get("/conversations/nope")
     assert resp.status_code == 404 and "conversation not found" in resp.get_data(as_text=True)
+    # An open page whose conversation was purged is told to stop asking (htmx: 286).
+    assert client.get("/conversations/nope?v=1", headers={"HX-Request": "true"}).status_code == 286
     assert client.get("/conversations/conv-1?cursor=@@").status_code == 400
 
 
@@ -391,6 +412,9 @@ def test_it_replays_one_dead_letter_and_goes_back(app, client, dead, bob, signin
     assert resp.status_code == 409 and "no longer a dead letter" in resp.get_data(as_text=True)
     resp = post(client, "/messages/dead/999/replay", token, next="//evil.example/")
     assert resp.status_code == 409
+    beta = one(app, "SELECT id FROM messages WHERE receiver = 'beta' ORDER BY id")[0]
+    resp = post(client, f"/messages/dead/{beta}/replay", token, next="/\t/evil.example/")
+    assert resp.status_code == 303 and resp.headers["Location"] == "/messages/dead"
 
 
 def test_it_redirects_or_purges_one_dead_letter_from_its_row(app, client, dead, bob, signin):

@@ -212,6 +212,20 @@ def test_it_dedupes_a_batch_by_idempotency_key(client, agent, dave):
     assert count_tasks(client, dave) == 2
 
 
+def test_it_keeps_an_idempotency_key_to_one_body_single_or_batch(client, agent, dave):
+    single = {"agent": agent, "prompt": "a"}
+    assert submit(client, dave, single, **{"Idempotency-Key": "k"})[0] == 202
+    assert submit(client, dave, {"tasks": [single]}, **{"Idempotency-Key": "k"})[0] == 409
+    assert count_tasks(client, dave) == 1
+
+
+@pytest.mark.parametrize("tasks", ["x", {"agent": "echo"}, [None], None])
+def test_it_refuses_a_batch_that_is_not_a_list_of_tasks(client, agent, dave, tasks):
+    status, body = submit(client, dave, {"tasks": tasks})
+    assert status == 422 and body["error"]["details"][0]["field"].startswith("tasks")
+    assert count_tasks(client, dave) == 0
+
+
 def test_it_refuses_a_batch_past_the_pending_cap_whole(make_app, dave_for):
     from tests.conftest import make_key
 

@@ -32,7 +32,7 @@ from app.agents import (
 from app.api import loads, public_url, validate
 from app.auth import allows, requires
 from app.dashboard import bp, clihealth
-from app.dashboard.common import done, is_htmx
+from app.dashboard.common import done, is_htmx, secret_page
 from app.errors import ApiError
 from app.tasks import ACTIVE
 
@@ -378,10 +378,10 @@ def register_page(form: dict, errors: dict, status: int = 200):
 
 def key_page(name: str, raw: str, created: bool):
     """The agent's new key, shown on this page only, with how the agent uses it."""
-    return render_template(
-        "agents/key.html", agent=agent_json(get_agent(name)), raw=raw, created=created,
+    return secret_page(
+        "agents/key.html", 201, agent=agent_json(get_agent(name)), raw=raw, created=created,
         api=public_url("/api/v1/agents/" + name),
-    ), 201  # fmt: skip
+    )  # fmt: skip
 
 
 @bp.get("/agents/register")
@@ -404,7 +404,8 @@ def agent_register_post():
         "capabilities": [tag for tag in re.split(r"[,\s]+", form["capabilities"]) if tag],
         "rate_tier": form["rate_tier"] or "standard",
     }
-    if data["rate_tier"] != "standard" and not allows(g.key, "operator"):
+    known_tier = data["rate_tier"] in current_app.config["RATE_TIERS"]  # else the API says
+    if known_tier and data["rate_tier"] != "standard" and not allows(g.key, "operator"):
         errors["rate_tier"] = "Only an operator may choose a tier other than standard."
     if form["metadata"]:
         try:

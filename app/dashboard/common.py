@@ -67,6 +67,11 @@ def done(message: str, target: str) -> Response:
     return redirect(target, 303)
 
 
+def secret_page(template: str, status: int, **context: Any) -> tuple[str, int, dict]:
+    """A page showing a key or secret once: never stored by a cache or the back button."""
+    return render_template(template, **context), status, {"Cache-Control": "no-store"}
+
+
 @bp.app_context_processor
 def inject() -> dict:
     endpoint = request.endpoint or ""

@@ -10,7 +10,7 @@ from app import db
 from app.api import or_404
 from app.auth import ROLES, allows, create_key, requires
 from app.dashboard import bp
-from app.dashboard.common import done
+from app.dashboard.common import done, secret_page
 
 
 def keys_page(form: dict | None = None, errors: dict | None = None, status: int = 200):
@@ -44,7 +44,7 @@ def keys_post():
         return keys_page(form, errors, 422)
     key_id, raw = db.write(lambda conn: create_key(conn, form["name"], form["role"]))
     row = db.query_one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
-    return render_template("keys/created.html", key=row, raw=raw), 201
+    return secret_page("keys/created.html", 201, key=row, raw=raw)
 
 
 @bp.post("/keys/<int:key_id>/revoke")

@@ -14,7 +14,7 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 
 from app import db
 from app.api import decode_cursor, encode_cursor
-from app.auth import requires
+from app.auth import requires, same_site_path
 from app.dashboard import bp, charts
 from app.dashboard.common import done, is_htmx
 from app.errors import ApiError
@@ -60,13 +60,15 @@ def conversations_get():
     before = cursor_id(request.args.get("cursor"), "last_id")
     version = None
     if before is None:
-        # A new message or a new dead letter changes the first page; an ack does not.
-        # Both are index look-ups, so an open page costs next to nothing while idle.
-        last, died = db.query_one(
+        # A new message, a new dead letter, or a replayed or purged one changes the
+        # first page; an ack does not. All three are index look-ups, so an open
+        # page costs next to nothing while idle.
+        last, died, dead = db.query_one(
             "SELECT (SELECT coalesce(max(id), 0) FROM messages),"
-            " (SELECT coalesce(max(dead_at), 0) FROM messages WHERE state = 'dead')"
+            " (SELECT coalesce(max(dead_at), 0) FROM messages WHERE state = 'dead'),"
+            " (SELECT count(*) FROM messages WHERE state = 'dead')"
         )
-        version = f"{last}-{died:.6f}"
+        version = f"{last}-{died:.6f}-{dead}"
         if is_htmx() and request.args.get("v") == version:
             return "", 204
     where, params = ["1 = 1"], []
@@ -183,6 +185,8 @@ def conversation_get(conversation_id: str):
         (conversation_id, after, THREAD_PAGE + 1),
     )
     if not rows and not after:
+        if is_htmx():
+            return "", 286  # htmx stops polling: the conversation was purged meanwhile
         raise ApiError(404, "conversation not found")
     more = len(rows) > THREAD_PAGE
     rows = rows[:THREAD_PAGE]
@@ -393,8 +397,5 @@ def message_dead_one_post(row_id: int, action: str):
         raise ApiError(409, error)
     if n == 0:
         raise ApiError(409, f"Message #{row_id} is no longer a dead letter.")
-    back = request.form.get("next") or url_for("dashboard.message_dead_get")
-    # Only a path on this site: "//host" and "/\\host" would leave it.
-    if not back.startswith("/") or back[1:2] in ("/", "\\"):
-        back = url_for("dashboard.message_dead_get")
+    back = same_site_path(request.form.get("next"), url_for("dashboard.message_dead_get"))
     return done(said, back)

@@ -13,9 +13,9 @@ from flask import current_app, g, redirect, render_template, request, url_for
 
 from app import crypto, db, events, prompts
 from app.api import loads, validate
-from app.auth import requires
+from app.auth import requires, same_site_path
 from app.dashboard import bp
-from app.dashboard.common import done
+from app.dashboard.common import done, secret_page
 from app.errors import ApiError
 from app.triggers import (
     LIST_FIELDS,
@@ -249,10 +249,10 @@ def trigger_new_post():
         return form_page(form, {"slug": exc.message}, status=409)
     if secret is None:
         return done(f"Trigger {slug} created.", url_for("dashboard.trigger_get", slug=slug))
-    return render_template(
-        "triggers/secret.html", trigger=get_trigger(slug), secret=secret, url=webhook_url(slug),
-        created=True,
-    ), 201  # fmt: skip
+    return secret_page(
+        "triggers/secret.html", 201, trigger=get_trigger(slug), secret=secret,
+        url=webhook_url(slug), created=True,
+    )  # fmt: skip
 
 
 @bp.get("/triggers/<slug>")
@@ -290,7 +290,7 @@ def trigger_enabled_post(slug: str):
         )
     )
     word = "enabled" if enable else "disabled"
-    return done(f"Trigger {slug} {word}.", request.form.get("next") or "/triggers")
+    return done(f"Trigger {slug} {word}.", same_site_path(request.form.get("next"), "/triggers"))
 
 
 @bp.post("/triggers/<slug>/delete")
@@ -306,9 +306,10 @@ def trigger_delete_post(slug: str):
 def trigger_secret_post(slug: str):
     row = get_trigger(slug)
     secret = rotate_secret(row)
-    return render_template(
-        "triggers/secret.html", trigger=row, secret=secret, url=webhook_url(slug), created=False
-    )
+    return secret_page(
+        "triggers/secret.html", 200, trigger=row, secret=secret, url=webhook_url(slug),
+        created=False,
+    )  # fmt: skip
 
 
 # --- preview, test event, run now ----------------------------------------------------------
