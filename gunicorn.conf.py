@@ -6,7 +6,8 @@ in one process. A second worker would get its own broker and scheduler, so
 browsers connected to it would miss events, two schedulers would race for
 tasks and two writers would fight over the database lock. Concurrency comes
 from gevent: thousands of greenlets (requests, SSE streams, process readers)
-in that one worker. More execution capacity comes from remote runners.
+in that one worker. Work that needs more machines goes to external agents,
+which run elsewhere and take requests from their mailboxes.
 """
 
 import os

@@ -3,7 +3,7 @@
 Every state-changing request (not GET/HEAD/OPTIONS) to the API or the
 dashboard is appended by an after_request hook; CLI commands by `record_cli`.
 Webhook endpoints are left out: the deliveries table is their record. A view
-that machines call very often (runner heartbeats, log uploads) can opt out
+that machines call very often (agent heartbeats) can opt out
 with `@audit.exempt`. Each row's hash covers its content and the previous
 row's hash, so `verify` finds an edited or deleted row.
 """

@@ -2,7 +2,7 @@
 
 The scheduler greenlet claims queued tasks with a conditional UPDATE that bumps
 the attempt number (the fencing token): every later write for that attempt says
-`WHERE attempts = ?`, so a stale runner can never overwrite a newer attempt.
+`WHERE attempts = ?`, so a stale run can never overwrite a newer attempt.
 Each run spawns the agent's argv in its own process group with a filtered
 environment, streams stdout/stderr lines to live subscribers as soon as they are
 read and to the database in batches (so a crash loses at most ~100 ms of log),
