@@ -249,6 +249,15 @@ def tasks_create():
     return jsonify({"tasks": [task_json(r) for r in rows]}), 202
 
 
+def queue_task(plan: dict, api_key_id: int | None) -> int:
+    """Create one planned task in its own write, publish it and wake the scheduler."""
+    cfg = current_app.config
+    task_id, event = db.write(lambda conn: create_task(conn, cfg, api_key_id=api_key_id, **plan))
+    events.publish_all([event])
+    wake_scheduler()
+    return task_id
+
+
 def wake_scheduler() -> None:
     from app import executions
 

@@ -314,3 +314,58 @@ def test_it_streams_a_whole_short_backlog_whose_numbers_jumped(app, echo):
         backlog = next(stream)
         assert backlog.startswith("id: 2502\nevent: log\n")
         assert "before the crash" in backlog and "after the restart" in backlog
+
+
+# --- starting a task ---------------------------------------------------------------
+
+
+@pytest.fixture
+def developer(client, dave, signin):
+    client.token = signin(client, dave)
+    return client
+
+
+def test_it_queues_a_task_from_the_form_as_the_api_would(app, developer, echo):
+    page = developer.get("/tasks/new?agent=echo").get_data(as_text=True)
+    assert '<option value="echo" selected>' in page
+    resp = post(developer, "/tasks/new", developer.token, agent="echo", prompt="  Say hi\n",
+                priority="7", max_attempts="2", timeout_s="", concurrency_key="k1")  # fmt: skip
+    assert resp.status_code == 303
+    task = one(app, "SELECT * FROM tasks")
+    assert resp.headers["Location"] == f"/tasks/{task['id']}"
+    assert (task["state"], task["agent"], task["prompt"]) == ("queued", "echo", "  Say hi\n")
+    assert (task["priority"], task["max_attempts"], task["concurrency_key"]) == (7, 2, "k1")
+    assert task["timeout_s"] == app.config["TASK_TIMEOUT_S"]
+    assert task["api_key_id"] is not None
+    assert "New task" in developer.get("/tasks").get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"agent": ""}, "agent"),
+        ({"agent": "nobody"}, "agent"),
+        ({"prompt": "   "}, "prompt"),
+        ({"priority": "high"}, "priority"),
+        ({"priority": "101"}, "priority"),
+        ({"max_attempts": "0"}, "max_attempts"),
+        ({"timeout_s": "-5"}, "timeout_s"),
+    ],
+)
+def test_it_shows_a_bad_task_by_its_field_and_queues_nothing(app, developer, echo, change, field):
+    form = {"agent": "echo", "prompt": "hi", "priority": "", "max_attempts": "", "timeout_s": ""}
+    resp = post(developer, "/tasks/new", developer.token, **(form | change))
+    assert resp.status_code == 422
+    html = resp.get_data(as_text=True)
+    assert f'id="{field}-error"' in html
+    assert one(app, "SELECT count(*) FROM tasks")[0] == 0
+
+
+def test_it_refuses_viewers_and_missing_csrf_for_new_tasks(app, client, vera, dave, signin, echo):
+    token = signin(client, vera)
+    assert "New task" not in client.get("/tasks").get_data(as_text=True)
+    assert client.get("/tasks/new").status_code == 403
+    assert post(client, "/tasks/new", token, agent="echo", prompt="x").status_code == 403
+    signin(client, dave)
+    assert client.post("/tasks/new", data={"agent": "echo", "prompt": "x"}).status_code == 403
+    assert one(app, "SELECT count(*) FROM tasks")[0] == 0

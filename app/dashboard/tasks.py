@@ -10,7 +10,7 @@ from flask import current_app, flash, g, redirect, render_template, request, url
 from markupsafe import Markup
 
 from app import db, events
-from app.api import decode_cursor, encode_cursor, loads
+from app.api import decode_cursor, encode_cursor, loads, validate
 from app.auth import requires
 from app.dashboard import bp
 from app.dashboard.common import db_path, done, is_htmx, last_event_id, sse_response
@@ -24,7 +24,7 @@ from app.dashboard.live import (
     log_stream,
 )
 from app.errors import ApiError
-from app.tasks import FINISHED, filters_sql, get_task
+from app.tasks import FINISHED, TaskIn, filters_sql, get_task, plan_task, queue_task
 
 PAGE = 50
 SHIFT = 4294967296  # task_search rowid = task_id * 2^32 + seq (migrations/0006_search.sql)
@@ -33,6 +33,7 @@ STATES = ("queued", "assigned", "accepted", "running", "succeeded", "failed", "t
 # Mirrors app/executions.py, which the pages do not import at load time.
 CANCELLABLE = ("queued", "assigned", "accepted", "running")
 RETRYABLE = ("cancelled", "dead", "succeeded")
+NEW_TASK_FIELDS = ("agent", "prompt", "priority", "max_attempts", "timeout_s", "concurrency_key")
 
 
 # --- finding tasks --------------------------------------------------------------------
@@ -102,6 +103,56 @@ def tasks_get():
         first_page=not request.args.get("cursor"),
         **choices(),
     )
+
+
+# --- starting one -------------------------------------------------------------------
+
+
+def new_task_page(form: dict, errors: dict, status: int = 200):
+    agents = db.query_all(
+        "SELECT name, backend, enabled, state FROM agents WHERE backend != 'external' ORDER BY name"
+    )
+    return render_template("tasks/new.html", form=form, errors=errors, agents=agents), status
+
+
+@bp.get("/tasks/new")
+@requires("developer")
+def task_new_get():
+    form = dict.fromkeys(NEW_TASK_FIELDS, "") | {"agent": request.args.get("agent", "")}
+    return new_task_page(form, {})
+
+
+@bp.post("/tasks/new")
+@requires("developer")
+def task_new_post():
+    """Queue a task for an agent and a prompt: the API's model, checks and write."""
+    form = {k: request.form.get(k, "").strip() for k in NEW_TASK_FIELDS}
+    form["prompt"] = request.form.get("prompt", "")  # as typed: its spacing may matter
+    errors: dict[str, str] = {}
+    if not form["agent"]:
+        errors["agent"] = "Choose the agent that runs it."
+    if not form["prompt"].strip():
+        errors["prompt"] = "Write what the agent should do."
+    data: dict[str, Any] = {k: v for k, v in form.items() if v != ""}
+    for name in ("priority", "max_attempts", "timeout_s"):
+        if name in data:
+            try:
+                data[name] = int(data[name])
+            except ValueError:
+                errors[name] = "Enter a whole number."
+    if not errors:
+        try:
+            plan = plan_task(validate(TaskIn, data))
+        except ApiError as exc:
+            for item in exc.details or []:
+                field = str(item["field"]).split(".")[0] or "form"
+                errors.setdefault(field, item["message"].removeprefix("Value error, "))
+            if not exc.details:
+                errors["agent" if "agent" in exc.message else "form"] = exc.message
+    if errors:
+        return new_task_page(form, errors, 422)
+    task_id = queue_task(plan, g.key["id"])
+    return done(f"Task #{task_id} queued.", url_for("dashboard.task_get", task_id=task_id))
 
 
 @bp.get("/tasks/rows")

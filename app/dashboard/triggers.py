@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import current_app, g, redirect, render_template, request, url_for
 
-from app import crypto, db, events, prompts
+from app import crypto, db, prompts
 from app.api import loads, validate
 from app.auth import requires, same_site_path
 from app.dashboard import bp
@@ -403,11 +403,7 @@ def send_test_event(row, payload: Any, event: str | None) -> tuple[int, dict]:
 @requires("developer")
 def trigger_run_post(slug: str):
     """Start one task from the trigger now, as `POST /api/v1/tasks {"trigger": slug}` does."""
-    from app.tasks import create_task, wake_scheduler
+    from app.tasks import queue_task
 
-    fields = plan_from_trigger(slug, {})
-    cfg = current_app.config
-    task_id, event = db.write(lambda conn: create_task(conn, cfg, api_key_id=g.key["id"], **fields))
-    events.publish_all([event])
-    wake_scheduler()
+    task_id = queue_task(plan_from_trigger(slug, {}), g.key["id"])
     return redirect(url_for("dashboard.task_get", task_id=task_id), 303)

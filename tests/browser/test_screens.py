@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -11,6 +13,7 @@ from tests.browser.test_journeys import FAILER, talk
 PAGES = {
     "overview": "/",
     "tasks": "/tasks",
+    "task-new": "/tasks/new",
     "triggers": "/triggers",
     "agents": "/agents",
     "agent-new": "/agents/new",
@@ -121,6 +124,21 @@ def test_it_creates_an_agent_from_the_form_after_an_inline_error(page, hub):
     page.get_by_role("button", name="Delete lister").click()
     expect(page).to_have_url(f"{hub.url}/agents")
     expect(page.locator(".flash")).to_contain_text("Agent lister deleted.")
+    assert not page.errors, page.errors
+
+
+def test_it_starts_a_task_from_the_form_and_follows_it(page, hub):
+    hub.agent("echo")
+    sign_in(page, hub.admin, "/tasks")
+    page.get_by_role("link", name="New task").click()
+    page.get_by_role("button", name="Queue task").click()
+    expect(page.locator("#agent-error")).to_contain_text("Choose the agent")
+    page.locator("#agent").select_option("echo")
+    page.locator("#prompt").fill("Hello from the form")
+    page.get_by_role("button", name="Queue task").click()
+    expect(page).to_have_url(re.compile(r"/tasks/\d+$"))
+    expect(page.locator("#log-lines")).to_contain_text("Hello from the form")
+    expect(page.locator("#task-head .badge").first).to_have_text("succeeded", timeout=15_000)
     assert not page.errors, page.errors
 
 
