@@ -8,7 +8,6 @@ import secrets
 import time
 from collections.abc import Callable
 from typing import Literal
-from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -349,8 +348,7 @@ def same_site_path(target: str | None, default: str) -> str:
         or any(c < " " or c == "\x7f" for c in target)
     ):
         return default
-    parts = urlsplit(target)
-    return default if parts.scheme or parts.netloc else target
+    return target  # a path: "/x" can carry neither a scheme nor a host
 
 
 @bp.post("/signout")

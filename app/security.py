@@ -58,3 +58,11 @@ def register(app: Flask) -> None:
         # Retry-After, set by the error handler.
         headers_enabled=False,
     )
+
+    @app.after_request
+    def no_store_api(resp):
+        # API answers are per key and some carry a key or secret shown once: no
+        # cache may keep them. Streams and downloads set their own policy.
+        if request.path.startswith("/api/") and "Cache-Control" not in resp.headers:
+            resp.headers["Cache-Control"] = "no-store"
+        return resp

@@ -161,10 +161,10 @@ class SubmitIn(RootModel[TaskIn | TaskBatchIn]):
     """
 
 
-def plan_task(body: TaskIn, agents: set[str] | None = None) -> dict:
+def plan_task(body: TaskIn, backends: dict[str, str] | None = None) -> dict:
     """What create_task needs for one submission; 4xx for an unknown agent or trigger.
 
-    `agents`: the agent names, read once by a caller planning many tasks.
+    `backends`: agent name -> backend, read once by a caller planning many tasks.
     """
     from app.triggers import plan_from_trigger
 
@@ -172,22 +172,24 @@ def plan_task(body: TaskIn, agents: set[str] | None = None) -> dict:
     overrides = {k: raw[k] for k in OVERRIDES if k in raw}
     if body.trigger is not None:
         return plan_from_trigger(body.trigger, body.params) | overrides
-    if agents is not None:
-        known = body.agent in agents
-    else:
-        known = db.query_one("SELECT 1 FROM agents WHERE name = ?", (body.agent,)) is not None
-    if not known:
+    if backends is None:
+        row = db.query_one("SELECT backend FROM agents WHERE name = ?", (body.agent,))
+        backends = {body.agent: row["backend"]} if row is not None else {}
+    if body.agent not in backends:
         raise ApiError(422, f"no agent named {body.agent!r}")
+    if backends[body.agent] == "external":
+        # It runs elsewhere and only reads its mailbox: the scheduler would never start it.
+        raise ApiError(422, f"{body.agent!r} is an external agent: send it a message instead")
     return {"agent": body.agent, "prompt": body.prompt, "params": body.params} | overrides
 
 
 def plan_batch(bodies: list[TaskIn]) -> list[dict]:
     """Plan every task of a batch; the first refusal names its index and stores nothing."""
-    agents = {r[0] for r in db.query_all("SELECT name FROM agents")}
+    backends = {r[0]: r[1] for r in db.query_all("SELECT name, backend FROM agents")}
     plans = []
     for index, body in enumerate(bodies):
         try:
-            plans.append(plan_task(body, agents))
+            plans.append(plan_task(body, backends))
         except ApiError as exc:
             raise ApiError(
                 exc.status,
@@ -249,12 +251,28 @@ def tasks_create():
     return jsonify({"tasks": [task_json(r) for r in rows]}), 202
 
 
-def queue_task(plan: dict, api_key_id: int | None) -> int:
-    """Create one planned task in its own write, publish it and wake the scheduler."""
+def queue_task(plan: dict, api_key_id: int | None, once: tuple[str, str] | None = None) -> int:
+    """Create one planned task in its own write, publish it and wake the scheduler.
+
+    `once`: a (scope, key) pair: a second call with it returns the first task.
+    """
     cfg = current_app.config
-    task_id, event = db.write(lambda conn: create_task(conn, cfg, api_key_id=api_key_id, **plan))
-    events.publish_all([event])
-    wake_scheduler()
+
+    def queue(conn):
+        if once is not None:
+            seen = seen_key(conn, *once, cfg["DEDUPE_WINDOW_S"])
+            if seen is not None:
+                return json.loads(seen["task_ids"])[0], None
+        task_id, event = create_task(conn, cfg, api_key_id=api_key_id, **plan)
+        if once is not None:
+            conn.execute("DELETE FROM dedupe_keys WHERE scope = ? AND key = ?", once)
+            remember_key(conn, *once, "", [task_id])
+        return task_id, event
+
+    task_id, event = db.write(queue)
+    if event is not None:
+        events.publish_all([event])
+        wake_scheduler()
     return task_id
 
 

@@ -410,8 +410,7 @@ def test_it_replays_one_dead_letter_and_goes_back(app, client, dead, bob, signin
     assert dead_states(app)["gamma-one"] == ("queued", "gamma")
     resp = post(client, f"/messages/dead/{row_id}/replay", token)
     assert resp.status_code == 409 and "no longer a dead letter" in resp.get_data(as_text=True)
-    resp = post(client, "/messages/dead/999/replay", token, next="//evil.example/")
-    assert resp.status_code == 409
+    assert post(client, "/messages/dead/999/replay", token).status_code == 409
     beta = one(app, "SELECT id FROM messages WHERE receiver = 'beta' ORDER BY id")[0]
     resp = post(client, f"/messages/dead/{beta}/replay", token, next="/\t/evil.example/")
     assert resp.status_code == 303 and resp.headers["Location"] == "/messages/dead"

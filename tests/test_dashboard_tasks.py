@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -350,9 +351,12 @@ def test_it_queues_a_task_from_the_form_as_the_api_would(app, developer, echo):
         ({"priority": "101"}, "priority"),
         ({"max_attempts": "0"}, "max_attempts"),
         ({"timeout_s": "-5"}, "timeout_s"),
+        ({"concurrency_key": "k" * 201}, "concurrency_key"),
+        ({"agent": "remote"}, "agent"),  # external: it reads messages, never runs tasks
     ],
 )
 def test_it_shows_a_bad_task_by_its_field_and_queues_nothing(app, developer, echo, change, field):
+    add_agent(app, "remote", backend="external", command=[])
     form = {"agent": "echo", "prompt": "hi", "priority": "", "max_attempts": "", "timeout_s": ""}
     resp = post(developer, "/tasks/new", developer.token, **(form | change))
     assert resp.status_code == 422
@@ -369,3 +373,29 @@ def test_it_refuses_viewers_and_missing_csrf_for_new_tasks(app, client, vera, da
     signin(client, dave)
     assert client.post("/tasks/new", data={"agent": "echo", "prompt": "x"}).status_code == 403
     assert one(app, "SELECT count(*) FROM tasks")[0] == 0
+
+
+def test_it_queues_one_task_for_a_form_sent_twice(app, developer, echo):
+    page = developer.get("/tasks/new").get_data(as_text=True)
+    form_id = re.search(r'name="form_id" value="([^"]+)"', page).group(1)
+    form = {"agent": "echo", "prompt": "line one\r\nline two", "form_id": form_id}
+    first = post(developer, "/tasks/new", developer.token, **form)
+    again = post(developer, "/tasks/new", developer.token, **form)
+    assert first.status_code == again.status_code == 303
+    assert first.headers["Location"] == again.headers["Location"]
+    assert one(app, "SELECT count(*), max(prompt) FROM tasks")[:] == (1, "line one\nline two")
+
+
+def test_it_keeps_the_prompt_when_the_pending_cap_refuses_it(make_app, signin):
+    from tests.conftest import make_key
+
+    app = make_app(MAX_PENDING_TASKS=1)
+    add_agent(app)
+    add_task(app)
+    client = app.test_client()
+    token = signin(client, make_key(app, "dave", "developer"))
+    resp = post(client, "/tasks/new", token, agent="echo", prompt="Keep me")
+    assert resp.status_code == 429 and resp.headers["Retry-After"]
+    html = resp.get_data(as_text=True)
+    assert "Keep me</textarea>" in html and "tasks are waiting" in html
+    assert one(app, "SELECT count(*) FROM tasks")[0] == 1

@@ -73,3 +73,11 @@ def test_it_sends_the_same_headers_on_errors(client):
     assert resp.status_code in (401, 404)
     assert resp.headers["X-Frame-Options"] == "DENY"
     assert resp.headers["Permissions-Policy"] == "browsing-topics=()"
+
+
+def test_it_keeps_api_answers_out_of_caches(client, alice):
+    resp = client.post("/api/v1/keys", json={"name": "ci", "role": "viewer"},
+                       headers={"X-API-Key": alice})  # fmt: skip
+    assert resp.status_code == 201 and resp.get_json()["key"]
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert client.get("/api/v1/keys/x").headers["Cache-Control"] == "no-store"  # errors too

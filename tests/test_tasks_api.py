@@ -67,6 +67,17 @@ def test_it_refuses_unknown_agents_and_triggers(client, agent, dave):
     assert submit(client, dave, {"trigger": "ghost"})[0] == 404
 
 
+def test_it_refuses_a_task_for_an_external_agent(client, agent, dave, bob):
+    from tests.messaging_helpers import register
+
+    register(client, bob, "remote")
+    status, body = submit(client, dave, {"agent": "remote", "prompt": "x"})
+    assert status == 422 and "send it a message" in body["error"]["message"]
+    batch = {"tasks": [{"agent": agent, "prompt": "ok"}, {"agent": "remote", "prompt": "x"}]}
+    assert submit(client, dave, batch)[1]["error"]["details"] == {"index": 1}
+    assert count_tasks(client, dave) == 0
+
+
 def test_it_lets_a_viewer_read_but_not_submit(client, agent, vera):
     assert submit(client, vera, {"agent": agent, "prompt": "x"})[0] == 403
     assert call(client, vera, "GET", "/api/v1/tasks")[0] == 200

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 from typing import Any
 
-from flask import current_app, flash, g, redirect, render_template, request, url_for
+from flask import flash, g, redirect, render_template, request, url_for
 from markupsafe import Markup
 
-from app import db, events
+from app import db
 from app.api import decode_cursor, encode_cursor, loads, validate
 from app.auth import requires
 from app.dashboard import bp
@@ -108,17 +109,20 @@ def tasks_get():
 # --- starting one -------------------------------------------------------------------
 
 
-def new_task_page(form: dict, errors: dict, status: int = 200):
+def new_task_page(form: dict, errors: dict, status: int = 200, headers: dict | None = None):
     agents = db.query_all(
         "SELECT name, backend, enabled, state FROM agents WHERE backend != 'external' ORDER BY name"
     )
-    return render_template("tasks/new.html", form=form, errors=errors, agents=agents), status
+    page = render_template("tasks/new.html", form=form, errors=errors, agents=agents)
+    return page, status, headers or {}
 
 
 @bp.get("/tasks/new")
 @requires("developer")
 def task_new_get():
     form = dict.fromkeys(NEW_TASK_FIELDS, "") | {"agent": request.args.get("agent", "")}
+    # One id per filled-in form: a second click on Queue task queues nothing more.
+    form["form_id"] = secrets.token_urlsafe(16)
     return new_task_page(form, {})
 
 
@@ -126,14 +130,15 @@ def task_new_get():
 @requires("developer")
 def task_new_post():
     """Queue a task for an agent and a prompt: the API's model, checks and write."""
-    form = {k: request.form.get(k, "").strip() for k in NEW_TASK_FIELDS}
-    form["prompt"] = request.form.get("prompt", "")  # as typed: its spacing may matter
+    form = {k: request.form.get(k, "").strip() for k in (*NEW_TASK_FIELDS, "form_id")}
+    # As typed, but with the \n line ends the API gets (browsers send \r\n).
+    form["prompt"] = request.form.get("prompt", "").replace("\r\n", "\n")
     errors: dict[str, str] = {}
     if not form["agent"]:
         errors["agent"] = "Choose the agent that runs it."
     if not form["prompt"].strip():
         errors["prompt"] = "Write what the agent should do."
-    data: dict[str, Any] = {k: v for k, v in form.items() if v != ""}
+    data: dict[str, Any] = {k: v for k, v in form.items() if v != "" and k != "form_id"}
     for name in ("priority", "max_attempts", "timeout_s"):
         if name in data:
             try:
@@ -148,10 +153,14 @@ def task_new_post():
                 field = str(item["field"]).split(".")[0] or "form"
                 errors.setdefault(field, item["message"].removeprefix("Value error, "))
             if not exc.details:
-                errors["agent" if "agent" in exc.message else "form"] = exc.message
+                errors["agent"] = exc.message  # an unknown or external agent
     if errors:
         return new_task_page(form, errors, 422)
-    task_id = queue_task(plan, g.key["id"])
+    once = (f"dash:{g.key['id']}", form["form_id"]) if 8 <= len(form["form_id"]) <= 64 else None
+    try:
+        task_id = queue_task(plan, g.key["id"], once)
+    except ApiError as exc:  # the pending cap: keep what was typed
+        return new_task_page(form, {"form": exc.message}, exc.status, exc.headers)
     return done(f"Task #{task_id} queued.", url_for("dashboard.task_get", task_id=task_id))
 
 
@@ -273,8 +282,6 @@ def task_retry_post(task_id: int):
 @requires("developer")
 def task_replay_post(task_id: int):
     """Run the same work again as a new task: its delivery through today's triggers, or a copy."""
-    from app.tasks import create_task, wake_scheduler
-
     task = get_task(task_id)
     if task["delivery_id"] is not None and db.query_one(
         "SELECT 1 FROM deliveries WHERE id = ?", (task["delivery_id"],)
@@ -282,7 +289,6 @@ def task_replay_post(task_id: int):
         from app.dashboard.deliveries import replay
 
         return replay(task["delivery_id"])
-    cfg = current_app.config
     fields = {
         "agent": task["agent"] if not json.loads(task["selector"]) else None,
         "selector": json.loads(task["selector"]),
@@ -295,9 +301,6 @@ def task_replay_post(task_id: int):
         "concurrency_limit": task["concurrency_limit"],
         "max_attempts": task["max_attempts"],
         "timeout_s": task["timeout_s"],
-        "api_key_id": g.key["id"],
     }
-    new_id, event = db.write(lambda conn: create_task(conn, cfg, **fields))
-    events.publish_all([event])
-    wake_scheduler()
+    new_id = queue_task(fields, g.key["id"])
     return done(f"Replayed task #{task_id} as task #{new_id}.", f"/tasks/{new_id}")
