@@ -40,6 +40,20 @@
     if (badge) badge.remove();
   });
 
+  // A task's header comes from the stream on every change and from the answer to Cancel or
+  // Retry. That answer can arrive after the stream already showed a later state (the run
+  // ended in between): never let it put the older state back. data-at is the task's
+  // updated_at when the header was rendered.
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    var target = evt.detail.target;
+    if (!target || target.id !== "task-head") return;
+    var shown = target.querySelector("[data-at]");
+    var sent = /data-at="([^"]+)"/.exec(evt.detail.serverResponse || "");
+    if (shown && sent && parseFloat(sent[1]) < parseFloat(shown.getAttribute("data-at"))) {
+      evt.detail.shouldSwap = false;
+    }
+  });
+
   // A row that changed flashes briefly so the eye finds it.
   document.addEventListener("htmx:sseMessage", function (evt) {
     var row = evt.target;
