@@ -54,14 +54,26 @@ def task_group() -> None:
 @click.option("--priority", type=int)
 @click.option("--max-attempts", type=int)
 @click.option("--timeout", "timeout_s", type=int, help="Seconds.")
+@click.option(
+    "--file",
+    "batch_file",
+    type=click.File("rb"),
+    help='Many tasks: a JSON list of task bodies, or {"tasks": [...]}; "-" reads stdin.',
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def task_submit(agent, prompt, trigger, params, priority, max_attempts, timeout_s, as_json):
-    """Queue a task for an agent and a prompt, or for a trigger and params."""
+def task_submit(
+    agent, prompt, trigger, params, priority, max_attempts, timeout_s, batch_file, as_json
+):
+    """Queue a task for an agent and a prompt, or for a trigger and params; or --file."""
     from app import events
     from app.api import validate
     from app.errors import ApiError
     from app.tasks import TaskIn, create_task, plan_task, task_json
 
+    if batch_file is not None:
+        if any((agent, prompt, trigger, params, priority, max_attempts, timeout_s)):
+            raise click.UsageError("--file takes every task from the file: give no other option")
+        return submit_batch(batch_file.read(), as_json)
     if prompt == "-":
         prompt = click.get_text_stream("stdin").read()
     raw = {"agent": agent, "prompt": prompt, "trigger": trigger}
@@ -77,6 +89,35 @@ def task_submit(agent, prompt, trigger, params, priority, max_attempts, timeout_
         events.publish_all([event])
         row = db.query_one("SELECT * FROM tasks WHERE id = ?", (task_id,))
         emit(as_json, task_json(row), f"task {task_id} queued")
+
+
+def submit_batch(raw: bytes, as_json: bool) -> None:
+    """Queue every task of a batch in one transaction, all or none (as the API does)."""
+    from app import events
+    from app.api import loads, validate
+    from app.errors import ApiError
+    from app.tasks import TaskBatchIn, create_tasks, plan_batch, task_json
+
+    with app_context() as app:
+        try:
+            data = loads(raw)
+        except ValueError as exc:
+            raise click.ClickException(f"the file is not JSON: {exc}") from None
+        try:
+            bodies = validate(TaskBatchIn, data if isinstance(data, dict) else {"tasks": data})
+            plans = plan_batch(bodies.tasks)
+            ids, evs = db.write(lambda conn: create_tasks(conn, app.config, plans, None))
+        except ApiError as exc:
+            # A schema error lists its fields (tasks.3.prompt: ...); a plan error names its task.
+            fields = exc.details if isinstance(exc.details, list) else []
+            where = "; ".join(f"{d['field']}: {d['message']}" for d in fields)
+            raise click.ClickException(exc.message + (f" ({where})" if where else "")) from None
+        events.publish_all(evs)
+        rows = db.query_all(
+            f"SELECT * FROM tasks WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", ids
+        )
+        said = f"{len(ids)} tasks queued: {', '.join(map(str, ids))}"
+        emit(as_json, {"tasks": [task_json(r) for r in rows]}, said)
 
 
 @task_group.command("list")

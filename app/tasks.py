@@ -161,6 +161,12 @@ class SubmitIn(RootModel[TaskIn | TaskBatchIn]):
     """
 
 
+def create_tasks(conn, cfg: dict, plans: list[dict], api_key_id: int | None):
+    """Insert planned tasks in the caller's transaction; return (ids, events)."""
+    created = [create_task(conn, cfg, api_key_id=api_key_id, **plan) for plan in plans]
+    return [task_id for task_id, _ in created], [event for _, event in created]
+
+
 def plan_task(body: TaskIn, backends: dict[str, str] | None = None) -> dict:
     """What create_task needs for one submission; 4xx for an unknown agent or trigger.
 
@@ -229,11 +235,7 @@ def tasks_create():
                 if seen["body_hash"] != digest:
                     raise ApiError(409, "this Idempotency-Key was used with a different body")
                 return json.loads(seen["task_ids"]), []
-        ids, evs = [], []
-        for plan in plans:
-            task_id, event = create_task(conn, cfg, api_key_id=key_id, **plan)
-            ids.append(task_id)
-            evs.append(event)
+        ids, evs = create_tasks(conn, cfg, plans, key_id)
         if idem is not None:
             conn.execute("DELETE FROM dedupe_keys WHERE scope = ? AND key = ?", (scope, idem))
             remember_key(conn, scope, idem, digest, ids)

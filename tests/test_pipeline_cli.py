@@ -42,6 +42,27 @@ def test_it_exits_non_zero_with_a_reason_for_bad_input(cli_runner, agent):
     assert run(cli_runner, "task", "show", "999")[0] == 1
 
 
+def test_it_submits_a_batch_from_a_file_all_or_none(cli_runner, agent, tmp_path):
+    batch = tmp_path / "tasks.json"
+    batch.write_text(json.dumps([{"agent": "echo", "prompt": p} for p in "ab"]))
+    code, out = run(cli_runner, "task", "submit", "--file", str(batch), "--json")
+    assert code == 0, out
+    assert [t["prompt"] for t in json.loads(out)["tasks"]] == ["a", "b"]
+    bad = [{"agent": "echo", "prompt": "c"}, {"agent": "ghost", "prompt": "d"}]
+    batch.write_text(json.dumps({"tasks": bad}))
+    code, out = run(cli_runner, "task", "submit", "--file", str(batch))
+    assert code == 1 and "task 1: no agent named 'ghost'" in out
+    batch.write_text(json.dumps([{"agent": "echo"}]))
+    code, out = run(cli_runner, "task", "submit", "--file", str(batch))
+    assert code == 1 and "tasks.0" in out
+    batch.write_text("[[[")
+    assert run(cli_runner, "task", "submit", "--file", str(batch))[0] == 1
+    code, out = run(cli_runner, "task", "submit", "--file", str(batch), "--agent", "echo")
+    assert code == 2 and "give no other option" in out
+    code, out = run(cli_runner, "task", "list", "--json")
+    assert sorted(t["prompt"] for t in json.loads(out)["tasks"]) == ["a", "b"]
+
+
 def test_it_creates_a_trigger_from_a_file_and_shows_the_secret_once(cli_runner, agent, tmp_path):
     spec = tmp_path / "t.json"
     spec.write_text(json.dumps({"name": "cli hook", "kind": "webhook", "agent": "echo",
