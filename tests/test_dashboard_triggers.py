@@ -171,6 +171,23 @@ def test_it_runs_a_manual_trigger_now(app, client, bob, signin):
     assert resp.status_code == 303 and resp.headers["Location"].startswith("/tasks/")
 
 
+def test_it_runs_a_trigger_with_params_and_says_what_is_missing(app, client, bob, signin):
+    add_agent(app)
+    client.token = signin(client, bob)
+    create(client, name="Deploy", kind="manual", prompt_template="Deploy {{ params.env }}")
+    resp = post(client, "/triggers/deploy/run", client.token, params="")
+    assert resp.status_code == 422
+    html = resp.get_data(as_text=True)
+    assert 'id="run-error"' in html and "env" in html
+    resp = post(client, "/triggers/deploy/run", client.token, params="oops")
+    assert resp.status_code == 422 and "line 1: write KEY=VALUE" in resp.get_data(as_text=True)
+    assert "oops</textarea>" in resp.get_data(as_text=True)  # what was typed stays
+    assert one(app, "SELECT count(*) FROM tasks")[0] == 0
+    resp = post(client, "/triggers/deploy/run", client.token, params="\nenv = prod\r\n")
+    assert resp.status_code == 303
+    assert one(app, "SELECT prompt FROM tasks")[0] == "Deploy prod"
+
+
 def test_it_deletes_a_trigger_and_keeps_its_deliveries(app, operator):
     create(operator)
     add_delivery(app, trigger_slug="issue-triage")

@@ -25,7 +25,6 @@ from app.triggers import (
     match,
     next_run,
     plan,
-    plan_from_trigger,
     rotate_secret,
     slugify,
     trigger_json,
@@ -136,12 +135,13 @@ def validate_trigger(data: dict, errors: dict[str, str]) -> dict | None:
     return body
 
 
-def form_page(form: dict, errors: dict, trigger=None, status: int = 200):
+def form_page(form: dict, errors: dict, trigger=None, status: int = 200, run: dict | None = None):
     agents = [r[0] for r in db.query_all("SELECT name FROM agents ORDER BY name")]
     hook_url = webhook_url(trigger["slug"]) if trigger is not None else None
     return render_template(
         "triggers/form.html", form=form, errors=errors, trigger=trigger, agents=agents,
-        kinds=KINDS, hook_url=hook_url, **preview_choices(trigger),
+        kinds=KINDS, hook_url=hook_url, run=run or {"params": "", "error": None},
+        **preview_choices(trigger),
     ), status  # fmt: skip
 
 
@@ -403,7 +403,30 @@ def send_test_event(row, payload: Any, event: str | None) -> tuple[int, dict]:
 @requires("developer")
 def trigger_run_post(slug: str):
     """Start one task from the trigger now, as `POST /api/v1/tasks {"trigger": slug}` does."""
-    from app.tasks import queue_task
+    from app.tasks import TaskIn, plan_task, queue_task
 
-    task_id = queue_task(plan_from_trigger(slug, {}), g.key["id"])
+    row = get_trigger(slug)
+    typed = request.form.get("params", "")
+    try:
+        params = read_params(typed)
+        task_id = queue_task(plan_task(validate(TaskIn, {"trigger": slug, "params": params})),
+                             g.key["id"])  # fmt: skip
+    except ApiError as exc:
+        details = exc.details if isinstance(exc.details, list) else []
+        error = "; ".join([exc.message, *(d["message"] for d in details)])
+        run = {"params": typed, "error": error}
+        return form_page(form_of(row), {}, trigger=row, status=exc.status, run=run)
     return redirect(url_for("dashboard.task_get", task_id=task_id), 303)
+
+
+def read_params(text: str) -> dict[str, str]:
+    """KEY=VALUE lines (blank ones skipped, spaces around both trimmed) as a run's params."""
+    params = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ApiError(422, f"line {number}: write KEY=VALUE")
+        params[key.strip()] = value.strip()
+    return params

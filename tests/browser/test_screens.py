@@ -15,6 +15,7 @@ PAGES = {
     "tasks": "/tasks",
     "task-new": "/tasks/new",
     "triggers": "/triggers",
+    "trigger": "/triggers/hello",
     "agents": "/agents",
     "agent-new": "/agents/new",
     "agent-register": "/agents/register",
