@@ -116,18 +116,12 @@ def claim_ready() -> list[dict]:
     """Claim every queued task that is due and fits the concurrency limits."""
     cfg = _app.config
     with db.reading(cfg["DATABASE"]) as conn:
-        now = time.time()
-        due = conn.execute(
-            "SELECT id, agent, selector, attempts, concurrency_key, concurrency_limit FROM tasks"
-            " WHERE state = 'queued' AND next_attempt_at <= ?"
-            " ORDER BY priority DESC, id LIMIT 200",
-            (now,),
-        ).fetchall()
-        if not due:
-            return []
         active = conn.execute(
             f"SELECT agent, concurrency_key FROM tasks WHERE state IN {ACTIVE}"
         ).fetchall()
+        free = cfg["CONCURRENCY_GLOBAL"] - len(active)
+        if free <= 0:
+            return []
         agents = {
             r["name"]: r
             for r in conn.execute(
@@ -135,13 +129,27 @@ def claim_ready() -> list[dict]:
                 " AND backend != 'external' AND state NOT IN ('draining', 'stopped')"
             )
         }
+        per_agent: dict[str, int] = {}
+        per_key: dict[str, int] = {}
+        for row in active:
+            per_agent[row["agent"]] = per_agent.get(row["agent"], 0) + 1
+            if row["concurrency_key"]:
+                per_key[row["concurrency_key"]] = per_key.get(row["concurrency_key"], 0) + 1
+        # Only tasks that could start now: hundreds queued for an agent (or a key) at its
+        # limit would otherwise fill the look-ahead and hide everybody else's (starvation).
+        # A key's limit is the task's own when set, so only default-limited ones are left out.
+        open_agents = [n for n, r in agents.items() if per_agent.get(n, 0) < r["concurrency"]]
+        full_keys = [k for k, n in per_key.items() if n >= cfg["CONCURRENCY_PER_KEY"]]
+        due = conn.execute(
+            "SELECT id, agent, selector, attempts, concurrency_key, concurrency_limit FROM tasks"
+            " WHERE state = 'queued' AND next_attempt_at <= ?"
+            " AND (agent IS NULL OR agent IN (SELECT value FROM json_each(?)))"
+            " AND (concurrency_key IS NULL OR concurrency_limit IS NOT NULL"
+            "      OR concurrency_key NOT IN (SELECT value FROM json_each(?)))"
+            " ORDER BY priority DESC, id LIMIT ?",
+            (time.time(), json.dumps(open_agents), json.dumps(full_keys), min(200, 10 * free)),
+        ).fetchall()
     running = len(active)
-    per_agent: dict[str, int] = {}
-    per_key: dict[str, int] = {}
-    for row in active:
-        per_agent[row["agent"]] = per_agent.get(row["agent"], 0) + 1
-        if row["concurrency_key"]:
-            per_key[row["concurrency_key"]] = per_key.get(row["concurrency_key"], 0) + 1
     picked = []
     for task in due:
         if running >= cfg["CONCURRENCY_GLOBAL"]:

@@ -195,6 +195,33 @@ def test_it_holds_tasks_back_beyond_an_agents_concurrency(hub):
         assert start >= end - 0.05  # recorded in separate transactions; never overlapping runs
 
 
+def test_it_runs_another_agents_task_behind_a_long_queue_for_a_busy_one(hub):
+    # 300 queued tasks for an agent at its limit must not hide a later task for an idle one.
+    make_agent(hub, "busy", [PY, "-c", "import time; time.sleep(60)"], concurrency=1)
+    make_agent(hub, "idle", ["true"])
+    batch = {"tasks": [{"agent": "busy", "prompt": str(n)} for n in range(300)]}
+    status, body = live(hub, hub.keys["admin"], "POST", "/api/v1/tasks", batch)
+    assert status == 202, body
+    wait_state(hub, body["tasks"][0]["id"], "running")
+    later = submit(hub, "idle")
+    assert wait_state(hub, later, "succeeded", timeout=15)["state"] == "succeeded"
+    assert task(hub, body["tasks"][1]["id"])["state"] == "queued"
+
+
+def test_it_runs_another_keys_task_behind_a_long_queue_for_a_busy_key(live_server):
+    srv = live_server({**FAST, "AGENTED_CONCURRENCY_PER_KEY": "1"})
+    srv.keys["admin"] = srv.make_key("admin")
+    make_agent(srv, "worker", [PY, "-c", "import time; time.sleep(60)"], concurrency=5)
+    batch = {"tasks": [{"agent": "worker", "prompt": str(n), "concurrency_key": "repo#1"}
+                       for n in range(300)]}  # fmt: skip
+    status, body = live(srv, srv.keys["admin"], "POST", "/api/v1/tasks", batch)
+    assert status == 202, body
+    wait_state(srv, body["tasks"][0]["id"], "running")
+    later = submit(srv, "worker", concurrency_key="repo#2")
+    assert wait_state(srv, later, "running", timeout=15)["state"] == "running"
+    assert task(srv, body["tasks"][1]["id"])["state"] == "queued"
+
+
 def test_it_cuts_huge_output_and_survives_invalid_utf8(live_server):
     srv = live_server({**FAST, "AGENTED_MAX_LOG_BYTES": "100000"})
     srv.keys["admin"] = srv.make_key("admin")
