@@ -131,7 +131,7 @@ def test_it_creates_an_agent_from_the_form_after_an_inline_error(page, hub):
 def test_it_starts_a_task_from_the_form_and_follows_it(page, hub):
     hub.agent("echo")
     sign_in(page, hub.admin, "/tasks")
-    page.get_by_role("link", name="New task").click()
+    page.get_by_role("link", name="New task").first.click()
     page.get_by_role("button", name="Queue task").click()
     expect(page.locator("#agent-error")).to_contain_text("Choose the agent")
     page.locator("#agent").select_option("echo")
