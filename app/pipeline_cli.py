@@ -96,7 +96,7 @@ def submit_batch(raw: bytes, as_json: bool) -> None:
     from app import events
     from app.api import loads, validate
     from app.errors import ApiError
-    from app.tasks import TaskBatchIn, create_tasks, plan_batch, task_json
+    from app.tasks import TaskBatchIn, create_tasks, plan_batch, tasks_by_id
 
     with app_context() as app:
         try:
@@ -113,11 +113,8 @@ def submit_batch(raw: bytes, as_json: bool) -> None:
             where = "; ".join(f"{d['field']}: {d['message']}" for d in fields)
             raise click.ClickException(exc.message + (f" ({where})" if where else "")) from None
         events.publish_all(evs)
-        rows = db.query_all(
-            f"SELECT * FROM tasks WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", ids
-        )
         said = f"{len(ids)} tasks queued: {', '.join(map(str, ids))}"
-        emit(as_json, {"tasks": [task_json(r) for r in rows]}, said)
+        emit(as_json, {"tasks": tasks_by_id(ids)}, said)
 
 
 @task_group.command("list")

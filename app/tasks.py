@@ -98,6 +98,14 @@ def attempt_json(row) -> dict:
     return data
 
 
+def tasks_by_id(ids: list[int]) -> list[dict]:
+    """The tasks with these ids as JSON, in id order (a batch just created)."""
+    rows = db.query_all(
+        f"SELECT * FROM tasks WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", ids
+    )
+    return [task_json(r) for r in rows]
+
+
 def get_task(task_id: int):
     return or_404(db.query_one("SELECT * FROM tasks WHERE id = ?", (task_id,)), "task")
 
@@ -247,10 +255,7 @@ def tasks_create():
         wake_scheduler()
     if not batch:
         return jsonify(task_json(get_task(ids[0]))), 202
-    rows = db.query_all(
-        f"SELECT * FROM tasks WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", ids
-    )
-    return jsonify({"tasks": [task_json(r) for r in rows]}), 202
+    return jsonify({"tasks": tasks_by_id(ids)}), 202
 
 
 def queue_task(plan: dict, api_key_id: int | None, once: tuple[str, str] | None = None) -> int:

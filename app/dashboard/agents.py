@@ -32,7 +32,7 @@ from app.agents import (
 from app.api import loads, public_url, validate
 from app.auth import allows, requires
 from app.dashboard import bp, clihealth
-from app.dashboard.common import done, is_htmx, secret_page
+from app.dashboard.common import done, field_errors, is_htmx, secret_page
 from app.errors import ApiError
 from app.tasks import ACTIVE
 
@@ -227,9 +227,7 @@ def checked(model: type[AgentIn] | type[AgentPatch], data: dict, store, errors: 
     try:
         store(validate(model, data).model_dump(exclude_unset=model is AgentPatch))
     except ApiError as exc:
-        for item in exc.details or []:
-            field = str(item["field"]).split(".")[0] or "form"
-            errors.setdefault(field, item["message"].removeprefix("Value error, "))
+        field_errors(exc, errors)
         if not exc.details:
             field = next((f for word, f in FIELD_HINTS if word in exc.message), "form")
             errors[field] = exc.message[:1].upper() + exc.message[1:]

@@ -67,6 +67,13 @@ def done(message: str, target: str) -> Response:
     return redirect(target, 303)
 
 
+def field_errors(exc: ApiError, errors: dict[str, str]) -> None:
+    """Put a validation error's details beside their fields (the first per field wins)."""
+    for item in exc.details if isinstance(exc.details, list) else []:
+        field = str(item["field"]).split(".")[0] or "form"
+        errors.setdefault(field, item["message"].removeprefix("Value error, "))
+
+
 def secret_page(template: str, status: int, **context: Any) -> tuple[str, int, dict]:
     """A page showing a key or secret once: never stored by a cache or the back button."""
     return render_template(template, **context), status, {"Cache-Control": "no-store"}

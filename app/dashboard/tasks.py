@@ -14,7 +14,14 @@ from app import db
 from app.api import decode_cursor, encode_cursor, loads, validate
 from app.auth import requires
 from app.dashboard import bp
-from app.dashboard.common import db_path, done, is_htmx, last_event_id, sse_response
+from app.dashboard.common import (
+    db_path,
+    done,
+    field_errors,
+    is_htmx,
+    last_event_id,
+    sse_response,
+)
 from app.dashboard.deliveries import json_tree
 from app.dashboard.live import (
     LOG_PAGE,
@@ -149,9 +156,7 @@ def task_new_post():
         try:
             plan = plan_task(validate(TaskIn, data))
         except ApiError as exc:
-            for item in exc.details or []:
-                field = str(item["field"]).split(".")[0] or "form"
-                errors.setdefault(field, item["message"].removeprefix("Value error, "))
+            field_errors(exc, errors)
             if not exc.details:
                 errors["agent"] = exc.message  # an unknown or external agent
     if errors:

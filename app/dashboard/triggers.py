@@ -15,7 +15,7 @@ from app import crypto, db, prompts
 from app.api import loads, validate
 from app.auth import requires, same_site_path
 from app.dashboard import bp
-from app.dashboard.common import done, secret_page
+from app.dashboard.common import done, field_errors, secret_page
 from app.errors import ApiError
 from app.triggers import (
     LIST_FIELDS,
@@ -122,9 +122,7 @@ def validate_trigger(data: dict, errors: dict[str, str]) -> dict | None:
     try:
         body = validate(TriggerIn, data).model_dump()
     except ApiError as exc:
-        for item in exc.details or []:
-            field = item["field"].split(".")[0] or "form"
-            errors.setdefault(field, item["message"].removeprefix("Value error, "))
+        field_errors(exc, errors)
         return None
     try:
         check_trigger(body)
