@@ -2,7 +2,7 @@
 
 Lifecycle (issue 6): `registered -> running -> draining -> stopped`, plus `offline`
 for an external agent whose heartbeat is older than AGENT_OFFLINE_S. The
-scheduler (app/executions.py) gives no new task to a `draining` or `stopped`
+scheduler (app/scheduler.py) gives no new task to a `draining` or `stopped`
 agent; messaging refuses new conversations to them. Columns this module adds
 (migrations/0003_messages.sql): `rate_tier` (app/ratelimit.py) and
 `state_changed_at`.

@@ -1,8 +1,8 @@
-"""ExecutionService: the scheduler, one supervised run per attempt, and crash recovery.
+"""ExecutionService: the scheduler loop, one supervised run per attempt, crash recovery.
 
-The scheduler greenlet claims queued tasks with a conditional UPDATE that bumps
-the attempt number (the fencing token): every later write for that attempt says
-`WHERE attempts = ?`, so a stale run can never overwrite a newer attempt.
+The scheduler greenlet starts a Run for every task app/scheduler.py claims. A
+claim bumps the attempt number (the fencing token): every later write for that
+attempt says `WHERE attempts = ?`, so a stale run can never overwrite a newer one.
 Each run spawns the agent's argv in its own process group with a filtered
 environment, streams stdout/stderr lines to live subscribers as soon as they are
 read and to the database in batches (so a crash loses at most ~100 ms of log),
@@ -27,7 +27,7 @@ import gevent.lock
 import gevent.subprocess
 from flask import Flask
 
-from app import commands, db, events
+from app import commands, db, events, scheduler
 from app.agents import agent_secrets
 from app.spawn import spawn
 from app.tasks import ACTIVE, transition
@@ -104,110 +104,12 @@ def _scheduler_loop() -> None:
         _wake.clear()
         try:
             with _app.app_context():
-                for claim in claim_ready():
+                for claim in scheduler.claim_ready(_app.config):
                     RUNS[claim["task_id"]] = run = Run(claim)
                     gevent.spawn(run.main)
         except Exception:
             log.exception("scheduler pass failed")
             gevent.sleep(1)
-
-
-def claim_ready() -> list[dict]:
-    """Claim every queued task that is due and fits the concurrency limits."""
-    cfg = _app.config
-    with db.reading(cfg["DATABASE"]) as conn:
-        active = conn.execute(
-            f"SELECT agent, concurrency_key FROM tasks WHERE state IN {ACTIVE}"
-        ).fetchall()
-        free = cfg["CONCURRENCY_GLOBAL"] - len(active)
-        if free <= 0:
-            return []
-        agents = {
-            r["name"]: r
-            for r in conn.execute(
-                "SELECT name, capabilities, concurrency FROM agents WHERE enabled = 1"
-                " AND backend != 'external' AND state NOT IN ('draining', 'stopped')"
-            )
-        }
-        per_agent: dict[str, int] = {}
-        per_key: dict[str, int] = {}
-        for row in active:
-            per_agent[row["agent"]] = per_agent.get(row["agent"], 0) + 1
-            if row["concurrency_key"]:
-                per_key[row["concurrency_key"]] = per_key.get(row["concurrency_key"], 0) + 1
-        # Only tasks that could start now: hundreds queued for an agent (or a key) at its
-        # limit would otherwise fill the look-ahead and hide everybody else's (starvation).
-        # A key's limit is the task's own when set, so only default-limited ones are left out.
-        open_agents = [n for n, r in agents.items() if per_agent.get(n, 0) < r["concurrency"]]
-        full_keys = [k for k, n in per_key.items() if n >= cfg["CONCURRENCY_PER_KEY"]]
-        due = conn.execute(
-            "SELECT id, agent, selector, attempts, concurrency_key, concurrency_limit FROM tasks"
-            " WHERE state = 'queued' AND next_attempt_at <= ?"
-            " AND (agent IS NULL OR agent IN (SELECT value FROM json_each(?)))"
-            " AND (concurrency_key IS NULL OR concurrency_limit IS NOT NULL"
-            "      OR concurrency_key NOT IN (SELECT value FROM json_each(?)))"
-            " ORDER BY priority DESC, id LIMIT ?",
-            (time.time(), json.dumps(open_agents), json.dumps(full_keys), min(200, 10 * free)),
-        ).fetchall()
-    running = len(active)
-    picked = []
-    for task in due:
-        if running >= cfg["CONCURRENCY_GLOBAL"]:
-            break
-        key = task["concurrency_key"]
-        key_limit = task["concurrency_limit"] or cfg["CONCURRENCY_PER_KEY"]
-        if key and per_key.get(key, 0) >= key_limit:
-            continue
-        agent = _pick_agent(task, agents, per_agent)
-        if agent is None:
-            continue  # waits until its agent has room (or exists again)
-        running += 1
-        per_agent[agent] = per_agent.get(agent, 0) + 1
-        if key:
-            per_key[key] = per_key.get(key, 0) + 1
-        picked.append({"task_id": task["id"], "agent": agent, "attempt": task["attempts"] + 1})
-    if not picked:
-        return []
-
-    def claim(conn):
-        claimed, evs = [], []
-        for p in picked:
-            # Someone may have got there first (a cancel, or another scheduler after
-            # a restart): only a row still queued at the expected attempt is ours.
-            cur = conn.execute(
-                "UPDATE tasks SET state = 'assigned', agent = ?, attempts = ?, updated_at = ?"
-                " WHERE id = ? AND state = 'queued' AND attempts = ?",
-                (p["agent"], p["attempt"], time.time(), p["task_id"], p["attempt"] - 1),
-            )
-            if cur.rowcount != 1:
-                continue
-            conn.execute(
-                "INSERT INTO attempts (task_id, number, agent, state, started_at)"
-                " VALUES (?, ?, ?, 'starting', ?)",
-                (p["task_id"], p["attempt"], p["agent"], time.time()),
-            )
-            evs.append(transition(conn, p["task_id"], "assigned", agent=p["agent"]))
-            claimed.append(p)
-        return claimed, evs
-
-    claimed, evs = db.write(claim, cfg["DATABASE"])
-    events.publish_all(evs)
-    return claimed
-
-
-def _pick_agent(task, agents: dict, per_agent: dict[str, int]) -> str | None:
-    if task["agent"]:
-        row = agents.get(task["agent"])
-        if row is None or per_agent.get(row["name"], 0) >= row["concurrency"]:
-            return None
-        return row["name"]
-    wanted = set(json.loads(task["selector"]))
-    best, room = None, 0
-    for row in agents.values():
-        free = row["concurrency"] - per_agent.get(row["name"], 0)
-        if free > room and wanted <= set(json.loads(row["capabilities"])):
-            best, room = row["name"], free
-    return best
 
 
 # --- one run ------------------------------------------------------------------
