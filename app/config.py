@@ -121,6 +121,7 @@ def load() -> dict:
         "WORKSPACES_DIR": Path(env_str("AGENTED_WORKSPACES_DIR", str(data_dir / "workspaces"))),
         "SCHEDULER": env_bool("AGENTED_SCHEDULER", True),
         **ops_settings(),
+        **webhook_settings(),
     }
 
 
@@ -145,4 +146,14 @@ def ops_settings() -> dict:
         "ALERT_INTERVAL_S": env_int("AGENTED_ALERT_INTERVAL_S", 30),
         "ALERT_WEBHOOK_URL": env_str("AGENTED_ALERT_WEBHOOK_URL", ""),
         "ALERT_WEBHOOK_SECRET": env_str("AGENTED_ALERT_WEBHOOK_SECRET", ""),
+    }
+
+
+def webhook_settings() -> dict:
+    """What is kept of unverified deliveries, and the Standard Webhooks tolerance (issue 12)."""
+    return {
+        "REJECTED_BODY_KEEP_BYTES": env_int("AGENTED_REJECTED_BODY_KEEP_BYTES", 4096),
+        "REJECTED_DELIVERIES_MAX": env_int("AGENTED_REJECTED_DELIVERIES_MAX", 1000, minimum=1),
+        "WEBHOOK_TOLERANCE_S": env_int("AGENTED_WEBHOOK_TOLERANCE_S", 300, minimum=1),
+        "HOOKS_ALLOW_BODY_SIGNATURE": env_bool("AGENTED_HOOKS_ALLOW_BODY_SIGNATURE", True),
     }
