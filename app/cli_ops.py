@@ -11,7 +11,7 @@ import time
 
 import click
 
-from app import audit, backup, db, retention
+from app import audit, backup, config, db, retention
 from app.cli import emit, main, open_db, settings
 
 # A command whose last word is one of these only reads: it leaves no audit row.
@@ -55,20 +55,49 @@ def _audit_command(*_args: object, **_kwargs: object) -> None:
 # --- backup and restore ---------------------------------------------------------------
 
 
+passphrase_option = click.option(
+    "--passphrase-file",
+    type=click.File("r"),
+    help="Read the passphrase that seals the secret key from this file ('-' for stdin); "
+    "default AGENTED_BACKUP_PASSPHRASE.",
+)
+
+
+def read_passphrase(cfg: dict, file) -> str:
+    """The passphrase from --passphrase-file (its first line), else from the settings."""
+    if file is None:
+        return cfg["BACKUP_PASSPHRASE"]
+    value = file.readline().rstrip("\r\n")
+    if len(value) < config.MIN_PASSPHRASE:
+        raise click.BadParameter(
+            f"the passphrase must be at least {config.MIN_PASSPHRASE} characters",
+            param_hint="--passphrase-file",
+        )
+    return value
+
+
 @main.group("backup", invoke_without_command=True)
+@passphrase_option
 @json_option
 @click.pass_context
-def backup_group(ctx: click.Context, as_json: bool) -> None:
-    """Back up the database now (online; checked with integrity_check; keeps the last N)."""
+def backup_group(ctx: click.Context, passphrase_file, as_json: bool) -> None:
+    """Back up the database now (online; checked with integrity_check; keeps the last N).
+
+    With a passphrase the backup carries the secret key sealed with it, so it
+    can be restored on another machine; without one it needs the secret_key file.
+    """
     if ctx.invoked_subcommand is not None:
         return
     cfg = settings()
     try:
-        result = backup.create_backup(cfg)
+        result = backup.create_backup(cfg, read_passphrase(cfg, passphrase_file))
     except (backup.BackupError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    sealed = "secret key sealed" if result["sealed_key"] else "secret key NOT included"
     text = f"{result['file']} ({result['size']} bytes, {result['duration_s']} s, integrity ok)"
-    emit(as_json, result, text)
+    emit(as_json, result, f"{text}\n{sealed}")
+    if result.get("warning") and not as_json:  # with --json it is the "warning" field
+        click.echo(f"warning: {result['warning']}", err=True)
 
 
 @backup_group.command("list")
@@ -82,16 +111,25 @@ def backup_list(as_json: bool) -> None:
 
 @main.command("restore")
 @click.argument("file", type=click.Path(dir_okay=False))
+@passphrase_option
+@click.option("--without-secrets", is_flag=True,
+              help="Restore even though the backup's secret key is not available "
+              "(stored webhook and agent secrets will not decrypt).")  # fmt: skip
 @json_option
-def restore_cmd(file: str, as_json: bool) -> None:
-    """Replace the database with a backup (refused while the service runs)."""
+def restore_cmd(file: str, passphrase_file, without_secrets: bool, as_json: bool) -> None:
+    """Replace the database with a backup (refused while the service runs).
+
+    A backup made with another secret key (from another machine) needs its
+    passphrase: restore then writes the backup's key to DATA_DIR/secret_key.
+    """
     cfg = settings()
     try:
-        result = backup.restore(cfg, file)
+        result = backup.restore(cfg, file, read_passphrase(cfg, passphrase_file), without_secrets)
     except (backup.BackupError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     kept = result["replaced"] or "nothing (there was no database)"
-    emit(as_json, result, f"restored {result['restored']}\nthe replaced database is in {kept}")
+    text = f"restored {result['restored']}\nthe replaced database is in {kept}"
+    emit(as_json, result, "\n".join([text, *result["notes"]]))
 
 
 # --- audit ------------------------------------------------------------------------
@@ -99,16 +137,17 @@ def restore_cmd(file: str, as_json: bool) -> None:
 
 @main.group("audit")
 def audit_group() -> None:
-    """The hash-chained audit log."""
+    """The audit log, chained with a MAC keyed by SECRET_KEY."""
 
 
 @audit_group.command("verify")
 @json_option
 def audit_verify(as_json: bool) -> None:
     """Check the chain; exit 1 and name the first bad row if any row was edited or deleted."""
-    conn = open_db(settings())
+    cfg = settings()
+    conn = open_db(cfg)
     try:
-        result = audit.verify(conn)
+        result = audit.verify(conn, cfg["SECRET_KEY"])  # the MAC key is not in the database
     finally:
         conn.close()
     if result["ok"]:
