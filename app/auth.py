@@ -150,13 +150,23 @@ def _check_fail_limit() -> None:
 
 
 def _session_key():
-    key_id = session.get("key_id")
-    if key_id is None:
+    sid = session.get("sid")
+    if sid is None or session.get("key_id") is None:
         return None
-    row = db.query_one("SELECT * FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,))
-    if row is None:
-        session.clear()
+    row = _live_session(hash_key(sid))
+    if row is None or row["id"] != session["key_id"]:
+        session.clear()  # signed out elsewhere, expired or revoked: the cookie is dead
+        return None
     return row
+
+
+def _live_session(id_hash: str):
+    """The key row of a session that is neither signed out, expired nor of a revoked key."""
+    return db.query_one(
+        "SELECT k.* FROM sessions s JOIN api_keys k ON k.id = s.key_id"
+        " WHERE s.id_hash = ? AND s.expires_at > ? AND k.revoked_at IS NULL",
+        (id_hash, time.time()),
+    )
 
 
 def _token_key(view: Callable | None):
@@ -164,10 +174,15 @@ def _token_key(view: Callable | None):
     if not token or request.method != "GET" or not getattr(view, "accepts_token", False):
         return None
     try:
-        key_id = _serializer().loads(token, max_age=current_app.config["SSE_TOKEN_TTL_S"])
+        payload = _serializer().loads(token, max_age=current_app.config["SSE_TOKEN_TTL_S"])
     except BadSignature:
         raise _auth_failed("the stream token is invalid or expired") from None
-    return db.query_one("SELECT * FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,))
+    if isinstance(payload, list):
+        # Minted by a dashboard session: it dies with that session (sign-out).
+        key_id, id_hash = payload
+        row = _live_session(id_hash)
+        return row if row is not None and row["id"] == key_id else None
+    return db.query_one("SELECT * FROM api_keys WHERE id = ? AND revoked_at IS NULL", (payload,))
 
 
 def _touch(key) -> None:
@@ -258,8 +273,8 @@ def _serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="sse-token")
 
 
-def stream_token(key_id: int) -> str:
-    return _serializer().dumps(key_id)
+def stream_token(key_id: int, session_hash: str | None = None) -> str:
+    return _serializer().dumps(key_id if session_hash is None else [key_id, session_hash])
 
 
 # --- routes -------------------------------------------------------------------
@@ -310,7 +325,8 @@ def keys_revoke(key_id: int):
 def stream_tokens_create():
     """Mint a short-lived token for an SSE stream (`?token=`)."""
     ttl = current_app.config["SSE_TOKEN_TTL_S"]
-    return jsonify({"token": stream_token(g.key["id"]), "expires_in": ttl}), 201
+    id_hash = hash_key(session["sid"]) if g.via_session else None
+    return jsonify({"token": stream_token(g.key["id"], id_hash), "expires_in": ttl}), 201
 
 
 @bp.get("/signin")
@@ -329,6 +345,7 @@ def signin_post():
         return render_template("signin.html", next=request.form.get("next", "/")), 401
     session.clear()
     session["key_id"] = key["id"]
+    session["sid"] = start_session(key["id"])
     session["csrf"] = secrets.token_urlsafe(24)
     session.permanent = True
     # Only same-site paths: an open redirect would turn sign-in into a phishing aid.
@@ -351,10 +368,33 @@ def same_site_path(target: str | None, default: str) -> str:
     return target  # a path: "/x" can carry neither a scheme nor a host
 
 
+def start_session(key_id: int) -> str:
+    """Record a new sign-in for `key_id`; return the random id its cookie carries."""
+    sid = secrets.token_urlsafe(32)
+    t = time.time()
+    lifetime = current_app.permanent_session_lifetime.total_seconds()
+
+    def insert(conn) -> None:
+        # Sign-ins are rare: clearing expired rows here keeps the table small.
+        conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (t,))
+        conn.execute(
+            "INSERT INTO sessions (id_hash, key_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+            (hash_key(sid), key_id, t, t + lifetime),
+        )
+
+    db.write(insert)
+    return sid
+
+
 @bp.post("/signout")
 def signout_post():
     if session.get("key_id") is not None:
         check_csrf()
+    sid = session.get("sid")
+    if sid is not None:
+        # Ends the session on the server: a copy of the cookie is worth nothing now.
+        id_hash = hash_key(sid)
+        db.write(lambda conn: conn.execute("DELETE FROM sessions WHERE id_hash = ?", (id_hash,)))
     session.clear()
     return redirect(url_for("auth.signin_get"))
 
