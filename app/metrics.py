@@ -339,14 +339,25 @@ def _authorised() -> bool:
         key = auth.find_key(db.get_db(), presented)
         if key is None:
             raise auth._auth_failed("the API key is not valid")
-        return auth.allows(key, "viewer")
+        return _person_key(key)
     if cfg["METRICS_LOOPBACK"] and request.remote_addr in ("127.0.0.1", "::1"):
         return True
     if g.get("key") is not None:  # a signed-in dashboard session
-        return auth.allows(g.key, "viewer")
+        return _person_key(g.key)
     if presented:
         raise auth._auth_failed("the metrics token is not valid")
     return False
+
+
+def _person_key(key) -> bool:
+    """A viewer key may scrape; an agent-scoped key may not (issue 12).
+
+    An external agent's key is for its mailbox and the registry: the metrics
+    name every agent, trigger and queue of the hub.
+    """
+    if key["agent_id"] is not None:
+        raise ApiError(403, "an agent-scoped key cannot read the metrics")
+    return auth.allows(key, "viewer")
 
 
 @bp.get("/api/v1/metrics")

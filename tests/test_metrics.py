@@ -163,3 +163,17 @@ def test_it_sums_up_the_last_hour_as_json(app, client, vera):
         "utilization": 0.25,
     }
     assert body["deliveries"] == {"accepted": 1, "duplicate": 0, "rejected": 1}
+
+
+def test_it_refuses_an_agent_scoped_key(client, alice, vera):
+    # Issue 12: an external agent's key (role viewer) could read every metric.
+    external = {"name": "remote", "backend": "external"}
+    resp = client.post("/api/v1/agents", json=external, headers={"X-API-Key": alice})
+    assert resp.status_code == 201, resp.get_json()
+    agent_key = resp.get_json()["key"]
+    for headers in ({"X-API-Key": agent_key}, {"Authorization": f"Bearer {agent_key}"}):
+        resp = client.get("/metrics", headers=headers)
+        assert resp.status_code == 403, resp.data
+        assert resp.get_json()["error"]["code"] == "forbidden"
+        assert "agent-scoped" in resp.get_json()["error"]["message"]
+    scrape(client, **{"X-API-Key": vera})  # a person's viewer key still scrapes
