@@ -4,6 +4,13 @@ Backups use SQLite's online backup API (a consistent snapshot while the
 service keeps writing), are checked with `integrity_check` before they are
 given their final name, and only the newest BACKUP_KEEP are kept. Restore
 refuses while the service holds its lock file and checks the file first.
+
+A backup also carries the hub's secret key, without which no stored webhook
+or agent secret decrypts: in a table `backup_key` of the copy (so the backup
+stays one file), sealed with a passphrase when one is given (app/keyseal.py),
+and always as a fingerprint, so restore can tell whether this data dir's key
+is the backup's. Restore drops the table from its copy before the copy goes
+live: the live database never holds the sealed key.
 Everything here blocks in C for a while, so the service runs it through
 `ops.offload` (gevent's threadpool) with its own connections.
 """
@@ -21,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app import db
+from app import db, files, keyseal
 
 log = logging.getLogger("agented.backup")
 NAME = re.compile(r"^agented-(\d{8}T\d{6}\.\d{3})Z\.db$")
@@ -86,11 +93,15 @@ def check_file(path: str | Path, full: bool = True) -> list[str]:
         conn.close()
 
 
-def create_backup(cfg: dict) -> dict:
-    """Copy the live database into the backup directory, check the copy, prune old ones."""
+def create_backup(cfg: dict, passphrase: str = "") -> dict:
+    """Copy the live database into the backup directory, check the copy, prune old ones.
+
+    With a passphrase (else BACKUP_PASSPHRASE) the copy carries the secret key sealed.
+    """
+    passphrase = passphrase or cfg.get("BACKUP_PASSPHRASE") or ""
     started = time.time()
     directory = backup_dir(cfg)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files.private_dir(directory)
     stamp = (
         time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + f".{int(started * 1000) % 1000:03d}"
     )
@@ -102,6 +113,7 @@ def create_backup(cfg: dict) -> dict:
         # One step (pages=-1) copies everything under one read snapshot; in WAL
         # mode that snapshot does not block the writer.
         src.backup(dst)
+        _store_key(dst, cfg, passphrase)
         # DELETE journal mode makes the copy one self-contained file.
         dst.execute("PRAGMA journal_mode=DELETE")
         copied = time.time()
@@ -115,6 +127,7 @@ def create_backup(cfg: dict) -> dict:
     if problems != ["ok"]:
         partial.unlink(missing_ok=True)
         raise BackupError(f"the backup copy failed integrity_check: {problems[:5]}")
+    os.chmod(partial, 0o600)  # the umask made it so; a backup holds every secret
     with open(partial, "rb") as f:
         os.fsync(f.fileno())
     os.replace(partial, final)
@@ -127,9 +140,43 @@ def create_backup(cfg: dict) -> dict:
         "copy_s": round(copied - started, 3),
         "integrity": "ok",
         "pruned": pruned,
+        "sealed_key": bool(passphrase),
     }
-    log.info("backup written", extra=result)
+    if not passphrase:
+        result["warning"] = (
+            "no passphrase: this backup cannot be restored on another machine without the "
+            f"separate secret_key file ({_key_source(cfg)}); give --passphrase-file or set "
+            "AGENTED_BACKUP_PASSPHRASE to seal the key into the backup"
+        )
+        log.warning("backup written without the secret key", extra=result)
+    else:
+        log.info("backup written", extra=result)
     return result
+
+
+def _key_source(cfg: dict) -> str:
+    if os.environ.get("SECRET_KEY"):
+        return "SECRET_KEY in the environment"
+    return str(Path(cfg["DATA_DIR"]) / "secret_key")
+
+
+def _store_key(dst: sqlite3.Connection, cfg: dict, passphrase: str) -> None:
+    """Write the secret key's fingerprint, and the key sealed when there is a passphrase."""
+    # The key in use, wherever it came from: with SECRET_KEY in the environment
+    # the sealed key is that value, and restore writes it to the file.
+    sealed = keyseal.seal({"secret_key": cfg["SECRET_KEY"]}, passphrase) if passphrase else None
+    dst.execute("DROP TABLE IF EXISTS backup_key")
+    dst.execute(
+        "CREATE TABLE backup_key (id INTEGER PRIMARY KEY CHECK (id = 1),"
+        " fingerprint TEXT NOT NULL, source TEXT NOT NULL, sealed TEXT, created_at REAL NOT NULL)"
+    )
+    source = "env" if os.environ.get("SECRET_KEY") else "file"
+    dst.execute(
+        "INSERT INTO backup_key (id, fingerprint, source, sealed, created_at)"
+        " VALUES (1, ?, ?, ?, ?)",
+        (keyseal.fingerprint(cfg["SECRET_KEY"]), source, sealed, time.time()),
+    )
+    dst.commit()
 
 
 def prune(cfg: dict) -> list[str]:
@@ -217,8 +264,15 @@ def hold_service_lock(cfg: dict) -> None:
 # --- restore ------------------------------------------------------------------------
 
 
-def restore(cfg: dict, source: str | Path) -> dict:
-    """Replace the database with `source` after checking it; keep the old one aside."""
+def restore(
+    cfg: dict, source: str | Path, passphrase: str = "", without_secrets: bool = False
+) -> dict:
+    """Replace the database with `source` after checking it; keep the old one aside.
+
+    When the backup was made with another secret key, `passphrase` unseals the
+    backup's key and it replaces this data dir's `secret_key`; without one the
+    restore is refused (its secrets would not decrypt) unless `without_secrets`.
+    """
     source = Path(source).resolve()
     target = Path(cfg["DATABASE"]).resolve()
     if not source.is_file():
@@ -232,20 +286,25 @@ def restore(cfg: dict, source: str | Path) -> dict:
             "(systemctl stop agented), then run the restore again"
         )
     try:
-        return _restore_locked(cfg, source, target)
+        return _restore_locked(cfg, source, target, passphrase, without_secrets)
     finally:
         lock.close()
 
 
-def _restore_locked(cfg: dict, source: Path, target: Path) -> dict:
+def _restore_locked(
+    cfg: dict, source: Path, target: Path, passphrase: str, without_secrets: bool
+) -> dict:
     incoming = target.with_name(target.name + ".restoring")
+    key_file = Path(cfg["DATA_DIR"]) / "secret_key"
+    new_key = key_file.with_name("secret_key.restoring")
     for suffix in ("", "-wal", "-shm"):
         Path(f"{incoming}{suffix}").unlink(missing_ok=True)
     shutil.copyfile(source, incoming)
     if Path(f"{source}-wal").exists():  # a WAL-mode copy keeps recent commits beside it
         shutil.copyfile(f"{source}-wal", f"{incoming}-wal")
+    aside = None
     try:
-        problems = check_file(incoming)
+        problems, key_row = check_file(incoming), None
         if not problems:
             conn = db.connect(incoming)  # also folds any -wal into the file
             try:
@@ -254,6 +313,7 @@ def _restore_locked(cfg: dict, source: Path, target: Path) -> dict:
                 ).fetchone():
                     raise BackupError(f"{source} has no schema_version table")
                 db.migration_status(conn)
+                key_row = _take_key_row(conn)
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except (sqlite3.Error, db.MigrationError, BackupError) as exc:
                 problems = [str(exc)]
@@ -261,23 +321,101 @@ def _restore_locked(cfg: dict, source: Path, target: Path) -> dict:
                 conn.close()
         if problems:
             raise BackupError(f"{source} is not a usable Agented database: {'; '.join(problems)}")
+        # Decided before anything is replaced: a wrong passphrase changes nothing.
+        key, notes = _key_to_restore(cfg, source, key_row, passphrase, without_secrets)
+        if key is not None:
+            _write_private(new_key, key)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         aside_dir = target.parent / "replaced"
         aside_dir.mkdir(exist_ok=True, mode=0o700)
         aside = aside_dir / f"{target.stem}-{stamp}.db"
-        db.close_idle()  # pooled readers would keep reading the replaced file
+        # Pooled readers and this thread's write connection would keep using the replaced file.
+        db.close_direct()
         for suffix in ("", "-wal", "-shm"):
             old = Path(f"{target}{suffix}")
             if old.exists():
                 os.replace(old, f"{aside}{suffix}")
         os.replace(incoming, target)
+        if key is not None:
+            if aside.exists() and key_file.exists():  # the old database's key goes with it
+                shutil.copy2(key_file, aside_dir / f"secret_key-{stamp}")
+            os.replace(new_key, key_file)
         _fsync_dir(target.parent)
     finally:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{incoming}{suffix}").unlink(missing_ok=True)
-    replaced = str(aside) if aside.exists() else None
-    log.warning("database restored", extra={"source": str(source), "replaced": replaced})
-    return {"restored": str(source), "database": str(target), "replaced": replaced}
+        new_key.unlink(missing_ok=True)
+    replaced = str(aside) if aside and aside.exists() else None
+    result = {"restored": str(source), "database": str(target), "replaced": replaced,
+              "secret_key": "restored" if key is not None else "kept", "notes": notes}  # fmt: skip
+    log.warning("database restored", extra=result)
+    return result
+
+
+def _take_key_row(conn: sqlite3.Connection) -> dict | None:
+    """Read the backup's key row and drop its table from the copy about to go live."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'backup_key'").fetchone():
+        return None
+    row = conn.execute("SELECT fingerprint, sealed FROM backup_key WHERE id = 1").fetchone()
+    conn.execute("DROP TABLE backup_key")
+    return dict(row) if row else None
+
+
+def _key_to_restore(
+    cfg: dict, source: Path, row: dict | None, passphrase: str, without_secrets: bool
+) -> tuple[str | None, list[str]]:
+    """Return the secret key to write (None: keep this data dir's) and notes for the operator."""
+    if row is None:
+        return None, [
+            "this backup carries no secret key (made by an older version): its stored secrets "
+            "decrypt only if this data dir's secret key is the one it was made with"
+        ]
+    if passphrase and row["sealed"]:
+        try:
+            key = keyseal.unseal(row["sealed"], passphrase)["secret_key"]
+        except keyseal.WrongPassphrase as exc:
+            raise BackupError(f"{exc}; nothing was restored") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackupError(f"the backup's sealed key is unreadable ({exc})") from None
+        if keyseal.fingerprint(key) != row["fingerprint"]:
+            raise BackupError("the backup's sealed key does not match its fingerprint")
+        if key == cfg["SECRET_KEY"]:
+            return None, []
+        notes = [f"wrote the backup's secret key to {Path(cfg['DATA_DIR']) / 'secret_key'}"]
+        if os.environ.get("SECRET_KEY"):
+            notes.append(
+                "SECRET_KEY is set in the environment and overrides that file: remove it from "
+                "the environment (or set it to the file's contents) before starting the service"
+            )
+        return key, notes
+    if row["fingerprint"] == keyseal.fingerprint(cfg["SECRET_KEY"]):
+        return None, []
+    if without_secrets:
+        return None, [
+            "the backup's secret key was not restored: stored webhook and agent secrets will "
+            "not decrypt; rotate every webhook trigger's secret and set every agent's secrets again"
+        ]
+    if row["sealed"]:
+        how = "give its passphrase (--passphrase-file FILE or AGENTED_BACKUP_PASSPHRASE)"
+    else:
+        how = (
+            "it was made without a passphrase, so put the original secret_key file in "
+            f"{cfg['DATA_DIR']} (or set SECRET_KEY to it)"
+        )
+    raise BackupError(
+        f"{source} was made with a different secret key than this data dir's, so its stored "
+        f"webhook and agent secrets would not decrypt: {how}, or pass --without-secrets to "
+        "restore without them"
+    )
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # --- start-up check -------------------------------------------------------------------
@@ -285,6 +423,7 @@ def _restore_locked(cfg: dict, source: Path, target: Path) -> dict:
 
 def startup_check(cfg: dict) -> None:
     """Run quick_check before serving; on corruption stop, or restore when configured."""
+    files.tighten(cfg)  # an install from before file modes were enforced
     path = Path(cfg["DATABASE"])
     if not path.exists() or path.stat().st_size == 0:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ import os
 import secrets
 from pathlib import Path
 
+from app import files
+
 
 class ConfigError(Exception):
     """A setting has a value we cannot use; the message names the variable."""
@@ -84,10 +86,22 @@ def secret_key(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+MIN_PASSPHRASE = 12
+
+
+def backup_passphrase(value: str) -> str:
+    """Check a passphrase that seals the secret key into backups ("" means none)."""
+    if value and len(value) < MIN_PASSPHRASE:
+        raise ConfigError(f"AGENTED_BACKUP_PASSPHRASE must be at least {MIN_PASSPHRASE} characters")
+    return value
+
+
 def load() -> dict:
     """Read every setting; raise ConfigError naming the first bad one."""
+    # First, before any file is created: every entry point loads its settings here.
+    files.restrict()
     data_dir = Path(env_str("AGENTED_DATA_DIR", "var")).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    files.private_dir(data_dir)
     return {
         "DATA_DIR": data_dir,
         "DATABASE": data_dir / "agented.db",
@@ -133,6 +147,7 @@ def ops_settings() -> dict:
         "BACKUP_DIR": env_str("AGENTED_BACKUP_DIR", ""),
         "BACKUP_KEEP": env_int("AGENTED_BACKUP_KEEP", 7, minimum=1),
         "BACKUP_INTERVAL_S": env_int("AGENTED_BACKUP_INTERVAL_S", 86400),
+        "BACKUP_PASSPHRASE": backup_passphrase(env_str("AGENTED_BACKUP_PASSPHRASE", "")),
         "AUTO_RESTORE": env_bool("AGENTED_AUTO_RESTORE", False),
         "COMPACT_INTERVAL_S": env_int("AGENTED_COMPACT_INTERVAL_S", 6 * 3600),
         "RETENTION_INTERVAL_S": env_int("AGENTED_RETENTION_INTERVAL_S", 3600),
