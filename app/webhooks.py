@@ -1,12 +1,17 @@
 """Inbound webhooks (generic and GitHub) and the delivery record: inspect and replay.
 
-Every delivery is verified (HMAC over the raw body), deduplicated by its
-delivery id within the window, matched against triggers, and stored together
-with the tasks it starts in one transaction: the 202 means all of it is on disk.
+Every delivery is verified (HMAC over the raw body, or the Standard Webhooks
+scheme over id, timestamp and body), deduplicated by its delivery id within the
+window, matched against triggers, and stored together with the tasks it starts
+in one transaction: the 202 means all of it is on disk. A delivery that fails
+verification is kept as metadata only, and such rows are capped: anyone on the
+internet can send them (issue 12).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -16,7 +21,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app import crypto, db, events, prompts
+from app import auth, crypto, db, events, prompts
 from app.api import loads, newest_first, or_404
 from app.auth import requires
 from app.errors import ApiError
@@ -27,6 +32,7 @@ bp = Blueprint("webhooks", __name__)
 log = logging.getLogger("agented.webhooks")
 
 HIDDEN_HEADERS = {"authorization", "cookie", "x-api-key", "proxy-authorization"}
+STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
 def signature_ok(secret: str, body: bytes, sent: str | None) -> bool:
@@ -36,8 +42,72 @@ def signature_ok(secret: str, body: bytes, sent: str | None) -> bool:
     return hmac.compare_digest(expected, sent.removeprefix("sha256="))
 
 
+def standard_key(secret: str) -> bytes:
+    """The HMAC key: a `whsec_` secret is base64 (the spec's form); any other is its bytes."""
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret.removeprefix("whsec_") + "==")
+    return secret.encode()
+
+
+def standard_problem(secret: str, body: bytes, headers, tolerance: int, now: float) -> str | None:
+    """Why a Standard Webhooks request fails verification, or None when it passes.
+
+    Written here rather than taken from the `standardwebhooks` package: that one
+    fixes the tolerance at five minutes and brings an HTTP client along.
+    """
+    msg_id, stamp, sent = (headers.get(h, "") for h in STANDARD_HEADERS)
+    if not (msg_id and stamp and sent):
+        return "webhook-id, webhook-timestamp and webhook-signature are all required"
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+        return "webhook-timestamp must be whole seconds since 1970"
+    # The signature covers the timestamp, so a captured request stops working after this.
+    if abs(now - int(stamp)) > tolerance:
+        return f"webhook-timestamp is outside the {tolerance} s tolerance"
+    signed = f"{msg_id}.{stamp}.".encode() + body
+    expected = hmac.new(standard_key(secret), signed, hashlib.sha256).digest()
+    for entry in sent.split()[:16]:
+        version, _, encoded = entry.partition(",")
+        if version != "v1":
+            continue  # v1a (asymmetric) and later versions are not ours to check
+        try:
+            candidate = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if hmac.compare_digest(expected, candidate):
+            return None
+    return "webhook-signature holds no v1 signature that matches"
+
+
+def shown_headers(headers) -> dict[str, str]:
+    """Headers fit to keep and show: no credentials and no signature of any scheme.
+
+    A kept signature let anyone who can read deliveries send the same body again
+    under a new delivery id (the body-only HMAC does not cover the id).
+    """
+    return {
+        k: v
+        for k, v in headers.items()
+        if k.lower() not in HIDDEN_HEADERS and "signature" not in k.lower()
+    }
+
+
 def kept_headers() -> dict[str, str]:
-    return {k: v for k, v in request.headers.items() if k.lower() not in HIDDEN_HEADERS}
+    return shown_headers(request.headers)
+
+
+def first_headers(headers: dict[str, str], budget: int) -> dict[str, str]:
+    """As many headers, in order, as fit in `budget` characters of names and values."""
+    out = {}
+    for name, value in headers.items():
+        budget -= len(name) + len(value)
+        if budget < 0:
+            break
+        out[name] = value
+    return out
+
+
+def valid_key(key: str | None) -> bool:
+    return key is None or (1 <= len(key) <= 200 and key.isascii() and key.isprintable())
 
 
 def parse_json(body: bytes) -> Any:
@@ -65,23 +135,59 @@ def plan_all(rows, event: str | None, payload: Any, key: str | None) -> tuple[li
 
 
 def record_delivery(conn, **d: Any) -> int:
+    body = d.get("body")
     cur = conn.execute(
         "INSERT INTO deliveries (source, trigger_slug, delivery_key, event, headers, body,"
-        " signature, dedupe, verdicts, status, replay_of, received_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " body_size, body_sha256, signature, dedupe, verdicts, status, replay_of, received_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             d["source"], d.get("trigger_slug"), d.get("delivery_key"), d.get("event"),
-            json.dumps(d.get("headers", {})), d.get("body"), d["signature"], d["dedupe"],
-            json.dumps(d.get("verdicts", [])), d.get("status"), d.get("replay_of"), time.time(),
+            json.dumps(d.get("headers", {})), body,
+            d.get("body_size", len(body or b"")), d.get("body_sha256"), d["signature"],
+            d["dedupe"], json.dumps(d.get("verdicts", [])), d.get("status"), d.get("replay_of"),
+            time.time(),
         ),
     )  # fmt: skip
     return cur.lastrowid
 
 
 def reject(status: int, message: str, **delivery: Any) -> ApiError:
-    """Record a refused delivery (it changes nothing else) and return the error to raise."""
-    db.write(lambda conn: record_delivery(conn, status=status, **delivery))
+    """Record a refused delivery (it changes nothing else) and return the error to raise.
+
+    An unverified one (anyone can send it) keeps only the body's size, hash and
+    first few KB, and the oldest such rows go in the same write past the cap.
+    """
+    cfg = current_app.config
+    body = delivery.pop("body", None) or b""
+    unverified = delivery["signature"] != "valid"
+    keep = cfg["REJECTED_BODY_KEEP_BYTES"] if unverified else len(body)
+    sample = {"body": body[:keep], "body_size": len(body)}
+    sample["body_sha256"] = hashlib.sha256(body).hexdigest()
+    if unverified:
+        # Headers can add hundreds of KB too (100 fields of 8 KB): keep them within the
+        # same budget, and the short fields at their usual lengths.
+        delivery["headers"] = first_headers(delivery.get("headers", {}), keep)
+        for name, most in (("delivery_key", 200), ("event", 100)):
+            if delivery.get(name):
+                delivery[name] = delivery[name][:most]
+    cap = cfg["REJECTED_DELIVERIES_MAX"]
+
+    def store(conn):
+        record_delivery(conn, status=status, **sample, **delivery)
+        if unverified:
+            # Walk the partial index newest first and drop whatever lies past the cap.
+            conn.execute(
+                "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
+                " WHERE signature != 'valid' ORDER BY id DESC LIMIT -1 OFFSET ?)",
+                (cap,),
+            )
+
+    db.write(store)
     log.info("delivery rejected", extra={"status": status, "reason": message})
+    if status == 401:
+        # A wrong signature counts as a failed authentication from this address, so a
+        # flood of them meets the same 429 as a flood of wrong API keys.
+        return auth._auth_failed(message)
     return ApiError(status, message)
 
 
@@ -98,12 +204,15 @@ def accept(source: str, scope: str | None, key: str | None, plans: list, **deliv
             ).fetchone()
             if seen is not None and seen["created_at"] > time.time() - cfg["DEDUPE_WINDOW_S"]:
                 delivery_id = record_delivery(
-                    conn, source=source, dedupe="duplicate", status=200, **delivery
-                )
+                    conn, source=source, dedupe="duplicate", status=200, body_sha256=digest,
+                    **delivery,
+                )  # fmt: skip
                 return "duplicate", seen, delivery_id, [], []
             if seen is not None:
                 conn.execute("DELETE FROM dedupe_keys WHERE scope = ? AND key = ?", (scope, key))
-        delivery_id = record_delivery(conn, source=source, dedupe="new", status=202, **delivery)
+        delivery_id = record_delivery(
+            conn, source=source, dedupe="new", status=202, body_sha256=digest, **delivery
+        )
         briefs, evs = [], []
         for fields in plans:
             task_id, event = create_task(conn, cfg, **(fields | {"delivery_id": delivery_id}))
@@ -156,24 +265,43 @@ def tasks_brief(ids: list[int]) -> list[dict]:
 
 @bp.post("/hooks/<slug>")
 def hook(slug: str):
-    """Receive a generic webhook signed with the trigger's secret (X-Signature-256)."""
+    """Receive a generic webhook: X-Signature-256 over the body, or Standard Webhooks."""
+    # Before anything is read: an address refused for failed signatures costs nothing.
+    auth._check_fail_limit()
+    cfg = current_app.config
     row = db.query_one("SELECT * FROM triggers WHERE slug = ? AND kind = 'webhook'", (slug,))
     if row is None:
         raise ApiError(404, "no webhook trigger with this slug")
     body = request.get_data(cache=False)
-    key = request.headers.get("X-Delivery-Id") or request.headers.get("Idempotency-Key")
+    # Any Standard Webhooks header selects that scheme, with no fall-back to the
+    # body-only HMAC: its signed webhook-id is then the delivery id.
+    standard = any(h in request.headers for h in STANDARD_HEADERS)
+    if standard:
+        key = request.headers.get("webhook-id")
+    else:
+        key = request.headers.get("X-Delivery-Id") or request.headers.get("Idempotency-Key")
     event = request.headers.get("X-Event")
     base = {
         "trigger_slug": slug, "delivery_key": key, "event": event,
         "headers": kept_headers(), "body": body,
     }  # fmt: skip
-    if key is not None and not 1 <= len(key) <= 200:
-        raise reject(400, "the delivery id must be 1 to 200 characters", source="hook",
-                     signature="unchecked", dedupe="unchecked", **base)  # fmt: skip
     secret = crypto.decrypt(row["secret_enc"])
-    if not signature_ok(secret, body, request.headers.get("X-Signature-256")):
-        raise reject(401, "the X-Signature-256 header is missing or wrong", source="hook",
-                     signature="invalid", dedupe="unchecked", **base)  # fmt: skip
+    if standard:
+        tolerance = cfg["WEBHOOK_TOLERANCE_S"]
+        problem = standard_problem(secret, body, request.headers, tolerance, time.time())
+    elif not cfg["HOOKS_ALLOW_BODY_SIGNATURE"]:
+        problem = "send webhook-id, webhook-timestamp and webhook-signature (Standard Webhooks)"
+    elif not signature_ok(secret, body, request.headers.get("X-Signature-256")):
+        problem = "the X-Signature-256 header is missing or wrong"
+    else:
+        problem = None
+    if problem:
+        raise reject(401, problem, source="hook", signature="invalid", dedupe="unchecked",
+                     **base)  # fmt: skip
+    # Checked after the signature, so every unverified request counts as a failed one.
+    if not valid_key(key):
+        raise reject(400, "the delivery id must be 1 to 200 printable ASCII characters",
+                     source="hook", signature="valid", dedupe="unchecked", **base)  # fmt: skip
     payload = parse_json(body)
     if payload is None:
         raise reject(400, "the body must be JSON", source="hook", signature="valid",
@@ -188,6 +316,7 @@ def hook(slug: str):
 @bp.post("/api/webhooks/github/")
 def github():
     """Receive a GitHub webhook (X-Hub-Signature-256 with GITHUB_WEBHOOK_SECRET)."""
+    auth._check_fail_limit()
     secret = current_app.config["GITHUB_WEBHOOK_SECRET"]
     if not secret:
         # Fail closed: without a secret nothing could be verified.
@@ -228,9 +357,11 @@ def delivery_json(row, full: bool = False) -> dict:
     data = {k: row[k] for k in row.keys() if k not in ("body", "headers")}
     data["verdicts"] = json.loads(row["verdicts"])
     if full:
-        data["headers"] = json.loads(row["headers"])
+        # Filtered again on the way out: a row restored from before migration 0009 may hold one.
+        data["headers"] = shown_headers(json.loads(row["headers"]))
         body = row["body"] or b""
         data["body"] = body.decode("utf-8", errors="replace")
+        data["body_truncated"] = len(body) < (row["body_size"] or 0)
         data["payload"] = parse_json(body)
         data["tasks"] = [
             dict(r)

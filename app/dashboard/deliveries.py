@@ -14,6 +14,7 @@ from app.dashboard import bp
 from app.dashboard.common import is_htmx
 from app.errors import ApiError
 from app.triggers import match
+from app.webhooks import deliveries_replay, shown_headers
 
 PAGE = 50
 FILTERS = ("source", "trigger_slug", "signature", "dedupe")
@@ -21,7 +22,8 @@ TREE_NODES = 3000  # past this many nodes the tree stops; the raw body is still 
 TREE_DEPTH = 24
 SIGNATURE_NOTES = {
     "valid": "The HMAC-SHA256 signature matched the secret.",
-    "invalid": "The signature was missing or did not match: nothing was run.",
+    "invalid": "The signature was missing or did not match: nothing was run, and only the"
+    " body's size, hash and first bytes were kept.",
     "unchecked": "Refused before the signature was checked.",
 }
 DEDUPE_NOTES = {
@@ -43,7 +45,7 @@ def find_deliveries(args) -> tuple[list, str | None]:
         params.append(int(cursor.get("id", 0)))
     sql = (
         "SELECT id, source, trigger_slug, delivery_key, event, signature, dedupe, verdicts,"
-        " status, replay_of, received_at, length(body) AS size,"
+        " status, replay_of, received_at, coalesce(body_size, length(body)) AS size,"
         " (SELECT count(*) FROM tasks t WHERE t.delivery_id = d.id) AS task_count"
         " FROM deliveries d"
     )
@@ -133,13 +135,15 @@ def delivery_get(delivery_id: int):
     return render_template(
         "deliveries/detail.html",
         d=row,
-        headers=json.loads(row["headers"]),
+        # Filtered again here: a row restored from before migration 0009 may hold a signature.
+        headers=shown_headers(json.loads(row["headers"])),
         verdicts=json.loads(row["verdicts"]),
         today=todays_verdicts(row, payload),
         tree=json_tree(payload) if is_json else None,
         body_text=body[:65536].decode("utf-8", errors="replace"),
         body_cut=len(body) > 65536,
-        size=len(body),
+        size=row["body_size"] if row["body_size"] is not None else len(body),
+        kept=len(body),
         tasks=tasks,
         replays=replays,
         signature_note=SIGNATURE_NOTES.get(row["signature"], ""),
@@ -170,8 +174,6 @@ def delivery_replay_post(delivery_id: int):
 
 def replay(delivery_id: int):
     """Replay through the API's own code path (app/webhooks.py), then show the new delivery."""
-    from app.webhooks import deliveries_replay
-
     try:
         resp, _status = deliveries_replay(delivery_id)
     except ApiError as exc:
