@@ -43,7 +43,11 @@ def _data_dir(cfg: dict) -> list[dict]:
     if not os.access(path, os.W_OK):
         return [check("data dir", "fail", f"{path} is not writable by {os.getuid()}",
                       f"chown the service user {path} (or set AGENTED_DATA_DIR)")]  # fmt: skip
-    return [check("data dir", "ok", f"{path} is writable")]
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:  # start-up makes it 0700; this stays only if that chmod failed
+        return [check("data dir", "warn", f"{path} has mode {mode:o}; others can reach the "
+                      "database and backups", f"chmod 700 {path}")]  # fmt: skip
+    return [check("data dir", "ok", f"{path} is writable and private (mode {mode:o})")]
 
 
 def _secret_key(cfg: dict) -> list[dict]:
