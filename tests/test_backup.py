@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from app import backup
+from app import backup, config, keyseal
+from app.agents import agent_secrets
 from app.cli import main
+from tests.conftest import ROOT, _venv_bin, clean_env
 from tests.ops_helpers import add_task, connect
+from tests.pipeline_helpers import live, post_hook, shell_agent, wait_for, webhook_trigger
+from tests.test_files_modes import hook_sender
 
 
 def corrupt(path: Path) -> None:
@@ -179,3 +185,134 @@ def test_it_reports_storage_facts_to_admins(client, alice):
     assert storage["db_bytes"] > 0 and 0 <= storage["fragmentation"] < 1
     assert storage["auto_vacuum"] == "incremental"
     assert storage["tables"]["tasks"] > 0 and "audit_log" in storage["tables"]
+
+
+# --- the secret key in backups ------------------------------------------------------
+
+
+PASSPHRASE = "correct horse battery staple"
+
+
+def agented(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(_venv_bin("agented")), *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_it_restores_working_secrets_into_an_empty_data_dir(live_server, tmp_path):
+    old = live_server()
+    key = old.make_key("admin")
+    agent = shell_agent("keeper", ["sh", "-c", "echo token=$DEPLOY_TOKEN"],
+                        secrets={"DEPLOY_TOKEN": "tok-123"})  # fmt: skip
+    assert live(old, key, "POST", "/api/v1/agents", agent)[0] == 201
+    status, trigger = live(old, key, "POST", "/api/v1/triggers", webhook_trigger("keeper"))
+    assert status == 201, trigger
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text(PASSPHRASE + "\n")
+    wrong.write_text("not the passphrase\n")
+    made = old.cli("backup", "--passphrase-file", str(right), "--json")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["sealed_key"] is True
+    saved = json.loads(made.stdout)["file"]
+    old.stop()
+
+    # Another machine: a data dir that does not exist yet, so no secret_key.
+    new = tmp_path / "new-machine"
+    env = clean_env(new)
+    refused = agented(env, "restore", saved, "--passphrase-file", str(wrong))
+    assert refused.returncode == 1
+    assert "wrong passphrase" in refused.stderr and "nothing was restored" in refused.stderr
+    assert not (new / "agented.db").exists()
+    assert (new / "secret_key").read_text() != (old.data_dir / "secret_key").read_text()
+    assert [p.name for p in new.iterdir() if "restoring" in p.name] == []
+
+    done = agented(env, "restore", saved, "--passphrase-file", str(right))
+    assert done.returncode == 0, done.stderr
+    assert "wrote the backup's secret key" in done.stdout
+    assert (new / "secret_key").read_text() == (old.data_dir / "secret_key").read_text()
+    assert stat.S_IMODE((new / "secret_key").stat().st_mode) == 0o600
+    conn = connect(new / "agented.db")
+    assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'backup_key'").fetchone()
+    row = conn.execute("SELECT * FROM agents WHERE name = 'keeper'").fetchone()
+    conn.close()
+    restored_key = (new / "secret_key").read_text()
+    assert agent_secrets(row, restored_key) == {"DEPLOY_TOKEN": "tok-123"}
+
+    srv = live_server({"AGENTED_DATA_DIR": str(new)})
+    status, body = post_hook(hook_sender(srv), trigger["slug"], trigger["secret"], {"title": "x"})
+    assert status == 202, body
+    task_id = body["tasks"][0]["id"]
+
+    def finished():
+        task = live(srv, key, "GET", f"/api/v1/tasks/{task_id}")[1]
+        return task if task["state"] in ("succeeded", "failed", "dead") else None
+
+    assert wait_for(finished, 60)["state"] == "succeeded", srv.log_tail()
+    lines = live(srv, key, "GET", f"/api/v1/tasks/{task_id}/logs")[1]["lines"]
+    assert [line["text"] for line in lines] == ["token=tok-123"]
+
+
+def test_it_refuses_a_backup_from_another_key_without_its_passphrase(app, tmp_path):
+    fill(app, 3)
+    saved = backup.create_backup(app.config)["file"]  # no passphrase: only the fingerprint
+    elsewhere = dict(app.config, SECRET_KEY="another-machine-key-0123456789")
+    with pytest.raises(backup.BackupError) as failed:
+        backup.restore(elsewhere, saved, passphrase=PASSPHRASE)
+    assert "different secret key" in str(failed.value) and "without a passphrase" in str(
+        failed.value
+    )
+    done = backup.restore(elsewhere, saved, without_secrets=True)
+    assert done["secret_key"] == "kept" and "will not decrypt" in done["notes"][0]
+
+
+def test_it_restores_on_the_same_machine_without_a_passphrase(app, cli_runner):
+    fill(app, 3)
+    saved = backup.create_backup(app.config, PASSPHRASE)["file"]
+    key_before = (Path(app.config["DATA_DIR"]) / "secret_key").read_text()
+    result = cli_runner.invoke(main, ["restore", saved, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["secret_key"] == "kept"
+    assert (Path(app.config["DATA_DIR"]) / "secret_key").read_text() == key_before
+
+
+def test_it_says_when_a_backup_leaves_the_secret_key_out(app, cli_runner):
+    result = cli_runner.invoke(main, ["backup"])
+    assert result.exit_code == 0, result.output
+    assert "secret key NOT included" in result.output
+    assert "cannot be restored on another machine without the separate secret_key" in (
+        result.output
+    )
+
+
+def test_it_seals_scheduled_and_api_backups_with_the_configured_passphrase(make_app, alice):
+    app = make_app(env={"AGENTED_BACKUP_PASSPHRASE": PASSPHRASE})
+    done = app.test_client().post("/api/v1/backups", headers={"X-API-Key": alice}).get_json()
+    assert done["sealed_key"] is True and "warning" not in done
+    sealed = connect(done["file"]).execute("SELECT sealed FROM backup_key").fetchone()[0]
+    assert keyseal.unseal(sealed, PASSPHRASE) == {"secret_key": app.config["SECRET_KEY"]}
+    with pytest.raises(keyseal.WrongPassphrase):
+        keyseal.unseal(sealed, PASSPHRASE + "!")
+
+
+def test_it_refuses_a_short_passphrase(make_app):
+    with pytest.raises(config.ConfigError, match="AGENTED_BACKUP_PASSPHRASE"):
+        make_app(env={"AGENTED_BACKUP_PASSPHRASE": "short"})
+
+
+def test_it_seals_the_key_from_the_environment_and_restores_it_to_the_file(
+    data_dir, monkeypatch, tmp_path
+):
+    from app import create_app
+
+    monkeypatch.setenv("SECRET_KEY", "key-from-the-environment-0123456789")
+    app = create_app()
+    saved = backup.create_backup(app.config, PASSPHRASE)["file"]
+    # The new machine's environment sets another key: restore writes the file and says
+    # that the environment wins until the operator removes it.
+    monkeypatch.setenv("SECRET_KEY", "another-key-in-the-new-environment")
+    monkeypatch.setenv("AGENTED_DATA_DIR", str(tmp_path / "new-machine"))
+    done = backup.restore(config.load(), saved, PASSPHRASE)
+    assert done["secret_key"] == "restored"
+    assert "SECRET_KEY is set in the environment and overrides that file" in done["notes"][1]
+    assert (tmp_path / "new-machine" / "secret_key").read_text() == (
+        "key-from-the-environment-0123456789"
+    )
