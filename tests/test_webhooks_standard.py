@@ -139,6 +139,19 @@ def test_it_refuses_a_captured_request_sent_again_under_a_new_id(client, hook, v
     assert len(tasks(client, vera)) == 1
 
 
+def test_it_gives_a_viewer_nothing_to_resend_a_delivery_with(client, hook, vera):
+    slug, secret = hook
+    body = json.dumps({"title": "steal me"}).encode()
+    first = post(client, slug, body, {"X-Signature-256": sign(secret, body), "X-Delivery-Id": "d1"})
+    stored = call(client, vera, "GET", f"/api/v1/deliveries/{first[1]['delivery_id']}")[1]
+    # What the finding did: the stored headers and body, sent again under a new delivery id.
+    headers = {k: v for k, v in stored["headers"].items() if k.lower() not in ("content-length",)}
+    headers["X-Delivery-Id"] = "d2"
+    status, answer = post(client, slug, stored["body"].encode(), headers)
+    assert status == 401, answer
+    assert len(tasks(client, vera)) == 1
+
+
 def test_it_can_refuse_the_body_only_signature(make_app, bob_key_for):
     app = make_app(env={"AGENTED_HOOKS_ALLOW_BODY_SIGNATURE": "false"})
     client = app.test_client()
