@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
@@ -33,6 +33,8 @@ Backend = Literal["claude", "codex", "gemini", "opencode", "shell", "external"]
 RESERVED_NAMES = {"hub"}
 # States in which an agent takes new work (tasks, new conversations, broadcasts).
 TAKES_NEW_WORK = ("registered", "running", "offline")
+# accept_work_from: the agents a local agent takes delegated work from; "*" is any agent.
+WorkFrom = Annotated[str, Field(pattern=r"^(\*|[a-z0-9][a-z0-9_.-]{0,62})$")]
 
 
 class AgentIn(Body):
@@ -50,6 +52,7 @@ class AgentIn(Body):
     enabled: bool = True
     metadata: dict[str, Any] = Field(default_factory=dict)
     rate_tier: str = Field(default="standard", max_length=40)
+    accept_work_from: list[WorkFrom] = Field(default_factory=list, max_length=100)
 
 
 class AgentPatch(Body):
@@ -65,6 +68,7 @@ class AgentPatch(Body):
     enabled: bool | None = None
     metadata: dict[str, Any] | None = None
     rate_tier: str | None = Field(default=None, max_length=40)
+    accept_work_from: list[WorkFrom] | None = Field(default=None, max_length=100)
 
 
 class HeartbeatIn(Body):
@@ -74,7 +78,7 @@ class HeartbeatIn(Body):
 
 # Fields a PATCH may set to null (clearing them); the others must keep a value.
 NULLABLE = {"model", "repository", "secrets"}
-JSON_FIELDS = ("command", "flags", "env_allow", "capabilities", "metadata")
+JSON_FIELDS = ("command", "flags", "env_allow", "capabilities", "metadata", "accept_work_from")
 
 
 def agent_json(row) -> dict:
@@ -141,14 +145,14 @@ def register_agent(body: dict) -> tuple[int, str] | None:
         cur = conn.execute(
             "INSERT INTO agents (name, backend, model, command, flags, workdir_policy,"
             " repository, env_allow, secrets_enc, capabilities, concurrency, enabled,"
-            " metadata, rate_tier, state_changed_at, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " metadata, rate_tier, accept_work_from, state_changed_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 body["name"], body["backend"], body["model"], json.dumps(body["command"]),
                 json.dumps(body["flags"]), body["workdir_policy"], body["repository"],
                 json.dumps(body["env_allow"]), secrets_enc, json.dumps(body["capabilities"]),
                 body["concurrency"], int(body["enabled"]), json.dumps(body["metadata"]),
-                body["rate_tier"], t, t, t,
+                body["rate_tier"], json.dumps(body["accept_work_from"]), t, t, t,
             ),
         )  # fmt: skip
         ev = events.record(

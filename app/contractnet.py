@@ -7,6 +7,10 @@ conversation. At the deadline, or as soon as every participant has answered,
 the hub accepts the best proposal by the declared rule, rejects the others
 (both sent as the initiator) and tells the initiator the outcome (`inform`
 from the hub).
+
+A local agent takes a cfp or an award only from an initiator on its
+accept_work_from allowlist (app/delegation.py): otherwise the hub answers the
+cfp with its `refuse` at once, and never awards it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, Literal
 from flask import Blueprint, current_app, g, jsonify
 from pydantic import Field
 
-from app import db, events, msgconfig, ratelimit
+from app import db, delegation, events, msgconfig, ratelimit
 from app.agents import (
     NAME,
     TAKES_NEW_WORK,
@@ -108,12 +112,19 @@ def close(conn, cfg: dict, conversation_id: str, t: float, force: bool = False) 
     if not force and t < row["deadline_at"] and len(latest) < len(participants):
         return []
     field, prefer = row["rule_field"], row["rule_prefer"]
+    initiator = row["initiator"]
     proposals = [r for r in latest.values() if r["performative"] == "propose"]
-    valid = [(score(r, field), r["id"], r) for r in proposals if score(r, field) is not None]
+    # A local agent proposes only through a key that may speak for it; it is
+    # still not awarded work its allowlist does not take.
+    barred = delegation.barred(conn, initiator, [r["sender"] for r in proposals])
+    valid = [
+        (score(r, field), r["id"], r)
+        for r in proposals
+        if score(r, field) is not None and r["sender"] not in barred
+    ]
     sign = 1 if prefer == "lowest" else -1
     valid.sort(key=lambda item: (sign * item[0], item[1]))  # ties: the earlier proposal
     winner = valid[0][2] if valid else None
-    initiator = row["initiator"]
     evs: list[dict] = []
     common = {"conversation_id": conversation_id, "sender": initiator, "protocol": PROTOCOL}
     for r in proposals:
@@ -123,7 +134,9 @@ def close(conn, cfg: dict, conversation_id: str, t: float, force: bool = False) 
                 {"proposal": json.loads(r["content"])}, in_reply_to=r["reply_with"], **common,
             )  # fmt: skip
         else:
-            why = "another proposal won" if score(r, field) is not None else f"no numeric {field}"
+            why = barred.get(r["sender"]) or (
+                "another proposal won" if score(r, field) is not None else f"no numeric {field}"
+            )
             evs += hub_reply(
                 conn, cfg, r["sender"], "reject-proposal",
                 {"reason": why}, in_reply_to=r["reply_with"], **common,
@@ -259,7 +272,17 @@ def contract_nets_create():
             for name in names
         ]  # fmt: skip
         ids = insert_rows(conn, rows)
-        return wake_events(conn, {name: [i] for name, i in zip(names, ids, strict=True)})
+        evs = wake_events(conn, {name: [i] for name, i in zip(names, ids, strict=True)})
+        row_of = dict(zip(names, ids, strict=True))
+        refused = delegation.barred(conn, initiator["name"], names)
+        if refused:
+            refusals = {name: (row_of[name], why) for name, why in refused.items()}
+            evs += delegation.refuse(
+                conn, cfg, initiator["name"], refusals, conversation_id=conversation_id,
+                in_reply_to=f"cfp-{conversation_id}", protocol=PROTOCOL,
+            )  # fmt: skip
+            evs += close(conn, cfg, conversation_id, t)  # closes if nobody else was asked
+        return evs
 
     events.publish_all(db.write(open_net))
     row = db.query_one("SELECT * FROM contract_nets WHERE conversation_id = ?", (conversation_id,))

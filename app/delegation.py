@@ -6,10 +6,18 @@ sent to one local (non-external) agent. The task is created in the same
 transaction as the message; the agent answers `agree` with the task id at
 once, then `inform` (succeeded, with the output's tail) or `failure` (dead or
 cancelled) when the task finishes.
+
+A local agent takes delegated work only from the agents on its allowlist
+(`accept_work_from`: names, or "*" for any agent; empty, the default, denies
+all), because a task runs commands on this machine (issue 12). The same holds
+for Contract Net work offered to it (`cfp`) or awarded to it
+(`accept-proposal`). Anyone else's request is stored, answered at once with a
+`refuse` naming the allowlist, and creates nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -24,12 +32,60 @@ log = logging.getLogger("agented.delegation")
 PROTOCOL = "agented-task"
 OUTPUT_LINES = 200
 OUTPUT_BYTES = 32 * 1024
+# Contract Net performatives that offer work to an agent or award it.
+WORK_OFFERS = ("cfp", "accept-proposal")
+
+
+def takes_work_from(allowlist: str, sender: str) -> bool:
+    """True when the agent's accept_work_from (a JSON list) admits `sender`."""
+    names = json.loads(allowlist)
+    return "*" in names or sender in names
+
+
+def barred(conn, sender: str, names: list[str]) -> dict[str, str]:
+    """Return the local agents among `names` that take no work from `sender`, with the reason."""
+    rows = conn.execute(
+        "SELECT name, accept_work_from FROM agents WHERE backend != 'external'"
+        " AND name IN (SELECT value FROM json_each(?))",
+        (json.dumps(names),),
+    ).fetchall()
+    return {
+        r["name"]: f"agent {r['name']!r} takes work only from the agents on its"
+        f" accept_work_from allowlist, and {sender!r} is not on it"
+        for r in rows
+        if not takes_work_from(r["accept_work_from"], sender)
+    }
+
+
+def refuse(
+    conn, cfg: dict, to: str, refusals: dict[str, tuple[int, str]], **fields: Any
+) -> list[dict]:
+    """Answer work that local agents will not take: ack each row, send `refuse`; the events.
+
+    `refusals` maps each refusing agent to its mailbox row and reason; `fields`
+    are the reply's conversation_id, in_reply_to and protocol.
+    """
+    evs: list[dict] = []
+    t = time.time()
+    for agent, (row_id, reason) in refusals.items():
+        # The hub answers for the agent: nobody else reads a local agent's mailbox.
+        conn.execute(
+            "UPDATE messages SET state = 'acked', acked_at = ?, deliveries = 1,"
+            " delivered_at = ? WHERE id = ?",
+            (t, t, row_id),
+        )
+        evs += hub_reply(conn, cfg, to, "refuse", {"reason": reason}, sender=agent, **fields)
+    return evs
 
 
 def plan_for(draft: Draft, agents: dict[str, Any]) -> dict | None:
     """Return the task plan a message asks for, None if it asks for none; Problem if malformed."""
     msg = draft.msg
     protocol = msg.protocol or ""
+    if msg.performative in WORK_OFFERS:
+        local = [n for n in draft.receivers if agents[n]["backend"] != "external"]
+        refused = barred(db.get_db(), draft.sender, local) if local else {}
+        return {"refused": refused} if refused else None
     if msg.performative != "request" or not (
         protocol == PROTOCOL or protocol.startswith(PROTOCOL + ":")
     ):
@@ -37,6 +93,10 @@ def plan_for(draft: Draft, agents: dict[str, Any]) -> dict | None:
     if len(draft.receivers) != 1 or agents[draft.receivers[0]]["backend"] == "external":
         raise Problem("malformed", f"a {PROTOCOL} request goes to exactly one local agent")
     agent = draft.receivers[0]
+    # Before reading the content: a stranger learns nothing about triggers or templates.
+    refused = barred(db.get_db(), draft.sender, [agent])
+    if refused:
+        return {"refused": refused}
     content = msg.content if isinstance(msg.content, dict) else None
     if content is None:
         raise Problem("malformed", f"a {PROTOCOL} request's content is a JSON object")
@@ -65,10 +125,26 @@ def plan_for(draft: Draft, agents: dict[str, Any]) -> dict | None:
 
 
 def begin(conn, cfg: dict, row_id: int, draft: Draft, conversation_id: str, t: float):
-    """Create the task for a delegated request in the send's transaction; return the events."""
+    """Create the task for a delegated request in the send's transaction; return the events.
+
+    Or refuse it, when the receiver does not take work from the sender: the
+    allowlist is read again here, as it may have changed since plan_for.
+    """
     from app.tasks import create_task
 
-    task_id, ev = create_task(conn, cfg, **(draft.task_plan or {}))
+    plan = dict(draft.task_plan or {})
+    refused = plan.pop("refused", None)
+    if refused is None:
+        refused = barred(conn, draft.sender, [plan["agent"]])
+    if refused:
+        # The rows of one message are inserted in receiver order with consecutive ids.
+        rows = {name: row_id + i for i, name in enumerate(draft.receivers)}
+        refusals = {name: (rows[name], reason) for name, reason in refused.items()}
+        return refuse(
+            conn, cfg, draft.sender, refusals, conversation_id=conversation_id,
+            in_reply_to=draft.msg.reply_with, protocol=draft.msg.protocol,
+        )  # fmt: skip
+    task_id, ev = create_task(conn, cfg, **plan)
     agent = draft.receivers[0]
     conn.execute(
         "INSERT INTO delegations (task_id, message_row_id, requester, agent, conversation_id,"

@@ -234,7 +234,10 @@ def prepare(
         ).hexdigest()
     draining = [n for n in receivers if agents[n]["state"] == "draining"]
     draft = Draft(msg, sender, receivers, content, digest, ttl, draining)
-    if msg.performative == "request" and msg.protocol:
+    # Work for an agent (a task request, a Contract Net offer or award): a local
+    # agent takes it only from the agents on its allowlist (app/delegation.py).
+    perf = msg.performative
+    if perf in ("cfp", "accept-proposal") or (perf == "request" and msg.protocol):
         from app import delegation
 
         draft.task_plan = delegation.plan_for(draft, agents)

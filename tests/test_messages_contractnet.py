@@ -162,3 +162,67 @@ def test_it_refuses_bad_contract_nets(client, bidders, alice):
         assert resp.status_code == status, (body, resp.get_json())
     resp = client.get("/api/v1/contract-nets/nope", headers={"X-API-Key": alice})
     assert resp.status_code == 404 and error_code(resp) == "not_found"
+
+
+def local_agent(client, admin: str, name: str = "worker") -> str:
+    """A local shell agent with the translate capability (its command is never run here)."""
+    resp = client.post(
+        "/api/v1/agents",
+        json={"name": name, "backend": "shell", "command": ["cat"], "capabilities": ["translate"]},
+        headers={"X-API-Key": admin},
+    )
+    assert resp.status_code == 201, resp.get_json()
+    return name
+
+
+def test_it_refuses_a_cfp_and_an_award_from_an_initiator_off_the_allowlist(client, bidders, alice):
+    worker = local_agent(client, alice)
+    net = open_net(
+        client, bidders["boss"], participants=["t1", worker], deadline_s=60, rule={"by": "price"}
+    )
+    conv = net["conversation_id"]
+    [refuse] = lease(client, bidders["boss"], "boss")
+    assert refuse["performative"] == "refuse" and refuse["sender"] == worker
+    assert refuse["conversation_id"] == conv and refuse["in_reply_to"] == f"cfp-{conv}"
+    assert "accept_work_from allowlist" in refuse["content"]["reason"]
+    ack(client, bidders["boss"], "boss", [refuse["id"]])
+    # A proposal sent as the worker by a developer key still wins it nothing.
+    send(client, alice, sender=worker, performative="propose", receiver="boss",
+         conversation_id=conv, content={"price": 1})  # fmt: skip
+    answer(client, bidders, "t1", take_cfp(client, bidders, "t1"), "propose", {"price": 9})
+    state = client.get(f"/api/v1/contract-nets/{conv}", headers={"X-API-Key": alice}).get_json()
+    assert state["state"] == "awarded" and state["winner"] == "t1"
+    # An award sent straight to the worker is refused too, and no task comes of it.
+    send(client, bidders["boss"], performative="accept-proposal", receiver=worker,
+         conversation_id=conv, reply_with="award-1", content={"task": "translate"})  # fmt: skip
+    [refuse] = [m for m in lease(client, bidders["boss"], "boss", limit=20)
+                if m["performative"] == "refuse"]  # fmt: skip
+    assert refuse["sender"] == worker and refuse["in_reply_to"] == "award-1"
+    assert client.get("/api/v1/tasks", headers={"X-API-Key": alice}).get_json()["tasks"] == []
+
+
+def test_it_fails_at_once_when_every_participant_refuses(client, bidders, alice):
+    local_agent(client, alice)
+    net = open_net(
+        client, bidders["boss"], participants=["worker"], deadline_s=600, rule={"by": "price"}
+    )
+    assert net["state"] == "failed" and net["outcome"]["refusals"] == 1
+
+
+def test_it_offers_work_to_a_local_agent_that_allowlists_the_initiator(client, bidders, alice):
+    worker = local_agent(client, alice)
+    resp = client.patch(
+        f"/api/v1/agents/{worker}", json={"accept_work_from": ["boss"]},
+        headers={"X-API-Key": alice},
+    )  # fmt: skip
+    assert resp.status_code == 200
+    net = open_net(
+        client, bidders["boss"], participants=[worker], deadline_s=60, rule={"by": "price"}
+    )
+    assert net["state"] == "open"
+    assert lease(client, bidders["boss"], "boss") == []  # no refusal
+    send(client, bidders["boss"], performative="accept-proposal", receiver=worker,
+         conversation_id=net["conversation_id"], content={})  # fmt: skip
+    assert lease(client, bidders["boss"], "boss") == []
+    depth = client.get(f"/api/v1/agents/{worker}", headers={"X-API-Key": alice}).get_json()
+    assert depth["mailbox_depth"] == 2  # the cfp and the award, both delivered

@@ -38,7 +38,8 @@ from app.tasks import ACTIVE
 
 LOCAL_BACKENDS = ("claude", "codex", "gemini", "opencode", "shell")
 LINE_FIELDS = ("command", "flags")  # argv items: one per line, never split on spaces
-TAG_FIELDS = ("env_allow", "capabilities")  # names: commas or spaces between them
+# names: commas or spaces between them
+TAG_FIELDS = ("env_allow", "capabilities", "accept_work_from")
 TEXT_FIELDS = ("name", "backend", "model", "workdir_policy", "repository", "concurrency")
 
 
@@ -135,7 +136,7 @@ def blank_form() -> dict[str, Any]:
     return {
         "name": "", "backend": "claude", "model": "", "command": "", "flags": "",
         "workdir_policy": "fresh", "repository": "", "env_allow": "", "capabilities": "",
-        "concurrency": "5", "enabled": True, "new_secrets": ["", ""],
+        "concurrency": "5", "enabled": True, "new_secrets": ["", ""], "accept_work_from": "",
     }  # fmt: skip
 
 
