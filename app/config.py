@@ -134,8 +134,42 @@ def load() -> dict:
         "MAX_LOG_BYTES": env_int("AGENTED_MAX_LOG_BYTES", 10 * 1024 * 1024, minimum=1024),
         "WORKSPACES_DIR": Path(env_str("AGENTED_WORKSPACES_DIR", str(data_dir / "workspaces"))),
         "SCHEDULER": env_bool("AGENTED_SCHEDULER", True),
+        **sandbox_settings(data_dir),
         **ops_settings(),
         **webhook_settings(),
+        **stream_settings(),
+        **template_settings(),
+    }
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env_str(name, default)
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def sandbox_settings(data_dir: Path) -> dict:
+    """Run isolation and the default limits of every agent's runs (issue 12)."""
+    return {
+        "SANDBOX": env_choice("AGENTED_SANDBOX", "bwrap", ("bwrap", "off")),
+        "SANDBOX_HIDE": env_list("AGENTED_SANDBOX_HIDE"),
+        "SANDBOX_READ": env_list("AGENTED_SANDBOX_READ"),
+        "HOMES_DIR": Path(env_str("AGENTED_HOMES_DIR", str(data_dir / "homes"))),
+        "LIMIT_MEMORY_MB": env_int("AGENTED_LIMIT_MEMORY_MB", 4096, minimum=16),
+        "LIMIT_PROCESSES": env_int("AGENTED_LIMIT_PROCESSES", 512, minimum=4),
+        "LIMIT_CPU_S": env_int("AGENTED_LIMIT_CPU_S", 3600, minimum=1),
+        "LIMIT_OUTPUT_MB": env_int("AGENTED_LIMIT_OUTPUT_MB", 100, minimum=1),
+        "LIMIT_DISK_MB": env_int("AGENTED_LIMIT_DISK_MB", 10240, minimum=1),
+    }
+
+
+def template_settings() -> dict:
+    """Limits of prompt templates: size, rendered size, render time (issue 12)."""
+    return {
+        "MAX_TEMPLATE_BYTES": env_int("AGENTED_MAX_TEMPLATE_BYTES", 128 * 1024, minimum=1024),
+        "MAX_PROMPT_BYTES": env_int("AGENTED_MAX_PROMPT_BYTES", 256 * 1024, minimum=1024),
+        "TEMPLATE_TIMEOUT_S": env_float("AGENTED_TEMPLATE_TIMEOUT_S", 1.0, minimum=0.01),
     }
 
 
@@ -171,4 +205,21 @@ def webhook_settings() -> dict:
         "REJECTED_DELIVERIES_MAX": env_int("AGENTED_REJECTED_DELIVERIES_MAX", 1000, minimum=1),
         "WEBHOOK_TOLERANCE_S": env_int("AGENTED_WEBHOOK_TOLERANCE_S", 300, minimum=1),
         "HOOKS_ALLOW_BODY_SIGNATURE": env_bool("AGENTED_HOOKS_ALLOW_BODY_SIGNATURE", True),
+    }
+
+
+def stream_settings() -> dict:
+    """Caps on open SSE streams, kept under gunicorn's worker_connections (issue 12)."""
+    connections = env_int("AGENTED_WORKER_CONNECTIONS", 2000, minimum=1)
+    total = env_int("AGENTED_STREAMS_TOTAL", min(500, connections // 2), minimum=1)
+    # Streams stay open for hours; health checks, the API and the pages need
+    # connections left over, or one busy dashboard makes the hub look dead.
+    if total > connections // 2:
+        raise ConfigError(
+            f"AGENTED_STREAMS_TOTAL ({total}) must be at most half of"
+            f" AGENTED_WORKER_CONNECTIONS ({connections})"
+        )
+    return {
+        "STREAMS_PER_KEY": env_int("AGENTED_STREAMS_PER_KEY", 20, minimum=1),
+        "STREAMS_TOTAL": total,
     }

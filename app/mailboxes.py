@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterator
 
-from flask import Blueprint, Flask, Response, current_app, request, stream_with_context
+from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import Field
 
 from app import agents, db, events, msgconfig, ratelimit
@@ -23,6 +23,7 @@ from app.api import Body, arg_int, body_model, parse_body
 from app.auth import requires, streams
 from app.errors import ApiError
 from app.message_store import compact
+from app.streams import POLL_S, sse_response
 
 bp = Blueprint("mailboxes", __name__)
 bp.record_once(lambda state: msgconfig.apply(state.app))
@@ -300,16 +301,11 @@ def mailbox_stream(name: str):
         raise ApiError(400, "Last-Event-ID must be a message id") from None
     ratelimit.take(name, row["rate_tier"], "receive")
     alive = _own_alive(row)
-    sub = events.broker.subscribe(f"agent:{name}", maxsize=100)
-    db.close_db()
-    stream = _stream(name, alive, sub, limit, visibility, after, cfg["MAILBOX_STREAM_MAX_S"])
-    resp = Response(stream_with_context(stream), mimetype="text/event-stream")
-    resp.headers["Cache-Control"] = "no-cache"
-    resp.headers["X-Accel-Buffering"] = "no"
-    return resp
+    stream = _stream(name, alive, limit, visibility, after, cfg["MAILBOX_STREAM_MAX_S"])
+    return sse_response(stream)
 
 
-def _stream(name, alive, sub, limit, visibility, after, max_s) -> Iterator[str]:
+def _stream(name, alive, limit, visibility, after, max_s) -> Iterator[str]:
     try:
         from app.executions import stopping
     except ImportError:  # the execution pipeline is optional to messaging
@@ -318,6 +314,9 @@ def _stream(name, alive, sub, limit, visibility, after, max_s) -> Iterator[str]:
             return False
 
     end = time.monotonic() + max_s
+    # Subscribed here, not in the view: a stream refused by the caps never starts
+    # this generator, so it must not leave a subscription behind either.
+    sub = events.broker.subscribe(f"agent:{name}", maxsize=100)
     try:
         yield "retry: 2000\n\n"
         while time.monotonic() < end and not stopping():
@@ -333,13 +332,25 @@ def _stream(name, alive, sub, limit, visibility, after, max_s) -> Iterator[str]:
             if sub.dropped:
                 events.broker.unsubscribe(sub)
                 sub = events.broker.subscribe(f"agent:{name}", maxsize=100)
-            if sub.get(timeout=max(0.0, left)) is None:
+            if not _woken(sub, left, stopping):
                 yield ": keepalive\n\n"
             while sub.get(timeout=0) is not None:
                 pass
     finally:
         events.broker.unsubscribe(sub)
         db.close_db()
+
+
+def _woken(sub, wait_s: float, stopping) -> bool:
+    """Wait up to `wait_s` for an event; wake every POLL_S so a shutdown ends the stream."""
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while not stopping():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if sub.get(timeout=min(POLL_S, left)) is not None:
+            return True
+    return False
 
 
 # --- the background sweep ---------------------------------------------------------------------

@@ -36,7 +36,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from app import auth, db, events
+from app import auth, db, events, streams
 from app.auth import requires
 from app.errors import ApiError
 
@@ -320,12 +320,19 @@ def render(cfg: dict) -> bytes:
         families = ops.offload(snapshot, cfg)
     subscribers = GaugeMetricFamily("agented_sse_subscribers", "Open event-stream subscribers")
     subscribers.add_metric([], events.broker.subscriber_count())
+    open_streams = GaugeMetricFamily("agented_sse_streams", "SSE streams holding a slot")
+    open_streams.add_metric([], streams.open_count())
+    refused = CounterMetricFamily(
+        "agented_sse_refused", "SSE streams refused by the caps, by reason", labels=["reason"]
+    )
+    for reason, n in streams.refused_counts().items():
+        refused.add_metric([reason], n)
     writer = CounterMetricFamily("agented_write_batches", "Group-commit transactions")
     writer.add_metric([], sum(w.batches for w in db._writers.values()))
     jobs = CounterMetricFamily("agented_write_jobs", "Writes committed through the group writer")
     jobs.add_metric([], sum(w.jobs for w in db._writers.values()))
     scrape = CollectorRegistry(auto_describe=False)
-    scrape.register(_Families([*families, subscribers, writer, jobs]))
+    scrape.register(_Families([*families, subscribers, open_streams, refused, writer, jobs]))
     return generate_latest(REGISTRY) + generate_latest(scrape)
 
 

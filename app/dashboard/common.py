@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,13 +15,12 @@ from flask import (
     redirect,
     render_template,
     request,
-    stream_with_context,
 )
 from markupsafe import Markup
 
 from app.auth import allows
 from app.dashboard import bp
-from app.errors import ApiError
+from app.errors import ApiError, error
 
 # Main navigation: (endpoint, label, the page module or endpoint that marks it current).
 NAV = [
@@ -99,6 +97,11 @@ def template_globals(state) -> None:
 @bp.errorhandler(ApiError)
 def page_error(exc: ApiError):
     """Answer a refused dashboard request with a page (or a short text for htmx)."""
+    if request.accept_mimetypes.best == "text/event-stream":
+        # An EventSource (or a script reading a stream) shows no page: the JSON shape.
+        resp = error(exc.status, exc.message, exc.code, exc.details)
+        resp.headers.update(exc.headers)
+        return resp
     if is_htmx():
         return Response(exc.message, exc.status, mimetype="text/plain", headers=exc.headers)
     body = render_template("error.html", status=exc.status, message=exc.message)
@@ -201,19 +204,6 @@ def last_event_id() -> int:
         return max(0, int(raw))
     except ValueError:
         raise ApiError(400, "Last-Event-ID must be a number") from None
-
-
-def sse_response(stream: Iterator[str]) -> Response:
-    """Stream `stream` as text/event-stream without holding this request's DB connection."""
-    from app import db
-
-    # A stream can stay open for hours; the guard's read connection (two file
-    # descriptors) must not stay open with it. Generators open their own.
-    db.close_db()
-    resp = Response(stream_with_context(stream), mimetype="text/event-stream")
-    resp.headers["Cache-Control"] = "no-cache"
-    resp.headers["X-Accel-Buffering"] = "no"  # proxies must not hold events back
-    return resp
 
 
 def stopping() -> bool:

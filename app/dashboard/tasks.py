@@ -20,7 +20,6 @@ from app.dashboard.common import (
     field_errors,
     is_htmx,
     last_event_id,
-    sse_response,
 )
 from app.dashboard.deliveries import json_tree
 from app.dashboard.live import (
@@ -32,6 +31,7 @@ from app.dashboard.live import (
     log_stream,
 )
 from app.errors import ApiError
+from app.streams import sse_response
 from app.tasks import FINISHED, TaskIn, filters_sql, get_task, plan_task, queue_task
 
 PAGE = 50
