@@ -24,10 +24,25 @@ from app.errors import ApiError
 
 bp = Blueprint("triggers", __name__)
 log = logging.getLogger("agented.triggers")
+# The template limits are settings; the renderer also runs where no app context is.
+bp.record_once(lambda state: prompts.configure(state.app.config))
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
 LIST_FIELDS = ("selector", "repositories", "events", "actions", "labels", "branches")
 SETTINGS = ("priority", "max_attempts", "timeout_s", "concurrency_limit")
+
+
+# What a template sees at save time: a test that it compiles and cannot blow up
+# (time, size, sandbox) for any event, not that the sample has its fields.
+SAMPLE_CONTEXT = {
+    "payload": {}, "event": "sample", "action": None, "repository": None, "sender": None,
+    "params": {}, "trigger": "sample", "delivery_id": None,
+}  # fmt: skip
+
+
+def render_error(exc: prompts.PromptError, **details: Any) -> ApiError:
+    """The 422 for a template that cannot render; the code names the problem."""
+    return ApiError(422, str(exc), code=exc.code, details=details or None)
 
 
 class TriggerIn(Body):
@@ -58,7 +73,7 @@ class TriggerIn(Body):
     def template_ok(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                prompts.validate_template(value)
+                prompts.check_template(value, SAMPLE_CONTEXT)
             except prompts.PromptError as exc:
                 raise ValueError(str(exc)) from None
         return value
@@ -258,7 +273,7 @@ def plan_from_trigger(slug: str, params: dict) -> dict:
     try:
         return plan(row, "api", {}, params)
     except prompts.PromptError as exc:
-        raise ApiError(422, str(exc)) from None
+        raise render_error(exc) from None
 
 
 # --- routes -------------------------------------------------------------------
@@ -404,7 +419,7 @@ def triggers_preview(slug: str):
     try:
         planned = plan(row, event, payload, body.params)
     except prompts.PromptError as exc:
-        return jsonify({"ok": False, "error": str(exc), "matched": matched, "reason": reason})
+        raise render_error(exc, matched=matched, reason=reason) from None
     return jsonify(
         {
             "ok": True,

@@ -122,6 +122,7 @@ def plan_all(rows, event: str | None, payload: Any, key: str | None) -> tuple[li
     plans, verdicts = [], []
     for row in rows:
         matched, reason = match(row, event, payload)
+        verdict: dict[str, Any] = {"trigger": row["slug"]}
         if matched:
             try:
                 plans.append(plan(row, event, payload, {}, key))
@@ -130,7 +131,10 @@ def plan_all(rows, event: str | None, payload: Any, key: str | None) -> tuple[li
                     reason = f"matched; flagged: {len(flags)} suspicious field(s)"
             except prompts.PromptError as exc:
                 matched, reason = False, str(exc)
-        verdicts.append({"trigger": row["slug"], "matched": matched, "reason": reason})
+                if exc.code != "prompt_injection":  # that one is the trigger's own policy
+                    # A template that cannot render refuses the whole delivery (422, see accept).
+                    matched, reason, verdict["error"] = True, f"cannot render: {exc}", exc.code
+        verdicts.append(verdict | {"matched": matched, "reason": reason})
     return plans, verdicts
 
 
@@ -195,6 +199,7 @@ def accept(source: str, scope: str | None, key: str | None, plans: list, **deliv
     """Store the delivery, its dedupe key and its tasks in one transaction; answer 202."""
     cfg = current_app.config
     digest = hashlib.sha256(delivery.get("body") or b"").hexdigest()
+    failed = [v for v in delivery.get("verdicts", []) if v.get("error")]
 
     def store(conn):
         if key is not None:
@@ -210,6 +215,12 @@ def accept(source: str, scope: str | None, key: str | None, plans: list, **deliv
                 return "duplicate", seen, delivery_id, [], []
             if seen is not None:
                 conn.execute("DELETE FROM dedupe_keys WHERE scope = ? AND key = ?", (scope, key))
+        if failed:
+            # Recorded as failed, its key not remembered: a redelivery after a fix is new.
+            delivery_id = record_delivery(
+                conn, source=source, dedupe="new", status=422, body_sha256=digest, **delivery
+            )
+            return "refused", None, delivery_id, [], []
         delivery_id = record_delivery(
             conn, source=source, dedupe="new", status=202, body_sha256=digest, **delivery
         )
@@ -225,6 +236,11 @@ def accept(source: str, scope: str | None, key: str | None, plans: list, **deliv
         return "new", None, delivery_id, briefs, evs
 
     verdict, seen, delivery_id, briefs, evs = db.write(store)
+    if verdict == "refused":
+        first = failed[0]
+        details = {"delivery_id": delivery_id, "verdicts": delivery["verdicts"]}
+        message = f"trigger {first['trigger']!r} {first['reason']}"
+        raise ApiError(422, message, code=first["error"], details=details)
     if verdict == "duplicate":
         if seen["body_hash"] != digest:
             raise ApiError(409, "this delivery id was already used with a different body")

@@ -350,7 +350,9 @@ def trigger_preview_post(slug: str):
             result.update(prompt=planned["prompt"], flags=planned["flags"],
                           concurrency_key=planned["concurrency_key"])  # fmt: skip
         except prompts.PromptError as exc:
-            result["error"] = str(exc)
+            # A template that cannot render is refused like the API refuses it (422).
+            result.update(error=f"The template cannot render: {exc}", code=exc.code)
+            return render_template("triggers/_preview.html", result=result), 422
     return render_template("triggers/_preview.html", result=result)
 
 
