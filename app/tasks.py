@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field, RootModel, model_validator
 
 from app import db, events
@@ -23,6 +23,7 @@ from app.api import (
 )
 from app.auth import requires, streams
 from app.errors import ApiError
+from app.streams import POLL_S, sse_response
 
 bp = Blueprint("tasks", __name__)
 
@@ -420,13 +421,6 @@ def tasks_stream(task_id: int):
     return sse_response(log_events(task_id, after, current_app.config["DATABASE"]))
 
 
-def sse_response(stream) -> Response:
-    resp = Response(stream_with_context(stream), mimetype="text/event-stream")
-    resp.headers["Cache-Control"] = "no-cache"
-    resp.headers["X-Accel-Buffering"] = "no"  # proxies must not hold events back
-    return resp
-
-
 def sse(data: dict, event: str | None = None, event_id: int | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     head += f"event: {event}\n" if event else ""
@@ -471,13 +465,20 @@ def log_events(task_id: int, after: int, path, heartbeat: float = 15.0):
         if state["state"] in FINISHED:
             yield sse({"state": state["state"]}, "end")
             return
+        idle = 0.0
         while not executions.stopping():
-            event = sub.get(timeout=heartbeat)
+            # Wake every POLL_S to notice a shutdown (the stream ends, its slot
+            # goes back); send a heartbeat only after `heartbeat` seconds idle.
+            event = sub.get(timeout=min(POLL_S, heartbeat))
             if sub.dropped:
                 return  # fell behind: the browser reconnects with Last-Event-ID
             if event is None:
-                yield ": heartbeat\n\n"
+                idle += min(POLL_S, heartbeat)
+                if idle >= heartbeat:
+                    idle = 0.0
+                    yield ": heartbeat\n\n"
                 continue
+            idle = 0.0
             if event["kind"] == "log":
                 if event["seq"] <= after:
                     continue
