@@ -29,7 +29,7 @@ from jinja2 import ChainableUndefined, StrictUndefined
 from jinja2.compiler import CodeGenerator
 from jinja2.filters import FILTERS
 from jinja2.runtime import markup_join
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import _PassArg
 
 # The largest integer a template may make: far beyond any count or id in an
@@ -379,6 +379,13 @@ class Sandbox(ImmutableSandboxedEnvironment):
         if callable(value) and isinstance(obj, BUILTIN_VALUES):
             return attr in SAFE_METHODS or attr in CHECKED_METHODS
         return True
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
+        # Raise at once rather than return an Undefined: a lenient Undefined (the
+        # save-time check) would otherwise render an escape attempt as empty text.
+        raise SecurityError(
+            f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe."
+        )
 
     def wrap_str_format(self, value: Any):
         wrapper = super().wrap_str_format(value)
