@@ -249,6 +249,6 @@ def test_it_runs_allowlisted_work_for_real_and_refuses_the_rest(live_server):
     agree = next_message()
     assert agree["performative"] == "agree"
     inform = next_message()  # once the task has run in its sandbox
-    assert inform["performative"] == "inform", inform
+    assert inform["performative"] == "inform", inform["content"]
     assert inform["content"]["task_id"] == agree["content"]["task_id"]
     assert "delegated hello" in inform["content"]["output"]
