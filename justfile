@@ -59,6 +59,8 @@ fuzz examples="20": setup
     until curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null; do sleep 0.2; done
     .venv/bin/schemathesis run "http://127.0.0.1:$port/openapi.json" -H "X-API-Key: $key" \
         --max-examples {{examples}} --checks not_a_server_error
+    # Hostile prompt templates (issue 12): each refused with a 422, the server still live.
+    .venv/bin/python -m tests.fuzz_templates "http://127.0.0.1:$port" "$key"
 
 lint: setup
     .venv/bin/ruff check .
