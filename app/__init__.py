@@ -87,7 +87,18 @@ def create_app(test_config: dict | None = None) -> Flask:
     security.register(app)
     for module in FEATURES:
         app.register_blueprint(importlib.import_module(f"app.{module}").bp)
+    app.context_processor(sandbox_warnings)
     return app
+
+
+def sandbox_warnings() -> dict:
+    """Every page says when runs are unsandboxed, and why queued runs wait (issue 12)."""
+    from flask import current_app
+
+    from app import sandbox
+
+    return {"sandbox_off": current_app.config["SANDBOX"] == "off",
+            "sandbox_blocked": sandbox.blocked()}  # fmt: skip
 
 
 # Feature modules with a blueprint named `bp`, registered in this order.

@@ -37,6 +37,16 @@ TAKES_NEW_WORK = ("registered", "running", "offline")
 WorkFrom = Annotated[str, Field(pattern=r"^(\*|[a-z0-9][a-z0-9_.-]{0,62})$")]
 
 
+class AgentLimits(Body):
+    """Resource limits of the agent's runs; a field left out takes the hub's default."""
+
+    memory_mb: int | None = Field(default=None, ge=16, le=1024 * 1024)
+    processes: int | None = Field(default=None, ge=4, le=100_000)
+    cpu_s: int | None = Field(default=None, ge=1, le=30 * 86400)
+    output_mb: int | None = Field(default=None, ge=1, le=100_000)
+    disk_mb: int | None = Field(default=None, ge=1, le=10_000_000)
+
+
 class AgentIn(Body):
     name: str = Field(pattern=NAME)
     backend: Backend
@@ -53,6 +63,8 @@ class AgentIn(Body):
     metadata: dict[str, Any] = Field(default_factory=dict)
     rate_tier: str = Field(default="standard", max_length=40)
     accept_work_from: list[WorkFrom] = Field(default_factory=list, max_length=100)
+    limits: AgentLimits = Field(default_factory=AgentLimits)
+    network: bool = True
 
 
 class AgentPatch(Body):
@@ -69,6 +81,8 @@ class AgentPatch(Body):
     metadata: dict[str, Any] | None = None
     rate_tier: str | None = Field(default=None, max_length=40)
     accept_work_from: list[WorkFrom] | None = Field(default=None, max_length=100)
+    limits: AgentLimits | None = None
+    network: bool | None = None
 
 
 class HeartbeatIn(Body):
@@ -78,7 +92,9 @@ class HeartbeatIn(Body):
 
 # Fields a PATCH may set to null (clearing them); the others must keep a value.
 NULLABLE = {"model", "repository", "secrets"}
-JSON_FIELDS = ("command", "flags", "env_allow", "capabilities", "metadata", "accept_work_from")
+JSON_FIELDS = (
+    "command", "flags", "env_allow", "capabilities", "metadata", "limits", "accept_work_from",
+)  # fmt: skip
 
 
 def agent_json(row) -> dict:
@@ -86,6 +102,7 @@ def agent_json(row) -> dict:
     for field in JSON_FIELDS:
         data[field] = json.loads(row[field])
     data["enabled"] = bool(row["enabled"])
+    data["network"] = bool(row["network"])
     data["secret_names"] = sorted(agent_secrets(row)) if row["secrets_enc"] else []
     beat = row["heartbeat_at"]
     data["heartbeat_age_s"] = round(time.time() - beat, 1) if beat else None
@@ -145,14 +162,16 @@ def register_agent(body: dict) -> tuple[int, str] | None:
         cur = conn.execute(
             "INSERT INTO agents (name, backend, model, command, flags, workdir_policy,"
             " repository, env_allow, secrets_enc, capabilities, concurrency, enabled,"
-            " metadata, rate_tier, accept_work_from, state_changed_at, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " metadata, rate_tier, limits, network, accept_work_from, state_changed_at,"
+            " created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 body["name"], body["backend"], body["model"], json.dumps(body["command"]),
                 json.dumps(body["flags"]), body["workdir_policy"], body["repository"],
                 json.dumps(body["env_allow"]), secrets_enc, json.dumps(body["capabilities"]),
                 body["concurrency"], int(body["enabled"]), json.dumps(body["metadata"]),
-                body["rate_tier"], json.dumps(body["accept_work_from"]), t, t, t,
+                body["rate_tier"], json.dumps(body["limits"]), int(body["network"]),
+                json.dumps(body["accept_work_from"]), t, t, t,
             ),
         )  # fmt: skip
         ev = events.record(
@@ -181,7 +200,7 @@ def update_agent(row, changes: dict) -> None:
             values["secrets_enc"] = crypto.encrypt(value) if value else None
         elif field in JSON_FIELDS:
             values[field] = json.dumps(value)
-        elif field == "enabled":
+        elif field in ("enabled", "network"):
             values[field] = int(bool(value))
         elif field == "rate_tier" and value is None:
             raise ApiError(422, "rate_tier cannot be null")

@@ -24,7 +24,7 @@ from typing import Literal
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
-from app import db, events, metrics
+from app import db, events, metrics, sandbox
 from app.api import (
     Body,
     body_model,
@@ -46,6 +46,7 @@ RULES: dict[str, tuple[float, str, str]] = {
     "agents_offline": (0, "above", "enabled agents marked offline"),
     "disk_low": (1024, "below", "MB free where the data lives"),
     "loop_lag": (0.5, "above", "seconds the event loop was blocked (max over a minute)"),
+    "sandbox_unavailable": (0, "above", "1 while local runs wait: the sandbox cannot start"),
 }
 DEFAULTS = {"enabled": 1, "window_s": 900, "cooldown_s": 600, "severity": "warning"}
 ICONS = {"fired": ":rotating_light:", "firing": ":rotating_light:",
@@ -99,6 +100,7 @@ def measure(cfg: dict, now: float) -> dict[str, float]:
         conn.close()
     st = os.statvfs(cfg["DATA_DIR"])
     values["disk_low"] = round(st.f_bavail * st.f_frsize / (1024 * 1024), 1)
+    values["sandbox_unavailable"] = 1 if sandbox.blocked() else 0
     return values
 
 

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from app import backup, config, db
+from app import backup, config, db, sandbox
 
 BACKEND_CLIS = {"claude": "claude", "codex": "codex", "gemini": "gemini", "opencode": "opencode"}
 UNIT = Path("/etc/systemd/system/agented.service")
@@ -30,7 +30,8 @@ def run() -> list[dict]:
     except config.ConfigError as exc:
         return [check("config", "fail", str(exc), "fix that variable in .env or /etc/agented.env")]
     found = [check("config", "ok", f"data dir {cfg['DATA_DIR']}, bind {cfg['BIND']}")]
-    for fn in (_data_dir, _secret_key, _database, _disk, _backups, _agent_clis, _port, _systemd):
+    for fn in (_data_dir, _secret_key, _database, _disk, _backups, _sandbox, _agent_clis, _port,
+               _systemd):  # fmt: skip
         try:
             found.extend(fn(cfg))
         except Exception as exc:  # a broken check is a finding, not a crash
@@ -161,6 +162,18 @@ def _port(cfg: dict) -> list[dict]:
         pass
     return [check("port", "fail", f"{cfg['BIND']} is taken by another program",
                   f"find it with `ss -ltnp 'sport = :{port}'`, or set AGENTED_BIND")]  # fmt: skip
+
+
+def _sandbox(cfg: dict) -> list[dict]:
+    how = sandbox.enforcement(cfg, sandbox.detect_cgroups())
+    if cfg["SANDBOX"] == "off":
+        return [check("sandbox", "warn", f"runs are not sandboxed: {how}",
+                      "install bubblewrap and unset AGENTED_SANDBOX")]  # fmt: skip
+    reason = sandbox.probe(cfg)
+    if reason:
+        return [check("sandbox", "fail", f"local runs wait: {reason}",
+                      "apt-get install bubblewrap; under systemd see deploy/systemd")]  # fmt: skip
+    return [check("sandbox", "ok", how)]
 
 
 def _systemd(cfg: dict) -> list[dict]:

@@ -19,6 +19,7 @@ import random
 import shutil
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -27,7 +28,7 @@ import gevent.lock
 import gevent.subprocess
 from flask import Flask
 
-from app import commands, db, events, scheduler
+from app import commands, db, events, gitcmd, sandbox, scheduler
 from app.agents import agent_secrets
 from app.spawn import spawn
 from app.tasks import ACTIVE, transition
@@ -44,9 +45,16 @@ FLUSH_LINES = 200
 PUBLISH_AHEAD = 1000
 USAGE_LINE_MAX = 8 * 1024 * 1024
 
+# How often a run's cgroup counters are read, and its workspace measured (every Nth).
+LIMIT_CHECK_S = 0.5
+DISK_CHECK_EVERY = 4
+# How often the sandbox is probed again while it cannot start runs.
+SANDBOX_RETRY_S = 30.0
+
 _app: Flask | None = None
 _wake = gevent.event.Event()
 _stopping = False
+_cgroups: sandbox.Cgroups | None = None
 RUNS: dict[int, Run] = {}
 
 
@@ -70,8 +78,11 @@ def backoff(attempt: int, cfg: dict, rand: random.Random | None = None) -> float
 
 def start(app: Flask) -> None:
     """Recover from the last run, then start the scheduler (called in the gunicorn worker)."""
-    global _app
+    global _app, _cgroups
     _app = app
+    _cgroups = sandbox.detect_cgroups()
+    sandbox.refresh(app.config)
+    log.info("run isolation: %s", sandbox.enforcement(app.config, _cgroups))
     with app.app_context():
         recover()
     if app.config["SCHEDULER"]:
@@ -102,6 +113,12 @@ def _scheduler_loop() -> None:
     while not _stopping:
         _wake.wait(timeout=0.5)
         _wake.clear()
+        if sandbox.blocked():
+            # Fail closed: without a working sandbox no local run starts; tasks wait
+            # queued (their page, diagnose and an alert say why) until it works.
+            if time.time() - sandbox.checked_at() > SANDBOX_RETRY_S:
+                sandbox.refresh(_app.config)
+            continue
         try:
             with _app.app_context():
                 for claim in scheduler.claim_ready(_app.config):
@@ -113,6 +130,19 @@ def _scheduler_loop() -> None:
 
 
 # --- one run ------------------------------------------------------------------
+
+
+def agent_home(cfg: dict, name: str) -> str:
+    """The agent's own HOME (CLI logins persist there), apart from the hub's data."""
+    home = Path(cfg["HOMES_DIR"]) / name
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return str(home)
+
+
+def repository_paths(agent) -> tuple[str, ...]:
+    """What a run's own clone reads through its alternates: the repository, read-only."""
+    repo = agent["repository"] if agent["workdir_policy"] == "worktree" else None
+    return (os.path.realpath(repo),) if repo and os.path.isdir(repo) else ()
 
 
 class Run:
@@ -135,6 +165,13 @@ class Run:
         self.log_bytes = 0
         self.truncated = False
         self.rate_limited: tuple[bool, float | None] = (False, None)
+        self.sandboxed = False
+        self.workspace = ""
+        self.cgroup: sandbox.RunCgroup | None = None
+        self.limits: sandbox.Limits | None = None
+        self.output_bytes = 0
+        # Set to "output" or "workspace disk" when the supervisor ends the run over a limit.
+        self.over_limit: str | None = None
 
     # The entry point: never raises; every outcome ends in one final transaction.
     def main(self) -> None:
@@ -173,41 +210,47 @@ class Run:
                 agent_secrets(agent, cfg["SECRET_KEY"]),
                 os.environ,
             )
-            workspace = self._workspace(agent)
+            workspace = self.workspace = self._workspace(agent)
+            home = agent_home(cfg, agent["name"])
         except Exception as exc:
             return self._finish("failed", None, f"cannot prepare the run: {exc}", retryable=False)
+        self.limits = sandbox.limits_for(json.loads(agent["limits"]), cfg)
+        env["HOME"] = home
         # Marks the children so recovery can tell our orphans from a reused pid.
         env["AGENTED_ATTEMPT"] = f"{self.task_id}:{self.attempt}"
         env["AGENTED_TASK_ID"] = str(self.task_id)
         self.usage = commands.UsageTracker(agent["backend"], agent["model"])
+        self.sandboxed = cfg["SANDBOX"] != "off"
         try:
+            if _cgroups is not None:
+                # Unique: another hub on this machine may number its tasks alike.
+                name = f"task-{self.task_id}-{self.attempt}-{os.urandom(4).hex()}"
+                self.cgroup = sandbox.RunCgroup(_cgroups, name, self.limits)
+            full = sandbox.command(argv, workspace=workspace, home=home, cfg=cfg,
+                                   network=bool(agent["network"]), limits=self.limits,
+                                   cgroup=self.cgroup, read=repository_paths(agent))  # fmt: skip
             # Own session (so its process group), only `env`, no other fds, stdio piped.
-            self.proc = spawn(argv, env, workspace)
+            self.proc = spawn(full, env, workspace)
         except OSError as exc:
+            self._remove_cgroup()
             return self._finish("failed", None, f"cannot start {argv[0]}: {exc}", retryable=False)
         if not self._mark_running(argv, workspace):
             self._kill_group(signal.SIGKILL)
+            self._remove_cgroup()
             return None
         self._supervise(task, cfg)
 
     def _workspace(self, agent) -> str:
         base = _app.config["WORKSPACES_DIR"]
         path = base / f"task-{self.task_id}-{self.attempt}"
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.rmtree(path, ignore_errors=True)  # left by a run cut short: start afresh
         if agent["workdir_policy"] == "worktree":
-            shutil.rmtree(path, ignore_errors=True)
-            base.mkdir(parents=True, exist_ok=True)
-            gevent.subprocess.run(
-                ["git", "-C", agent["repository"], "worktree", "add", "--detach", "--", str(path)],
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
+            # The task's own clone (objects shared read-only through alternates): a
+            # run can change its clone's hooks and config, never the repository's.
+            gitcmd.run(["clone", "--quiet", "--shared", "--", agent["repository"], str(path)])
         else:
-            try:
-                path.mkdir(parents=True)
-            except FileExistsError:  # left by a run cut short: start from an empty one
-                shutil.rmtree(path)
-                path.mkdir()
+            path.mkdir()
         return str(path)
 
     def _mark_running(self, argv: list[str], workspace: str) -> bool:
@@ -243,6 +286,7 @@ class Run:
         ]
         self.flush_stop = gevent.event.Event()
         flusher = gevent.spawn(self._flush_loop)
+        watcher = gevent.spawn(self._watch_limits)
         deadline = time.monotonic() + task["timeout_s"]
         waiter = gevent.spawn(self.proc.wait)
         outcome = None
@@ -253,15 +297,23 @@ class Run:
             gevent.wait([waiter, self.cancel], timeout=max(0.0, min(left, 1.0)), count=1)
             if waiter.ready():
                 outcome = "exited"
+            elif self.over_limit:
+                outcome = "over_limit"
             elif self.cancel.is_set() or self._cancel_requested():
                 outcome = "cancelled"
             elif time.monotonic() >= deadline:
                 outcome = "timed_out"
         waiter.kill(block=False)
-        if outcome != "exited":
+        watcher.kill(block=False)
+        if outcome == "over_limit":
+            self._stop_process(0)
+        elif outcome != "exited":
             self._stop_process(cfg["KILL_GRACE_S"])
         # Whatever the leader did, nothing it started may outlive the attempt.
         self._kill_group(signal.SIGKILL)
+        code = self.proc.returncode
+        limit = self.over_limit or (self._limit_hit() if code != 0 else None)
+        self._remove_cgroup()
         gevent.joinall(readers, timeout=5)
         gevent.killall([*readers, feeder], block=False)
         # Stop the loop between flushes, never inside one: a flush killed while it
@@ -273,8 +325,9 @@ class Run:
             with contextlib.suppress(OSError):
                 pipe.close()  # now, not when the garbage collector gets to them
         # The last lines are stored by _finish, in the transaction that ends the attempt.
-        code = self.proc.returncode
-        if outcome == "cancelled":
+        if limit and outcome != "cancelled":
+            self._finish("failed", code, self._limit_reason(limit), retryable=False)
+        elif outcome == "cancelled":
             self._finish("cancelled", code, "cancelled")
         elif outcome == "timed_out":
             self._finish("timed_out", code, f"timed out after {task['timeout_s']} s")
@@ -307,12 +360,14 @@ class Run:
             raw = stream.readline(max_line + 1)
             if not raw:
                 return
+            self._count_output(len(raw))
             cut = not raw.endswith(b"\n") and len(raw) > max_line
             whole = raw
             # Read the rest of an over-long line: stored cut, but the usage parser
             # needs it whole (a CLI's final result line repeats the whole answer).
             while cut and raw and not raw.endswith(b"\n"):
                 raw = stream.readline(max_line + 1)
+                self._count_output(len(raw))
                 if len(whole) < USAGE_LINE_MAX:
                     whole += raw
             if name == "stdout":
@@ -417,24 +472,88 @@ class Run:
             return result
 
     def _stop_process(self, grace: float) -> None:
-        self._kill_group(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=grace)
-        except gevent.subprocess.TimeoutExpired:
-            pass
+        self._signal_run(signal.SIGTERM)
+        if grace > 0:
+            try:
+                self.proc.wait(timeout=grace)
+            except gevent.subprocess.TimeoutExpired:
+                pass
         self._kill_group(signal.SIGKILL)
         try:
             self.proc.wait(timeout=5)
         except gevent.subprocess.TimeoutExpired:
             log.error("process did not die after SIGKILL", extra={"task_id": self.task_id})
 
+    def _signal_run(self, sig: int) -> None:
+        """Ask the run to stop. Under bubblewrap, signal what runs inside: bwrap passes
+        nothing on, and bwrap's own death would SIGKILL them at once."""
+        if not self.sandboxed:
+            return self._kill_group(sig)
+        for pid in sandbox.descendants(self.proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        return None
+
     def _kill_group(self, sig: int) -> None:
+        # Killing bwrap (the group leader) ends its PID namespace: everything inside dies.
         if self.proc is None:
             return
         try:
             os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+    # --- limits ---------------------------------------------------------------------
+
+    def _count_output(self, n: int) -> None:
+        self.output_bytes += n
+        if self.limits and self.output_bytes > self.limits.output_mb * sandbox.MiB:
+            self._over("output")
+
+    def _over(self, what: str) -> None:
+        if self.over_limit is None:
+            self.over_limit = what
+            self.cancel.set()  # wakes the supervisor
+
+    def _watch_limits(self) -> None:
+        """End the run once it goes over a limit the kernel does not end it for."""
+        pool = gevent.get_hub().threadpool
+        checks = 0
+        while self.limits is not None:
+            gevent.sleep(LIMIT_CHECK_S)
+            checks += 1
+            # A refused fork or an OOM kill inside: the run is over its limit.
+            if self.cgroup is not None and (what := self.cgroup.exceeded()):
+                return self._over(what)
+            if checks % DISK_CHECK_EVERY == 0:
+                used = pool.apply(disk_usage, (self.workspace,))
+                if used > self.limits.disk_mb * sandbox.MiB:
+                    return self._over("workspace disk")
+        return None
+
+    def _limit_hit(self) -> str | None:
+        """The limit the kernel enforced, if the run died of one."""
+        if self.cgroup is not None and (what := self.cgroup.exceeded()):
+            return what
+        code = self.proc.returncode
+        if code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+            return "CPU time"
+        if code in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):
+            return "file size"
+        return None
+
+    def _limit_reason(self, what: str) -> str:
+        lim = self.limits
+        amount = {
+            "memory": f"{lim.memory_mb} MB", "processes": f"{lim.processes} processes",
+            "CPU time": f"{lim.cpu_s} s", "output": f"{lim.output_mb} MB",
+            "workspace disk": f"{lim.disk_mb} MB", "file size": f"{lim.disk_mb} MB",
+        }.get(what, "") if lim else ""  # fmt: skip
+        return f"stopped: over its {what} limit ({amount})"
+
+    def _remove_cgroup(self) -> None:
+        if self.cgroup is not None:
+            gevent.get_hub().threadpool.apply(self.cgroup.kill_and_remove)
 
     def _finish(
         self,
@@ -494,6 +613,16 @@ class Run:
             "attempt finished",
             extra={"task_id": self.task_id, "attempt": self.attempt, "outcome": outcome},
         )
+
+
+def disk_usage(path: str) -> int:
+    """Bytes under `path` (blocks really used), not following symlinks."""
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for name in [*dirs, *files]:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
 
 
 def unstored_lines(task_id: int, after: int) -> list[dict]:

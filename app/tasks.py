@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field, RootModel, model_validator
 
-from app import db, events
+from app import db, events, sandbox
 from app.api import (
     Body,
     arg_int,
@@ -86,6 +86,8 @@ def task_json(row, attempts: list | None = None) -> dict:
     for key in ("selector", "params", "flags"):
         data[key] = json.loads(row[key])
     data["cancel_requested"] = bool(row["cancel_requested"])
+    if row["state"] == "queued" and (why := sandbox.blocked()):
+        data["waiting_reason"] = why  # no local run starts until the sandbox works
     if attempts is not None:
         data["attempt_list"] = [attempt_json(a) for a in attempts]
     return data

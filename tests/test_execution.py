@@ -158,8 +158,27 @@ time.sleep(300)
 
 
 def child_pid(srv, task_id, attempt=1):
+    """The host pid of the process whose sandbox pid the run wrote to child.pid."""
     path = srv.data_dir / "workspaces" / f"task-{task_id}-{attempt}" / "child.pid"
-    return int(wait_for(lambda: path.exists() and path.read_text().strip()))
+    inner = int(wait_for(lambda: path.exists() and path.read_text().strip()))
+    return wait_for(lambda: host_pid(inner, f"AGENTED_ATTEMPT={task_id}:{attempt}"))
+
+
+def host_pid(inner: int, marker: str) -> int | None:
+    """Find a process by its pid inside a run's PID namespace (NSpid) and its attempt mark."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                marked = marker.encode() in f.read().split(b"\0")
+        except (OSError, StopIteration):
+            continue
+        if marked and nspid[-1] == str(inner):
+            return int(entry)
+    return None
 
 
 def test_it_times_out_and_kills_the_whole_process_group(hub):
@@ -244,13 +263,12 @@ def test_it_re_runs_an_attempt_cut_short_by_a_crash(live_server):
     task_id = submit(srv, "slow", timeout_s=60)
     orphan = child_pid(srv, task_id)
     wait_state(srv, task_id, "running")
-    os.killpg(srv.proc.pid, signal.SIGKILL)  # the service dies; the task's group survives it
+    os.killpg(srv.proc.pid, signal.SIGKILL)  # the service dies, and its sandboxes with it
     srv.proc.wait(timeout=10)
-    assert alive(orphan)
+    wait_for(lambda: not alive(orphan), timeout=10)  # bwrap --die-with-parent
 
     again = live_server({**FAST, "AGENTED_DATA_DIR": str(srv.data_dir)})
     again.keys["admin"] = key
-    wait_for(lambda: not alive(orphan), timeout=10)  # recovery killed the orphaned group
     second = wait_state(again, task_id, "running")
     assert second["attempts"] == 2
     assert second["attempt_list"][0]["state"] == "crashed"
@@ -316,7 +334,7 @@ def test_it_runs_higher_priority_first(live_server):
     assert second < first
 
 
-def test_it_runs_in_a_git_worktree_of_the_agents_repository(hub, tmp_path):
+def test_it_runs_in_its_own_clone_of_the_agents_repository(hub, tmp_path):
     import subprocess
 
     repo = tmp_path / "repo"
@@ -331,5 +349,7 @@ def test_it_runs_in_a_git_worktree_of_the_agents_repository(hub, tmp_path):
     done = wait_state(hub, task_id, "succeeded")
     assert [line["text"] for line in logs(hub, task_id)] == ["from the repository"]
     workspace = done["attempt_list"][0]["workspace"]
+    # Its own clone, not a worktree sharing the repository's .git (hooks, config).
+    assert os.path.isdir(os.path.join(workspace, ".git"))
     listed = subprocess.run([*git, "worktree", "list"], capture_output=True, text=True).stdout
-    assert workspace in listed
+    assert workspace not in listed

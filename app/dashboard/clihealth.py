@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from app.commands import filtered_env
+
 log = logging.getLogger("agented.clihealth")
 
 TTL_S = 600
@@ -112,6 +114,8 @@ def check(name: str, spec: dict, secret_names: set[str]) -> dict:
         try:
             done = subprocess.run(
                 [path, "--version"],
+                # The hub's own secrets stay out of a program we only ask for its version.
+                env=filtered_env((), {}, os.environ),
                 capture_output=True,
                 text=True,
                 timeout=VERSION_TIMEOUT_S,

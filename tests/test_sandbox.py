@@ -1,0 +1,240 @@
+"""Run isolation (issue 12): what a prompt-injected agent tries, under real bubblewrap.
+
+Each test gives a shell agent the commands an injected agent would run and
+checks, from outside, that they reached nothing beyond the run's workspace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.pipeline_helpers import wait_for
+from tests.test_execution import FAST, logs, make_agent, submit, task, wait_state
+
+PY = sys.executable
+WEBHOOK_SECRET = "gh-secret-that-runs-must-never-see"
+
+
+@pytest.fixture
+def hub(live_server):
+    srv = live_server({**FAST, "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET})
+    srv.keys["admin"] = srv.make_key("admin")
+    return srv
+
+
+def run_sh(srv, script: str, name: str = "probe", **extra) -> tuple[dict, str]:
+    make_agent(srv, name, ["sh", "-c", script], **extra)
+    task_id = submit(srv, name)
+    done = wait_state(srv, task_id, "succeeded", "dead")
+    return done, "\n".join(line["text"] for line in logs(srv, task_id))
+
+
+def worker_pid(srv) -> int:
+    children = open(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read().split()
+    return int(children[0])
+
+
+def test_it_hides_the_secret_key_and_the_database_from_a_run(hub):
+    data = hub.data_dir
+    secret = (data / "secret_key").read_text().strip()
+    script = (f"cat {data}/secret_key; ls -la {data}; head -c 100 {data}/agented.db;"
+              f" ls {data}/backups; echo done")  # fmt: skip
+    done, out = run_sh(hub, script)
+    assert done["state"] == "succeeded", out
+    assert secret not in out
+    assert "SQLite format" not in out
+    listed = [line for line in out.splitlines() if not line.startswith(("cat:", "head:", "ls:"))]
+    assert not any("agented.db" in line or "secret_key" in line for line in listed), listed
+    # Not merely unreadable: inside the sandbox these files do not exist.
+    assert f"head: cannot open '{data}/agented.db' for reading: No such file" in out
+
+
+def test_it_shows_no_hub_process_and_no_hub_environment(hub):
+    pid = worker_pid(hub)
+    pids = "ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' '; echo"
+    script = f"cat /proc/{pid}/environ; echo; {pids}; env"
+    done, out = run_sh(hub, script)
+    assert done["state"] == "succeeded", out
+    assert WEBHOOK_SECRET not in out
+    pid_line = next(line for line in out.splitlines() if line.strip().split(" ")[0] == "1")
+    pids = [int(p) for p in pid_line.split()]
+    assert pid not in pids and hub.proc.pid not in pids
+    assert max(pids) < 20  # a new PID namespace: only the run's own few processes
+
+
+def test_it_cannot_write_outside_its_workspace_and_home(hub, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    data = hub.data_dir
+    targets = [outside / "x", data / "agented.db", data / "x", "/etc/agented-x", "/usr/x"]
+    script = "; ".join(f"(echo pwned > {t}) 2>/dev/null && echo WROTE {t}" for t in targets)
+    script += "; echo ok > ws-file && echo ws-ok; echo ok > /tmp/t && echo tmp-ok"
+    script += '; echo kept > "$HOME/login" && echo home-ok: $HOME'
+    done, out = run_sh(hub, script)
+    assert done["state"] == "succeeded", out
+    assert "WROTE" not in out
+    assert "ws-ok" in out and "tmp-ok" in out and "home-ok" in out
+    assert not (outside / "x").exists() and not (data / "x").exists()
+    home = next(line for line in out.splitlines() if line.startswith("home-ok"))
+    assert home.endswith("/homes/probe")  # the agent's own HOME, not the hub's
+
+
+def test_it_keeps_an_agents_home_between_runs(hub):
+    make_agent(
+        hub, "writer", ["sh", "-c", 'cat "$HOME/count" 2>/dev/null; echo x >> "$HOME/count"']
+    )
+    first = submit(hub, "writer")
+    wait_state(hub, first, "succeeded")
+    second = submit(hub, "writer")
+    wait_state(hub, second, "succeeded")
+    assert [line["text"] for line in logs(hub, second)] == ["x"]
+    # Another agent has a home of its own.
+    _, out = run_sh(hub, 'cat "$HOME/count" 2>&1; echo end', name="other")
+    assert out.splitlines()[-1] == "end" and "x" not in out.splitlines()
+
+
+def test_it_cannot_reach_another_tasks_workspace(hub):
+    make_agent(hub, "first", ["sh", "-c", "echo private > note; echo stored"])
+    first = submit(hub, "first")
+    ws = wait_state(hub, first, "succeeded")["attempt_list"][0]["workspace"]
+    done, out = run_sh(hub, f"cat {ws}/note; ls {os.path.dirname(ws)}")
+    assert "private" not in out
+    assert out.splitlines()[-1] == "task-2-1"  # only its own workspace is there
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@e",
+                           *args], check=True, capture_output=True, text=True)  # fmt: skip
+
+
+def test_it_cannot_plant_a_hook_in_the_agents_repository(hub, tmp_path):
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "README").write_text("hello\n")
+    git(repo, "add", "README")
+    git(repo, "commit", "-qm", "init")
+    marker = tmp_path / "hook-ran"
+    hook = f"#!/bin/sh\ntouch {marker}\n"
+    script = (
+        f"printf '{hook}' > .git/hooks/post-checkout; chmod +x .git/hooks/post-checkout;"
+        f" git config core.hooksPath /tmp; (printf '{hook}' > {repo}/.git/hooks/post-checkout)"
+        f" 2>/dev/null && echo PLANTED; (git -C {repo} config core.fsmonitor /bin/true)"
+        " 2>/dev/null && echo CONFIGURED; git log --oneline | wc -l"
+    )
+    make_agent(hub, "steered", ["sh", "-c", script], workdir_policy="worktree",
+               repository=str(repo))  # fmt: skip
+    task_id = submit(hub, "steered")
+    done = wait_state(hub, task_id, "succeeded", "dead")
+    out = [line["text"] for line in logs(hub, task_id)]
+    assert done["state"] == "succeeded", out
+    assert "PLANTED" not in out and "CONFIGURED" not in out
+    assert out[-1].strip() == "1"  # git works in the run's own clone
+    assert not (repo / ".git" / "hooks" / "post-checkout").exists()
+    assert "fsmonitor" not in (repo / ".git" / "config").read_text()
+    # The next task's clone runs no hook, with the hub's rights or any other.
+    again = submit(hub, "steered")
+    wait_state(hub, again, "succeeded", "dead")
+    assert not marker.exists()
+
+
+def test_the_hubs_git_runs_no_hook_of_the_repository(tmp_path):
+    from app import gitcmd
+
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "f").write_text("x")
+    git(repo, "add", "f")
+    git(repo, "commit", "-qm", "init")
+    marker = tmp_path / "ran"
+    hook = repo / ".git" / "hooks" / "post-checkout"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    hook.chmod(0o755)
+    gitcmd.run(["clone", "--quiet", "--shared", "--", str(repo), str(tmp_path / "clone")])
+    git(tmp_path / "clone", "checkout", "-q", "-b", "other")  # plain git would run it here
+    marker.unlink(missing_ok=True)
+    gitcmd.run(["checkout", "-q", "-b", "third"], cwd=str(repo))
+    assert not marker.exists()
+
+
+def limited(srv, name, script, **limits):
+    make_agent(srv, name, [PY, "-c", script], limits=limits)
+    task_id = submit(srv, name, max_attempts=1, timeout_s=60)
+    return wait_state(srv, task_id, "dead", "succeeded", timeout=60)
+
+
+FORK = """
+import subprocess, time
+kids = []
+for i in range(200):
+    try:
+        kids.append(subprocess.Popen(["sleep", "30"]))
+    except OSError as exc:
+        print("fork refused after", i, exc, flush=True)
+        break
+time.sleep(30)
+"""
+
+
+def test_it_stops_a_fork_bomb_at_the_process_limit(hub):
+    done = limited(hub, "forker", FORK, processes=20)
+    assert done["state"] == "dead"
+    assert "processes limit (20 processes)" in done["last_error"]
+
+
+def test_it_stops_a_run_over_its_memory_limit(hub):
+    hog = "b = bytearray(512 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096])"
+    done = limited(hub, "hog", hog, memory_mb=64)
+    assert done["state"] == "dead"
+    assert done["attempt_list"][0]["exit_code"] != 0
+
+
+def test_it_stops_a_run_over_its_cpu_time(hub):
+    done = limited(hub, "spinner", "while True: pass", cpu_s=1)
+    assert done["state"] == "dead"
+    assert "CPU time limit (1 s)" in done["last_error"]
+
+
+def test_it_stops_a_run_over_its_output_limit(hub):
+    done = limited(hub, "chatty", "import sys\nwhile True: sys.stdout.write('y' * 4096 + '\\n')",
+                   output_mb=1)  # fmt: skip
+    assert done["state"] == "dead"
+    assert "output limit (1 MB)" in done["last_error"]
+
+
+def test_it_stops_a_run_over_its_workspace_disk(hub):
+    script = (
+        "import time\nfor i in range(100):\n"
+        "    open(f'f{i}', 'wb').write(b'x' * 1024 * 1024)\ntime.sleep(60)"
+    )
+    done = limited(hub, "filler", script, disk_mb=8)
+    assert done["state"] == "dead"
+    assert "disk limit (8 MB)" in done["last_error"] or "file size" in done["last_error"]
+
+
+def test_it_keeps_tasks_waiting_while_bubblewrap_is_missing(live_server):
+    srv = live_server({**FAST, "PATH": "/nonexistent"})
+    key = srv.make_key("admin")
+    srv.keys["admin"] = key
+    make_agent(srv, "echo", ["/bin/cat"])
+    task_id = submit(srv, "echo", "hi")
+    waiting = wait_for(lambda: task(srv, task_id).get("waiting_reason"))
+    assert "bubblewrap is not installed" in waiting
+    assert task(srv, task_id)["state"] == "queued"
+    found = srv.cli("diagnose", "--json")
+    sandbox_check = next(c for c in json.loads(found.stdout)["checks"] if c["name"] == "sandbox")
+    assert sandbox_check["level"] == "fail"
+
+
+def test_it_warns_on_every_page_when_the_sandbox_is_off(live_server):
+    srv = live_server({**FAST, "AGENTED_SANDBOX": "off"})
+    for path in ("/signin", "/health"):
+        status, _, body = srv.request("GET", path)
+        assert "runs are not sandboxed" in body.decode().lower(), path
+    found = srv.cli("diagnose", "--json")
+    sandbox_check = next(c for c in json.loads(found.stdout)["checks"] if c["name"] == "sandbox")
+    assert sandbox_check["level"] == "warn"
