@@ -16,14 +16,24 @@ setup:
     fi
 
 # Migrate, seed, make the first admin key (printed once) and serve.
-run: setup
+run: setup sandbox-deps
     .venv/bin/agented db migrate
     .venv/bin/python seeds.py
     .venv/bin/agented keys bootstrap
     exec .venv/bin/gunicorn -c gunicorn.conf.py
 
-# Install what the browser tests need (Debian's Chromium) when missing.
-test-deps:
+# Install bubblewrap (every run is sandboxed) when missing.
+sandbox-deps:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v bwrap >/dev/null; then
+        sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bubblewrap >/dev/null
+    fi
+
+# Install what the tests need (bubblewrap, Debian's Chromium) when missing.
+test-deps: sandbox-deps
     #!/usr/bin/env bash
     set -euo pipefail
     if ! command -v chromium >/dev/null; then
@@ -77,7 +87,7 @@ bench: setup
     for script in bench/[!_]*.py; do echo "== $script"; .venv/bin/python "$script"; done
 
 # Install the systemd unit (run as root on the target machine; see README "Deploy").
-deploy: setup
+deploy: setup sandbox-deps
     #!/usr/bin/env bash
     set -euo pipefail
     dir="$(pwd)"
