@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from app import db
+from app import db, sandbox
 from app.agents import agent_json, agent_secrets
 from app.auth import hash_key
 from tests.dashboard_helpers import add_task, one, post
@@ -24,6 +24,7 @@ FORM = {
     "capabilities": "python review",
     "concurrency": "3",
     "enabled": "on",
+    "network": "on",
     "secret_name": ["ANTHROPIC_API_KEY", ""],
     "secret_value": ["sk-test-123", ""],
 }
@@ -160,6 +161,86 @@ def test_it_refuses_a_bad_edit_and_keeps_the_stored_agent(app, operator):
     assert 'id="command-error"' in resp.get_data(as_text=True)
     data = stored(app, "echo")
     assert (data["command"], data["concurrency"]) == (["cat"], 3)
+
+
+def api_agent(client, key: str, name: str) -> dict:
+    resp = client.get(f"/api/v1/agents/{name}", headers={"X-API-Key": key})
+    assert resp.status_code == 200
+    return resp.get_json()
+
+
+def test_it_saves_limits_and_network_from_the_form(app, operator, bob):
+    limits = {"limit_memory_mb": "2048", "limit_cpu_s": " 600 ", "limit_disk_mb": ""}
+    form = FORM | limits
+    del form["network"]  # an unchecked box is not sent
+    assert post(operator, "/agents/new", operator.token, **form).status_code == 303
+    body = api_agent(operator, bob, "reviewer")
+    assert body["network"] is False
+    assert {k: v for k, v in body["limits"].items() if v is not None} == {
+        "memory_mb": 2048,
+        "cpu_s": 600,
+    }
+    page = operator.get("/agents/reviewer/settings").get_data(as_text=True)
+    assert 'name="limit_memory_mb" value="2048"' in page
+    default = app.config["LIMIT_PROCESSES"]
+    assert f'name="limit_processes" value="" inputmode="numeric" placeholder="{default}"' in page
+    assert re.search(r'<input type="checkbox" name="network">', page)
+    listing = operator.get("/agents").get_data(as_text=True)
+    assert f"2048 MB · {default} procs · 600 s CPU" in listing and "no network" in listing
+    # Edit: a cleared field goes back to the default; the box turns the network on again.
+    edit = FORM | {"limit_memory_mb": "", "limit_cpu_s": "600", "limit_processes": "64"}
+    resp = post(operator, "/agents/reviewer/settings", operator.token, **edit)
+    assert resp.status_code == 303, resp.get_data(as_text=True)
+    body = api_agent(operator, bob, "reviewer")
+    assert body["network"] is True
+    assert {k: v for k, v in body["limits"].items() if v is not None} == {
+        "processes": 64,
+        "cpu_s": 600,
+    }
+    memory = app.config["LIMIT_MEMORY_MB"]
+    listing = operator.get("/agents").get_data(as_text=True)
+    assert f"{memory} MB · 64 procs · 600 s CPU" in listing and "no network" not in listing
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("limit_memory_mb", "lots", "whole number"),
+        ("limit_memory_mb", "8", "greater than or equal to 16"),
+        ("limit_processes", "2.5", "whole number"),
+        ("limit_cpu_s", "0", "greater than or equal to 1"),
+        ("limit_disk_mb", "99999999999", "less than or equal to 10000000"),
+    ],
+)
+def test_it_refuses_a_bad_limit_by_its_field_and_changes_nothing(
+    app, operator, field, value, message
+):
+    resp = create(operator, **{field: value})
+    assert resp.status_code == 422
+    html = resp.get_data(as_text=True)
+    error = re.search(rf'<p class="field-error" id="{field}-error">([^<]*)<', html)
+    assert error is not None and message in error.group(1), html
+    assert f'aria-describedby="{field}-error"' in html and f'value="{value}"' in html
+    assert count_agents(app) == 0
+    create(operator, limit_memory_mb="512")
+    before = stored(app, "reviewer")
+    changes = {"limit_memory_mb": "1024", field: value}
+    resp = post(operator, "/agents/reviewer/settings", operator.token, **(FORM | changes))
+    assert resp.status_code == 422
+    assert f'id="{field}-error"' in resp.get_data(as_text=True)
+    assert stored(app, "reviewer") == before
+    assert before["limits"]["memory_mb"] == 512
+
+
+def test_it_says_how_runs_are_isolated(app, operator, monkeypatch):
+    create(operator)
+    waiting = "Runs are isolated by: bubblewrap (the scheduler reports the limits it enforces"
+    for path in ("/agents", "/agents/new", "/agents/reviewer/settings"):
+        assert waiting in operator.get(path).get_data(as_text=True), path
+    said = "bubblewrap; limits by cgroup v1 (memory, pids)"
+    monkeypatch.setattr(sandbox, "enforced", lambda: said)
+    for path in ("/agents", "/agents/reviewer/settings"):
+        assert f"Runs are isolated by: {said}" in operator.get(path).get_data(as_text=True)
 
 
 def test_it_disables_and_enables_an_agent(app, operator):

@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import current_app, g, render_template, request, url_for
 
-from app import db
+from app import db, sandbox
 from app.agents import (
     TAKES_NEW_WORK,
     TARGET,
@@ -41,6 +41,10 @@ LINE_FIELDS = ("command", "flags")  # argv items: one per line, never split on s
 # names: commas or spaces between them
 TAG_FIELDS = ("env_allow", "capabilities", "accept_work_from")
 TEXT_FIELDS = ("name", "backend", "model", "workdir_policy", "repository", "concurrency")
+# The limits fieldset: input `limit_<field>` for each AgentLimits field, with its label.
+LIMIT_INPUTS = (("memory_mb", "Memory", "MB"), ("processes", "Processes", ""),
+                ("cpu_s", "CPU time", "seconds"), ("output_mb", "Output", "MB"),
+                ("disk_mb", "Workspace disk", "MB"))  # fmt: skip
 
 
 def mailbox_depths(now: float) -> dict[str, dict[str, int]]:
@@ -96,6 +100,11 @@ def agents_get():
             "in_use": in_use.get(r["name"], 0),
             "heartbeat": heartbeat(r, now, current_app.config),
             "mailbox": depths.get(r["name"], empty),
+            "limits_text": ""
+            if r["backend"] == "external"
+            else limits_text(
+                {"limits": json.loads(r["limits"]), "network": r["network"]}, current_app.config
+            ),
         }
         for r in rows
     ]
@@ -104,7 +113,23 @@ def agents_get():
         agents=agents,
         heartbeat_s=current_app.config["AGENT_HEARTBEAT_S"],
         offline_s=current_app.config["AGENT_OFFLINE_S"],
+        isolation=isolation(),
         **cli_context(),
+    )
+
+
+def limits_text(agent: dict, cfg) -> str:
+    """A local agent's effective limits in a few words (its own over the hub's defaults)."""
+    lim = sandbox.limits_for(agent["limits"], cfg)
+    text = (f"{lim.memory_mb} MB · {lim.processes} procs · {lim.cpu_s} s CPU · "
+            f"{lim.output_mb} MB out · {lim.disk_mb} MB disk")  # fmt: skip
+    return text if agent["network"] else text + " · no network"
+
+
+def isolation() -> str:
+    """How runs are isolated and limited, as the scheduler of this worker reports it."""
+    return sandbox.enforced() or (
+        "bubblewrap (the scheduler reports the limits it enforces once it runs)"
     )
 
 
@@ -137,6 +162,7 @@ def blank_form() -> dict[str, Any]:
         "name": "", "backend": "claude", "model": "", "command": "", "flags": "",
         "workdir_policy": "fresh", "repository": "", "env_allow": "", "capabilities": "",
         "concurrency": "5", "enabled": True, "new_secrets": ["", ""], "accept_work_from": "",
+        "network": True, **{f"limit_{k}": "" for k, _, _ in LIMIT_INPUTS},
     }  # fmt: skip
 
 
@@ -149,6 +175,10 @@ def form_of(row) -> dict[str, Any]:
     for field in TAG_FIELDS:
         form[field] = ", ".join(data[field])
     form["enabled"] = data["enabled"]
+    form["network"] = data["network"]
+    for field, _, _ in LIMIT_INPUTS:
+        value = (data["limits"] or {}).get(field)
+        form[f"limit_{field}"] = "" if value is None else str(value)
     form["new_secrets"] = ["", ""]
     return form
 
@@ -186,6 +216,9 @@ def read_form(row=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]
     for field in (*LINE_FIELDS, *TAG_FIELDS):
         form[field] = f.get(field, "")
     form["enabled"] = f.get("enabled") == "on"
+    form["network"] = f.get("network") == "on"
+    for field, _, _ in LIMIT_INPUTS:
+        form[f"limit_{field}"] = f.get(f"limit_{field}", "").strip()
     errors: dict[str, str] = {}
     if row is not None:  # the name and backend never change
         form["name"], form["backend"] = row["name"], row["backend"]
@@ -198,6 +231,8 @@ def read_form(row=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]
         "workdir_policy": form["workdir_policy"] or "fresh",
         "repository": form["repository"] or None,
         "enabled": form["enabled"],
+        "network": form["network"],
+        "limits": {},
     }
     for field in LINE_FIELDS:
         data[field] = [line.strip() for line in form[field].splitlines() if line.strip()]
@@ -207,6 +242,12 @@ def read_form(row=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]
         data["concurrency"] = int(form["concurrency"] or "5")
     except ValueError:
         errors["concurrency"] = "Enter a whole number."
+    for field, _, _ in LIMIT_INPUTS:  # blank: the hub's default; bounds: AgentLimits
+        if text := form[f"limit_{field}"]:
+            try:
+                data["limits"][field] = int(text)
+            except ValueError:
+                errors[f"limit_{field}"] = "Enter a whole number, or leave it blank."
     if row is None:
         data.update(name=form["name"], backend=form["backend"], secrets=secrets)
     elif secrets != existing:
@@ -228,6 +269,9 @@ def checked(model: type[AgentIn] | type[AgentPatch], data: dict, store, errors: 
     try:
         store(validate(model, data).model_dump(exclude_unset=model is AgentPatch))
     except ApiError as exc:
+        if isinstance(exc.details, list):  # limits.memory_mb is the input limit_memory_mb
+            for item in exc.details:
+                item["field"] = re.sub(r"^limits\.", "limit_", str(item["field"]))
         field_errors(exc, errors)
         if not exc.details:
             field = next((f for word, f in FIELD_HINTS if word in exc.message), "form")
@@ -288,6 +332,8 @@ def form_page(form: dict, errors: dict, row=None, status: int = 200):
         "agents/form.html", form=form, errors=errors, agent=agent, backends=LOCAL_BACKENDS,
         impact=n, deleting=deleting(row, n) if n is not None else [],
         actions=lifecycle_actions(row) if row is not None else [],
+        limit_inputs=LIMIT_INPUTS, isolation=isolation(),
+        defaults={k: current_app.config[f"LIMIT_{k.upper()}"] for k, _, _ in LIMIT_INPUTS},
     ), status  # fmt: skip
 
 
