@@ -82,7 +82,8 @@ def start(app: Flask) -> None:
     _app = app
     _cgroups = sandbox.detect_cgroups()
     sandbox.refresh(app.config)
-    log.info("run isolation: %s", sandbox.enforcement(app.config, _cgroups))
+    sandbox.note_enforcement(sandbox.enforcement(app.config, _cgroups))
+    log.info("run isolation: %s", sandbox.enforced())
     with app.app_context():
         recover()
     if app.config["SCHEDULER"]:

@@ -157,7 +157,7 @@ def command(
 
 # --- is the sandbox usable? ---------------------------------------------------------
 
-_status: dict[str, Any] = {"reason": None, "checked_at": 0.0}
+_status: dict[str, Any] = {"reason": None, "checked_at": 0.0, "enforced": None}
 
 
 def probe(cfg: dict) -> str | None:
@@ -200,6 +200,15 @@ def blocked() -> str | None:
 
 def checked_at() -> float:
     return float(_status["checked_at"])
+
+
+def note_enforcement(text: str) -> None:
+    _status["enforced"] = text
+
+
+def enforced() -> str | None:
+    """How this worker isolates and limits runs (None before the scheduler started)."""
+    return _status["enforced"]
 
 
 # --- cgroups -----------------------------------------------------------------------
