@@ -231,7 +231,8 @@ def test_it_delegates_a_request_to_a_local_agent_and_informs_with_the_output(liv
         admin,
         "POST",
         "/api/v1/agents",
-        {"name": "echoer", "backend": "shell", "command": ["cat"]},
+        # Local agents take delegated work only from agents they allowlist.
+        {"name": "echoer", "backend": "shell", "command": ["cat"], "accept_work_from": ["asker"]},
     )
     assert status == 201, body
     asker = register(srv, admin, "asker")
