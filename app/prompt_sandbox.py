@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import string
 import threading
+from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
@@ -248,7 +249,7 @@ def check_method(owner: Any, name: str, args: tuple, kwargs: dict) -> None:
 
 def check_replace(s: Any, old: Any, new: Any, count: Any, what: str) -> None:
     if isinstance(s, str | bytes) and isinstance(old, str | bytes) and isinstance(new, str | bytes):
-        hits = s.count(old) if old else len(s) + 1
+        hits = s.count(old) if old else len(s) + 1  # type: ignore[arg-type]  # same kind, or raises
         if isinstance(count, int) and count >= 0:
             hits = min(hits, count)
         expect(len(s) + hits * max(0, len(new) - len(old)), what)
@@ -303,7 +304,7 @@ def _tojson(value, indent=None, *_a, **_k):
     expect_text(value, "tojson")
 
 
-FILTER_CHECKS = {
+FILTER_CHECKS: dict[str, Callable[..., None]] = {
     "center": _center, "indent": _indent, "format": _format, "replace": _replace,
     "wordwrap": _wordwrap, "batch": _batch, "slice": _slice, "sum": _sum, "tojson": _tojson,
 }  # fmt: skip

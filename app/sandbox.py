@@ -253,7 +253,7 @@ def detect_cgroups() -> Cgroups | None:
         return None
     if (root / "cgroup.controllers").exists() and "" in own:
         return _detect_v2(root / own[""].lstrip("/"))
-    dirs = {}
+    dirs: dict[str, Path] = {}
     for controller in ("memory", "pids"):
         if controller not in own:
             return None

@@ -124,6 +124,8 @@ def _which(name: str, search: str, cwd: str) -> str:
 
 def _posix_spawn(path: str, argv: list[str], env: dict[str, str], cwd: str, stdio) -> int:
     lib = _libc
+    if lib is None:  # spawn() checked; this says so to the type checker too
+        raise OSError("glibc posix_spawn is not available")
     actions = ctypes.create_string_buffer(_STRUCT_BYTES)
     attr = ctypes.create_string_buffer(_STRUCT_BYTES)
     empty = ctypes.create_string_buffer(_STRUCT_BYTES)

@@ -7,6 +7,7 @@ import re
 import sys
 import time
 import uuid
+from typing import Any
 
 from flask import Flask, Response, g, request
 from pythonjsonlogger.json import JsonFormatter
@@ -42,7 +43,7 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level)
 
 
-def _scrub(event: dict, _hint: dict) -> dict:
+def _scrub(event: Any, _hint: dict[str, Any]) -> Any:
     """Drop anything that looks like a key, secret or cookie before it leaves."""
     req = event.get("request") or {}
     cookies = req.get("cookies")
