@@ -71,6 +71,8 @@ fuzz examples="20": setup
         --max-examples {{examples}} --checks not_a_server_error
     # Hostile prompt templates (issue 12): each refused with a 422, the server still live.
     .venv/bin/python -m tests.fuzz_templates "http://127.0.0.1:$port" "$key"
+    # Forged, deep, stale and replayed webhooks and a stream flood (issue 12).
+    .venv/bin/python -m tests.fuzz_webhooks "http://127.0.0.1:$port" "$key" "$dir"
 
 lint: setup
     .venv/bin/ruff check .
