@@ -18,13 +18,12 @@ from typing import Annotated, Any, Literal
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
-from app import crypto, db, events, msgconfig, ratelimit
+from app import crypto, db, events, ratelimit
 from app.api import Body, body_model, or_404, parse_body
 from app.auth import allows, create_key, requires
 from app.errors import ApiError
 
 bp = Blueprint("agents", __name__)
-bp.record_once(lambda state: msgconfig.apply(state.app))
 
 NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 TAG = r"^[A-Za-z0-9][A-Za-z0-9_.:/+-]{0,63}$"

@@ -1,7 +1,8 @@
 """The entry point gunicorn serves; it also starts the background greenlets."""
 
-from app import create_app, executions, mailboxes, ops
+from app import create_app, executions, ops
 from app.db import GroupWriter
+from app.messages import mailboxes
 
 application = create_app()
 GroupWriter(application.config["DATABASE"]).start()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from app import db
-from app.mailboxes import sweep_now
+from app.messages.mailboxes import sweep_now
 from tests.dashboard_helpers import add_agent, one, post
 from tests.messaging_helpers import ack, lease, register, send
 

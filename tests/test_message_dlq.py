@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from app.mailboxes import sweep_now
+from app.messages.mailboxes import sweep_now
 from tests.messaging_helpers import ack, error_code, lease, register, send
 
 

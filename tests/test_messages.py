@@ -305,8 +305,8 @@ def test_it_refuses_a_bad_rate_tier_setting(make_app):
 
 
 def test_it_answers_a_batch_exactly_as_json_would(client, alice):
-    from app.message_store import compact
-    from app.messages import result_text
+    from app.messages.send import result_text
+    from app.messages.store import compact
 
     a = register(client, alice, "alpha")
     register(client, alice, "beta")

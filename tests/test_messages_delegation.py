@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from app import db, delegation
+from app import db
+from app.messages import delegation
 from tests.dashboard_helpers import post
 from tests.messaging_helpers import ack, error_code, lease, register, send
 from tests.pipeline_helpers import wait_for

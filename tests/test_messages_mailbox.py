@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from app.mailboxes import sweep_now
+from app.messages.mailboxes import sweep_now
 from tests.conftest import make_key
 from tests.messaging_helpers import ack, lease, register, send, send_batch
 
@@ -187,7 +187,7 @@ def test_it_pages_a_long_conversation(client, pair, alice):
 
 def test_it_builds_the_lease_answer_exactly_as_json_would(app, client, pair):
     from app import db
-    from app.message_store import message_json
+    from app.messages.store import message_json
 
     a, b = pair
     send(

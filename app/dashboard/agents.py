@@ -51,7 +51,7 @@ def mailbox_depths(now: float) -> dict[str, dict[str, int]]:
     """Per receiver: messages waiting (queued), out on a lease (leased) and dead letters."""
     depths: dict[str, dict[str, int]] = {}
     # A queued row that was handed out and is still hidden is out on a lease
-    # (app/mailboxes.py lease()); every other queued row waits its turn.
+    # (app/messages/mailboxes.py lease()); every other queued row waits its turn.
     for r in db.query_all(
         "SELECT receiver, sum(visible_at > ? AND deliveries > 0) AS leased, count(*) AS n"
         " FROM messages WHERE state = 'queued' GROUP BY receiver",

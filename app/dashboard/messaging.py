@@ -1,6 +1,6 @@
 """Messages between agents: recent conversations, a thread, and the message dead letters.
 
-The dead-letter actions go through app/message_dlq.py, so a replay from this
+The dead-letter actions go through app/messages/dead_letters.py, so a replay from this
 page checks mailbox room and redirect clashes exactly as the API does.
 """
 
@@ -18,7 +18,7 @@ from app.auth import requires, same_site_path
 from app.dashboard import bp, charts
 from app.dashboard.common import done, is_htmx
 from app.errors import ApiError
-from app.message_dlq import REASONS, Selection, requeue_dead, where_sql
+from app.messages.dead_letters import REASONS, Selection, requeue_dead, where_sql
 from app.ops import offload
 
 PAGE = 50
@@ -216,7 +216,7 @@ def dead_total() -> int:
 
 
 def dead_filters(args) -> tuple[dict[str, str], str, list]:
-    """The chosen filters and their WHERE clause (app/message_dlq.py's, so both agree)."""
+    """The chosen filters and their WHERE clause (app/messages/dead_letters.py's, so both agree)."""
     chosen = {k: args[k].strip() for k in DEAD_FILTERS if args.get(k, "").strip()}
     where, params = where_sql(dict(chosen), time.time())
     return chosen, where, params

@@ -25,8 +25,11 @@ from typing import Any
 from flask import Flask, g
 
 from app import db, events
-from app.message_store import hub_reply
-from app.messages import Draft, Problem
+from app.errors import ApiError
+from app.messages.model import Draft, Problem
+from app.messages.store import hub_reply
+from app.tasks import create_task
+from app.triggers import plan_from_trigger
 
 log = logging.getLogger("agented.delegation")
 PROTOCOL = "agented-task"
@@ -102,9 +105,6 @@ def plan_for(draft: Draft, agents: dict[str, Any]) -> dict | None:
         raise Problem("malformed", f"a {PROTOCOL} request's content is a JSON object")
     slug = protocol.partition(":")[2]
     if slug:
-        from app.errors import ApiError
-        from app.triggers import plan_from_trigger
-
         try:
             plan = plan_from_trigger(slug, content)
         except ApiError as exc:
@@ -130,8 +130,6 @@ def begin(conn, cfg: dict, row_id: int, draft: Draft, conversation_id: str, t: f
     Or refuse it, when the receiver does not take work from the sender: the
     allowlist is read again here, as it may have changed since plan_for.
     """
-    from app.tasks import create_task
-
     plan = dict(draft.task_plan or {})
     refused = plan.pop("refused", None)
     if refused is None:

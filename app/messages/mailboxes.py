@@ -2,7 +2,7 @@
 
 Delivery is at least once. A lease hides a message for a visibility timeout;
 unacked, it comes back and its delivery count grows. Past its TTL or its
-maximum deliveries it becomes a dead letter (app/message_dlq.py) with the
+maximum deliveries it becomes a dead letter (messages/dead_letters.py) with the
 reason. Order within a conversation is kept: while a message of a
 conversation is leased and unacked, later ones of that conversation wait.
 """
@@ -17,16 +17,17 @@ from collections.abc import Iterator
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import Field
 
-from app import agents, db, events, msgconfig, ratelimit
+from app import agents, db, events, ratelimit
 from app.agents import acting_as, agent_scoped, key_agent_id
 from app.api import Body, arg_int, body_model, parse_body
 from app.auth import requires, streams
 from app.errors import ApiError
-from app.message_store import compact
+from app.executions import stopping
+from app.messages import contract_net, delegation
+from app.messages.store import compact
 from app.streams import POLL_S, sse_response
 
 bp = Blueprint("mailboxes", __name__)
-bp.record_once(lambda state: msgconfig.apply(state.app))
 log = logging.getLogger("agented.mailboxes")
 MAX_VISIBILITY_S = 12 * 3600
 
@@ -306,13 +307,6 @@ def mailbox_stream(name: str):
 
 
 def _stream(name, alive, limit, visibility, after, max_s) -> Iterator[str]:
-    try:
-        from app.executions import stopping
-    except ImportError:  # the execution pipeline is optional to messaging
-
-        def stopping() -> bool:
-            return False
-
     end = time.monotonic() + max_s
     # Subscribed here, not in the view: a stream refused by the caps never starts
     # this generator, so it must not leave a subscription behind either.
@@ -370,13 +364,11 @@ def sweep(conn, cfg: dict, t: float) -> list[dict]:
 
 def sweep_now(app: Flask, t: float | None = None) -> list[dict]:
     """Run every messaging sweep once (the background loop, the CLI and tests call this)."""
-    from app import contractnet, delegation
-
     cfg = app.config
     now = time.time() if t is None else t
     evs = db.write(lambda conn: sweep(conn, cfg, now), cfg["DATABASE"])
     events.publish_all(evs)
-    contractnet.close_due(cfg, now)
+    contract_net.close_due(cfg, now)
     delegation.reply_finished(app)
     return evs
 
@@ -384,8 +376,6 @@ def sweep_now(app: Flask, t: float | None = None) -> list[dict]:
 def start(app: Flask) -> None:
     """Run the sweep every MESSAGE_SWEEP_S and answer delegations (in the gunicorn worker)."""
     import gevent
-
-    from app import delegation
 
     def loop() -> None:
         while True:

@@ -1,7 +1,7 @@
-"""FIPA-ACL messages between agents: sending (one or a batch, all or none) and conversations.
+"""Sending FIPA-ACL messages between agents: one or a batch, all or none.
 
 The hub is the post office. A message to several receivers becomes one
-mailbox row per receiver (app/mailboxes.py leases and acks them). A sender's
+mailbox row per receiver (messages/mailboxes.py leases and acks them). A sender's
 `message_id` makes a retry return the first send instead of a second copy.
 A malformed message, an unknown performative or receiver from an identified
 sender gets a `not-understood` reply in the sender's mailbox beside the 4xx.
@@ -14,24 +14,27 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
-from pydantic import Field, RootModel, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from app import db, events, msgconfig, ratelimit
-from app.agents import (
-    NAME,
-    TAKES_NEW_WORK,
-    agent_scoped,
-    has_capabilities,
-    key_agent_id,
-)
-from app.api import Body, body_model
+from app import db, events, ratelimit
+from app.agents import TAKES_NEW_WORK, agent_scoped, has_capabilities, key_agent_id
+from app.api import body_model
 from app.auth import allows, requires
 from app.errors import ApiError
-from app.message_store import (
+from app.messages import contract_net, delegation
+from app.messages.model import (
+    MESSAGES,
+    PERFORMATIVES,
+    CapabilityReceiver,
+    Draft,
+    MessageIn,
+    Problem,
+    SendIn,
+)
+from app.messages.store import (
     compact,
     content_json,
     hub_reply,
@@ -42,77 +45,10 @@ from app.message_store import (
     strict_json,
     wake_event,
 )
+from app.tasks import wake_scheduler
 
 bp = Blueprint("messages", __name__)
-bp.record_once(lambda state: msgconfig.apply(state.app))
 log = logging.getLogger("agented.messages")
-
-PERFORMATIVES = (
-    "request", "inform", "query-if", "query-ref", "cfp", "propose", "accept-proposal",
-    "reject-proposal", "agree", "refuse", "failure", "cancel", "not-understood",
-)  # fmt: skip
-Performative = Literal[
-    "request", "inform", "query-if", "query-ref", "cfp", "propose", "accept-proposal",
-    "reject-proposal", "agree", "refuse", "failure", "cancel", "not-understood",
-]  # fmt: skip
-ID = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$"
-
-
-class CapabilityReceiver(Body):
-    capability: list[str] = Field(min_length=1, max_length=20)
-
-
-class MessageIn(Body):
-    performative: Performative
-    sender: str | None = Field(default=None, pattern=NAME)
-    receiver: str | list[str] | CapabilityReceiver = Field(
-        description="an agent name, a list of names, or {'capability': [tags]} (broadcast)"
-    )
-    conversation_id: str | None = Field(default=None, pattern=ID)
-    reply_with: str | None = Field(default=None, max_length=128)
-    in_reply_to: str | None = Field(default=None, max_length=128)
-    protocol: str | None = Field(default=None, max_length=100)
-    content: Any = None
-    ttl: float | None = Field(default=None, gt=0, description="seconds")
-    message_id: str | None = Field(default=None, pattern=ID)
-
-
-class BatchIn(Body):
-    messages: list[MessageIn] = Field(min_length=1)
-
-
-class SendIn(RootModel[MessageIn | BatchIn]):
-    """One message, or {"messages": [...]} stored in one transaction."""
-
-
-# A whole batch in one call: half the cost of one model_validate per message.
-# When it fails, each message is validated alone to say which ones are bad and why.
-MESSAGES = TypeAdapter(list[MessageIn])
-
-
-class Problem(Exception):
-    """One message of a send cannot be accepted; `reply` says whether to send not-understood."""
-
-    def __init__(self, code: str, message: str, details: Any = None, reply: bool = True) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details
-        self.reply = reply
-
-
-@dataclass(slots=True)
-class Draft:
-    """A validated message with its receivers resolved, ready to insert."""
-
-    msg: MessageIn
-    sender: str
-    receivers: list[str]
-    content: str
-    digest: str
-    ttl: float
-    draining: list[str] = field(default_factory=list)
-    task_plan: dict | None = None
 
 
 # --- validating ----------------------------------------------------------------------
@@ -235,11 +171,9 @@ def prepare(
     draining = [n for n in receivers if agents[n]["state"] == "draining"]
     draft = Draft(msg, sender, receivers, content, digest, ttl, draining)
     # Work for an agent (a task request, a Contract Net offer or award): a local
-    # agent takes it only from the agents on its allowlist (app/delegation.py).
+    # agent takes it only from the agents on its allowlist (messages/delegation.py).
     perf = msg.performative
     if perf in ("cfp", "accept-proposal") or (perf == "request" and msg.protocol):
-        from app import delegation
-
         draft.task_plan = delegation.plan_for(draft, agents)
     return draft
 
@@ -552,8 +486,6 @@ def store(conn, drafts: list[Draft], cfg: dict, t: float, plan: Plan) -> tuple[P
         for name, (n, a, b) in plan.spans.items()
     ]
     if any(d.task_plan for d in drafts):
-        from app import delegation
-
         plan.number()
         for d, result in zip(drafts, plan.results, strict=True):
             if d.task_plan is not None and not result["duplicate"]:
@@ -566,13 +498,9 @@ def after_send(results: list[dict], drafts: list[Draft]) -> None:
     """Wake the scheduler for delegated tasks; close Contract Nets every participant answered."""
     fresh = [(r, d) for r, d in zip(results, drafts, strict=True) if not r["duplicate"]]
     if any(d.task_plan for _r, d in fresh):
-        from app.tasks import wake_scheduler
-
         wake_scheduler()
     answered = {
         r["conversation_id"] for r, d in fresh if d.msg.performative in ("propose", "refuse")
     }
     if answered:
-        from app import contractnet
-
-        contractnet.close_due(current_app.config, time.time(), sorted(answered))
+        contract_net.close_due(current_app.config, time.time(), sorted(answered))

@@ -12,14 +12,13 @@ import time
 from flask import Blueprint, current_app, jsonify, request
 from pydantic import Field, model_validator
 
-from app import db, events, msgconfig
+from app import db, events
 from app.api import Body, arg_int, body_model, decode_cursor, encode_cursor, parse_body
 from app.auth import requires
 from app.errors import ApiError
-from app.message_store import mailbox_full, message_json, wake_events
+from app.messages.store import mailbox_full, message_json, wake_events
 
 bp = Blueprint("message_dlq", __name__)
-bp.record_once(lambda state: msgconfig.apply(state.app))
 REASONS = ("ttl_expired", "max_deliveries", "receiver_gone")
 FILTERS = ("reason", "receiver", "sender", "performative", "conversation_id")
 

@@ -9,7 +9,7 @@ the hub accepts the best proposal by the declared rule, rejects the others
 from the hub).
 
 A local agent takes a cfp or an award only from an initiator on its
-accept_work_from allowlist (app/delegation.py): otherwise the hub answers the
+accept_work_from allowlist (messages/delegation.py): otherwise the hub answers the
 cfp with its `refuse` at once, and never awards it.
 """
 
@@ -22,7 +22,7 @@ from typing import Any, Literal
 from flask import Blueprint, current_app, g, jsonify
 from pydantic import Field
 
-from app import db, delegation, events, msgconfig, ratelimit
+from app import db, events, ratelimit
 from app.agents import (
     NAME,
     TAKES_NEW_WORK,
@@ -34,11 +34,11 @@ from app.agents import (
 from app.api import Body, body_model, or_404, parse_body
 from app.auth import allows, requires
 from app.errors import ApiError
-from app.message_store import hub_reply, insert_rows, new_id, row_tuple, wake_events
-from app.messages import ID
+from app.messages import delegation
+from app.messages.model import ID
+from app.messages.store import hub_reply, insert_rows, new_id, row_tuple, wake_events
 
 bp = Blueprint("contractnet", __name__)
-bp.record_once(lambda state: msgconfig.apply(state.app))
 PROTOCOL = "fipa-contract-net"
 
 
