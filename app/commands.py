@@ -3,7 +3,7 @@
 Pure functions, no database and no Flask: the ExecutionService calls them. The
 prompt always goes to the child's stdin, never onto argv (argv is visible to every
 user on the machine through /proc and `ps`). Per-CLI event parsing lives in
-app/clis.py; this module holds the argv rules, the environment filter, the usage
+app/agent_clis/; this module holds the argv rules, the environment filter, the usage
 tracker and rate-limit recognition.
 """
 
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from app import clis
+from app import agent_clis
 
 BACKENDS = ("claude", "codex", "gemini", "opencode", "shell")
 DEFAULT_BINARIES = {
@@ -140,8 +140,8 @@ def filtered_env(
 def parse_line(backend: str, line: str) -> dict | None:
     """Turn one output line into a readable step, or None for plain text / unknown JSON."""
     try:
-        reader = clis.STEPS.get(backend)
-        event = clis.load(line) if reader else None
+        reader = agent_clis.STEPS.get(backend)
+        event = agent_clis.load(line) if reader else None
         return reader(event) if reader and event is not None else None
     except Exception:  # a CLI's odd output must never break the run that printed it
         return None
@@ -158,7 +158,7 @@ class UsageTracker:
 
     def __init__(self, backend: str, model: str | None = None) -> None:
         self.backend = backend
-        self._facts = clis.FACTS.get(backend)
+        self._facts = agent_clis.FACTS.get(backend)
         self._model_arg = model or None
         self._model: str | None = None
         self._model_hint: str | None = None
@@ -171,7 +171,7 @@ class UsageTracker:
         if self._facts is None:
             return
         try:
-            event = clis.load(line)
+            event = agent_clis.load(line)
             facts = self._facts(event) if event is not None else {}
         except Exception:  # never let a parse problem fail the attempt
             return
@@ -314,7 +314,7 @@ def _limit_lines(text: str) -> list[str]:
     """Keep the lines that can speak for the CLI itself, not for the agent's work."""
     lines = []
     for line in text.splitlines():
-        event = clis.load(line) if line.lstrip().startswith("{") else None
+        event = agent_clis.load(line) if line.lstrip().startswith("{") else None
         if event is None:
             lines.append(line)
             continue

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app import commands
+from app.agent_clis import fields
 from app.commands import UsageTracker, build_argv, filtered_env, parse_line, rate_limit
 
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -277,7 +278,7 @@ def test_it_cuts_long_summaries():
     line = json.dumps({"type": "item.completed", "item": {"type": "agent_message",
                                                           "text": "word " * 10_000}})  # fmt: skip
     step = parse_line("codex", line)
-    assert len(step["text"]) <= commands.clis.SUMMARY_CHARS
+    assert len(step["text"]) <= fields.SUMMARY_CHARS
 
 
 GARBAGE = [
