@@ -6,7 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
-from app import files
+from app import files, ratelimit
 
 
 class ConfigError(Exception):
@@ -136,6 +136,7 @@ def load() -> dict:
         "SCHEDULER": env_bool("AGENTED_SCHEDULER", True),
         **sandbox_settings(data_dir),
         **ops_settings(),
+        **messaging_settings(),
         **webhook_settings(),
         **stream_settings(),
         **template_settings(),
@@ -155,7 +156,8 @@ def sandbox_settings(data_dir: Path) -> dict:
         "SANDBOX": env_choice("AGENTED_SANDBOX", "bwrap", ("bwrap", "off")),
         "SANDBOX_HIDE": env_list("AGENTED_SANDBOX_HIDE"),
         "SANDBOX_READ": env_list("AGENTED_SANDBOX_READ"),
-        "HOMES_DIR": Path(env_str("AGENTED_HOMES_DIR", str(data_dir / "homes"))),
+        # Beside the data dir, not in it: the agents' logins are not the hub's data.
+        "HOMES_DIR": Path(env_str("AGENTED_HOMES_DIR", f"{data_dir}-homes")),
         "LIMIT_MEMORY_MB": env_int("AGENTED_LIMIT_MEMORY_MB", 4096, minimum=16),
         "LIMIT_PROCESSES": env_int("AGENTED_LIMIT_PROCESSES", 512, minimum=4),
         "LIMIT_CPU_S": env_int("AGENTED_LIMIT_CPU_S", 3600, minimum=1),
@@ -195,6 +197,41 @@ def ops_settings() -> dict:
         "ALERT_INTERVAL_S": env_int("AGENTED_ALERT_INTERVAL_S", 30),
         "ALERT_WEBHOOK_URL": env_str("AGENTED_ALERT_WEBHOOK_URL", ""),
         "ALERT_WEBHOOK_SECRET": env_str("AGENTED_ALERT_WEBHOOK_SECRET", ""),
+    }
+
+
+WEEK = 7 * 24 * 3600
+
+
+def messaging_settings() -> dict:
+    """The agent registry and messaging: mailboxes, TTLs, the sweep, rate tiers (issue 6)."""
+    try:
+        tiers = ratelimit.load_tiers(env_str("AGENTED_RATE_TIERS", ""))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return {
+        # Mailbox cap per agent (queued messages); past it senders get 429.
+        "MAILBOX_MAX": env_int("AGENTED_MAILBOX_MAX", 1000, minimum=1),
+        # Default and maximum message TTL; a message not acked by then is dead-lettered.
+        "MESSAGE_TTL_S": env_float("AGENTED_MESSAGE_TTL_S", WEEK, minimum=1),
+        # Lease length when a poll does not ask for one (?visibility=).
+        "MESSAGE_VISIBILITY_S": env_float("AGENTED_MESSAGE_VISIBILITY_S", 30.0),
+        "MESSAGE_MAX_DELIVERIES": env_int("AGENTED_MESSAGE_MAX_DELIVERIES", 5, minimum=1),
+        "MESSAGE_MAX_CONTENT_BYTES": env_int(
+            "AGENTED_MESSAGE_MAX_CONTENT_BYTES", 64 * 1024, minimum=256
+        ),
+        "MESSAGE_BATCH_MAX": env_int("AGENTED_MESSAGE_BATCH_MAX", 1000, minimum=1),
+        "MAILBOX_WAIT_MAX_S": env_float("AGENTED_MAILBOX_WAIT_MAX_S", 30.0),
+        # An SSE mailbox stream ends after this long; the client reconnects with Last-Event-ID.
+        "MAILBOX_STREAM_MAX_S": env_float("AGENTED_MAILBOX_STREAM_MAX_S", 300.0, minimum=1),
+        # Acked messages are kept this long for the conversation view, then deleted.
+        "MESSAGE_RETENTION_S": env_float("AGENTED_MESSAGE_RETENTION_S", WEEK),
+        "AGENT_HEARTBEAT_S": env_float("AGENTED_AGENT_HEARTBEAT_S", 30.0, minimum=1),
+        "AGENT_OFFLINE_S": env_float("AGENTED_AGENT_OFFLINE_S", 90.0, minimum=1),
+        # How often the background sweep runs (offline agents, TTLs, drains, Contract Nets).
+        "MESSAGE_SWEEP_S": env_float("AGENTED_MESSAGE_SWEEP_S", 5.0, minimum=0.1),
+        "CONTRACT_NET_MAX_DEADLINE_S": env_float("AGENTED_CONTRACT_NET_MAX_DEADLINE_S", 3600.0),
+        "RATE_TIERS": tiers,
     }
 
 

@@ -24,8 +24,9 @@ def test_it_has_a_hardened_unit_that_restarts():
         "EnvironmentFile=-/etc/agented.env",
         "NoNewPrivileges=true",
         "ProtectSystem=strict",
-        "ReadWritePaths=/var/lib/agented",
+        "ReadWritePaths=/var/lib/agented /var/lib/agented-homes",
         "PrivateTmp=true",
+        "Delegate=yes",
         "KillMode=mixed",
     ):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line

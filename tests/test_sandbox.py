@@ -81,7 +81,8 @@ def test_it_cannot_write_outside_its_workspace_and_home(hub, tmp_path):
     assert "ws-ok" in out and "tmp-ok" in out and "home-ok" in out
     assert not (outside / "x").exists() and not (data / "x").exists()
     home = next(line for line in out.splitlines() if line.startswith("home-ok"))
-    assert home.endswith("/homes/probe")  # the agent's own HOME, not the hub's
+    # The agent's own HOME, beside the hub's data dir rather than in it.
+    assert home.endswith(f"{hub.data_dir}-homes/probe")
 
 
 def test_it_keeps_an_agents_home_between_runs(hub):
