@@ -1,6 +1,10 @@
-"""The `agented` command line: `agented <noun> <verb>`, `--json` everywhere.
+"""The `agented` root group, the helpers every command group shares (settings,
+emit, open_db), the audit row each state-changing command leaves, and the hub's
+own small groups: `db` and `keys`.
 
-Exit codes: 0 done, 1 failed (the message says why), 2 bad usage.
+Exit codes: 0 done, 1 failed (the message says why), 2 bad usage. The other
+groups live beside this module and are registered on `main` in app/cli/__init__.py;
+this module imports none of them.
 """
 
 from __future__ import annotations
@@ -15,11 +19,17 @@ import click
 from dotenv import load_dotenv
 
 from app import config, db
+from app.auth import create_key, key_json
+from app.ops import audit, backup
+
+# A command whose last word is one of these only reads: it leaves no audit row.
+READ_ONLY = {"list", "show", "get", "status", "verify", "diagnose", "completion", "tail", "logs",
+             "watch", "rules", "inspect", "health", "version", "export"}  # fmt: skip
 
 
 def settings() -> dict:
     # The same .env as create_app and gunicorn.conf.py, wherever the command runs from.
-    load_dotenv(os.environ.get("AGENTED_ENV_FILE", Path(__file__).resolve().parent.parent / ".env"))
+    load_dotenv(os.environ.get("AGENTED_ENV_FILE", Path(__file__).resolve().parents[2] / ".env"))
     try:
         return config.load()
     except config.ConfigError as exc:
@@ -39,9 +49,38 @@ def open_db(cfg: dict, migrate: bool = True):
     return db.connect(cfg["DATABASE"])
 
 
-@click.group()
+class RootGroup(click.Group):
+    """The root group; it keeps the words of the command line for the audit row."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Click forgets the words it routed on; keep them for the audit row.
+        ctx.meta["agented.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=RootGroup)
 def main() -> None:
     """Agented: run and watch autonomous agent work."""
+
+
+@main.result_callback()
+def _audit_command(*_args: object, **_kwargs: object) -> None:
+    """Append the command that just succeeded to the audit log (its words, never its values)."""
+    ctx = click.get_current_context()
+    words: list[str] = []
+    group: click.Command = ctx.command
+    for word in ctx.meta.get("agented.argv", []):
+        sub = group.get_command(ctx, word) if isinstance(group, click.Group) else None
+        if sub is None:
+            break
+        words.append(word)
+        group = sub
+    if not words or words[-1] in READ_ONLY:
+        return
+    try:
+        audit.record_cli(settings(), " ".join(words))
+    except Exception as exc:  # e.g. a database older than the audit table
+        click.echo(f"warning: the audit row was not written: {exc}", err=True)
 
 
 # --- db -----------------------------------------------------------------------
@@ -56,8 +95,6 @@ def db_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def db_migrate(as_json: bool) -> None:
     """Check the database (quick_check), then apply pending migrations."""
-    from app import backup
-
     cfg = settings()
     try:
         # Under systemd this runs first (ExecStartPre): a corrupt database must
@@ -101,8 +138,6 @@ def keys_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def keys_create(name: str, role: str, as_json: bool) -> None:
     """Create a key and print it once."""
-    from app.auth import create_key
-
     cfg = settings()
     open_db(cfg).close()
     key_id, raw = db.write(lambda conn: create_key(conn, name, role), cfg["DATABASE"])
@@ -117,8 +152,6 @@ def keys_create(name: str, role: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def keys_list(as_json: bool) -> None:
     """List keys (never the keys themselves)."""
-    from app.auth import key_json
-
     cfg = settings()
     conn = open_db(cfg)
     rows = [key_json(r) for r in conn.execute("SELECT * FROM api_keys ORDER BY id")]
@@ -155,8 +188,6 @@ def keys_revoke(key_id: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def keys_bootstrap(as_json: bool) -> None:
     """Create the first admin key if there is no active admin key; print it once."""
-    from app.auth import create_key
-
     cfg = settings()
     open_db(cfg).close()
 
@@ -179,25 +210,3 @@ def keys_bootstrap(as_json: bool) -> None:
         {"created": True, "id": key_id, "key": raw, "url": url},
         f"\n  First admin API key (shown once, keep it): {raw}\n  Dashboard: {url}\n",
     )
-
-
-# The pipeline's groups live beside their feature (imported last: they use `emit`).
-from app.pipeline_cli import delivery_group, task_group, trigger_group  # noqa: E402
-
-for _group in (task_group, trigger_group, delivery_group):
-    main.add_command(_group)
-
-
-# Operations commands (backup, restore, audit, alerts, retention, compact, diagnose,
-# completion) and the CLI's audit rows: they register themselves on `main`.
-import app.cli_ops  # noqa: E402, F401
-
-# Agents, messages and message dead letters (issue 6). They go through the
-# service's HTTP API, not the database: see app/cli_messages.py for why.
-from app.cli_messages import agent_group, dlq_group, msg_group  # noqa: E402
-
-for _group in (agent_group, msg_group, dlq_group):
-    main.add_command(_group)
-
-if __name__ == "__main__":
-    main()

@@ -15,15 +15,29 @@ from pathlib import Path
 
 import click
 
-from app import db
-from app.cli import emit
+from app import config, create_app, db, events, executions
+from app.api import loads, validate
+from app.cli.main import emit
+from app.errors import ApiError
+from app.tasks import (
+    FINISHED,
+    TaskBatchIn,
+    TaskIn,
+    create_task,
+    create_tasks,
+    filters_sql,
+    plan_batch,
+    plan_task,
+    task_json,
+    tasks_by_id,
+)
+from app.triggers import trigger_json, triggers_create
+from app.webhooks import deliveries_replay, delivery_json
 
 
 @contextmanager
 def app_context():
     """Push an app context so the feature functions see their configuration."""
-    from app import config, create_app
-
     try:
         app = create_app()
     except (config.ConfigError, db.MigrationError) as exc:
@@ -65,11 +79,6 @@ def task_submit(
     agent, prompt, trigger, params, priority, max_attempts, timeout_s, batch_file, as_json
 ):
     """Queue a task for an agent and a prompt, or for a trigger and params; or --file."""
-    from app import events
-    from app.api import validate
-    from app.errors import ApiError
-    from app.tasks import TaskIn, create_task, plan_task, task_json
-
     if batch_file is not None:
         if any((agent, prompt, trigger, params, priority, max_attempts, timeout_s)):
             raise click.UsageError("--file takes every task from the file: give no other option")
@@ -93,11 +102,6 @@ def task_submit(
 
 def submit_batch(raw: bytes, as_json: bool) -> None:
     """Queue every task of a batch in one transaction, all or none (as the API does)."""
-    from app import events
-    from app.api import loads, validate
-    from app.errors import ApiError
-    from app.tasks import TaskBatchIn, create_tasks, plan_batch, tasks_by_id
-
     with app_context() as app:
         try:
             data = loads(raw)
@@ -125,8 +129,6 @@ def submit_batch(raw: bytes, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def task_list(state, agent, trigger, limit, as_json):
     """List the newest tasks, optionally filtered."""
-    from app.tasks import filters_sql, task_json
-
     with app_context():
         args = {k: v for k, v in (("state", state), ("agent", agent), ("trigger", trigger)) if v}
         where, params = filters_sql(args)
@@ -152,8 +154,6 @@ def load_task(task_id: int):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def task_show(task_id, as_json):
     """Show a task with its attempts."""
-    from app.tasks import task_json
-
     with app_context():
         row = load_task(task_id)
         attempts = db.query_all(
@@ -176,8 +176,6 @@ def task_show(task_id, as_json):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def task_logs(task_id, follow, as_json):
     """Print a task's log lines."""
-    from app.tasks import FINISHED
-
     with app_context():
         load_task(task_id)
         after = 0
@@ -203,8 +201,6 @@ def task_logs(task_id, follow, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def task_cancel(task_id, as_json):
     """Cancel a task (a running one stops within about a second)."""
-    from app import executions
-
     with app_context():
         load_task(task_id)
         if not executions.cancel(task_id):
@@ -217,8 +213,6 @@ def task_cancel(task_id, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def task_retry(task_id, as_json):
     """Queue a finished task again."""
-    from app import executions
-
     with app_context():
         load_task(task_id)
         if not executions.retry(task_id):
@@ -238,8 +232,6 @@ def trigger_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def trigger_list(as_json):
     """List triggers."""
-    from app.triggers import trigger_json
-
     with app_context():
         rows = [trigger_json(r) for r in db.query_all("SELECT * FROM triggers ORDER BY slug")]
         lines = [
@@ -255,9 +247,6 @@ def trigger_list(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def trigger_create(path, as_json):
     """Create a trigger from a JSON file (the API's fields); prints a webhook secret once."""
-    from app.errors import ApiError
-    from app.triggers import triggers_create
-
     try:
         data = json.loads(Path(path).read_text())
     except ValueError as exc:
@@ -322,8 +311,6 @@ def delivery_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def delivery_list(limit, as_json):
     """List the newest deliveries with their verdicts."""
-    from app.webhooks import delivery_json
-
     with app_context():
         rows = db.query_all("SELECT * FROM deliveries ORDER BY id DESC LIMIT ?", (limit,))
         lines = [
@@ -339,9 +326,6 @@ def delivery_list(limit, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def delivery_replay(delivery_id, as_json):
     """Run a stored delivery through today's triggers again."""
-    from app.errors import ApiError
-    from app.webhooks import deliveries_replay
-
     with app_context():
         try:
             resp, _status = deliveries_replay(delivery_id)
@@ -349,3 +333,6 @@ def delivery_replay(delivery_id, as_json):
             raise api_error(exc) from None
         body = resp.get_json()
         emit(as_json, body, f"delivery {body['delivery_id']}: {len(body['tasks'])} task(s)")
+
+
+COMMANDS = (task_group, trigger_group, delivery_group)

@@ -1,55 +1,21 @@
 """Operations commands for `agented`: backup, restore, audit, alerts, retention, compact,
-diagnose, completion; and the audit row every state-changing command leaves.
-
-Registered on `app.cli.main` by importing this module (the last lines of app/cli.py).
+diagnose, completion. Registered on the root group in app/cli/__init__.py.
 """
 
 from __future__ import annotations
 
+import getpass
 import sys
 import time
 
 import click
+from click.shell_completion import get_completion_class
 
-from app import audit, backup, config, db, retention
-from app.cli import emit, main, open_db, settings
+from app import config, db
+from app.cli.main import emit, main, open_db, settings
+from app.ops import alerts, audit, backup, diagnose, retention
 
-# A command whose last word is one of these only reads: it leaves no audit row.
-READ_ONLY = {"list", "show", "get", "status", "verify", "diagnose", "completion", "tail", "logs",
-             "watch", "rules", "inspect", "health", "version", "export"}  # fmt: skip
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-_parse_args = main.parse_args
-
-
-def _keep_argv(ctx: click.Context, args: list[str]) -> list[str]:
-    # Click forgets the words it routed on; keep them for the audit row.
-    ctx.meta["agented.argv"] = list(args)
-    return _parse_args(ctx, args)
-
-
-main.parse_args = _keep_argv  # type: ignore[method-assign]
-
-
-@main.result_callback()
-def _audit_command(*_args: object, **_kwargs: object) -> None:
-    """Append the command that just succeeded to the audit log (its words, never its values)."""
-    ctx = click.get_current_context()
-    words: list[str] = []
-    group: click.Command = ctx.command
-    for word in ctx.meta.get("agented.argv", []):
-        sub = group.get_command(ctx, word) if isinstance(group, click.Group) else None
-        if sub is None:
-            break
-        words.append(word)
-        group = sub
-    if not words or words[-1] in READ_ONLY:
-        return
-    try:
-        audit.record_cli(settings(), " ".join(words))
-    except Exception as exc:  # e.g. a database older than the audit table
-        click.echo(f"warning: the audit row was not written: {exc}", err=True)
 
 
 # --- backup and restore ---------------------------------------------------------------
@@ -76,7 +42,7 @@ def read_passphrase(cfg: dict, file) -> str:
     return value
 
 
-@main.group("backup", invoke_without_command=True)
+@click.group("backup", invoke_without_command=True)
 @passphrase_option
 @json_option
 @click.pass_context
@@ -109,7 +75,7 @@ def backup_list(as_json: bool) -> None:
     emit(as_json, {"backups": found}, "\n".join(lines) or "no backups")
 
 
-@main.command("restore")
+@click.command("restore")
 @click.argument("file", type=click.Path(dir_okay=False))
 @passphrase_option
 @click.option("--without-secrets", is_flag=True,
@@ -135,7 +101,7 @@ def restore_cmd(file: str, passphrase_file, without_secrets: bool, as_json: bool
 # --- audit ------------------------------------------------------------------------
 
 
-@main.group("audit")
+@click.group("audit")
 def audit_group() -> None:
     """The audit log, chained with a MAC keyed by SECRET_KEY."""
 
@@ -187,7 +153,7 @@ def audit_list(limit: int, actor: str | None, action: str | None, as_json: bool)
 # --- alerts -------------------------------------------------------------------------
 
 
-@main.group("alerts")
+@click.group("alerts")
 def alerts_group() -> None:
     """Alerts and their rules."""
 
@@ -197,12 +163,10 @@ def alerts_group() -> None:
 @json_option
 def alerts_list(show_all: bool, as_json: bool) -> None:
     """List open alerts (or all with --all)."""
-    from app.alerts import alert_json
-
     conn = open_db(settings())
     try:
         sql = "SELECT * FROM alerts" + ("" if show_all else " WHERE state != 'resolved'")
-        rows = [alert_json(r) for r in conn.execute(sql + " ORDER BY id DESC LIMIT 200")]
+        rows = [alerts.alert_json(r) for r in conn.execute(sql + " ORDER BY id DESC LIMIT 200")]
     finally:
         conn.close()
     lines = [f"{a['id']:>5}  {a['state']:<12} {a['severity']:<8} {a['message']}" for a in rows]
@@ -213,11 +177,9 @@ def alerts_list(show_all: bool, as_json: bool) -> None:
 @json_option
 def alerts_rules(as_json: bool) -> None:
     """Show every rule with its threshold, window and cooldown."""
-    from app.alerts import rules
-
     conn = open_db(settings())
     try:
-        found = list(rules(conn).values())
+        found = list(alerts.rules(conn).values())
     finally:
         conn.close()
     lines = [
@@ -229,10 +191,6 @@ def alerts_rules(as_json: bool) -> None:
 
 
 def _close_alert(alert_id: int, action: str, as_json: bool) -> None:
-    import getpass
-
-    from app.alerts import alert_json, notify
-
     cfg = settings()
     open_db(cfg).close()
     column = "acknowledged" if action == "acknowledged" else "resolved"
@@ -245,12 +203,14 @@ def _close_alert(alert_id: int, action: str, as_json: bool) -> None:
             f"UPDATE alerts SET state = ?, {column}_at = ?, {column}_by = ? WHERE id = ?",
             (action, time.time(), f"cli:{getpass.getuser()}", alert_id),
         )
-        return alert_json(conn.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone())
+        return alerts.alert_json(
+            conn.execute("SELECT * FROM alerts WHERE id = ?", (alert_id,)).fetchone()
+        )
 
     alert = db.write(change, cfg["DATABASE"])
     if alert is None:
         raise click.ClickException(f"no open alert {alert_id} (or it is already {action})")
-    notify(cfg, [(action, alert)])
+    alerts.notify(cfg, [(action, alert)])
     emit(as_json, alert, f"alert {alert_id} {action}")
 
 
@@ -274,11 +234,9 @@ def alerts_resolve(alert_id: int, as_json: bool) -> None:
 @json_option
 def alerts_evaluate(as_json: bool) -> None:
     """Evaluate every rule once now and send what is owed."""
-    from app.alerts import evaluate
-
     cfg = settings()
     open_db(cfg).close()
-    result = evaluate(cfg)
+    result = alerts.evaluate(cfg)
     lines = [f"{k:<15} {v}" for k, v in result["values"].items()]
     lines += [f"notified: {n['event']} {n['alert']['message']}" for n in result["notified"]]
     emit(as_json, result, "\n".join(lines))
@@ -287,7 +245,7 @@ def alerts_evaluate(as_json: bool) -> None:
 # --- upkeep ---------------------------------------------------------------------------
 
 
-@main.group("retention")
+@click.group("retention")
 def retention_group() -> None:
     """Deleting rows past their retention period."""
 
@@ -302,7 +260,7 @@ def retention_run(as_json: bool) -> None:
     emit(as_json, {"deleted": done}, "\n".join(f"{k:<12} {v}" for k, v in done.items()))
 
 
-@main.command("compact")
+@click.command("compact")
 @click.option("--full", is_flag=True, help="VACUUM the whole file (service must be stopped).")
 @json_option
 def compact_cmd(full: bool, as_json: bool) -> None:
@@ -325,12 +283,10 @@ def compact_cmd(full: bool, as_json: bool) -> None:
                           f"wal {before['wal_bytes']} -> {after['wal_bytes']} bytes")  # fmt: skip
 
 
-@main.command("diagnose")
+@click.command("diagnose")
 @json_option
 def diagnose_cmd(as_json: bool) -> None:
     """Check configuration, database, migrations, disk, agent CLIs, port and systemd."""
-    from app import diagnose
-
     try:
         settings()  # loads .env the way the service does
     except click.ClickException:
@@ -347,14 +303,24 @@ def diagnose_cmd(as_json: bool) -> None:
         sys.exit(1)
 
 
-@main.command("completion")
+@click.command("completion")
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 @json_option
 def completion_cmd(shell: str, as_json: bool) -> None:
     """Print the shell completion script: eval "$(agented completion bash)"."""
-    from click.shell_completion import get_completion_class
-
     cls = get_completion_class(shell)
     assert cls is not None  # every listed choice has a class in click
     script = cls(main, {}, "agented", "_AGENTED_COMPLETE").source()
     emit(as_json, {"shell": shell, "script": script}, script)
+
+
+COMMANDS = (
+    backup_group,
+    restore_cmd,
+    audit_group,
+    alerts_group,
+    retention_group,
+    compact_cmd,
+    diagnose_cmd,
+    completion_cmd,
+)
