@@ -143,7 +143,7 @@ def test_it_cannot_plant_a_hook_in_the_agents_repository(hub, tmp_path):
     assert not marker.exists()
 
 
-def test_the_hubs_git_runs_no_hook_of_the_repository(tmp_path):
+def test_it_runs_the_hubs_git_without_the_repositorys_hooks(tmp_path):
     from app import gitcmd
 
     repo = tmp_path / "repo"
@@ -239,3 +239,15 @@ def test_it_warns_on_every_page_when_the_sandbox_is_off(live_server):
     found = srv.cli("diagnose", "--json")
     sandbox_check = next(c for c in json.loads(found.stdout)["checks"] if c["name"] == "sandbox")
     assert sandbox_check["level"] == "warn"
+
+
+def test_it_asks_a_cli_for_its_version_without_the_hubs_secrets(tmp_path, monkeypatch):
+    from app.dashboard import clihealth
+
+    cli = tmp_path / "fake-cli"
+    cli.write_text("#!/bin/sh\nenv | grep -c -e GITHUB_WEBHOOK_SECRET -e SECRET_KEY\n")
+    cli.chmod(0o755)
+    monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    monkeypatch.setenv("SECRET_KEY", "k" * 32)
+    found = clihealth.check("fake", {"bin": str(cli), "env": [], "files": []}, set())
+    assert found["version"] == "0"  # neither variable reached the program
