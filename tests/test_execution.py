@@ -157,6 +157,23 @@ time.sleep(300)
 """
 
 
+# Waits in its workspace until the test lets it finish (release), so a test can hold
+# a run for as long as it needs instead of guessing how long a sleep will last.
+GATED = """
+import os, time
+print("waiting for go", flush=True)
+while not os.path.exists("go"):
+    time.sleep(0.02)
+"""
+
+
+def release(srv, task_id, attempt=1):
+    """Let a GATED run finish: put `go` in its workspace."""
+    path = srv.data_dir / "workspaces" / f"task-{task_id}-{attempt}"
+    wait_for(path.is_dir)
+    (path / "go").touch()
+
+
 def child_pid(srv, task_id, attempt=1):
     """The host pid of the process whose sandbox pid the run wrote to child.pid."""
     path = srv.data_dir / "workspaces" / f"task-{task_id}-{attempt}" / "child.pid"
@@ -203,15 +220,19 @@ def test_it_cancels_a_running_task_and_its_grandchildren(hub):
 
 
 def test_it_holds_tasks_back_beyond_an_agents_concurrency(hub):
-    make_agent(hub, "single", [PY, "-c", "import time; time.sleep(0.3)"], concurrency=1)
-    ids = [submit(hub, "single") for _ in range(3)]
-    spans = []
-    for task_id in ids:
-        attempt = wait_state(hub, task_id, "succeeded")["attempt_list"][0]
-        spans.append((attempt["started_at"], attempt["finished_at"]))
-    spans.sort()
-    for (_s1, end), (start, _e2) in zip(spans, spans[1:], strict=False):
-        assert start >= end - 0.05  # recorded in separate transactions; never overlapping runs
+    make_agent(hub, "single", [PY, "-c", GATED], concurrency=1)
+    make_agent(hub, "other", ["true"])
+    left = [submit(hub, "single") for _ in range(3)]
+    while left:
+        running = wait_for(lambda: [i for i in left if task(hub, i)["state"] == "running"])
+        # A task for another agent, queued after these, has run: the scheduler has been
+        # round since, and still the held ones wait while one runs.
+        wait_state(hub, submit(hub, "other"), "succeeded")
+        states = sorted(task(hub, i)["state"] for i in left)
+        assert len(running) == 1 and states == ["queued"] * (len(left) - 1) + ["running"]
+        release(hub, running[0])
+        wait_state(hub, running[0], "succeeded")
+        left.remove(running[0])
 
 
 def test_it_runs_another_agents_task_behind_a_long_queue_for_a_busy_one(hub):
@@ -298,37 +319,46 @@ def test_it_runs_a_schedule_missed_while_down_once(live_server):
         conn.execute("UPDATE triggers SET next_run_at = ?", (time.time() - 3 * 86400,))
     again = live_server({**FAST, "AGENTED_DATA_DIR": str(srv.data_dir)})
     tasks = wait_for(lambda: live(again, key, "GET", "/api/v1/tasks?trigger=nightly")[1]["tasks"])
-    time.sleep(2.5)  # a few clock ticks: a second firing would show up by now
+
+    def caught_up():
+        trigger = live(again, key, "GET", "/api/v1/triggers/nightly")[1]
+        return trigger if trigger["next_run_at"] > time.time() else None
+
+    # Caught up: the next slot is in the future, so no further firing can come before it.
+    after = wait_for(caught_up)
     assert len(live(again, key, "GET", "/api/v1/tasks?trigger=nightly")[1]["tasks"]) == 1
     assert tasks[0]["prompt"].startswith("nightly at ")
-    after = live(again, key, "GET", "/api/v1/triggers/nightly")[1]
     assert after["next_run_at"] > time.time()
-
-
-def overlaps(a, b) -> bool:
-    return a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
 
 
 def test_it_serialises_tasks_sharing_a_concurrency_key(live_server):
     srv = live_server({**FAST, "AGENTED_CONCURRENCY_PER_KEY": "1"})
     srv.keys["admin"] = srv.make_key("admin")
-    make_agent(srv, "sleeper", [PY, "-c", "import time; time.sleep(0.5)"], concurrency=5)
-    same = [submit(srv, "sleeper", concurrency_key="repo#1") for _ in range(2)]
-    other = submit(srv, "sleeper", concurrency_key="repo#2")
-    runs = {i: wait_state(srv, i, "succeeded")["attempt_list"][0] for i in [*same, other]}
-    assert not overlaps(runs[same[0]], runs[same[1]])
-    assert overlaps(runs[same[0]], runs[other]) or overlaps(runs[same[1]], runs[other])
+    make_agent(srv, "gated", [PY, "-c", GATED], concurrency=5)
+    first, second = (submit(srv, "gated", concurrency_key="repo#1") for _ in range(2))
+    other = submit(srv, "gated", concurrency_key="repo#2")
+    # Another key's task, queued after both, runs beside the first: the key holds the second.
+    wait_state(srv, other, "running")
+    wait_state(srv, first, "running")
+    assert task(srv, second)["state"] == "queued"
+    release(srv, first)
+    wait_state(srv, second, "running")  # its turn comes once the first is done
+    assert task(srv, first)["state"] == "succeeded"
+    for task_id in (second, other):
+        release(srv, task_id)
+        wait_state(srv, task_id, "succeeded")
 
 
 def test_it_runs_higher_priority_first(live_server):
     srv = live_server({**FAST, "AGENTED_CONCURRENCY_GLOBAL": "1"})
     srv.keys["admin"] = srv.make_key("admin")
-    make_agent(srv, "gate", [PY, "-c", "import time; time.sleep(1)"])
+    make_agent(srv, "gate", [PY, "-c", GATED])
     make_agent(srv, "quick", ["true"])
     blocker = submit(srv, "gate")
     wait_state(srv, blocker, "running")
     low = submit(srv, "quick", priority=0)
     high = submit(srv, "quick", priority=10)
+    release(srv, blocker)  # both wait in the queue when the one slot frees up
     first = wait_state(srv, low, "succeeded")["attempt_list"][0]["started_at"]
     second = wait_state(srv, high, "succeeded")["attempt_list"][0]["started_at"]
     assert second < first
