@@ -14,8 +14,9 @@ from itsdangerous import URLSafeTimedSerializer
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from app import backup, config, db
+from app import config, db
 from app.api import JsonProvider
+from app.ops import backup
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,7 +104,7 @@ def sandbox_warnings() -> dict:
 
 # Feature modules with a blueprint named `bp`, registered in this order.
 FEATURES = [
-    "ops",
+    "ops.health",
     "openapi",
     "dashboard",
     "agents",
@@ -115,8 +116,7 @@ FEATURES = [
     "messages.mailboxes",
     "messages.contract_net",
     "messages.dead_letters",
-    "metrics",
-    "audit",
-    "alerts",
-    "ops_pages",
+    "ops.metrics",
+    "ops.audit",
+    "ops.alerts",
 ]

@@ -107,7 +107,7 @@ def query_one(sql: str, params: tuple | list = ()) -> sqlite3.Row | None:
 
 def read_apart(path: str | Path, sql: str, params: tuple | list = ()) -> list[dict]:
     """One read on a connection of its own, rows as dicts: for slow reads run in
-    the threadpool (ops.offload), where the loop's pooled connections are not used."""
+    the threadpool (background.offload), where the loop's pooled connections are not used."""
     conn = connect(path)
     try:
         return [dict(r) for r in conn.execute(sql, params).fetchall()]

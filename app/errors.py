@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
@@ -45,6 +46,50 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+class DomainError(Exception):
+    """A refusal from domain code, which knows nothing of HTTP: the edge maps it.
+
+    Domain functions run inside write transactions and from the CLI and the cron
+    clock too, where a status means nothing; each subclass names a kind of
+    refusal, and STATUSES below turns it into a status at the HTTP edge.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: str | None = None,
+        details: object = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details = details
+        self.retry_after = retry_after
+
+
+class Conflict(DomainError):
+    """What was asked clashes with what is stored (a taken slug, a reused key)."""
+
+
+class Refused(DomainError):
+    """The input is well formed but cannot be acted on (a template that cannot render)."""
+
+
+class Busy(DomainError):
+    """Too much work is waiting; try again after `retry_after` seconds."""
+
+
+STATUSES: dict[type[DomainError], int] = {Conflict: 409, Refused: 422, Busy: 429}
+
+
+def as_api_error(exc: DomainError) -> ApiError:
+    """The HTTP answer for a domain refusal."""
+    status = next(s for kind, s in STATUSES.items() if isinstance(exc, kind))
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return ApiError(status, exc.message, code=exc.code, details=exc.details, headers=headers)
+
+
 def error_body(code: str, message: str, details: object = None) -> dict:
     return {"error": {"code": code, "message": message, "details": details}}
 
@@ -76,6 +121,12 @@ def register(app: Flask) -> None:
         resp.headers.update(exc.headers)
         return resp
 
+    @app.errorhandler(DomainError)
+    def handle_domain_error(exc: DomainError) -> Response:
+        return handle_api_error(as_api_error(exc))
+
+    app.register_error_handler(sqlite3.OperationalError, storage_error)
+
     @app.errorhandler(HTTPException)
     def handle_http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
@@ -103,6 +154,28 @@ def register(app: Flask) -> None:
             render_template("error.html", status=500, message="Something went wrong."),
             status=500,
         )
+
+
+def storage_error(exc: sqlite3.OperationalError) -> Response:
+    """Answer a full or failing disk with a clear 503: the request stored nothing."""
+    text = str(exc)
+    if "full" not in text and "disk I/O" not in text:
+        log.exception("unhandled database error")
+        if wants_json():
+            return error(500, "internal error; the request id is in the logs")
+        return Response(render_template("error.html", status=500, message="Something went wrong."),
+                        status=500)  # fmt: skip
+    log.error("storage failure: the request was not stored", extra={"error": text})
+    message = (
+        "the database cannot write (disk full or failing); nothing from this request was "
+        "stored: retry later"
+    )
+    if wants_json():
+        resp = error(503, message, code="storage_unavailable")
+    else:
+        resp = Response(render_template("error.html", status=503, message=message), status=503)
+    resp.headers["Retry-After"] = "30"
+    return resp
 
 
 def _retry_after() -> int:

@@ -41,18 +41,13 @@ def _chmod(path: Path, mode: int) -> None:
         log.warning("cannot make %s private (owned by another user); chmod it by hand", path)
 
 
-def tighten(cfg: dict) -> None:
+def tighten(data_dir: Path, backups: Path) -> None:
     """Make the data dir, backups and the files directly in them private (0700 / 0600).
 
     Only the top levels: workspaces can be large, and were created private.
+    The caller names the backup directory, so this leaf imports nothing of the app.
     """
-    from app import backup
-
-    for directory in (
-        Path(cfg["DATA_DIR"]),
-        Path(cfg["DATA_DIR"]) / "replaced",
-        backup.backup_dir(cfg),
-    ):
+    for directory in (data_dir, data_dir / "replaced", backups):
         if not directory.is_dir():
             continue
         _chmod(directory, 0o700)

@@ -175,7 +175,7 @@ def median_of(n: int, fn) -> float:
 
 
 def main() -> None:
-    from app import backup
+    from app.ops import backup
 
     base = Path(tempfile.mkdtemp(prefix="agented-bench-ops-"))
     try:

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from app import alerts
 from app.cli import main
+from app.ops import alerts
 from tests.ops_helpers import Receiver, add_attempt, add_task, connect
 
 SECRET = "alert-secret-for-tests"

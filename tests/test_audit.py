@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from app import audit, db
+from app import db
 from app.cli import main
+from app.ops import audit
 from tests.ops_helpers import connect
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from app import backup, config, keyseal
+from app import config
 from app.agents import agent_secrets
 from app.cli import main
+from app.ops import backup, keyseal
 from tests.conftest import ROOT, _venv_bin, clean_env
 from tests.ops_helpers import add_task, connect
 from tests.pipeline_helpers import live, post_hook, shell_agent, wait_for, webhook_trigger

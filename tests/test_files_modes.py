@@ -120,7 +120,8 @@ def test_it_creates_a_missing_data_dir_private(shell_umask, tmp_path):
 
 
 def test_it_warns_in_diagnose_when_the_data_dir_is_open_to_others(data_dir):
-    from app import config, diagnose
+    from app import config
+    from app.ops import diagnose
 
     cfg = config.load()
     Path(cfg["DATA_DIR"]).chmod(0o750)  # as if chmod at start failed (another owner)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app import alerts
+from app.ops import alerts
 from tests.ops_helpers import add_task, connect
 
 

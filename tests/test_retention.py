@@ -8,8 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from app import db, retention
+from app import db
 from app.cli import main
+from app.ops import retention
 from tests.ops_helpers import add_attempt, add_delivery, add_event, add_logs, add_task, connect
 
 DAY = 86400

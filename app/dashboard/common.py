@@ -1,4 +1,4 @@
-"""What every dashboard page shares: filters, errors as pages, SSE framing, small helpers."""
+"""What every dashboard page shares: filters, errors as pages, stream cursors, small helpers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from flask import (
 )
 from markupsafe import Markup
 
+from app import executions
 from app.auth import allows
 from app.dashboard import bp
 from app.errors import ApiError, error
@@ -30,9 +31,9 @@ NAV = [
     ("dashboard.agents_get", "Agents", "agents"),
     ("dashboard.conversations_get", "Messages", "messaging"),
     ("dashboard.deliveries_get", "Deliveries", "deliveries"),
-    ("dashboard.dead_get", "Dead letters", "deadletters"),
-    ("ops_pages.alerts_get", "Alerts", "ops_pages.alerts_get"),
-    ("ops_pages.audit_get", "Audit", "ops_pages.audit_get"),
+    ("dashboard.dead_get", "Dead letters", "task_dead_letters"),
+    ("dashboard.alerts_get", "Alerts", "dashboard.alerts_get"),
+    ("dashboard.audit_get", "Audit", "dashboard.audit_get"),
     ("dashboard.keys_get", "Keys", "keys"),
     ("dashboard.health_get", "Health", "health"),
 ]
@@ -168,33 +169,7 @@ def first_line(text: str | None, width: int = 100) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
-# --- SSE ---------------------------------------------------------------------------------
-
-HEARTBEAT_S = 15.0
-# Streams wake this often to notice a shutdown, so SIGTERM ends them in seconds
-# rather than after a heartbeat (1,000 idle streams: 500 cheap wake-ups a second).
-POLL_S = 2.0
-
-
-def wait_event(sub, idle: list[float]) -> dict | str | None:
-    """Next event of `sub`; "keepalive" when a heartbeat is due; None to go round again."""
-    event = sub.get(timeout=POLL_S)
-    if event is not None:
-        idle[0] = 0.0
-        return event
-    idle[0] += POLL_S
-    if idle[0] >= HEARTBEAT_S:
-        idle[0] = 0.0
-        return "keepalive"
-    return None
-
-
-def sse(data: str, event: str | None = None, event_id: int | None = None) -> str:
-    """Frame one SSE message; every line of `data` gets its own `data:` field."""
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    head += f"event: {event}\n" if event else ""
-    lines = data.replace("\r", "").split("\n")
-    return head + "".join(f"data: {line}\n" for line in lines) + "\n"
+# --- streams (framing and waiting: app/streams.py) -------------------------------------
 
 
 def last_event_id() -> int:
@@ -208,10 +183,6 @@ def last_event_id() -> int:
 
 def stopping() -> bool:
     """True once the service is shutting down, so open streams end and browsers reconnect."""
-    try:
-        from app import executions
-    except ImportError:  # the execution pipeline is optional for the pages themselves
-        return False
     return executions.stopping()
 
 

@@ -7,10 +7,13 @@ import time
 
 from flask import current_app, render_template
 
-from app import db, events, ops
+from app import db, events, executions
 from app.auth import requires
+from app.background import offload
 from app.dashboard import bp
 from app.dashboard.common import can
+from app.ops import backup
+from app.ops.health import STARTED, readiness
 
 
 def rss_bytes() -> int | None:
@@ -27,22 +30,15 @@ def rss_bytes() -> int | None:
 @bp.get("/health")
 @requires("viewer")
 def health_get():
-    checks = ops.readiness()
+    checks = readiness()
     storage = None
     if can("admin"):
         try:
-            from app import backup
-
             # Sizes and the backup listing touch the disk: off the gevent loop.
-            storage = ops.offload(backup.storage_facts, dict(current_app.config))
+            storage = offload(backup.storage_facts, dict(current_app.config))
         except Exception as exc:  # the page must render even when a fact cannot be read
             storage = {"error": str(exc)}
-    try:
-        from app import executions
-
-        running = len(executions.RUNS)
-    except ImportError:
-        running = None
+    running = len(executions.RUNS)
     writers = list(db._writers.values())
     return render_template(
         "health.html",
@@ -50,7 +46,7 @@ def health_get():
         ok=all(c["ok"] for c in checks.values()),
         storage=storage,
         migrations=db.migration_status(db.get_db()),
-        uptime=time.time() - ops.STARTED,
+        uptime=time.time() - STARTED,
         pid=os.getpid(),
         rss=rss_bytes(),
         subscribers=events.broker.subscriber_count(),

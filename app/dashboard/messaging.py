@@ -15,11 +15,11 @@ from flask import current_app, flash, redirect, render_template, request, url_fo
 from app import db
 from app.api import decode_cursor, encode_cursor
 from app.auth import requires, same_site_path
+from app.background import offload
 from app.dashboard import bp, charts
 from app.dashboard.common import done, is_htmx
 from app.errors import ApiError
 from app.messages.dead_letters import REASONS, Selection, requeue_dead, where_sql
-from app.ops import offload
 
 PAGE = 50
 THREAD_PAGE = 500

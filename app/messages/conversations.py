@@ -8,9 +8,9 @@ from app import db
 from app.agents import agent_scoped, key_agent_id
 from app.api import arg_int, decode_cursor, encode_cursor
 from app.auth import requires
+from app.background import offload
 from app.errors import ApiError
 from app.messages.store import message_json
-from app.ops import offload
 
 bp = Blueprint("conversations", __name__)
 

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from app import db, events
 from app.api import Body, arg_int, body_model, decode_cursor, encode_cursor, parse_body
 from app.auth import requires
+from app.background import offload
 from app.errors import ApiError
 from app.messages.store import mailbox_full, message_json, wake_events
 
@@ -134,8 +135,6 @@ def _stats(path) -> dict:
 @requires("viewer")
 def dead_letters_stats():
     """Count dead letters by reason, receiver, sender, performative and hour."""
-    from app.ops import offload
-
     # A GROUP BY over a big table is slow work: it runs in the threadpool.
     return jsonify(offload(_stats, current_app.config["DATABASE"]))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from app import db, events
-from app.metrics import OUTCOMES, TASK_STATES, loop_lag_max
+from app.ops.counters import OUTCOMES, TASK_STATES, loop_lag_max
 
 
 def _pct(values: list[float], q: float) -> float | None:

@@ -12,7 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from app import backup, config, db, sandbox
+from app import config, db, sandbox
+from app.ops import backup
 
 BACKEND_CLIS = {"claude": "claude", "codex": "codex", "gemini": "gemini", "opencode": "opencode"}
 UNIT = Path("/etc/systemd/system/agented.service")

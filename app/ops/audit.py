@@ -34,6 +34,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, session
 from app import db
 from app.api import arg_int, newest_first
 from app.auth import requires
+from app.background import offload
 from app.errors import ApiError
 
 bp = Blueprint("audit", __name__)
@@ -314,8 +315,6 @@ def audit_list():
 @requires("admin")
 def audit_verify():
     """Check the hash chain; ok is false with the first bad row when it was tampered with."""
-    from app import ops
-
     secret_key = current_app.config["SECRET_KEY"]  # the threadpool has no app context
 
     def run(path: str) -> dict:
@@ -325,4 +324,4 @@ def audit_verify():
         finally:
             conn.close()
 
-    return jsonify(ops.offload(run, str(current_app.config["DATABASE"])))
+    return jsonify(offload(run, str(current_app.config["DATABASE"])))

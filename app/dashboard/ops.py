@@ -1,21 +1,17 @@
-"""Dashboard pages for operations: alerts (acknowledge, resolve, change rules) and the audit log.
-
-Its own blueprint (registered from FEATURES) built on the dashboard's helpers:
-the same base template, `when` filter, flash-and-redirect and error pages.
-"""
+"""Dashboard pages for operations: alerts (acknowledge, resolve, change rules) and the audit log."""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template, request
+from flask import render_template, request
 from pydantic import ValidationError
 
-from app import alerts, db
+from app import db
 from app.auth import requires
-from app.dashboard.common import done, page_error
+from app.dashboard import bp
+from app.dashboard.common import done
 from app.errors import ApiError
+from app.ops import alerts
 
-bp = Blueprint("ops_pages", __name__)
-bp.register_error_handler(ApiError, page_error)
 AUDIT_PAGE = 100
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import render_template, request
 
-from app import db, events
+from app import db, events, executions
 from app.api import decode_cursor, encode_cursor
 from app.auth import requires
 from app.dashboard import bp
@@ -112,8 +112,6 @@ def dead_bulk_post():
         # Something changed since the preview: show the new count instead of acting on it.
         return confirm_page(action, len(ids), changed=True), 409
     if action == "retry":
-        from app import executions
-
         n = sum(1 for task_id in ids if executions.retry(task_id))
         return done(f"Queued {n} dead task{'s' if n != 1 else ''} again.", "/dead")
     n = purge(ids)
@@ -144,8 +142,6 @@ def purge(ids: list[int]) -> int:
 @bp.post("/dead/<int:task_id>/retry")
 @requires("developer")
 def dead_retry_post(task_id: int):
-    from app import executions
-
     if not executions.retry(task_id):
         raise ApiError(409, f"Task #{task_id} is no longer dead.")
     return done(f"Task #{task_id} queued again.", "/dead")

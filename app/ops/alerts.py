@@ -24,7 +24,7 @@ from typing import Literal
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
-from app import db, events, metrics, sandbox
+from app import db, events, sandbox
 from app.api import (
     Body,
     body_model,
@@ -33,7 +33,9 @@ from app.api import (
     parse_body,
 )
 from app.auth import requires
+from app.background import offload
 from app.errors import ApiError
+from app.ops import counters
 
 bp = Blueprint("alerts", __name__)
 log = logging.getLogger("agented.alerts")
@@ -159,11 +161,9 @@ def _step(conn, rule: dict, value: float, now: float) -> list[tuple[str, dict]]:
 
 def evaluate(cfg: dict, now: float | None = None) -> dict:
     """Measure every rule, move alerts on and send what is owed; return values and notices."""
-    from app import ops
-
     now = now or time.time()
-    values = ops.offload(measure, cfg, now)
-    values["loop_lag"] = round(metrics.loop_lag_max(), 3)
+    values = offload(measure, cfg, now)
+    values["loop_lag"] = round(counters.loop_lag_max(), 3)
 
     def apply(conn) -> list:
         current = rules(conn)
@@ -189,7 +189,7 @@ def notify(cfg: dict, notes: list[tuple[str, dict]]) -> None:
         return [events.record(conn, f"alert.{e}", f"alert:{a['id']}", a) for e, a in notes]
 
     events.publish_all(db.write(record, cfg["DATABASE"]))
-    metrics.count("alerts_notified_total", len(notes), channel="dashboard")
+    counters.count("alerts_notified_total", len(notes), channel="dashboard")
     if not cfg["ALERT_WEBHOOK_URL"]:
         return
     from gevent import monkey
@@ -227,13 +227,13 @@ def post_webhook(cfg: dict, event: str, alert: dict, attempts: int = 3) -> bool:
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:
                 if 200 <= resp.status < 300:
-                    metrics.count("alerts_notified_total", channel="webhook")
+                    counters.count("alerts_notified_total", channel="webhook")
                     return True
         except Exception as exc:  # any network or HTTP failure: retry, then log
             log.warning("alert webhook failed", extra={"attempt": attempt + 1, "error": str(exc)})
         if attempt + 1 < attempts:
             time.sleep(2**attempt)  # cooperative under gevent (time is patched)
-    metrics.count("alert_webhook_failures_total")
+    counters.count("alert_webhook_failures_total")
     log.error("alert webhook gave up", extra={"alert_id": alert["id"], "event": event})
     return False
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics at /metrics (text format, own registry).
+"""Prometheus metrics at /metrics (text format, own registry) and the JSON figures' route.
 
 Gauges (tasks by state, queue depth, agents, messages, sizes) are read from
 the database at scrape time, so they are right after a restart. Counters come
@@ -6,11 +6,8 @@ from rows the features already write, counted incrementally since this
 process started: `agented_transitions_total{kind}` from the events table (one
 row per task, agent, message and delivery transition), webhook deliveries by
 outcome from the deliveries table, attempt durations from finished attempts.
-For things that leave no row, other modules call `count()`:
-
-    from app import metrics
-    metrics.count("backup_failures_total")
-    metrics.count("alerts_notified_total", channel="webhook")
+Things that leave no row are counted through app/ops/counters.py, the
+registry this module exposes.
 
 Scraping needs a viewer key, the AGENTED_METRICS_TOKEN bearer token, or (with
 AGENTED_METRICS_LOOPBACK=true) a client on 127.0.0.1 / ::1.
@@ -19,7 +16,6 @@ AGENTED_METRICS_LOOPBACK=true) a client on 127.0.0.1 / ::1.
 from __future__ import annotations
 
 import hmac
-import logging
 import os
 import time
 from typing import Any
@@ -29,48 +25,21 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
-    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from app import auth, db, events, streams
 from app.auth import requires
+from app.background import offload
 from app.errors import ApiError
+from app.ops import backup, metrics_summary
+from app.ops.counters import AGENT_STATES, OUTCOMES, REGISTRY, TASK_STATES
 
 bp = Blueprint("metrics", __name__)
-log = logging.getLogger("agented.metrics")
 
-# The *_created series double the output and no dashboard of ours reads them.
-disable_created_metrics()
-REGISTRY = CollectorRegistry(auto_describe=True)
-TASK_STATES = (
-    "queued",
-    "assigned",
-    "accepted",
-    "running",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "cancelled",
-    "dead",
-)
-AGENT_STATES = ("registered", "running", "draining", "stopped", "offline")
-OUTCOMES = ("accepted", "duplicate", "rejected")
-
-# Counters other modules may bump with count(name, **labels): name -> (help, labels).
-COUNTERS: dict[str, Any] = {
-    name: Counter(f"agented_{name.removesuffix('_total')}", doc, labels, registry=REGISTRY)
-    for name, doc, labels in (
-        ("backup_failures_total", "Scheduled backups that failed", ()),
-        ("alerts_notified_total", "Alert notifications sent, by channel", ("channel",)),
-        ("alert_webhook_failures_total", "Alert webhook posts that failed", ()),
-        ("retention_deleted_total", "Rows deleted by retention, by table", ("table",)),
-        ("messages_total", "Agent messages, by outcome", ("outcome",)),
-    )
-}
+# Advanced at each scrape from the rows (see _advance_counters).
 ATTEMPT_SECONDS = Histogram(
     "agented_attempt_duration_seconds",
     "Duration of finished attempts, by final state",
@@ -90,54 +59,13 @@ TRANSITIONS = Counter(
     ("kind",),
     registry=REGISTRY,
 )
-LOOP_LAG = Gauge(
-    "agented_loop_lag_seconds", "Latest gevent loop lag (sleep overshoot)", registry=REGISTRY
-)
-LOOP_LAG_MAX = Gauge(
-    "agented_loop_lag_max_seconds", "Largest loop lag in the last minute", registry=REGISTRY
-)
 for outcome in OUTCOMES:
     DELIVERIES.labels(outcome)
 
 # Per database: where the incremental counters have read up to (from 0, unless
 # start() pinned them to "now" in the serving process) and recent attempt ids.
 _cursors: dict[str, dict[str, Any]] = {}
-_lag_samples: list[tuple[float, float]] = []
 _scrape_lock: Any = None
-
-
-def count(name: str, n: float = 1, **labels: str) -> None:
-    """Add `n` to a declared counter; an unknown name is logged, never raised."""
-    counter = COUNTERS.get(name)
-    if counter is None:
-        log.warning("unknown metric %s", name)
-        return
-    (counter.labels(**labels) if labels else counter).inc(n)
-
-
-def loop_lag_max() -> float:
-    """Return the largest loop lag seen in the last minute (0 when not measured)."""
-    cutoff = time.monotonic() - 60
-    return max((lag for t, lag in _lag_samples if t >= cutoff), default=0.0)
-
-
-def start_loop_monitor(interval: float = 0.5) -> None:
-    """Measure how late a short sleep wakes up: the time the loop was blocked."""
-    import gevent
-
-    def loop() -> None:
-        while True:
-            before = time.perf_counter()
-            gevent.sleep(interval)
-            lag = max(0.0, time.perf_counter() - before - interval)
-            now = time.monotonic()
-            _lag_samples.append((now, lag))
-            while _lag_samples and _lag_samples[0][0] < now - 60:
-                _lag_samples.pop(0)
-            LOOP_LAG.set(lag)
-            LOOP_LAG_MAX.set(loop_lag_max())
-
-    gevent.spawn(loop)
 
 
 def start(cfg: dict) -> None:
@@ -160,11 +88,6 @@ def _cursor_for(cfg: dict) -> dict[str, Any]:
 
 
 # --- the scrape ------------------------------------------------------------------------
-
-
-def _table_columns(conn, table: str) -> set[str]:
-    # PRAGMA table_info cannot take a parameter; `table` is a constant from this module.
-    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def _advance_counters(conn, cursor: dict[str, Any]) -> None:
@@ -214,8 +137,6 @@ def _advance_counters(conn, cursor: dict[str, Any]) -> None:
 
 def snapshot(cfg: dict) -> list:
     """Read every gauge from the database (runs in the threadpool); return metric families."""
-    from app import backup
-
     now = time.time()
     conn = db.connect(cfg["DATABASE"])
     try:
@@ -276,13 +197,7 @@ def snapshot(cfg: dict) -> list:
 
 
 def _message_families(conn) -> list:
-    """Messages by state, when the messaging tables exist (they arrive in their own migration)."""
-    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'messages'").fetchone():
-        return []
-    if "state" not in _table_columns(conn, "messages"):
-        family = GaugeMetricFamily("agented_messages", "Stored agent messages")
-        family.add_metric([], conn.execute("SELECT count(*) FROM messages").fetchone()[0])
-        return [family]
+    """Messages by state."""
     family = GaugeMetricFamily(
         "agented_messages", "Stored agent messages by state", labels=["state"]
     )
@@ -308,8 +223,6 @@ class _Families:
 
 def render(cfg: dict) -> bytes:
     """Return the full text exposition: process counters plus this scrape's gauges."""
-    from app import ops
-
     global _scrape_lock
     if _scrape_lock is None:
         from gevent.lock import Semaphore
@@ -317,7 +230,7 @@ def render(cfg: dict) -> bytes:
         _scrape_lock = Semaphore()
     # One scrape at a time: the incremental counters must not count a row twice.
     with _scrape_lock:
-        families = ops.offload(snapshot, cfg)
+        families = offload(snapshot, cfg)
     subscribers = GaugeMetricFamily("agented_sse_subscribers", "Open event-stream subscribers")
     subscribers.add_metric([], events.broker.subscriber_count())
     open_streams = GaugeMetricFamily("agented_sse_streams", "SSE streams holding a slot")
@@ -371,9 +284,7 @@ def _person_key(key) -> bool:
 @requires("viewer")
 def metrics_json():
     """Queue depth, latency, failure rate, agent utilization and deliveries over the last hour."""
-    from app import metrics_summary, ops
-
-    return jsonify(ops.offload(metrics_summary.summary, dict(current_app.config)))
+    return jsonify(offload(metrics_summary.summary, dict(current_app.config)))
 
 
 @bp.get("/metrics")

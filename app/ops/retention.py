@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app import db, metrics
+from app import db
+from app.background import offload
+from app.ops import counters
 
 log = logging.getLogger("agented.retention")
 DAY = 86400.0
 TERMINAL = ("succeeded", "failed", "timed_out", "cancelled", "dead")
-_IN_TERMINAL = "('succeeded', 'failed', 'timed_out', 'cancelled', 'dead')"
+_IN_TERMINAL = "(" + ", ".join("?" * len(TERMINAL)) + ")"  # placeholders for TERMINAL
 # Pages freed per vacuum transaction: about 2 MB, a few milliseconds of writer time.
 VACUUM_STEP_PAGES = 500
 
@@ -47,17 +49,8 @@ def delete_in_batches(cfg: dict, table: str, sql: str, params: tuple, batch: int
             break
         _pause()
     if total:
-        metrics.count("retention_deleted_total", total, table=table)
+        counters.count("retention_deleted_total", total, table=table)
     return total
-
-
-def _has_table(cfg: dict, name: str) -> bool:
-    conn = db.connect(cfg["DATABASE"])
-    try:
-        row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
-        return row is not None
-    finally:
-        conn.close()
 
 
 def run(cfg: dict, now: float | None = None) -> dict[str, int]:
@@ -71,14 +64,14 @@ def run(cfg: dict, now: float | None = None) -> dict[str, int]:
         "DELETE FROM task_logs WHERE (task_id, seq) IN (SELECT l.task_id, l.seq"
         " FROM tasks t JOIN task_logs l ON l.task_id = t.id"
         f" WHERE t.finished_at < ? AND t.state IN {_IN_TERMINAL} LIMIT ?)",
-        (now - cfg["RETENTION_LOGS_DAYS"] * DAY,), batch,
+        (now - cfg["RETENTION_LOGS_DAYS"] * DAY, *TERMINAL), batch,
     )  # fmt: skip
     # Attempts and any remaining logs go with their task (ON DELETE CASCADE).
     done["tasks"] = delete_in_batches(
         cfg, "tasks",
         "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < ?"
         f" AND state IN {_IN_TERMINAL} LIMIT ?)",
-        (now - cfg["RETENTION_TASKS_DAYS"] * DAY,), batch,
+        (now - cfg["RETENTION_TASKS_DAYS"] * DAY, *TERMINAL), batch,
     )  # fmt: skip
     done["deliveries"] = delete_in_batches(
         cfg, "deliveries",
@@ -92,15 +85,14 @@ def run(cfg: dict, now: float | None = None) -> dict[str, int]:
         "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ? ORDER BY id LIMIT ?)",
         (now - cfg["RETENTION_EVENTS_DAYS"] * DAY,), batch,
     )  # fmt: skip
-    if _has_table(cfg, "messages"):
-        # Dead letters only: the messaging sweep already drops acked messages
-        # (AGENTED_MESSAGE_RETENTION_S), and queued ones are still owed.
-        done["messages"] = delete_in_batches(
-            cfg, "messages",
-            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE state = 'dead'"
-            " AND dead_at < ? LIMIT ?)",
-            (now - cfg["RETENTION_MESSAGES_DAYS"] * DAY,), batch,
-        )  # fmt: skip
+    # Dead letters only: the messaging sweep already drops acked messages
+    # (AGENTED_MESSAGE_RETENTION_S), and queued ones are still owed.
+    done["messages"] = delete_in_batches(
+        cfg, "messages",
+        "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE state = 'dead'"
+        " AND dead_at < ? LIMIT ?)",
+        (now - cfg["RETENTION_MESSAGES_DAYS"] * DAY,), batch,
+    )  # fmt: skip
     done["alerts"] = delete_in_batches(
         cfg, "alerts",
         "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE state = 'resolved'"
@@ -125,10 +117,8 @@ def remove_workspaces(cfg: dict, now: float) -> int:
     directory with no attempt row left (its task was deleted) goes once it is
     older than the keep time too; a running attempt's never does.
     """
-    from app import ops
-
     cutoff = now - cfg["RETENTION_WORKSPACES_DAYS"] * DAY
-    found = ops.offload(_scan_workspaces, Path(cfg["WORKSPACES_DIR"]))
+    found = offload(_scan_workspaces, Path(cfg["WORKSPACES_DIR"]))
     if not found:
         return 0
     with db.reading(cfg["DATABASE"]) as conn:
@@ -145,10 +135,10 @@ def remove_workspaces(cfg: dict, now: float) -> int:
         else:
             expired = mtime < cutoff
         if expired:
-            ops.offload(_remove_workspace, path)
+            offload(_remove_workspace, path)
             removed += 1
     if removed:
-        metrics.count("retention_deleted_total", removed, table="workspaces")
+        counters.count("retention_deleted_total", removed, table="workspaces")
     return removed
 
 
@@ -225,12 +215,10 @@ def _vacuum_step(conn) -> int:
 
 def compact(cfg: dict, max_steps: int = 2000) -> dict:
     """Checkpoint the WAL and give free pages back to the file system; log sizes."""
-    from app import ops
-
     path = str(cfg["DATABASE"])
     before = sizes(cfg)
     started = time.monotonic()
-    first = ops.offload(checkpoint, path)
+    first = offload(checkpoint, path)
     conn = db.connect(path)
     try:
         mode = conn.execute("PRAGMA auto_vacuum").fetchone()[0]
@@ -244,7 +232,7 @@ def compact(cfg: dict, max_steps: int = 2000) -> dict:
             steps += 1
             _pause()
         # The vacuum's own pages went to the WAL: fold them in and truncate it.
-        ops.offload(checkpoint, path)
+        offload(checkpoint, path)
     after = sizes(cfg)
     result = {
         "before": before,

@@ -7,12 +7,12 @@ refuses while the service holds its lock file and checks the file first.
 
 A backup also carries the hub's secret key, without which no stored webhook
 or agent secret decrypts: in a table `backup_key` of the copy (so the backup
-stays one file), sealed with a passphrase when one is given (app/keyseal.py),
+stays one file), sealed with a passphrase when one is given (app/ops/keyseal.py),
 and always as a fingerprint, so restore can tell whether this data dir's key
 is the backup's. Restore drops the table from its copy before the copy goes
 live: the live database never holds the sealed key.
 Everything here blocks in C for a while, so the service runs it through
-`ops.offload` (gevent's threadpool) with its own connections.
+`background.offload` (gevent's threadpool) with its own connections.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app import db, files, keyseal
+from app import db, files
+from app.background import offload
+from app.ops import counters, keyseal
 
 log = logging.getLogger("agented.backup")
 NAME = re.compile(r"^agented-(\d{8}T\d{6}\.\d{3})Z\.db$")
@@ -192,8 +194,6 @@ def start_schedule(cfg: dict) -> None:
     """Back up every BACKUP_INTERVAL_S, counting from the newest backup on disk."""
     import gevent
 
-    from app import metrics, ops
-
     def loop() -> None:
         gevent.sleep(min(30, cfg["BACKUP_INTERVAL_S"]))  # never slow down start-up
         while True:
@@ -203,9 +203,9 @@ def start_schedule(cfg: dict) -> None:
                 gevent.sleep(min(due - time.time(), 3600))
                 continue
             try:
-                ops.offload(create_backup, cfg)
+                offload(create_backup, cfg)
             except Exception:
-                metrics.count("backup_failures_total")
+                counters.count("backup_failures_total")
                 log.exception("scheduled backup failed")
                 gevent.sleep(min(cfg["BACKUP_INTERVAL_S"], 600))
 
@@ -423,7 +423,8 @@ def _write_private(path: Path, text: str) -> None:
 
 def startup_check(cfg: dict) -> None:
     """Run quick_check before serving; on corruption stop, or restore when configured."""
-    files.tighten(cfg)  # an install from before file modes were enforced
+    # An install from before file modes were enforced.
+    files.tighten(Path(cfg["DATA_DIR"]), backup_dir(cfg))
     path = Path(cfg["DATABASE"])
     if not path.exists() or path.stat().st_size == 0:
         path.parent.mkdir(parents=True, exist_ok=True)

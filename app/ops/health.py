@@ -1,0 +1,104 @@
+"""Health probes and the storage endpoints: /health/live, /health/ready, /api/v1/health, backups.
+
+The probes answer the service manager and load balancers (status only); the
+admin view adds each check's detail, storage facts and process facts.
+`/api/v1/backups` lists backups and makes one now. The blueprint keeps the
+name "ops" so endpoint and OpenAPI operation ids stay as they were.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+
+from flask import Blueprint, current_app, jsonify
+
+from app import db
+from app.auth import requires
+from app.background import offload
+from app.errors import ApiError
+from app.ops import backup
+
+bp = Blueprint("ops", __name__)
+STARTED = time.time()
+
+
+def readiness() -> dict[str, dict]:
+    """Check what serving needs; each check says ok and why not."""
+    checks: dict[str, dict] = {}
+    try:
+        db.write(lambda conn: conn.execute("CREATE TEMP TABLE IF NOT EXISTS ready_probe (x)"))
+        checks["database"] = {"ok": True}
+    except Exception as exc:  # any failure here means "not ready", never a 500
+        checks["database"] = {"ok": False, "error": str(exc)}
+    try:
+        pending = [s["name"] for s in db.migration_status(db.get_db()) if s["applied_at"] is None]
+        checks["migrations"] = {"ok": not pending, "pending": pending}
+    except Exception as exc:
+        checks["migrations"] = {"ok": False, "error": str(exc)}
+    free_mb = shutil.disk_usage(current_app.config["DATA_DIR"]).free // (1024 * 1024)
+    minimum = current_app.config["MIN_FREE_DISK_MB"]
+    checks["disk"] = {"ok": free_mb >= minimum, "free_mb": free_mb, "min_free_mb": minimum}
+    return checks
+
+
+def table_bytes(cfg: dict) -> dict[str, int]:
+    """Bytes on disk per table and index (dbstat reads every page: admins only, threadpool)."""
+    conn = db.connect(cfg["DATABASE"])
+    try:
+        rows = conn.execute(
+            "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC"
+        ).fetchall()
+    except sqlite3.Error:  # a build without the dbstat table: leave the sizes out
+        return {}
+    finally:
+        conn.close()
+    return {name: size for name, size in rows}
+
+
+@bp.get("/health/live")
+def live():
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/health/ready")
+def ready():
+    # Status only: versions, paths and errors are for admins at /api/v1/health.
+    ok = all(c["ok"] for c in readiness().values())
+    return jsonify({"status": "ok" if ok else "unavailable"}), 200 if ok else 503
+
+
+@bp.get("/api/v1/health")
+@requires("admin")
+def health_detail():
+    """Every readiness check with its detail, storage facts and process facts."""
+    checks = readiness()
+    cfg = dict(current_app.config)
+    return jsonify(
+        {
+            "status": "ok" if all(c["ok"] for c in checks.values()) else "unavailable",
+            "checks": checks,
+            "storage": {**offload(backup.storage_facts, cfg), "tables": offload(table_bytes, cfg)},
+            "uptime_s": round(time.time() - STARTED, 1),
+            "database": str(current_app.config["DATABASE"]),
+        }
+    )
+
+
+@bp.get("/api/v1/backups")
+@requires("operator")
+def backups_list():
+    """List the backups on disk, newest first."""
+    return jsonify({"backups": offload(backup.list_backups, dict(current_app.config))})
+
+
+@bp.post("/api/v1/backups")
+@requires("admin")
+def backups_create():
+    """Back up the database now (online, checked with integrity_check; keeps the newest N)."""
+    try:
+        result = offload(backup.create_backup, dict(current_app.config))
+    except (backup.BackupError, OSError) as exc:
+        raise ApiError(503, f"the backup failed: {exc}", code="backup_failed") from None
+    return jsonify(result), 201

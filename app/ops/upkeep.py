@@ -1,0 +1,32 @@
+"""The serving process's upkeep: the service lock and the background loops.
+
+`start(app)` (called from app/wsgi.py) takes the service lock and starts the
+loop-lag monitor, the backup schedule, retention, compaction and the alerter.
+Slow work in those loops goes through `background.offload()` so it runs in
+gevent's threadpool, never on the loop that serves requests.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from app.background import every
+from app.ops import alerts, backup, counters, metrics, retention
+
+
+def start(app: Flask) -> None:
+    """Start the service's upkeep greenlets; call once, in the serving process."""
+    cfg = app.config
+    backup.hold_service_lock(cfg)
+    metrics.start(cfg)
+    counters.start_loop_monitor()
+    if cfg["BACKUP_INTERVAL_S"] > 0:
+        backup.start_schedule(cfg)
+    # First runs wait a little (never slow down start-up), or one interval if shorter.
+    for name, interval, job, first in (
+        ("retention", cfg["RETENTION_INTERVAL_S"], lambda: retention.run(cfg), 60),
+        ("compaction", cfg["COMPACT_INTERVAL_S"], lambda: retention.compact(cfg), 300),
+        ("alerts", cfg["ALERT_INTERVAL_S"], lambda: alerts.evaluate(cfg), 10),
+    ):
+        if interval > 0:
+            every(name, interval, job, min(first, interval))
