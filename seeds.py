@@ -14,7 +14,7 @@ import time
 from dotenv import load_dotenv
 
 from app import config, crypto, db
-from app.tasks import create_task
+from app.queue import create_task
 
 TEMPLATE = "Say hello to {{ payload.name }}.\n\nThe whole event:\n{{ payload | tojson }}"
 

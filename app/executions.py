@@ -24,25 +24,16 @@ from typing import Any
 
 import gevent
 import gevent.event
-import gevent.lock
 import gevent.subprocess
 from flask import Flask
 
-from app import commands, db, events, gitcmd, sandbox, scheduler
+from app import commands, db, events, gitcmd, runlog, sandbox, scheduler
 from app.agents import agent_secrets
+from app.queue import ACTIVE, CANCELLABLE, RETRYABLE_STATES, transition, wait_for_work, wake
 from app.spawn import spawn
-from app.tasks import ACTIVE, transition
 
 log = logging.getLogger("agented.executions")
 
-CANCELLABLE = ("queued", "assigned", "accepted", "running")
-RETRYABLE_STATES = ("cancelled", "dead", "succeeded")
-FLUSH_INTERVAL_S = 0.1
-FLUSH_LINES = 200
-# Lines published to live subscribers before their commit, at most. Recovery skips
-# this many sequence numbers after a crashed attempt, so a line a browser saw but
-# the database never got can never share its number with a later attempt's line.
-PUBLISH_AHEAD = 1000
 USAGE_LINE_MAX = 8 * 1024 * 1024
 
 # How often a run's cgroup counters are read, and its workspace measured (every Nth).
@@ -52,14 +43,9 @@ DISK_CHECK_EVERY = 4
 SANDBOX_RETRY_S = 30.0
 
 _app: Flask | None = None
-_wake = gevent.event.Event()
 _stopping = False
 _cgroups: sandbox.Cgroups | None = None
 RUNS: dict[int, Run] = {}
-
-
-def wake() -> None:
-    _wake.set()
 
 
 def stopping() -> bool:
@@ -77,7 +63,10 @@ def backoff(attempt: int, cfg: dict, rand: random.Random | None = None) -> float
 
 
 def start(app: Flask) -> None:
-    """Recover from the last run, then start the scheduler (called in the gunicorn worker)."""
+    """Recover from the last run, then start the scheduler (called in the gunicorn worker).
+
+    The cron clock is started after this, by app/triggers.py start_clock.
+    """
     global _app, _cgroups
     _app = app
     _cgroups = sandbox.detect_cgroups()
@@ -88,32 +77,11 @@ def start(app: Flask) -> None:
         recover()
     if app.config["SCHEDULER"]:
         gevent.spawn(_scheduler_loop)
-        gevent.spawn(_clock_loop)
-
-
-def _clock_loop() -> None:
-    """Fire due cron triggers every second; forget expired dedupe keys every 10 minutes."""
-    from app.triggers import fire_due_cron
-    from app.webhooks import clean_dedupe
-
-    last_clean = 0.0
-    while not _stopping:
-        try:
-            with _app.app_context():
-                if fire_due_cron():
-                    wake()
-                if time.time() - last_clean > 600:
-                    clean_dedupe()
-                    last_clean = time.time()
-        except Exception:
-            log.exception("clock pass failed")
-        gevent.sleep(1)
 
 
 def _scheduler_loop() -> None:
     while not _stopping:
-        _wake.wait(timeout=0.5)
-        _wake.clear()
+        wait_for_work(0.5)
         if sandbox.blocked():
             # Fail closed: without a working sandbox no local run starts; tasks wait
             # queued (their page, diagnose and an alert say why) until it works.
@@ -155,15 +123,7 @@ class Run:
         self.agent_name = claim["agent"]
         self.cancel = gevent.event.Event()
         self.proc: Any = None
-        # Log lines by sequence number: every line read gets the next number at once
-        # (`seq`); `published` and `stored` say how far subscribers and the database
-        # have got. `unstored` holds the lines after `stored`, `pending` those no
-        # flush has taken yet.
-        self.seq = self.published = self.stored = 0
-        self.unstored: list[dict] = []
-        self.pending: list[dict] = []
-        self.flush_lock = gevent.lock.Semaphore()
-        self.log_bytes = 0
+        self.log = runlog.RunLog(self.task_id, self.attempt, _app.config["DATABASE"])
         self.truncated = False
         self.rate_limited: tuple[bool, float | None] = (False, None)
         self.sandboxed = False
@@ -184,6 +144,7 @@ class Run:
             self._finish("failed", None, f"internal error: {exc}", retryable=True)
         finally:
             RUNS.pop(self.task_id, None)
+            self.log.end()
             wake()
 
     def _run(self) -> None:
@@ -193,7 +154,7 @@ class Run:
             agent = conn.execute(
                 "SELECT * FROM agents WHERE name = ?", (self.agent_name,)
             ).fetchone()
-        self.seq = self.published = self.stored = task["log_seq"]
+        self.log.begin(task["log_seq"])
         if agent is None:
             return self._finish("failed", None, "the agent was deleted", retryable=False)
         if task["cancel_requested"]:
@@ -285,8 +246,7 @@ class Run:
             gevent.spawn(self._read, self.proc.stdout, "stdout"),
             gevent.spawn(self._read, self.proc.stderr, "stderr"),
         ]
-        self.flush_stop = gevent.event.Event()
-        flusher = gevent.spawn(self._flush_loop)
+        self.log.start_flushing()
         watcher = gevent.spawn(self._watch_limits)
         deadline = time.monotonic() + task["timeout_s"]
         waiter = gevent.spawn(self.proc.wait)
@@ -317,11 +277,7 @@ class Run:
         self._remove_cgroup()
         gevent.joinall(readers, timeout=5)
         gevent.killall([*readers, feeder], block=False)
-        # Stop the loop between flushes, never inside one: a flush killed while it
-        # waits for its commit would store its lines but never publish them, so
-        # live streams would silently miss them.
-        self.flush_stop.set()
-        flusher.join(timeout=10)
+        self.log.stop_flushing()
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             with contextlib.suppress(OSError):
                 pipe.close()  # now, not when the garbage collector gets to them
@@ -384,93 +340,12 @@ class Run:
             if cut:
                 text += " [… line cut]"
             stored_as = name
-            self.log_bytes += len(text)
-            if self.log_bytes > max_total:
+            self.log.bytes += len(text)
+            if self.log.bytes > max_total:
                 self.truncated = True
                 text = f"[… log truncated at {max_total} bytes; output after this is dropped]"
                 stored_as = "system"
-            self._line(stored_as, text)
-
-    def _line(self, stream: str, text: str) -> None:
-        """Number a line, publish it to live subscribers now, and queue it for storage."""
-        self.seq += 1
-        event = {"id": self.seq, "kind": "log", "seq": self.seq, "attempt": self.attempt,
-                 "stream": stream, "text": text, "ts": time.time()}  # fmt: skip
-        self.unstored.append(event)
-        self.pending.append(event)
-        # Issue 5: waiting for the batch's commit cost subscribers ~100 ms per line.
-        # A stream that connects meanwhile gets these lines from `unstored_lines`.
-        self._publish()
-        if len(self.pending) >= FLUSH_LINES and not self.flush_lock.locked():
-            gevent.spawn(self._flush_early)
-
-    def _publish(self) -> None:
-        """Publish lines in order: every stored one, and up to PUBLISH_AHEAD beyond those."""
-        topic = f"task:{self.task_id}"
-        upto = min(self.seq, self.stored + PUBLISH_AHEAD)
-        while self.published < upto:
-            event = self.unstored[self.published + 1 - self.unstored[0]["seq"]]
-            events.broker.publish(topic, event)
-            self.published += 1
-
-    def _flush_loop(self) -> None:
-        wait = FLUSH_INTERVAL_S
-        while not self.flush_stop.wait(wait):
-            try:
-                self._flush()
-            except Exception:
-                # Log the first failure of a streak (a full disk fails every
-                # time), then wait longer between tries, up to 5 s.
-                if wait == FLUSH_INTERVAL_S:
-                    log.exception("storing log lines failed", extra={"task_id": self.task_id})
-                wait = min(wait * 2, 5.0)
-            else:
-                wait = FLUSH_INTERVAL_S
-
-    def _flush_early(self) -> None:
-        """Flush a full batch now; a failure is left to the loop, which logs and retries."""
-        with contextlib.suppress(Exception):
-            self._flush()
-
-    def _flush(self, then=None) -> Any:
-        """Store the pending lines; with `then`, also run then(conn) in that transaction."""
-        # One flush at a time, so lines are committed in sequence order and a failed
-        # batch goes back in front of the next one.
-        with self.flush_lock:
-            if not self.pending and then is None:
-                return None
-            batch, self.pending = self.pending, []
-            last = batch[-1]["seq"] if batch else self.stored
-            rows = [
-                (self.task_id, ev["seq"], self.attempt, ev["stream"], ev["text"], ev["ts"])
-                for ev in batch
-            ]
-            log_bytes = self.log_bytes
-
-            def store(conn):
-                if rows:
-                    conn.executemany(
-                        "INSERT INTO task_logs (task_id, seq, attempt, stream, text, ts)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    conn.execute("UPDATE tasks SET log_seq = ? WHERE id = ?", (last, self.task_id))
-                    conn.execute(
-                        "UPDATE attempts SET log_bytes = ? WHERE task_id = ? AND number = ?",
-                        (log_bytes, self.task_id, self.attempt),
-                    )
-                return then(conn) if then is not None else None
-
-            try:
-                result = db.write(store, _app.config["DATABASE"])
-            except BaseException:
-                self.pending[:0] = batch
-                raise
-            if batch:
-                self.stored = last
-                self._publish()  # lines held back by PUBLISH_AHEAD, before they leave `unstored`
-                del self.unstored[: last + 1 - self.unstored[0]["seq"]]
-            return result
+            self.log.line(stored_as, text)
 
     def _stop_process(self, grace: float) -> None:
         self._signal_run(signal.SIGTERM)
@@ -603,11 +478,11 @@ class Run:
 
         # With the lines still pending: one transaction instead of a flush and then this.
         try:
-            evs = self._flush(finish)
+            evs = self.log.flush(finish)
         except Exception:
             # The outcome matters more than the last lines: store it on its own.
             log.exception("storing the last log lines failed", extra={"task_id": self.task_id})
-            self.pending = []
+            self.log.drop_pending()
             evs = db.write(finish, _app.config["DATABASE"])
         events.publish_all(evs)
         log.info(
@@ -624,20 +499,6 @@ def disk_usage(path: str) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(root, name)).st_blocks * 512
     return total
-
-
-def unstored_lines(task_id: int, after: int) -> list[dict]:
-    """Lines of a live run already published but perhaps not stored yet, after seq `after`.
-
-    A stream calls this right after subscribing, without yielding in between: a
-    line is then either in the database when the stream reads it, in this list,
-    or still to come on the subscription (the stream dedupes by seq).
-    """
-    run = RUNS.get(task_id)
-    if run is None:
-        return []
-    live = run.unstored[: run.published - run.stored]
-    return [ev for ev in live if ev["seq"] > after]
 
 
 # --- cancel, retry, recovery, shutdown -------------------------------------------
@@ -706,14 +567,9 @@ def recover() -> None:
         ).fetchall()
     if stale:
         # Lines a crashed run published live may never have been stored: the next
-        # attempt numbers its lines past any of them (see PUBLISH_AHEAD).
-        db.write(
-            lambda conn: conn.executemany(
-                "UPDATE tasks SET log_seq = log_seq + ? WHERE id = ?",
-                [(PUBLISH_AHEAD, row["task_id"]) for row in stale],
-            ),
-            cfg["DATABASE"],
-        )
+        # attempt numbers its lines past any of them (see runlog.PUBLISH_AHEAD).
+        ids = [row["task_id"] for row in stale]
+        db.write(lambda conn: runlog.skip_ahead(conn, ids), cfg["DATABASE"])
     for row in stale:
         if row["pgid"] and _ours(row["pgid"], f"{row['task_id']}:{row['number']}"):
             try:

@@ -13,14 +13,16 @@ import json
 import time
 
 from app import db, events
-from app.tasks import ACTIVE, transition
+from app.queue import ACTIVE, transition
 
 
 def claim_ready(cfg) -> list[dict]:
     """Claim every queued task that is due and fits the concurrency limits."""
     with db.reading(cfg["DATABASE"]) as conn:
         active = conn.execute(
-            f"SELECT agent, concurrency_key FROM tasks WHERE state IN {ACTIVE}"
+            "SELECT agent, concurrency_key FROM tasks"
+            f" WHERE state IN ({', '.join('?' * len(ACTIVE))})",
+            ACTIVE,
         ).fetchall()
         free = cfg["CONCURRENCY_GLOBAL"] - len(active)
         if free <= 0:

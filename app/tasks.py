@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
+from contextlib import closing
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field, RootModel, model_validator
 
-from app import db, events, sandbox
+from app import db, events, executions, sandbox
 from app.api import (
     Body,
     arg_int,
@@ -22,63 +21,19 @@ from app.api import (
     validate,
 )
 from app.auth import requires, streams
+from app.dedupe import body_hash, find, first_tasks, remember
 from app.errors import ApiError
-from app.streams import POLL_S, sse_response
+from app.queue import CANCELLABLE, FINISHED, RETRYABLE_STATES, create_task, create_tasks, wake
+from app.streams import sse, sse_response, task_feed
+from app.triggers import plan_from_trigger
 
 bp = Blueprint("tasks", __name__)
 
-ACTIVE = ("assigned", "accepted", "running")
-FINISHED = ("succeeded", "cancelled", "dead")
 MAX_PARAMS = 100
 MAX_PARAM_BYTES = 2048
 TASK_BATCH_MAX = 500
 # What a submission may set over the agent's or the trigger's defaults.
 OVERRIDES = ("priority", "max_attempts", "timeout_s", "concurrency_key")
-
-
-def check_pending_cap(conn, cap: int) -> None:
-    """Refuse new work once the global pending cap is reached (429)."""
-    pending = conn.execute("SELECT queued FROM queue_depth WHERE id = 1").fetchone()[0]
-    if pending >= cap:
-        raise ApiError(
-            429, f"{pending} tasks are waiting; try later", headers={"Retry-After": "30"}
-        )
-
-
-def create_task(conn, cfg: dict, **fields: Any) -> tuple[int, dict]:
-    """Insert a queued task inside the caller's transaction; return (id, event).
-
-    `cfg` is the app's config, read by the caller: write functions run in the
-    writer thread, where there is no app context.
-    """
-    t = time.time()
-    check_pending_cap(conn, cfg["MAX_PENDING_TASKS"])
-    cur = conn.execute(
-        "INSERT INTO tasks (state, agent, selector, trigger_slug, delivery_id, prompt, params,"
-        " flags, priority, concurrency_key, concurrency_limit, max_attempts, timeout_s,"
-        " next_attempt_at, api_key_id, created_at, updated_at)"
-        " VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            fields.get("agent"), json.dumps(fields.get("selector") or []),
-            fields.get("trigger_slug"), fields.get("delivery_id"), fields["prompt"],
-            json.dumps(fields.get("params") or {}), json.dumps(fields.get("flags") or []),
-            fields.get("priority") or 0, fields.get("concurrency_key"),
-            fields.get("concurrency_limit"), fields.get("max_attempts") or cfg["MAX_ATTEMPTS"],
-            fields.get("timeout_s") or cfg["TASK_TIMEOUT_S"], t, fields.get("api_key_id"), t, t,
-        ),
-    )  # fmt: skip
-    task_id = cur.lastrowid
-    event = events.record(
-        conn, "task.queued", f"task:{task_id}", {"task_id": task_id, "state": "queued"}
-    )
-    return task_id, event
-
-
-def transition(conn, task_id: int, state: str, **data: Any) -> dict:
-    """Record a task's state change as one event in the caller's transaction."""
-    return events.record(
-        conn, f"task.{state}", f"task:{task_id}", {"task_id": task_id, "state": state, **data}
-    )
 
 
 def task_json(row, attempts: list | None = None) -> dict:
@@ -111,26 +66,6 @@ def tasks_by_id(ids: list[int]) -> list[dict]:
 
 def get_task(task_id: int):
     return or_404(db.query_one("SELECT * FROM tasks WHERE id = ?", (task_id,)), "task")
-
-
-def body_hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-def remember_key(conn, scope: str, key: str, digest: str, task_ids: list[int], delivery=None):
-    conn.execute(
-        "INSERT INTO dedupe_keys (scope, key, body_hash, delivery_id, task_ids, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (scope, key, digest, delivery, json.dumps(task_ids), time.time()),
-    )
-
-
-def seen_key(conn, scope: str, key: str, window: float):
-    """Return the live dedupe row for (scope, key), or None once it is past the window."""
-    return conn.execute(
-        "SELECT * FROM dedupe_keys WHERE scope = ? AND key = ? AND created_at > ?",
-        (scope, key, time.time() - window),
-    ).fetchone()
 
 
 # --- routes -------------------------------------------------------------------
@@ -172,19 +107,11 @@ class SubmitIn(RootModel[TaskIn | TaskBatchIn]):
     """
 
 
-def create_tasks(conn, cfg: dict, plans: list[dict], api_key_id: int | None):
-    """Insert planned tasks in the caller's transaction; return (ids, events)."""
-    created = [create_task(conn, cfg, api_key_id=api_key_id, **plan) for plan in plans]
-    return [task_id for task_id, _ in created], [event for _, event in created]
-
-
 def plan_task(body: TaskIn, backends: dict[str, str] | None = None) -> dict:
     """What create_task needs for one submission; 4xx for an unknown agent or trigger.
 
     `backends`: agent name -> backend, read once by a caller planning many tasks.
     """
-    from app.triggers import plan_from_trigger
-
     raw = body.model_dump(exclude_unset=True)
     overrides = {k: raw[k] for k in OVERRIDES if k in raw}
     if body.trigger is not None:
@@ -241,21 +168,19 @@ def tasks_create():
 
     def submit(conn):
         if idem is not None:
-            seen = seen_key(conn, scope, idem, cfg["DEDUPE_WINDOW_S"])
+            seen = find(conn, scope, idem, cfg["DEDUPE_WINDOW_S"])
             if seen is not None:
-                if seen["body_hash"] != digest:
-                    raise ApiError(409, "this Idempotency-Key was used with a different body")
-                return json.loads(seen["task_ids"]), []
+                reused = "this Idempotency-Key was used with a different body"
+                return first_tasks(seen, digest, reused), []
         ids, evs = create_tasks(conn, cfg, plans, key_id)
         if idem is not None:
-            conn.execute("DELETE FROM dedupe_keys WHERE scope = ? AND key = ?", (scope, idem))
-            remember_key(conn, scope, idem, digest, ids)
+            remember(conn, scope, idem, digest, ids)
         return ids, evs
 
     ids, evs = db.write(submit)
     if evs:
         events.publish_all(evs)
-        wake_scheduler()
+        wake()
     if not batch:
         return jsonify(task_json(get_task(ids[0]))), 202
     return jsonify({"tasks": tasks_by_id(ids)}), 202
@@ -270,26 +195,20 @@ def queue_task(plan: dict, api_key_id: int | None, once: tuple[str, str] | None 
 
     def queue(conn):
         if once is not None:
-            seen = seen_key(conn, *once, cfg["DEDUPE_WINDOW_S"])
+            seen = find(conn, *once, cfg["DEDUPE_WINDOW_S"])
             if seen is not None:
-                return json.loads(seen["task_ids"])[0], None
+                # Remembered without a body: a second click is the same request.
+                return first_tasks(seen, "", "")[0], None
         task_id, event = create_task(conn, cfg, api_key_id=api_key_id, **plan)
         if once is not None:
-            conn.execute("DELETE FROM dedupe_keys WHERE scope = ? AND key = ?", once)
-            remember_key(conn, *once, "", [task_id])
+            remember(conn, *once, "", [task_id])
         return task_id, event
 
     task_id, event = db.write(queue)
     if event is not None:
         events.publish_all([event])
-        wake_scheduler()
+        wake()
     return task_id
-
-
-def wake_scheduler() -> None:
-    from app import executions
-
-    executions.wake()
 
 
 @bp.get("/api/v1/tasks")
@@ -368,13 +287,11 @@ class BulkIn(Body):
 @body_model(BulkIn)
 def tasks_bulk():
     """Retry or cancel every task matching a filter; dry_run (default) only counts."""
-    from app import executions
-
     body = parse_body(BulkIn)
     args = {"state": ",".join(body.state), "agent": ",".join(body.agent)}
     args["trigger"] = ",".join(body.trigger)
     where, params = filters_sql(args)
-    allowed = executions.RETRYABLE_STATES if body.action == "retry" else executions.CANCELLABLE
+    allowed = RETRYABLE_STATES if body.action == "retry" else CANCELLABLE
     where.append(f"state IN ({', '.join('?' * len(allowed))})")
     params.extend(allowed)
     sql = "SELECT id FROM tasks WHERE " + " AND ".join(where)
@@ -390,8 +307,6 @@ def tasks_bulk():
 @requires("developer")
 def tasks_cancel(task_id: int):
     """Cancel a task: a queued one at once, a running one by stopping its process group."""
-    from app import executions
-
     get_task(task_id)
     if not executions.cancel(task_id):
         raise ApiError(409, "the task has already finished")
@@ -402,8 +317,6 @@ def tasks_cancel(task_id: int):
 @requires("developer")
 def tasks_retry(task_id: int):
     """Run a finished task again from the start, as a new attempt."""
-    from app import executions
-
     get_task(task_id)
     if not executions.retry(task_id):
         raise ApiError(409, "only a finished task can be retried")
@@ -423,73 +336,34 @@ def tasks_stream(task_id: int):
     return sse_response(log_events(task_id, after, current_app.config["DATABASE"]))
 
 
-def sse(data: dict, event: str | None = None, event_id: int | None = None) -> str:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    head += f"event: {event}\n" if event else ""
-    return head + f"data: {json.dumps(data)}\n\n"
-
-
-def _log_sse(event: dict) -> str:
-    """Frame a published log line once; every subscriber shares the same string."""
-    frame = event.get("_api_sse")
+def _log_sse(line: dict) -> str:
+    """Frame a log line once; every subscriber shares the same string (live events)."""
+    frame = line.get("_api_sse")
     if frame is None:
-        line = {k: event[k] for k in ("seq", "attempt", "stream", "text", "ts")}
-        frame = event["_api_sse"] = sse(line, "log", event["seq"])
+        data = {k: line[k] for k in ("seq", "attempt", "stream", "text", "ts")}
+        frame = line["_api_sse"] = sse(json.dumps(data), "log", line["seq"])
     return frame
 
 
-def log_events(task_id: int, after: int, path, heartbeat: float = 15.0):
-    """Yield the backlog from the database, then live lines, until the task is finished."""
-    from app import executions
-
-    # Subscribe first, then read the backlog: nothing published in between is lost.
-    sub = events.broker.subscribe(f"task:{task_id}")
-    try:
-        # Lines are published before their batch is stored: take the live run's
-        # unstored ones now, before anything yields (see executions.unstored_lines).
-        unstored = executions.unstored_lines(task_id, after)
-        with db.reading(path) as conn:
-            rows = conn.execute(
-                "SELECT seq, attempt, stream, text, ts FROM task_logs"
-                " WHERE task_id = ? AND seq > ? ORDER BY seq",
-                (task_id, after),
-            ).fetchall()
-            state = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+def log_events(task_id: int, after: int, path):
+    """Yield the log after `after`, then live lines and states, until the task is finished."""
+    with closing(task_feed(task_id, after, path, executions.stopping)) as feed:
+        lines, task = next(feed)
         yield "retry: 2000\n\n"
-        for row in rows:
-            after = row["seq"]
-            yield sse(dict(row), "log", row["seq"])
-        for event in unstored:
-            if event["seq"] > after:  # stored since: already sent from the database
-                after = event["seq"]
-                yield _log_sse(event)
-        yield sse({"state": state["state"]}, "state")
-        if state["state"] in FINISHED:
-            yield sse({"state": state["state"]}, "end")
+        for line in lines:
+            yield _log_sse(line)
+        yield sse(json.dumps({"state": task["state"]}), "state")
+        if task["state"] in FINISHED:
+            yield sse(json.dumps({"state": task["state"]}), "end")
             return
-        idle = 0.0
-        while not executions.stopping():
-            # Wake every POLL_S to notice a shutdown (the stream ends, its slot
-            # goes back); send a heartbeat only after `heartbeat` seconds idle.
-            event = sub.get(timeout=min(POLL_S, heartbeat))
-            if sub.dropped:
-                return  # fell behind: the browser reconnects with Last-Event-ID
-            if event is None:
-                idle += min(POLL_S, heartbeat)
-                if idle >= heartbeat:
-                    idle = 0.0
-                    yield ": heartbeat\n\n"
-                continue
-            idle = 0.0
-            if event["kind"] == "log":
-                if event["seq"] <= after:
+        for batch in feed:
+            if not batch:
+                yield ": heartbeat\n\n"
+            for event in batch:
+                if event["kind"] == "log":
+                    yield _log_sse(event)
                     continue
-                after = event["seq"]
-                yield _log_sse(event)
-            else:
-                yield sse(event["data"], "state")
+                yield sse(json.dumps(event["data"]), "state")
                 if event["data"].get("state") in FINISHED:
-                    yield sse(event["data"], "end")
+                    yield sse(json.dumps(event["data"]), "end")
                     return
-    finally:
-        events.broker.unsubscribe(sub)

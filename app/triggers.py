@@ -1,4 +1,8 @@
-"""Triggers: what starts work. CRUD, filters, prompt preview, and the cron clock."""
+"""Triggers: what starts work. CRUD, filters, prompt preview, and the cron clock.
+
+The clock (start_clock) fires due cron triggers every second and forgets
+expired dedupe keys every 10 minutes; app/wsgi.py starts it after the scheduler.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,22 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import gevent
 from croniter import croniter
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Flask, current_app, jsonify
 from pydantic import Field, field_validator
 
-from app import crypto, db, events, prompts
+from app import crypto, db, dedupe, events, prompts
 from app.api import Body, body_model, loads, or_404, parse_body, public_url
 from app.auth import requires
-from app.errors import ApiError
+from app.errors import ApiError, Conflict
+from app.queue import create_task, wake
 
 bp = Blueprint("triggers", __name__)
 log = logging.getLogger("agented.triggers")
@@ -276,6 +283,67 @@ def plan_from_trigger(slug: str, params: dict) -> dict:
         raise render_error(exc) from None
 
 
+# --- storing ------------------------------------------------------------------
+# The API, the dashboard and the CLI all store triggers through these two.
+
+
+def insert_trigger(body: dict) -> tuple[str, str | None]:
+    """Insert a checked trigger (TriggerIn's fields); return (slug, webhook secret or None).
+
+    Conflict when the slug is taken. The secret is returned this once only.
+    """
+    values = dict(body)
+    slug = values.pop("slug", None) or slugify(values["name"])
+    secret = secrets.token_urlsafe(32) if values["kind"] == "webhook" else None
+    t = time.time()
+    cron = values["kind"] == "cron"
+    next_at = next_run(values["schedule"], values["timezone"], t) if cron else None
+    values |= {"slug": slug, "next_run_at": next_at, "created_at": t, "updated_at": t}
+    # Encrypt here: under gunicorn `insert` runs in the writer thread, with no app context.
+    values["secret_enc"] = crypto.encrypt(secret) if secret else None
+    for field in (*LIST_FIELDS, "match"):
+        values[field] = json.dumps(values[field])
+    values["enabled"] = int(values["enabled"])
+
+    def insert(conn):
+        if conn.execute("SELECT 1 FROM triggers WHERE slug = ?", (slug,)).fetchone():
+            raise Conflict(f"a trigger with slug {slug!r} exists; choose another slug")
+        # Column names are TriggerIn's field names, never request input.
+        cols = ", ".join(values)
+        conn.execute(
+            f"INSERT INTO triggers ({cols}) VALUES ({', '.join('?' * len(values))})",
+            list(values.values()),
+        )
+
+    db.write(insert)
+    return slug, secret
+
+
+def update_trigger(row, changes: dict) -> None:
+    """Store the changed fields of a checked trigger (never its slug or kind).
+
+    A cron trigger's next run is computed again when its schedule, time zone or
+    enabled flag changes, so a slot missed while disabled does not fire at once.
+    """
+    values = dict(changes)
+    merged = {k: row[k] for k in ("kind", "schedule", "timezone")} | values
+    if merged["kind"] == "cron" and {"schedule", "timezone", "enabled"} & set(values):
+        values["next_run_at"] = next_run(merged["schedule"], merged["timezone"], time.time())
+    for field in (*LIST_FIELDS, "match"):
+        if field in values:
+            values[field] = json.dumps(values[field])
+    if "enabled" in values:
+        values["enabled"] = int(values["enabled"])
+    values["updated_at"] = time.time()
+    # Column names are TriggerIn's field names, never request input.
+    assignments = ", ".join(f"{col} = ?" for col in values)
+    db.write(
+        lambda conn: conn.execute(
+            f"UPDATE triggers SET {assignments} WHERE id = ?", (*values.values(), row["id"])
+        )
+    )
+
+
 # --- routes -------------------------------------------------------------------
 
 
@@ -294,29 +362,7 @@ def triggers_create():
     """Create a trigger; a webhook trigger's secret is in this answer only."""
     body = parse_body(TriggerIn).model_dump()
     check_trigger(body)
-    slug = body.pop("slug") or slugify(body["name"])
-    secret = secrets.token_urlsafe(32) if body["kind"] == "webhook" else None
-    t = time.time()
-    next_at = next_run(body["schedule"], body["timezone"], t) if body["kind"] == "cron" else None
-    # Encrypt here: under gunicorn `insert` runs in the writer thread, with no app context.
-    secret_enc = crypto.encrypt(secret) if secret else None
-
-    def insert(conn):
-        if conn.execute("SELECT 1 FROM triggers WHERE slug = ?", (slug,)).fetchone():
-            raise ApiError(409, f"a trigger with slug {slug!r} exists; choose another slug")
-        values = {**body, "slug": slug, "next_run_at": next_at, "created_at": t, "updated_at": t}
-        values["secret_enc"] = secret_enc
-        for field in (*LIST_FIELDS, "match"):
-            values[field] = json.dumps(values[field])
-        values["enabled"] = int(values["enabled"])
-        # Column names are the model's field names, never request input.
-        cols = ", ".join(values)
-        conn.execute(
-            f"INSERT INTO triggers ({cols}) VALUES ({', '.join('?' * len(values))})",
-            list(values.values()),
-        )
-
-    db.write(insert)
+    slug, secret = insert_trigger(body)
     data = trigger_json(get_trigger(slug))
     if secret:
         data["secret"] = secret
@@ -345,22 +391,8 @@ def triggers_update(slug: str):
     if nulls:
         details = [{"field": k, "message": "cannot be null"} for k in nulls]
         raise ApiError(422, "the body does not match the schema", details=details)
-    merged = trigger_json(row) | changes
-    check_trigger(merged)
-    if merged["kind"] == "cron" and ({"schedule", "timezone", "enabled"} & set(changes)):
-        changes["next_run_at"] = next_run(merged["schedule"], merged["timezone"], time.time())
-    for field in (*LIST_FIELDS, "match"):
-        if field in changes:
-            changes[field] = json.dumps(changes[field])
-    if "enabled" in changes:
-        changes["enabled"] = int(changes["enabled"])
-    changes["updated_at"] = time.time()
-    assignments = ", ".join(f"{col} = ?" for col in changes)
-    db.write(
-        lambda conn: conn.execute(
-            f"UPDATE triggers SET {assignments} WHERE id = ?", (*changes.values(), row["id"])
-        )
-    )
+    check_trigger(trigger_json(row) | changes)
+    update_trigger(row, changes)
     return jsonify(trigger_json(get_trigger(slug)))
 
 
@@ -435,10 +467,30 @@ def triggers_preview(slug: str):
 # --- the cron clock -----------------------------------------------------------
 
 
+def start_clock(app: Flask, stopping: Callable[[], bool]) -> None:
+    """Start the clock greenlet (with the scheduler: off when SCHEDULER is false)."""
+    if app.config["SCHEDULER"]:
+        gevent.spawn(_clock_loop, app, stopping)
+
+
+def _clock_loop(app: Flask, stopping: Callable[[], bool]) -> None:
+    """Fire due cron triggers every second; forget expired dedupe keys every 10 minutes."""
+    last_clean = 0.0
+    while not stopping():
+        try:
+            with app.app_context():
+                if fire_due_cron():
+                    wake()
+                if time.time() - last_clean > 600:
+                    dedupe.clean()
+                    last_clean = time.time()
+        except Exception:
+            log.exception("clock pass failed")
+        gevent.sleep(1)
+
+
 def fire_due_cron(now: float | None = None) -> list[int]:
     """Start one task per due cron trigger; a schedule missed while down runs once."""
-    from app.tasks import create_task
-
     now = now or time.time()
     cfg = current_app.config
     due = db.query_all(

@@ -21,11 +21,11 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app import auth, crypto, db, events, prompts
+from app import auth, crypto, db, dedupe, events, prompts
 from app.api import loads, newest_first, or_404
 from app.auth import requires
-from app.errors import ApiError
-from app.tasks import create_task, remember_key, wake_scheduler
+from app.errors import ApiError, Conflict, Refused
+from app.queue import create_task, wake
 from app.triggers import match, plan
 
 bp = Blueprint("webhooks", __name__)
@@ -195,26 +195,25 @@ def reject(status: int, message: str, **delivery: Any) -> ApiError:
     return ApiError(status, message)
 
 
-def accept(source: str, scope: str | None, key: str | None, plans: list, **delivery: Any):
-    """Store the delivery, its dedupe key and its tasks in one transaction; answer 202."""
+def accept(source: str, scope: str | None, key: str | None, plans: list, **delivery: Any) -> dict:
+    """Store the delivery, its dedupe key and its tasks in one transaction; return the answer.
+
+    The answer's "duplicate" says whether the key was seen within the window (the
+    first delivery's tasks stand). Refused when a matching trigger cannot render,
+    Conflict when the key was used with a different body.
+    """
     cfg = current_app.config
     digest = hashlib.sha256(delivery.get("body") or b"").hexdigest()
     failed = [v for v in delivery.get("verdicts", []) if v.get("error")]
 
     def store(conn):
-        if key is not None:
-            # One look-up for the common case, a new key; an expired one is replaced.
-            seen = conn.execute(
-                "SELECT * FROM dedupe_keys WHERE scope = ? AND key = ?", (scope, key)
-            ).fetchone()
-            if seen is not None and seen["created_at"] > time.time() - cfg["DEDUPE_WINDOW_S"]:
-                delivery_id = record_delivery(
-                    conn, source=source, dedupe="duplicate", status=200, body_sha256=digest,
-                    **delivery,
-                )  # fmt: skip
-                return "duplicate", seen, delivery_id, [], []
-            if seen is not None:
-                conn.execute("DELETE FROM dedupe_keys WHERE scope = ? AND key = ?", (scope, key))
+        seen = dedupe.find(conn, scope, key, cfg["DEDUPE_WINDOW_S"]) if key is not None else None
+        if seen is not None:
+            delivery_id = record_delivery(
+                conn, source=source, dedupe="duplicate", status=200, body_sha256=digest,
+                **delivery,
+            )  # fmt: skip
+            return "duplicate", seen, delivery_id, [], []
         if failed:
             # Recorded as failed, its key not remembered: a redelivery after a fix is new.
             delivery_id = record_delivery(
@@ -232,7 +231,7 @@ def accept(source: str, scope: str | None, key: str | None, plans: list, **deliv
             briefs.append(brief | {"trigger_slug": fields.get("trigger_slug")})
             evs.append(event)
         if key is not None:
-            remember_key(conn, scope, key, digest, [b["id"] for b in briefs], delivery_id)
+            dedupe.remember(conn, scope, key, digest, [b["id"] for b in briefs], delivery_id)
         return "new", None, delivery_id, briefs, evs
 
     verdict, seen, delivery_id, briefs, evs = db.write(store)
@@ -240,29 +239,30 @@ def accept(source: str, scope: str | None, key: str | None, plans: list, **deliv
         first = failed[0]
         details = {"delivery_id": delivery_id, "verdicts": delivery["verdicts"]}
         message = f"trigger {first['trigger']!r} {first['reason']}"
-        raise ApiError(422, message, code=first["error"], details=details)
+        raise Refused(message, code=first["error"], details=details)
     if verdict == "duplicate":
-        if seen["body_hash"] != digest:
-            raise ApiError(409, "this delivery id was already used with a different body")
-        first = json.loads(seen["task_ids"])
-        return jsonify(
-            {
-                "delivery_id": seen["delivery_id"],
-                "duplicate": True,
-                "tasks": tasks_brief(first),
-            }
-        ), 200
+        # Checked after the write: the duplicate delivery stays recorded either way.
+        reused = "this delivery id was already used with a different body"
+        first_ids = dedupe.first_tasks(seen, digest, reused)
+        return {
+            "delivery_id": seen["delivery_id"],
+            "duplicate": True,
+            "tasks": tasks_brief(first_ids),
+        }
     events.publish_all(evs)
     if briefs:
-        wake_scheduler()
-    return jsonify(
-        {
-            "delivery_id": delivery_id,
-            "duplicate": False,
-            "tasks": briefs,
-            "verdicts": delivery.get("verdicts", []),
-        }
-    ), 202
+        wake()
+    return {
+        "delivery_id": delivery_id,
+        "duplicate": False,
+        "tasks": briefs,
+        "verdicts": delivery.get("verdicts", []),
+    }
+
+
+def answer(data: dict):
+    """The HTTP answer for accept's result: 200 for a duplicate, 202 when it is new."""
+    return jsonify(data), 200 if data["duplicate"] else 202
 
 
 def tasks_brief(ids: list[int]) -> list[dict]:
@@ -323,7 +323,9 @@ def hook(slug: str):
         raise reject(400, "the body must be JSON", source="hook", signature="valid",
                      dedupe="unchecked", **base)  # fmt: skip
     plans, verdicts = plan_all([row], event, payload, key)
-    return accept("hook", f"hook:{slug}", key, plans, signature="valid", verdicts=verdicts, **base)
+    return answer(
+        accept("hook", f"hook:{slug}", key, plans, signature="valid", verdicts=verdicts, **base)
+    )
 
 
 # --- GitHub -------------------------------------------------------------------
@@ -355,15 +357,19 @@ def github():
                      dedupe="unchecked", **base)  # fmt: skip
     if event == "ping":
         verdicts = [{"trigger": None, "matched": False, "reason": "ping"}]
-        return accept("github", "github", key, [], signature="valid", verdicts=verdicts, **base)
+        return answer(accept("github", "github", key, [], signature="valid", verdicts=verdicts,
+                             **base))  # fmt: skip
     sender = (payload.get("sender") or {}).get("login")
     if sender in current_app.config["GITHUB_BOT_LOGINS"]:
         # The hub's own bot commenting must not start the hub again (a loop).
         verdicts = [{"trigger": None, "matched": False, "reason": f"sender {sender} is a bot"}]
-        return accept("github", "github", key, [], signature="valid", verdicts=verdicts, **base)
+        return answer(accept("github", "github", key, [], signature="valid", verdicts=verdicts,
+                             **base))  # fmt: skip
     rows = db.query_all("SELECT * FROM triggers WHERE kind = 'github' ORDER BY id")
     plans, verdicts = plan_all(rows, event, payload, key)
-    return accept("github", "github", key, plans, signature="valid", verdicts=verdicts, **base)
+    return answer(
+        accept("github", "github", key, plans, signature="valid", verdicts=verdicts, **base)
+    )
 
 
 # --- deliveries ---------------------------------------------------------------
@@ -413,9 +419,14 @@ def deliveries_get(delivery_id: int):
 @requires("operator")
 def deliveries_replay(delivery_id: int):
     """Run a stored delivery through today's triggers again, as a new delivery."""
+    return answer(replay(delivery_id))
+
+
+def replay(delivery_id: int) -> dict:
+    """Replay a stored delivery as a new one (the API, the dashboard and the CLI call this)."""
     row = or_404(db.query_one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)), "delivery")
     if row["signature"] != "valid":
-        raise ApiError(409, "only a delivery with a valid signature can be replayed")
+        raise Conflict("only a delivery with a valid signature can be replayed")
     payload = parse_json(row["body"] or b"")
     if row["source"] == "github" or (row["source"] == "replay" and not row["trigger_slug"]):
         rows = db.query_all("SELECT * FROM triggers WHERE kind = 'github' ORDER BY id")
@@ -427,22 +438,3 @@ def deliveries_replay(delivery_id: int):
         delivery_key=row["delivery_key"], event=row["event"], headers=json.loads(row["headers"]),
         body=row["body"], signature="valid", verdicts=verdicts, replay_of=delivery_id,
     )  # fmt: skip
-
-
-def clean_dedupe(now: float | None = None, batch: int = 500) -> int:
-    """Forget delivery ids and idempotency keys older than the window, in small batches."""
-    cutoff = (now or time.time()) - current_app.config["DEDUPE_WINDOW_S"]
-    total = 0
-    while True:
-        n = db.write(
-            lambda conn: (
-                conn.execute(
-                    "DELETE FROM dedupe_keys WHERE rowid IN"
-                    " (SELECT rowid FROM dedupe_keys WHERE created_at < ? LIMIT ?)",
-                    (cutoff, batch),
-                ).rowcount
-            )
-        )
-        total += n
-        if n < batch:
-            return total

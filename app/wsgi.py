@@ -1,12 +1,14 @@
 """The entry point gunicorn serves; it also starts the background greenlets."""
 
-from app import create_app, executions, ops
+from app import create_app, executions, triggers
 from app.db import GroupWriter
 from app.messages import mailboxes
+from app.ops import upkeep
 
 application = create_app()
 GroupWriter(application.config["DATABASE"]).start()
 # The service lock first: recovery kills orphaned runs, which only the lock holder may do.
-ops.start(application)  # service lock, metrics, backups, retention, compaction, alerter
-executions.start(application)  # crash recovery, scheduler, cron clock
+upkeep.start(application)  # service lock, metrics, backups, retention, compaction, alerter
+executions.start(application)  # crash recovery, then the scheduler
+triggers.start_clock(application, executions.stopping)  # cron triggers, dedupe cleaning
 mailboxes.start(application)  # messaging sweep: TTLs, offline agents, Contract Nets, delegations

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from app import db
-from app.tasks import create_task
+from app.queue import create_task
 
 
 def add_agent(app, name: str = "echo", **cols: Any) -> None:

@@ -18,21 +18,26 @@ import click
 from app import config, create_app, db, events, executions
 from app.api import loads, validate
 from app.cli.main import emit
-from app.errors import ApiError
+from app.errors import ApiError, DomainError, as_api_error
+from app.queue import FINISHED, create_task, create_tasks
 from app.tasks import (
-    FINISHED,
     TaskBatchIn,
     TaskIn,
-    create_task,
-    create_tasks,
     filters_sql,
     plan_batch,
     plan_task,
     task_json,
     tasks_by_id,
 )
-from app.triggers import trigger_json, triggers_create
-from app.webhooks import deliveries_replay, delivery_json
+from app.triggers import (
+    TriggerIn,
+    check_trigger,
+    get_trigger,
+    insert_trigger,
+    trigger_json,
+    update_trigger,
+)
+from app.webhooks import delivery_json, replay
 
 
 @contextmanager
@@ -48,7 +53,9 @@ def app_context():
         yield app
 
 
-def api_error(exc) -> click.ClickException:
+def api_error(exc: ApiError | DomainError) -> click.ClickException:
+    if isinstance(exc, DomainError):
+        exc = as_api_error(exc)  # the status the API would answer, for the same words
     return click.ClickException(f"{exc.message} ({exc.status})")
 
 
@@ -93,7 +100,7 @@ def task_submit(
         try:
             plan = plan_task(validate(TaskIn, raw))
             task_id, event = db.write(lambda conn: create_task(conn, app.config, **plan))
-        except ApiError as exc:
+        except (ApiError, DomainError) as exc:
             raise api_error(exc) from None
         events.publish_all([event])
         row = db.query_one("SELECT * FROM tasks WHERE id = ?", (task_id,))
@@ -111,7 +118,7 @@ def submit_batch(raw: bytes, as_json: bool) -> None:
             bodies = validate(TaskBatchIn, data if isinstance(data, dict) else {"tasks": data})
             plans = plan_batch(bodies.tasks)
             ids, evs = db.write(lambda conn: create_tasks(conn, app.config, plans, None))
-        except ApiError as exc:
+        except (ApiError, DomainError) as exc:
             # A schema error lists its fields (tasks.3.prompt: ...); a plan error names its task.
             fields = exc.details if isinstance(exc.details, list) else []
             where = "; ".join(f"{d['field']}: {d['message']}" for d in fields)
@@ -251,14 +258,15 @@ def trigger_create(path, as_json):
         data = json.loads(Path(path).read_text())
     except ValueError as exc:
         raise click.ClickException(f"{path} is not JSON: {exc}") from None
-    with app_context() as app:
-        with app.test_request_context(json=data):
-            try:
-                resp, _status = triggers_create()
-            except ApiError as exc:
-                detail = f": {exc.details}" if exc.details else ""
-                raise click.ClickException(f"{exc.message}{detail}") from None
-        body = resp.get_json()
+    with app_context():
+        try:
+            fields = validate(TriggerIn, data).model_dump()
+            check_trigger(fields)
+            slug, secret = insert_trigger(fields)
+        except (ApiError, DomainError) as exc:
+            detail = f": {exc.details}" if exc.details else ""
+            raise click.ClickException(f"{exc.message}{detail}") from None
+        body = trigger_json(get_trigger(slug)) | ({"secret": secret} if secret else {})
         text = f"trigger {body['slug']} created"
         if body.get("secret"):
             text += (
@@ -285,16 +293,10 @@ def trigger_disable(slug, as_json):
 
 def set_enabled(slug: str, on: bool, as_json: bool) -> None:
     with app_context():
-        changed = db.write(
-            lambda conn: (
-                conn.execute(
-                    "UPDATE triggers SET enabled = ?, updated_at = ? WHERE slug = ?",
-                    (int(on), time.time(), slug),
-                ).rowcount
-            )
-        )
-        if not changed:
+        row = db.query_one("SELECT * FROM triggers WHERE slug = ?", (slug,))
+        if row is None:
             raise click.ClickException(f"no trigger {slug!r}")
+        update_trigger(row, {"enabled": on})  # as the API and the pages do
         emit(as_json, {"slug": slug, "enabled": on}, f"trigger {slug} {'on' if on else 'off'}")
 
 
@@ -328,10 +330,9 @@ def delivery_replay(delivery_id, as_json):
     """Run a stored delivery through today's triggers again."""
     with app_context():
         try:
-            resp, _status = deliveries_replay(delivery_id)
-        except ApiError as exc:
+            body = replay(delivery_id)
+        except (ApiError, DomainError) as exc:
             raise api_error(exc) from None
-        body = resp.get_json()
         emit(as_json, body, f"delivery {body['delivery_id']}: {len(body['tasks'])} task(s)")
 
 

@@ -34,7 +34,7 @@ from app.auth import allows, requires
 from app.dashboard import bp, clihealth
 from app.dashboard.common import done, field_errors, is_htmx, secret_page
 from app.errors import ApiError
-from app.tasks import ACTIVE
+from app.queue import ACTIVE
 
 LOCAL_BACKENDS = ("claude", "codex", "gemini", "opencode", "shell")
 LINE_FIELDS = ("command", "flags")  # argv items: one per line, never split on spaces
@@ -86,7 +86,9 @@ def agents_get():
     in_use = {
         r["agent"]: r["n"]
         for r in db.query_all(
-            f"SELECT agent, count(*) AS n FROM tasks WHERE state IN {ACTIVE} GROUP BY agent"
+            "SELECT agent, count(*) AS n FROM tasks"
+            f" WHERE state IN ({', '.join('?' * len(ACTIVE))}) GROUP BY agent",
+            ACTIVE,
         )
     }
     now = time.time()
@@ -288,7 +290,9 @@ def impact(row) -> dict[str, int]:
             "SELECT count(*) FROM tasks WHERE agent = ? AND state = 'queued'", (name,)
         )[0],
         "active": db.query_one(
-            f"SELECT count(*) FROM tasks WHERE agent = ? AND state IN {ACTIVE}", (name,)
+            "SELECT count(*) FROM tasks WHERE agent = ?"
+            f" AND state IN ({', '.join('?' * len(ACTIVE))})",
+            (name, *ACTIVE),
         )[0],
         "messages": db.query_one(
             "SELECT count(*) FROM messages WHERE receiver = ? AND state = 'queued'", (name,)

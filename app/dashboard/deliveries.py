@@ -12,9 +12,10 @@ from app.api import decode_cursor, encode_cursor, loads, or_404
 from app.auth import requires
 from app.dashboard import bp
 from app.dashboard.common import is_htmx
-from app.errors import ApiError
+from app.errors import ApiError, DomainError
 from app.triggers import match
-from app.webhooks import deliveries_replay, shown_headers
+from app.webhooks import replay as replay_delivery
+from app.webhooks import shown_headers
 
 PAGE = 50
 FILTERS = ("source", "trigger_slug", "signature", "dedupe")
@@ -173,15 +174,14 @@ def delivery_replay_post(delivery_id: int):
 
 
 def replay(delivery_id: int):
-    """Replay through the API's own code path (app/webhooks.py), then show the new delivery."""
+    """Replay through the API's own function (app/webhooks.py), then show the new delivery."""
     try:
-        resp, _status = deliveries_replay(delivery_id)
-    except ApiError as exc:
+        data = replay_delivery(delivery_id)
+    except (ApiError, DomainError) as exc:
         if is_htmx():
             raise
         flash(exc.message, "error")
         return redirect(url_for("dashboard.delivery_get", delivery_id=delivery_id), 303)
-    data = resp.get_json()
     n = len(data["tasks"])
     flash(
         f"Replayed delivery #{delivery_id} as #{data['delivery_id']}: "

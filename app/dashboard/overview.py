@@ -10,7 +10,7 @@ from flask import current_app, g, redirect, render_template, url_for
 from app import db
 from app.auth import requires
 from app.dashboard import bp, charts, clihealth
-from app.tasks import ACTIVE
+from app.queue import ACTIVE
 
 STATES = ("queued", "assigned", "accepted", "running", "succeeded", "failed", "timed_out",
           "cancelled", "dead")  # fmt: skip
@@ -41,8 +41,9 @@ def overview_data() -> dict:
         "SELECT count(*) FROM tasks WHERE state = 'queued' AND next_attempt_at <= ?", (now,)
     )[0]
     running = db.query_all(
-        f"SELECT id, state, agent, trigger_slug, prompt, updated_at FROM tasks"
-        f" WHERE state IN {ACTIVE} ORDER BY id DESC LIMIT 10"
+        "SELECT id, state, agent, trigger_slug, prompt, updated_at FROM tasks"
+        f" WHERE state IN ({', '.join('?' * len(ACTIVE))}) ORDER BY id DESC LIMIT 10",
+        ACTIVE,
     )
     failures = db.query_all(
         "SELECT a.task_id, a.number, a.agent, a.state, a.error, a.exit_code, a.finished_at,"

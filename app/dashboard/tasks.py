@@ -10,7 +10,7 @@ from typing import Any
 from flask import flash, g, redirect, render_template, request, url_for
 from markupsafe import Markup
 
-from app import db
+from app import db, executions
 from app.api import decode_cursor, encode_cursor, loads, validate
 from app.auth import requires
 from app.dashboard import bp
@@ -30,17 +30,15 @@ from app.dashboard.live import (
     live_rows,
     log_stream,
 )
-from app.errors import ApiError
+from app.errors import ApiError, Busy, as_api_error
+from app.queue import FINISHED
 from app.streams import sse_response
-from app.tasks import FINISHED, TaskIn, filters_sql, get_task, plan_task, queue_task
+from app.tasks import TaskIn, filters_sql, get_task, plan_task, queue_task
 
 PAGE = 50
 SHIFT = 4294967296  # task_search rowid = task_id * 2^32 + seq (migrations/0006_search.sql)
 STATES = ("queued", "assigned", "accepted", "running", "succeeded", "failed", "timed_out",
           "cancelled", "dead")  # fmt: skip
-# Mirrors app/executions.py, which the pages do not import at load time.
-CANCELLABLE = ("queued", "assigned", "accepted", "running")
-RETRYABLE = ("cancelled", "dead", "succeeded")
 NEW_TASK_FIELDS = ("agent", "prompt", "priority", "max_attempts", "timeout_s", "concurrency_key")
 
 
@@ -164,7 +162,8 @@ def task_new_post():
     once = (f"dash:{g.key['id']}", form["form_id"]) if 8 <= len(form["form_id"]) <= 64 else None
     try:
         task_id = queue_task(plan, g.key["id"], once)
-    except ApiError as exc:  # the pending cap: keep what was typed
+    except Busy as refusal:  # the pending cap: keep what was typed
+        exc = as_api_error(refusal)
         return new_task_page(form, {"form": exc.message}, exc.status, exc.headers)
     return done(f"Task #{task_id} queued.", url_for("dashboard.task_get", task_id=task_id))
 
@@ -264,8 +263,6 @@ def _after_action(task_id: int, ok: bool, message: str, refusal: str):
 @bp.post("/tasks/<int:task_id>/cancel")
 @requires("developer")
 def task_cancel_post(task_id: int):
-    from app import executions
-
     get_task(task_id)
     ok = executions.cancel(task_id)
     return _after_action(task_id, ok, "Cancel requested.", "The task has already finished.")
@@ -274,8 +271,6 @@ def task_cancel_post(task_id: int):
 @bp.post("/tasks/<int:task_id>/retry")
 @requires("developer")
 def task_retry_post(task_id: int):
-    from app import executions
-
     get_task(task_id)
     ok = executions.retry(task_id)
     return _after_action(

@@ -16,18 +16,19 @@ from app.api import loads, validate
 from app.auth import requires, same_site_path
 from app.dashboard import bp
 from app.dashboard.common import done, field_errors, secret_page
-from app.errors import ApiError
+from app.errors import ApiError, Busy, Conflict, as_api_error
+from app.tasks import TaskIn, plan_task, queue_task
 from app.triggers import (
     LIST_FIELDS,
     TriggerIn,
     check_trigger,
     get_trigger,
+    insert_trigger,
     match,
-    next_run,
     plan,
     rotate_secret,
-    slugify,
     trigger_json,
+    update_trigger,
     webhook_url,
 )
 
@@ -161,52 +162,6 @@ def preview_choices(trigger) -> dict:
     return {"recent": recent, "sample": json.dumps(sample, indent=2)}
 
 
-# --- storing ----------------------------------------------------------------------------
-
-
-def insert_trigger(body: dict) -> tuple[str, str | None]:
-    """Insert a validated trigger; return (slug, the webhook secret or None)."""
-    slug = body.pop("slug") or slugify(body["name"])
-    secret = secrets.token_urlsafe(32) if body["kind"] == "webhook" else None
-    t = time.time()
-    next_at = next_run(body["schedule"], body["timezone"], t) if body["kind"] == "cron" else None
-    values = {**body, "slug": slug, "next_run_at": next_at, "created_at": t, "updated_at": t}
-    values["secret_enc"] = crypto.encrypt(secret) if secret else None
-    for field in (*LIST_FIELDS, "match"):
-        values[field] = json.dumps(values[field])
-    values["enabled"] = int(values["enabled"])
-
-    def insert(conn):
-        if conn.execute("SELECT 1 FROM triggers WHERE slug = ?", (slug,)).fetchone():
-            raise ApiError(409, f"A trigger with slug {slug!r} exists; choose another slug.")
-        # Column names are TriggerIn's field names, never request input.
-        cols = ", ".join(values)
-        conn.execute(
-            f"INSERT INTO triggers ({cols}) VALUES ({', '.join('?' * len(values))})",
-            list(values.values()),
-        )
-
-    db.write(insert)
-    return slug, secret
-
-
-def update_trigger(row, body: dict) -> None:
-    """Store every editable field of a validated trigger (slug and kind never change)."""
-    values = {k: v for k, v in body.items() if k not in ("slug", "kind")}
-    for field in (*LIST_FIELDS, "match"):
-        values[field] = json.dumps(values[field])
-    values["enabled"] = int(values["enabled"])
-    if row["kind"] == "cron":
-        values["next_run_at"] = next_run(body["schedule"], body["timezone"], time.time())
-    values["updated_at"] = time.time()
-    assignments = ", ".join(f"{col} = ?" for col in values)
-    db.write(
-        lambda conn: conn.execute(
-            f"UPDATE triggers SET {assignments} WHERE id = ?", (*values.values(), row["id"])
-        )
-    )
-
-
 # --- pages ------------------------------------------------------------------------------
 
 
@@ -243,7 +198,7 @@ def trigger_new_post():
         return form_page(form, errors, status=422)
     try:
         slug, secret = insert_trigger(body)
-    except ApiError as exc:
+    except Conflict as exc:
         return form_page(form, {"slug": exc.message}, status=409)
     if secret is None:
         return done(f"Trigger {slug} created.", url_for("dashboard.trigger_get", slug=slug))
@@ -268,7 +223,8 @@ def trigger_post(slug: str):
     body = validate_trigger(data, errors)
     if body is None:
         return form_page(form, errors, trigger=row, status=422)
-    update_trigger(row, body)
+    # Slug and kind are fixed by read_form: every other field is stored as typed.
+    update_trigger(row, {k: v for k, v in body.items() if k not in ("slug", "kind")})
     return done(f"Trigger {slug} saved.", url_for("dashboard.trigger_get", slug=slug))
 
 
@@ -277,16 +233,7 @@ def trigger_post(slug: str):
 def trigger_enabled_post(slug: str):
     row = get_trigger(slug)
     enable = request.form.get("enabled") == "1"
-    changes: dict[str, Any] = {"enabled": int(enable), "updated_at": time.time()}
-    if enable and row["kind"] == "cron":
-        # A schedule missed while disabled must not fire at once on enabling.
-        changes["next_run_at"] = next_run(row["schedule"], row["timezone"], time.time())
-    assignments = ", ".join(f"{col} = ?" for col in changes)
-    db.write(
-        lambda conn: conn.execute(
-            f"UPDATE triggers SET {assignments} WHERE id = ?", (*changes.values(), row["id"])
-        )
-    )
+    update_trigger(row, {"enabled": enable})
     word = "enabled" if enable else "disabled"
     return done(f"Trigger {slug} {word}.", same_site_path(request.form.get("next"), "/triggers"))
 
@@ -403,15 +350,14 @@ def send_test_event(row, payload: Any, event: str | None) -> tuple[int, dict]:
 @requires("developer")
 def trigger_run_post(slug: str):
     """Start one task from the trigger now, as `POST /api/v1/tasks {"trigger": slug}` does."""
-    from app.tasks import TaskIn, plan_task, queue_task
-
     row = get_trigger(slug)
     typed = request.form.get("params", "")
     try:
         params = read_params(typed)
         task_id = queue_task(plan_task(validate(TaskIn, {"trigger": slug, "params": params})),
                              g.key["id"])  # fmt: skip
-    except ApiError as exc:
+    except (ApiError, Busy) as refusal:
+        exc = as_api_error(refusal) if isinstance(refusal, Busy) else refusal
         details = exc.details if isinstance(exc.details, list) else []
         error = "; ".join([exc.message, *(d["message"] for d in details)])
         run = {"params": typed, "error": error}

@@ -28,7 +28,7 @@ from app import db, events
 from app.errors import ApiError
 from app.messages.model import Draft, Problem
 from app.messages.store import hub_reply
-from app.tasks import create_task
+from app.queue import create_task
 from app.triggers import plan_from_trigger
 
 log = logging.getLogger("agented.delegation")

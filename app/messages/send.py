@@ -45,7 +45,7 @@ from app.messages.store import (
     strict_json,
     wake_event,
 )
-from app.tasks import wake_scheduler
+from app.queue import wake
 
 bp = Blueprint("messages", __name__)
 log = logging.getLogger("agented.messages")
@@ -498,7 +498,7 @@ def after_send(results: list[dict], drafts: list[Draft]) -> None:
     """Wake the scheduler for delegated tasks; close Contract Nets every participant answered."""
     fresh = [(r, d) for r, d in zip(results, drafts, strict=True) if not r["duplicate"]]
     if any(d.task_plan for _r, d in fresh):
-        wake_scheduler()
+        wake()
     answered = {
         r["conversation_id"] for r, d in fresh if d.msg.performative in ("propose", "refuse")
     }
