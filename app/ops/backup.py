@@ -61,8 +61,8 @@ def list_backups(cfg: dict) -> list[dict]:
         match = NAME.match(path.name)
         if match:
             stamp = match.group(1)
-            created = calendar.timegm(time.strptime(stamp[:15], "%Y%m%dT%H%M%S"))
-            created += int(stamp[16:]) / 1000
+            seconds = calendar.timegm(time.strptime(stamp[:15], "%Y%m%dT%H%M%S"))
+            created = seconds + int(stamp[16:]) / 1000
             found.append({"file": path.name, "path": str(path), "size": path.stat().st_size,
                           "created_at": created})  # fmt: skip
     return sorted(found, key=lambda b: b["file"], reverse=True)

@@ -144,7 +144,7 @@ def remove_workspaces(cfg: dict, now: float) -> int:
 
 def _scan_workspaces(base: Path) -> dict[tuple[int, int], tuple[Path, float]]:
     """(task id, attempt) -> (directory, mtime) for every workspace under `base`."""
-    found = {}
+    found: dict[tuple[int, int], tuple[Path, float]] = {}
     try:
         entries = list(os.scandir(base))
     except FileNotFoundError:
