@@ -52,8 +52,8 @@ test *args: setup test-deps
     exit "$rc"
 
 # Long reliability run: kill -9 the service 5 times under webhook load; every task must finish.
-chaos rounds="5" load="5": setup
-    AGENTED_CHAOS_ROUNDS={{rounds}} AGENTED_CHAOS_LOAD_S={{load}} .venv/bin/pytest -s tests/test_reliability.py
+chaos rounds="5" answers="300": setup
+    AGENTED_CHAOS_ROUNDS={{rounds}} AGENTED_CHAOS_ANSWERS={{answers}} .venv/bin/pytest -s tests/test_reliability.py
 
 # Fuzz the whole API from /openapi.json with schemathesis (admin key): any 5xx fails.
 fuzz examples="20": setup

@@ -1,9 +1,11 @@
 """Nothing accepted is lost: kill -9 the service under webhook load, restart, compare.
 
 The short run is part of `just test`. `just chaos` sets AGENTED_CHAOS_ROUNDS to
-kill and restart several times under longer load and waits for every task to
-finish (crashed runs re-queued and run again). Recovery of a single crashed run
-is tested in test_execution.py.
+kill and restart several times under longer load (AGENTED_CHAOS_ANSWERS per
+round) and waits for every task to finish (crashed runs re-queued and run
+again). Recovery of a single crashed run is tested in test_execution.py; how
+long the service takes to be ready again after kill -9 is measured by
+bench/ops.py.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import os
 import signal
 import sqlite3
 import threading
-import time
 from urllib.parse import urlparse
 
 from tests.pipeline_helpers import live, shell_agent, sign, wait_for, webhook_trigger
 
 ROUNDS = int(os.environ.get("AGENTED_CHAOS_ROUNDS", "1"))
-LOAD_S = float(os.environ.get("AGENTED_CHAOS_LOAD_S", "1.5"))
+# A round's load: the service is killed once this many deliveries were answered 2xx
+# (and the senders are still sending), however long that takes on this machine.
+ANSWERS = int(os.environ.get("AGENTED_CHAOS_ANSWERS", "50"))
 FAST = {
     "AGENTED_BACKOFF_BASE_S": "0.2",
     "AGENTED_BACKOFF_CAP_S": "0.5",
@@ -70,6 +73,10 @@ class Load:
             with self.lock:
                 self.answers[delivery] = answer
 
+    def ok(self) -> int:
+        with self.lock:
+            return sum(1 for a in self.answers.values() if a is not None and 200 <= a[0] < 300)
+
     def start(self) -> Load:
         for t in self.threads:
             t.start()
@@ -110,10 +117,9 @@ def test_it_loses_and_duplicates_nothing_across_kill_9(live_server):
     slug, secret = setup_hook(srv)
     answered: dict[str, dict] = {}
     unanswered: list[str] = []
-    recovery = []
     for rnd in range(ROUNDS):
         load = Load(srv.url, slug, secret, tag=f"r{rnd}-").start()
-        time.sleep(LOAD_S)
+        wait_for(lambda load=load: load.ok() >= ANSWERS, timeout=120, interval=0.01)
         os.killpg(srv.proc.pid, signal.SIGKILL)  # no graceful anything
         srv.proc.wait(timeout=10)
         load.join()
@@ -122,10 +128,7 @@ def test_it_loses_and_duplicates_nothing_across_kill_9(live_server):
                 answered[delivery] = answer[1]
             elif answer is None:
                 unanswered.append(delivery)
-        started = time.monotonic()
         srv = live_server({**FAST, "AGENTED_DATA_DIR": str(srv.data_dir)})
-        recovery.append(time.monotonic() - started)
-    assert len(answered) > 20, "the load generator got too few answers to prove anything"
 
     # Every 2xx delivery has exactly the tasks it was answered with: none lost, none doubled.
     found = tasks_by_delivery_key(srv.data_dir)
@@ -139,11 +142,7 @@ def test_it_loses_and_duplicates_nothing_across_kill_9(live_server):
         assert status in (200, 202), (delivery, status)
     found = tasks_by_delivery_key(srv.data_dir)
     assert all(len(found[d]) == 1 for d in [*answered, *unanswered])
-    print(
-        f"\nkill -9 x{ROUNDS}: {len(answered)} answered, {len(unanswered)} retried, "
-        f"recovery to ready {', '.join(f'{r:.2f}s' for r in recovery)}"
-    )
-    assert max(recovery) < 15, recovery  # the target is < 5 s; CI machines vary
+    print(f"\nkill -9 x{ROUNDS}: {len(answered)} answered, {len(unanswered)} retried")
 
     if ROUNDS > 1:  # chaos: crashed runs are re-queued and every task finishes
         wait_for(lambda: unfinished(srv.data_dir) == 0, timeout=180, interval=0.5)
