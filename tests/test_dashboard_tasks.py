@@ -200,14 +200,11 @@ def test_it_streams_the_backlog_then_live_lines_then_the_end(app, echo):
 
 
 def test_it_shows_a_cli_json_stream_as_steps_when_the_parser_knows_it(monkeypatch, app, echo):
-    import sys
-    import types
-
+    from app.dashboard import live
     from app.dashboard.live import line_html
 
-    fake = types.ModuleType("app.commands")
-    fake.parse_line = lambda backend, line: {"kind": "tool_call", "text": "Read src/app.py"}
-    monkeypatch.setitem(sys.modules, "app.commands", fake)
+    fake = lambda backend, line: {"kind": "tool_call", "text": "Read src/app.py"}  # noqa: E731
+    monkeypatch.setattr(live, "parse_line", fake)
     row = {"seq": 5, "stream": "stdout", "text": json.dumps({"type": "tool_use"})}
     html = line_html("claude", row)
     assert 'class="ln step step-tool_call"' in html and "Read src/app.py" in html
@@ -269,11 +266,12 @@ def test_it_reads_a_real_claude_stream_line_as_a_tool_call():
 def test_it_ends_open_streams_soon_after_shutdown_begins(monkeypatch, app, echo):
     import time
 
-    from app.dashboard import common, live
+    from app import streams
+    from app.dashboard import live
 
     task_id = add_task(app, state="running")
-    monkeypatch.setattr(common, "POLL_S", 0.05)
-    monkeypatch.setattr(common, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(streams, "POLL_S", 0.05)
+    monkeypatch.setattr(streams, "HEARTBEAT_S", 0.1)
     stopping = {"now": False}
     monkeypatch.setattr(live, "stopping", lambda: stopping["now"])
     with app.test_request_context(f"/tasks/{task_id}/stream"):

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import closing
 from typing import Any
 
 from flask import render_template
 from markupsafe import escape
 
 from app import db, events
+from app.commands import parse_line
 from app.dashboard import ansi
-from app.dashboard.common import sse, stopping, wait_event
-from app.executions import unstored_lines
-from app.tasks import FINISHED
+from app.dashboard.common import stopping
+from app.queue import FINISHED
+from app.streams import sse, task_feed, wait_event
 
 LOG_PAGE = 2000  # lines shown (and replayed on connect) at most; the API has the rest
 STEP_BACKENDS = ("claude", "codex", "gemini", "opencode")
@@ -103,10 +105,6 @@ def parse_step(backend: str | None, stream: str, text: str) -> dict | None:
     if backend not in STEP_BACKENDS or stream != "stdout" or not text.startswith("{"):
         return None
     try:
-        from app.commands import parse_line
-    except ImportError:
-        return None
-    try:
         step = parse_line(backend, text)
     except Exception:  # a parser bug must not hide the log; show the raw line
         return None
@@ -154,53 +152,27 @@ def head_context(task) -> dict:
 
 
 def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: str):
-    # Subscribe first, then read the backlog: nothing published in between is lost.
-    sub = events.broker.subscribe(f"task:{task_id}", maxsize=2000)
+    """Yield the last LOG_PAGE lines after `after` as HTML, then live lines and the header."""
     cache_key = "_html_raw" if raw else "_html"
-    try:
-        # Lines are published before their batch is stored: take the live run's
-        # unstored ones now, before anything yields (see executions.unstored_lines).
-        unstored = unstored_lines(task_id, after)
-        with db.reading(path) as conn:
-            task = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            # The last LOG_PAGE lines by count: seq has gaps after a crash.
-            backlog: list[Any] = conn.execute(
-                "SELECT seq, stream, text FROM task_logs WHERE task_id = ? AND seq > ?"
-                " ORDER BY seq DESC LIMIT ?",
-                (task_id, after, LOG_PAGE),
-            ).fetchall()[::-1]
-        stored_upto = backlog[-1]["seq"] if backlog else after
-        backlog += [ev for ev in unstored if ev["seq"] > stored_upto]  # no line twice
+    with closing(task_feed(task_id, after, path, stopping, last=LOG_PAGE)) as feed:
+        backlog, task = next(feed)
         yield "retry: 2000\n\n"
         for start in range(0, len(backlog), 200):
             chunk = backlog[start : start + 200]
-            after = chunk[-1]["seq"]
-            yield sse("".join(line_html(backend, r, raw) for r in chunk), "log", after)
+            yield sse("".join(line_html(backend, r, raw) for r in chunk), "log", chunk[-1]["seq"])
         # The state may have changed between the page's render and this connect.
         yield _head_event(task_id, path)
         if task["state"] in FINISHED:
             yield sse("finished", "end")
             return
-        idle = [0.0]
-        while not stopping():
-            event = wait_event(sub, idle)
-            if sub.dropped:
-                return  # fell behind: the browser reconnects with Last-Event-ID
-            if event is None:
-                continue
-            if event == "keepalive":
+        for batch in feed:
+            if not batch:
                 yield ": keepalive\n\n"
-                continue
             # Whatever queued up while this stream was writing goes out in one write.
-            batch = [event]
-            while len(batch) < 500 and not sub.queue.empty():
-                batch.append(sub.queue.get_nowait())
             frames: list[str] = []
             for ev in batch:
                 if ev["kind"] == "log":
-                    if ev["seq"] > after:
-                        after = ev["seq"]
-                        frames.append(_line_frame(ev, backend, raw, cache_key))
+                    frames.append(_line_frame(ev, backend, raw, cache_key))
                     continue
                 if frames:
                     yield "".join(frames)
@@ -211,8 +183,6 @@ def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: s
                     return
             if frames:
                 yield "".join(frames)
-    finally:
-        events.broker.unsubscribe(sub)
 
 
 def _line_frame(event: dict, backend: str | None, raw: bool, cache_key: str) -> str:
