@@ -25,7 +25,7 @@ from app.errors import ApiError
 from app.executions import stopping
 from app.messages import contract_net, delegation
 from app.messages.store import compact
-from app.streams import POLL_S, sse_response
+from app.streams import POLL_S, sse, sse_response
 
 bp = Blueprint("mailboxes", __name__)
 log = logging.getLogger("agented.mailboxes")
@@ -317,7 +317,7 @@ def _stream(name, alive, limit, visibility, after, max_s) -> Iterator[str]:
             result = lease_once(name, alive, limit, visibility, after, rows=True)
             alive, after = None, None
             for text, row_id in result["rows"]:
-                yield f"id: {row_id}\nevent: message\ndata: {text}\n\n"
+                yield sse(text, "message", row_id)  # JSON: one line, one data field
             if result["rows"]:
                 continue
             left = min(15.0, end - time.monotonic())
