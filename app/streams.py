@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def _give_back(state: dict, key_id: int | None) -> None:
         state["total"] = max(0, state["total"] - 1)
 
 
-def _held(stream: Iterator[str], release: Callable[[], None]) -> Iterator[str]:
+def _held(stream: Iterator[str], release: Callable[[], object]) -> Iterator[str]:
     try:
         yield from stream
     finally:
@@ -159,7 +159,7 @@ def task_feed(
     path: str | Path,
     stopping: Callable[[], bool],
     last: int | None = None,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Follow one task for a stream resuming after log seq `after`: no line missed or sent twice.
 
     Yields first (lines, task): the log lines after `after` (only the `last` ones
@@ -188,7 +188,7 @@ def task_feed(
                 return
             if event is None:
                 continue
-            if event == "keepalive":
+            if isinstance(event, str):  # "keepalive"
                 yield []
                 continue
             batch = [event]

@@ -73,11 +73,11 @@ def step(ev: dict) -> dict | None:
         return None
     if kind == "result":
         is_error = bool(ev.get("is_error")) or ev.get("subtype") != "success"
-        text = ev.get("result") or ev.get("subtype")
+        outcome = ev.get("result") or ev.get("subtype")
         cost = num_of(ev.get("total_cost_usd"))
         if cost is not None:
-            text = f"{short(text, 200)} · ${cost:.4f} · {ev.get('num_turns')} turns"
-        return make_step("result", text, is_error=is_error, session_id=sid)
+            outcome = f"{short(outcome, 200)} · ${cost:.4f} · {ev.get('num_turns')} turns"
+        return make_step("result", outcome, is_error=is_error, session_id=sid)
     return None
 
 

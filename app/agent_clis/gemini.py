@@ -51,8 +51,9 @@ def facts(ev: dict) -> dict:
         return {}
     cached = int_of(stats.get("cached"))
     fresh = int_of(stats.get("input"))
-    if fresh is None and int_of(stats.get("input_tokens")) is not None:
-        fresh = int_of(stats.get("input_tokens")) - (cached or 0)
+    total = int_of(stats.get("input_tokens"))
+    if fresh is None and total is not None:
+        fresh = total - (cached or 0)
     found: dict[str, Any] = {"total": usage(fresh, stats.get("output_tokens"), cached, None, None)}
     models = {k: dict_of(v) for k, v in dict_of(stats.get("models")).items() if isinstance(k, str)}
     if models:

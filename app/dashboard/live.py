@@ -45,8 +45,8 @@ def live_rows(where: list[str], params: list, with_new: bool, after: int, path: 
                 ).fetchall()
             finally:
                 conn.close()
-            changed = {int(r["subject"].split(":")[1]): (r["id"], False) for r in missed}
-            yield from _rows_for(changed, where, params, path)
+            missed_rows = {int(r["subject"].split(":")[1]): (r["id"], False) for r in missed}
+            yield from _rows_for(missed_rows, where, params, path)
         idle = [0.0]
         while not stopping():
             event = wait_event(sub, idle)
@@ -54,7 +54,7 @@ def live_rows(where: list[str], params: list, with_new: bool, after: int, path: 
                 return  # fell behind: the browser reconnects with Last-Event-ID
             if event is None:
                 continue
-            if event == "keepalive":
+            if isinstance(event, str):  # "keepalive"
                 yield ": keepalive\n\n"
                 continue
             # Coalesce a burst (queued, assigned, running...) into one row per task.
