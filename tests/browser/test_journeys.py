@@ -8,15 +8,25 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import shot, sign_in
 
-# Prints 60 green lines, one every 100 ms: long enough to watch, short enough for a test.
-TALKER = (
-    "import time\n"
-    "for i in range(60):\n"
-    "    print(f'\\x1b[32mline {i}\\x1b[0m of the work', flush=True)\n"
-    "    time.sleep(0.1)\n"
-)
+# Prints 60 green lines in three parts; each waits for a file the test puts in the run's
+# workspace (release), so the test sees the page at each stage however fast the machine is.
+TALKER = """
+import os, time
+def say(lines):
+    for i in lines:
+        print(f'\\x1b[32mline {i}\\x1b[0m of the work', flush=True)
+def hold(name):
+    while not os.path.exists(name):
+        time.sleep(0.05)
+say(range(10)); hold("more"); say(range(10, 50)); hold("end"); say(range(50, 60))
+"""
 SLEEPER = "import time\nprint('started, now sleeping', flush=True)\ntime.sleep(120)\n"
 FAILER = "import sys\nprint('cannot do it', file=sys.stderr)\nsys.exit(3)\n"
+
+
+def release(hub, task_id: int, name: str) -> None:
+    """Put `name` in the workspace of the task's first run (see TALKER)."""
+    (hub.srv.data_dir / "workspaces" / f"task-{task_id}-1" / name).touch()
 
 
 def test_it_signs_in_and_out(page, hub):
@@ -75,9 +85,11 @@ def test_it_creates_a_trigger_and_previews_its_prompt(page, hub):
 def test_it_shows_a_webhook_task_and_its_log_lines_live(page, hub):
     hub.agent("talker", TALKER)
     secret = hub.trigger("build", "talker")
+    # The server subscribes before it answers, so once the row stream is open no row is missed.
+    page.add_init_script("document.addEventListener('htmx:sseOpen', () => { window.sseOpen = 1 })")
     sign_in(page, hub.admin, "/tasks")
     expect(page.get_by_text("No tasks yet")).to_be_visible()
-    page.wait_for_timeout(300)  # let the row stream connect
+    page.wait_for_function("() => window.sseOpen === 1")
     answer = hub.hook("build", secret, {"title": "nightly build"}, X_Delivery_Id="d-1")
     task_id = answer["tasks"][0]["id"]
     # The new row arrives over SSE, without a reload.
@@ -86,11 +98,12 @@ def test_it_shows_a_webhook_task_and_its_log_lines_live(page, hub):
     expect(page.get_by_text("No tasks yet")).to_be_hidden()
     row.get_by_role("link", name=f"#{task_id}").click()
     log = page.locator("#log-lines .ln")
-    expect(page.locator("#log-lines")).to_contain_text("line 3 of the work")
+    expect(page.locator("#log-lines")).to_contain_text("line 9 of the work")
     seen = log.count()
     expect(page.locator("#task-head .badge").first).to_have_text("running")
+    release(hub, task_id, "more")
     # More lines keep arriving on the same page, and the view follows them.
-    expect(page.locator("#log-lines")).to_contain_text("line 20 of the work", timeout=20_000)
+    expect(page.locator("#log-lines")).to_contain_text("line 49 of the work")
     assert log.count() > seen
     # A function, not an expression string: the page's CSP forbids eval (which is the point).
     page.wait_for_function(
@@ -107,6 +120,7 @@ def test_it_shows_a_webhook_task_and_its_log_lines_live(page, hub):
     page.locator("#log").evaluate("el => el.scrollTop = 0")
     expect(page.locator("#jump")).to_be_visible()
     shot(page, "task-live", docs=True, full_page=False)
+    release(hub, task_id, "end")  # the last lines arrive while the reader is scrolled up
     expect(page.locator("#task-head .badge").first).to_have_text("succeeded", timeout=20_000)
     expect(page.locator(".live-badge")).to_have_count(0)  # the stream said "end"
     assert page.locator("#log").evaluate("el => el.scrollTop") < 50  # stayed where the reader was
