@@ -264,24 +264,26 @@ def test_it_reads_a_real_claude_stream_line_as_a_tool_call():
 
 
 def test_it_ends_open_streams_soon_after_shutdown_begins(monkeypatch, app, echo):
-    import time
-
     from app import streams
     from app.dashboard import live
 
     task_id = add_task(app, state="running")
     monkeypatch.setattr(streams, "POLL_S", 0.05)
-    monkeypatch.setattr(streams, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(streams, "HEARTBEAT_S", 0.1)  # a heartbeat every two polls
     stopping = {"now": False}
     monkeypatch.setattr(live, "stopping", lambda: stopping["now"])
+    polls = []
+    wait_event = streams.wait_event
+    monkeypatch.setattr(streams, "wait_event", lambda *a: polls.append(1) or wait_event(*a))
     with app.test_request_context(f"/tasks/{task_id}/stream"):
         stream = log_stream(task_id, 0, "shell", False, app.config["DATABASE"])
         chunks = [next(stream), next(stream), next(stream)]  # retry, header, a heartbeat
         assert chunks[-1] == ": keepalive\n\n"
         stopping["now"] = True
-        started = time.monotonic()
+        before = len(polls)
+        assert before >= 2  # the count sees the stream's polls (two to the heartbeat)
         assert list(stream) == []
-        assert time.monotonic() - started < 0.5
+        assert len(polls) - before <= 1  # ends within a poll, not at the next heartbeat
 
 
 def test_it_shows_a_whole_short_log_whose_numbers_jumped_after_a_crash(app, viewer, echo):
