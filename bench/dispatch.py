@@ -1,8 +1,13 @@
-"""Dispatch: submit -> child started latency, and trivial tasks per second against huey.
+"""Dispatch: submit -> child started latency (with and without the sandbox), and
+trivial tasks per second against huey.
 
 Starts the production app (app.wsgi via bench/_wsgi_bench.py) under
 gunicorn.conf.py (one gevent worker, scheduler on, global concurrency 20) on a
-free 127.0.0.1 port with a fresh data dir, then:
+free 127.0.0.1 port with a fresh data dir, with the default sandbox (every run
+under bubblewrap: prlimit ... -- bwrap ... -- argv, see app/sandbox.py). For the
+latency part only, a second such hub with AGENTED_SANDBOX=off (its own port and
+data dir; prlimit, and the cgroup entry where cgroups are writable, still apply)
+runs beside it. Then:
 
 (a) Latency. Tasks are submitted one at a time (POST /api/v1/tasks, each after the
     previous one finished, so the queue is empty) to a shell agent whose command
@@ -12,6 +17,15 @@ free 127.0.0.1 port with a fresh data dir, then:
     send -> task row written, -> claimed by the scheduler, -> child running.
     A few more samples with a Python child (`python -c "print(time.time())"`)
     show what an interpreter's start-up adds on top (not the hub's cost).
+    The cost of the sandbox (issue 12): the `date` samples are taken on both hubs
+    in alternating blocks (LAT_BLOCKS per hub, off first in one pair, bwrap
+    first in the next), LAT_SAMPLES on each, so drifting load on the shared
+    cores hits both alike. Printed: p50/p95 of each hub, the difference of
+    those percentiles (ms added per run) and their ratio, for the whole
+    latency and for claimed -> child running (where bwrap's set-up falls), and
+    each hub's CPU per task over its blocks: the gunicorn worker's own, and its
+    reaped children's (prlimit, bwrap, the shell, `date`) from /proc/PID/stat.
+    The (a) lines and the latency target are the sandboxed hub's.
 (b) Throughput. N tasks running `true` are submitted quickly (10 keep-alive
     connections from bench/_loadgen.py in its own process) and timed from the
     first submission to the last task's finished_at. The reference is huey
@@ -24,6 +38,8 @@ free 127.0.0.1 port with a fresh data dir, then:
     alternate hub / huey so noise on the 2 shared cores hits both. A second hub
     row submits the same N in batches of 50 ({"tasks": [...]}, one transaction
     each), closer to huey's producer, which writes to SQLite without a request.
+    Throughput is the sandboxed (default) hub's; the AGENTED_SANDBOX=off hub is
+    stopped before it starts.
 
 Targets (issue 4): submit -> child started p95 < 25 ms; tasks/s >= 1.0 x huey.
 Run: `.venv/bin/python bench/dispatch.py` (or `just bench`); about a minute.
@@ -47,7 +63,8 @@ N = 500  # tasks per throughput run
 BATCH = 50  # tasks per request in the batched-submit rounds
 ROUNDS = 2
 WORKERS = 20
-LAT_SAMPLES = 150
+LAT_SAMPLES = 150  # per hub (sandboxed and AGENTED_SANDBOX=off)
+LAT_BLOCKS = 6  # alternating latency blocks per hub
 PY_SAMPLES = 20
 TARGET_P95_MS = 25.0
 TARGET_RATIO = 1.0
@@ -85,6 +102,56 @@ def wait_finished(server: Server, task_id: int, deadline_s: float = 10.0):
         f"task {task_id} did not finish in {deadline_s} s; it is {state}"
         + (hint if state == "queued" else "")
     )
+
+
+def child_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process's children it has waited for (cutime, cstime)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def isolation(server: Server) -> str:
+    """What the hub said about run isolation at start-up (its `run isolation:` log line)."""
+    try:
+        text = server.log_path.read_text(errors="replace")  # said once, near the start
+    except OSError:
+        return "?"
+    at = text.find("run isolation: ")
+    if at < 0:
+        return "?"
+    line = text[at + len("run isolation: ") :].splitlines()[0]
+    return line.split('"')[0].strip()
+
+
+def sandbox_latency(hubs: dict[str, tuple[Server, Api]], samples: int, blocks: int) -> dict:
+    """`date` latency on each hub in alternating blocks, and each hub's CPU over its blocks."""
+    out = {
+        name: {"total": [], "ingest": [], "claim": [], "spawn": [], "cpu": 0.0, "child_cpu": 0.0}
+        for name in hubs
+    }
+    names = list(hubs)
+    per_block = [samples // blocks + (1 if i < samples % blocks else 0) for i in range(blocks)]
+    for i, n in enumerate(per_block):
+        for name in names if i % 2 == 0 else names[::-1]:
+            server, api = hubs[name]
+            pid = server.worker_pid()
+            cpu0, child0 = cpu_seconds(pid), child_cpu_seconds(pid)
+            lat = latency(server, api, "stamp", n, warmup=5 if i == 0 else 2)
+            out[name]["cpu"] += cpu_seconds(pid) - cpu0
+            out[name]["child_cpu"] += child_cpu_seconds(pid) - child0
+            for k in ("total", "ingest", "claim", "spawn"):
+                out[name][k] += lat[k]
+    for name in names:
+        n = len(out[name]["total"])  # the warm-up tasks ran inside the CPU window too
+        done = n + 5 + 2 * (blocks - 1)
+        out[name]["cpu_ms"] = out[name]["cpu"] * 1000 / done
+        out[name]["child_cpu_ms"] = out[name]["child_cpu"] * 1000 / done
+    return out
 
 
 def latency(server: Server, api: Api, agent: str, samples: int, warmup: int = 5) -> dict:
@@ -147,6 +214,9 @@ def hub_batch_throughput(server: Server, api: Api, n: int) -> dict:
         {"tasks": [{"agent": "noop", "prompt": f"b{j}"} for j in range(i, min(i + BATCH, n))]}
         for i in range(0, n, BATCH)
     ]
+    # The connection sat idle through the previous phase, which can outlast gunicorn's
+    # keepalive (5 s) now that runs start under bubblewrap: start with a fresh one.
+    api.close()
     start = time.time()
     for body in bodies:
         api.call("POST", "/api/v1/tasks", body)
@@ -241,6 +311,24 @@ def show_lat(label: str, values: list[float]) -> str:
     )
 
 
+def add_agents(api: Api, python: str, date: str) -> None:
+    for name, command in (
+        ("stamp", [date, "+%s.%N"]),
+        ("pystamp", [python, "-c", "import time; print(time.time())"]),
+        ("noop", ["true"]),
+    ):
+        api.call(
+            "POST",
+            "/api/v1/agents",
+            {"name": name, "backend": "shell", "command": command, "concurrency": WORKERS},
+        )
+
+
+def cost(off: float, on: float) -> str:
+    ratio = f"x{on / off:.2f}" if off > 0 else "x?"
+    return f"{on - off:+.1f} ms, {ratio}"
+
+
 def main() -> int:
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="agented-bench-dispatch-"))
@@ -250,6 +338,8 @@ def main() -> int:
     python = sys.executable
     date = shutil.which("date") or "/bin/date"
     server = Server(tmp / "data", AGENTED_SCHEDULER="true")
+    # Same settings, no bubblewrap: only for the latency comparison.
+    server_off = Server(tmp / "data-off", AGENTED_SCHEDULER="true", AGENTED_SANDBOX="off")
     runs: dict[str, list[dict]] = {
         "hub": [],
         f"hub, batches of {BATCH}": [],
@@ -258,19 +348,18 @@ def main() -> int:
     }
     try:
         key = server.make_key()
+        key_off = server_off.make_key()
         with server, LoadGen() as gen:
             api = Api(server.port, key)
-            for name, command in (
-                ("stamp", [date, "+%s.%N"]),
-                ("pystamp", [python, "-c", "import time; print(time.time())"]),
-                ("noop", ["true"]),
-            ):
-                api.call(
-                    "POST",
-                    "/api/v1/agents",
-                    {"name": name, "backend": "shell", "command": command, "concurrency": WORKERS},
-                )
-            lat = latency(server, api, "stamp", LAT_SAMPLES)
+            add_agents(api, python, date)
+            with server_off:
+                api_off = Api(server_off.port, key_off)
+                add_agents(api_off, python, date)
+                hubs = {"off": (server_off, api_off), "bwrap": (server, api)}
+                sand = sandbox_latency(hubs, LAT_SAMPLES, LAT_BLOCKS)
+                api_off.close()
+                said = {"off": isolation(server_off), "bwrap": isolation(server)}
+            lat = sand["bwrap"]
             pylat = latency(server, api, "pystamp", PY_SAMPLES, warmup=2)
             pystart = python_start_cost(python, PY_SAMPLES)
 
@@ -284,6 +373,7 @@ def main() -> int:
             api.close()
     except Exception:
         print(server.log_tail(), file=sys.stderr)
+        print(server_off.log_tail(), file=sys.stderr)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -295,6 +385,24 @@ def main() -> int:
     print(show_lat("  claimed -> child running", lat["spawn"]))
     print(show_lat(f"send -> Python child's first line ({PY_SAMPLES})", pylat["total"]))
     print(show_lat("  Python start-up alone (outside the hub)", pystart))
+    print(
+        f"-- (a) the sandbox's cost: the same `date` tasks on a hub with AGENTED_SANDBOX=off,"
+        f" {LAT_SAMPLES} each, {LAT_BLOCKS} alternating blocks per hub"
+    )
+    for name in ("off", "bwrap"):
+        print(f"   {name}: {said[name]}")
+    for name in ("off", "bwrap"):
+        print(show_lat(f"{name}: send -> child's own clock (date)", sand[name]["total"]))
+        print(show_lat(f"  {name}: claimed -> child running", sand[name]["spawn"]))
+    kids = {"off": "prlimit, date", "bwrap": "prlimit, bwrap, date"}
+    for name in kids:
+        if "cgroup v" in said[name]:  # the shell that enters the run's cgroups comes first
+            kids[name] = "sh, " + kids[name]
+    for name in ("off", "bwrap"):
+        print(
+            f"   {name}: hub CPU per task {sand[name]['cpu_ms']:.2f} ms (gunicorn worker),"
+            f" children {sand[name]['child_cpu_ms']:.2f} ms ({kids[name]}, reaped by the worker)"
+        )
     print(f"-- (b) {N} trivial tasks (`true`) end to end, {WORKERS} at once, {ROUNDS} rounds")
     print(f"   {'system':<22}{'tasks/s':>9}{'wall s':>8}{'submit s':>10}{'cpu':>7}   per round")
     means = {}
@@ -313,6 +421,18 @@ def main() -> int:
     lat_met = "met" if p95 < TARGET_P95_MS else "NOT met"
     rate_met = "met" if ratio >= TARGET_RATIO else "NOT met"
     print(f"bench time: {time.monotonic() - started:.0f} s")
+    off, on = sand["off"], sand["bwrap"]
+    for label, k in (("submit -> child started", "total"), ("claimed -> child running", "spawn")):
+        o50, o95, b50, b95 = (pct(d[k], q) for d in (off, on) for q in (50, 95))
+        print(
+            f"sandbox cost per run, {label}: p50 off {o50:.1f} ms, bwrap {b50:.1f} ms"
+            f" ({cost(o50, b50)}) | p95 off {o95:.1f} ms, bwrap {b95:.1f} ms ({cost(o95, b95)})"
+        )
+    print(
+        f"sandbox cost per run, CPU per task: hub off {off['cpu_ms']:.2f} ms, bwrap"
+        f" {on['cpu_ms']:.2f} ms | children off {off['child_cpu_ms']:.2f} ms, bwrap"
+        f" {on['child_cpu_ms']:.2f} ms"
+    )
     print(
         f"dispatch latency: submit -> child started p50 {p50:.1f} ms p95 {p95:.1f} ms"
         f" (target p95 < {TARGET_P95_MS:.0f} ms): {lat_met}"
