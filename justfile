@@ -74,9 +74,11 @@ fuzz examples="20": setup
     # Forged, deep, stale and replayed webhooks and a stream flood (issue 12).
     .venv/bin/python -m tests.fuzz_webhooks "http://127.0.0.1:$port" "$key" "$dir"
 
+# Lint, format check and type check (CI runs this after the tests).
 lint: setup
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
+    .venv/bin/mypy
 
 fmt: setup
     .venv/bin/ruff check --fix .

@@ -66,7 +66,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         # Behind a reverse proxy every request comes from the proxy's address: the
         # client's is in X-Forwarded-For. Trusted only when configured, and only as
         # many hops as there are proxies, so a client cannot make up its address.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]  # Flask's documented way
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
+        )
     # Ids beyond SQLite's 64-bit integers cannot exist: answer 404, not an overflow.
     app.url_map.converters["int"] = SqliteInt
     app.json = JsonProvider(app)

@@ -408,9 +408,9 @@ def agents_create():
 def agents_get(name: str):
     """Get one agent, with its mailbox depth."""
     data = agent_json(get_agent(name))
-    data["mailbox_depth"] = db.query_one(
+    data["mailbox_depth"] = db.query_value(
         "SELECT count(*) FROM messages WHERE receiver = ? AND state = 'queued'", (name,)
-    )[0]
+    )
     return jsonify(data)
 
 

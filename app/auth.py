@@ -7,7 +7,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from flask import (
     Blueprint,
@@ -199,7 +199,7 @@ def _touch(key) -> None:
         )
 
 
-def guard() -> object:
+def guard() -> Any:
     """Authenticate /api/* and /admin/* and every route that declares a role."""
     g.key = None
     g.via_session = False

@@ -105,6 +105,12 @@ def query_one(sql: str, params: tuple | list = ()) -> sqlite3.Row | None:
     return get_db().execute(sql, params).fetchone()
 
 
+def query_value(sql: str, params: tuple | list = ()) -> Any:
+    """The first column of the first row (a count, a name), or None without a row."""
+    row = get_db().execute(sql, params).fetchone()
+    return row[0] if row is not None else None
+
+
 def read_apart(path: str | Path, sql: str, params: tuple | list = ()) -> list[dict]:
     """One read on a connection of its own, rows as dicts: for slow reads run in
     the threadpool (background.offload), where the loop's pooled connections are not used."""

@@ -43,7 +43,7 @@ DISK_CHECK_EVERY = 4
 # How often the sandbox is probed again while it cannot start runs.
 SANDBOX_RETRY_S = 30.0
 
-_app: Flask | None = None
+_app: Flask  # set by start(), in the worker, before any loop or run uses it
 _stopping = False
 _cgroups: sandbox.Cgroups | None = None
 RUNS: dict[int, Run] = {}

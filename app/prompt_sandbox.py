@@ -409,7 +409,7 @@ class Sandbox(ImmutableSandboxedEnvironment):
             check_method(owner, __obj.__name__, args, kwargs)
         return spend(super().call(__context, __obj, *args, **kwargs))
 
-    def concat(self, pieces) -> str:  # type: ignore[override]
+    def concat(self, pieces) -> str:
         """Join a macro's, block's or {% set %} block's output, within the budget."""
         pieces = pieces if isinstance(pieces, list) else list(pieces)
         expect(sum(len(p) for p in pieces), "this block")

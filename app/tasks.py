@@ -118,7 +118,7 @@ def plan_task(body: TaskIn, backends: dict[str, str] | None = None) -> dict:
         return plan_from_trigger(body.trigger, body.params) | overrides
     if backends is None:
         row = db.query_one("SELECT backend FROM agents WHERE name = ?", (body.agent,))
-        backends = {body.agent: row["backend"]} if row is not None else {}
+        backends = {body.agent: row["backend"]} if row is not None and body.agent else {}
     if body.agent not in backends:
         raise ApiError(422, f"no agent named {body.agent!r}")
     if backends[body.agent] == "external":

@@ -41,7 +41,7 @@ SETTINGS = ("priority", "max_attempts", "timeout_s", "concurrency_limit")
 
 # What a template sees at save time: a test that it compiles and cannot blow up
 # (time, size, sandbox) for any event, not that the sample has its fields.
-SAMPLE_CONTEXT = {
+SAMPLE_CONTEXT: dict[str, Any] = {
     "payload": {}, "event": "sample", "action": None, "repository": None, "sender": None,
     "params": {}, "trigger": "sample", "delivery_id": None,
 }  # fmt: skip

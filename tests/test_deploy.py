@@ -75,6 +75,7 @@ def test_it_runs_just_test_in_ci():
     ci = ROOT / ".ci" / "run"
     assert os.access(ci, os.X_OK)
     assert "just test" in ci.read_text()
+    assert "just lint" in ci.read_text()  # ruff check, ruff format --check, mypy
 
 
 def test_it_documents_every_setting_in_env_example():

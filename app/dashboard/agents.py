@@ -171,7 +171,7 @@ def blank_form() -> dict[str, Any]:
 def form_of(row) -> dict[str, Any]:
     """A stored agent as the form's text fields (secret values stay out)."""
     data = agent_json(row)
-    form = {k: "" if data[k] is None else str(data[k]) for k in TEXT_FIELDS}
+    form: dict[str, Any] = {k: "" if data[k] is None else str(data[k]) for k in TEXT_FIELDS}
     for field in LINE_FIELDS:
         form[field] = "\n".join(data[field])
     for field in TAG_FIELDS:
@@ -286,21 +286,21 @@ def impact(row) -> dict[str, int]:
     """What deleting the agent touches: its waiting work, its mailbox and its keys."""
     name = row["name"]
     return {
-        "queued": db.query_one(
+        "queued": db.query_value(
             "SELECT count(*) FROM tasks WHERE agent = ? AND state = 'queued'", (name,)
-        )[0],
-        "active": db.query_one(
+        ),
+        "active": db.query_value(
             "SELECT count(*) FROM tasks WHERE agent = ?"
             f" AND state IN ({', '.join('?' * len(ACTIVE))})",
             (name, *ACTIVE),
-        )[0],
-        "messages": db.query_one(
+        ),
+        "messages": db.query_value(
             "SELECT count(*) FROM messages WHERE receiver = ? AND state = 'queued'", (name,)
-        )[0],
-        "keys": db.query_one(
+        ),
+        "keys": db.query_value(
             "SELECT count(*) FROM api_keys WHERE agent_id = ? AND revoked_at IS NULL",
             (row["id"],),
-        )[0],
+        ),
     }
 
 

@@ -21,7 +21,7 @@ def stacked_bars(buckets: list[dict[str, Any]], keys: list[str], unit: str = "")
     rects, ticks = [], []
     for i, bucket in enumerate(buckets):
         x = LEFT + i * step + (step - bar_w) / 2
-        y = TOP + plot_h
+        y = float(TOP + plot_h)
         parts = []
         for key in keys:
             value = bucket["values"].get(key, 0) or 0

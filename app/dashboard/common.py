@@ -17,6 +17,7 @@ from flask import (
     request,
 )
 from markupsafe import Markup
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from app import executions
 from app.auth import allows
@@ -60,7 +61,7 @@ def is_htmx() -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-def done(message: str, target: str) -> Response:
+def done(message: str, target: str) -> WerkzeugResponse:
     """Finish a form post: flash what happened and go back (post/redirect/get)."""
     flash(message, "ok")
     return redirect(target, 303)

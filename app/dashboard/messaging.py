@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from typing import Any
 
 from flask import current_app, flash, redirect, render_template, request, url_for
@@ -167,7 +168,7 @@ def thread_version(conversation_id: str, after: int, now: float) -> str:
         " FROM messages WHERE conversation_id = ? AND id > ?",
         (now, conversation_id, after),
     )
-    return "-".join(str(int(v or 0)) for v in row)
+    return "-".join(str(int(v or 0)) for v in row or ())
 
 
 @bp.get("/conversations/<conversation_id>")
@@ -212,7 +213,7 @@ def conversation_get(conversation_id: str):
 
 
 def dead_total() -> int:
-    return db.query_one("SELECT count(*) FROM messages WHERE state = 'dead'")[0]
+    return db.query_value("SELECT count(*) FROM messages WHERE state = 'dead'")
 
 
 def dead_filters(args) -> tuple[dict[str, str], str, list]:
@@ -266,7 +267,7 @@ def dead_context(args) -> dict[str, Any]:
     )
     more = len(rows) > PAGE
     rows = rows[:PAGE]
-    count = db.query_one(f"SELECT count(*) FROM messages WHERE {where}", params)[0]
+    count = db.query_value(f"SELECT count(*) FROM messages WHERE {where}", params)
     choices = {
         "receivers": [r[0] for r in db.query_all(
             "SELECT DISTINCT receiver FROM messages WHERE state = 'dead' ORDER BY 1")],
@@ -327,7 +328,7 @@ def message_dead_preview_post():
     """Count what a bulk action would touch and ask to confirm with that count."""
     action, to = read_action()
     _chosen, where, params = dead_filters(request.form)
-    count = db.query_one(f"SELECT count(*) FROM messages WHERE {where}", params)[0]
+    count = db.query_value(f"SELECT count(*) FROM messages WHERE {where}", params)
     return confirm_page(action, to, count)
 
 
@@ -367,16 +368,16 @@ def requeue(ids: list[int], to: str | None) -> tuple[int, str | None]:
     return moved, None
 
 
+def delete_where(where: str, params: list | tuple, conn) -> int:
+    return conn.execute(f"DELETE FROM messages WHERE {where}", params).rowcount
+
+
 def purge(ids: list[int]) -> int:
     """Delete dead letters for good, a chunk per transaction; rows replayed meanwhile stay."""
     total = 0
     for start in range(0, len(ids), CHUNK):
         where, params = where_sql({"ids": ids[start : start + CHUNK]}, time.time())
-        total += db.write(
-            lambda conn, w=where, p=params: (
-                conn.execute(f"DELETE FROM messages WHERE {w}", p).rowcount
-            )
-        )
+        total += db.write(partial(delete_where, where, params))
     return total
 
 

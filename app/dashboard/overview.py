@@ -37,9 +37,9 @@ def overview_data() -> dict:
     counts = dict.fromkeys(STATES, 0)
     for row in db.query_all("SELECT state, count(*) AS n FROM tasks GROUP BY state"):
         counts[row["state"]] = row["n"]
-    due = db.query_one(
+    due = db.query_value(
         "SELECT count(*) FROM tasks WHERE state = 'queued' AND next_attempt_at <= ?", (now,)
-    )[0]
+    )
     running = db.query_all(
         "SELECT id, state, agent, trigger_slug, prompt, updated_at FROM tasks"
         f" WHERE state IN ({', '.join('?' * len(ACTIVE))}) ORDER BY id DESC LIMIT 10",

@@ -163,8 +163,8 @@ def task_new_post():
     try:
         task_id = queue_task(plan, g.key["id"], once)
     except Busy as refusal:  # the pending cap: keep what was typed
-        exc = as_api_error(refusal)
-        return new_task_page(form, {"form": exc.message}, exc.status, exc.headers)
+        error = as_api_error(refusal)
+        return new_task_page(form, {"form": error.message}, error.status, error.headers)
     return done(f"Task #{task_id} queued.", url_for("dashboard.task_get", task_id=task_id))
 
 

@@ -118,9 +118,9 @@ def close(conn, cfg: dict, conversation_id: str, t: float, force: bool = False) 
     # still not awarded work its allowlist does not take.
     barred = delegation.barred(conn, initiator, [r["sender"] for r in proposals])
     valid = [
-        (score(r, field), r["id"], r)
+        (value, r["id"], r)
         for r in proposals
-        if score(r, field) is not None and r["sender"] not in barred
+        if (value := score(r, field)) is not None and r["sender"] not in barred
     ]
     sign = 1 if prefer == "lowest" else -1
     valid.sort(key=lambda item: (sign * item[0], item[1]))  # ties: the earlier proposal
@@ -215,7 +215,7 @@ def contract_nets_create():
     if body.initiator is None:
         if own is None:
             raise ApiError(422, "say which agent initiates (initiator)")
-        body.initiator = db.query_one("SELECT name FROM agents WHERE id = ?", (own,))["name"]
+        body.initiator = db.query_value("SELECT name FROM agents WHERE id = ?", (own,))
     initiator = acting_as(body.initiator)
     if (body.capability is None) == (body.participants is None):
         raise ApiError(422, "name the participants or the capability, not both and not neither")
@@ -296,7 +296,7 @@ def _load(conversation_id: str):
     )
     own = key_agent_id()
     if own is not None:
-        me = db.query_one("SELECT name FROM agents WHERE id = ?", (own,))["name"]
+        me = db.query_value("SELECT name FROM agents WHERE id = ?", (own,))
         if me != row["initiator"] and me not in json.loads(row["participants"]):
             raise ApiError(403, "this agent takes no part in that Contract Net")
     return row

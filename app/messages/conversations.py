@@ -30,7 +30,7 @@ def conversations_get(conversation_id: str):
         raise ApiError(404, "conversation not found")
     own = key_agent_id()
     if own is not None:
-        me = db.query_one("SELECT name FROM agents WHERE id = ?", (own,))["name"]
+        me = db.query_value("SELECT name FROM agents WHERE id = ?", (own,))
         if not db.query_one(
             "SELECT 1 FROM messages WHERE conversation_id = ? AND (sender = ? OR receiver = ?)",
             (conversation_id, me, me),

@@ -52,7 +52,8 @@ strict_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 # CPython's internal API: on another Python, or if its arguments change, the
 # plain encoder does the work.
 try:
-    _c_encoder = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
+    _make = getattr(json.encoder, "c_make_encoder", None)
+    _c_encoder = _make and _make(
         None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii, None,
         ":", ",", False, False, False,
     )  # fmt: skip
