@@ -37,6 +37,8 @@ log = logging.getLogger("agented.executions")
 
 USAGE_LINE_MAX = 8 * 1024 * 1024
 
+# The longest a reader keeps the event loop while its pipe stays full.
+READ_TURN_S = 0.005
 # How often a run's cgroup counters are read, and its workspace measured (every Nth).
 LIMIT_CHECK_S = 0.5
 DISK_CHECK_EVERY = 4
@@ -314,11 +316,19 @@ class Run:
         cfg = _app.config
         max_line = cfg["MAX_LOG_LINE_BYTES"]
         max_total = cfg["MAX_LOG_BYTES"]
+        turn = time.monotonic()
         while True:
+            # A child that keeps its pipe full never makes readline wait, so this
+            # loop would never yield: give the other greenlets a turn every few ms.
+            if time.monotonic() - turn > READ_TURN_S:
+                gevent.sleep(0)
+                turn = time.monotonic()
             raw = stream.readline(max_line + 1)
             if not raw:
                 return
             self._count_output(len(raw))
+            if self.over_limit:
+                continue  # being stopped: drain the pipe, parse nothing
             cut = not raw.endswith(b"\n") and len(raw) > max_line
             whole = raw
             # Read the rest of an over-long line: stored cut, but the usage parser

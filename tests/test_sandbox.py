@@ -251,3 +251,18 @@ def test_it_asks_a_cli_for_its_version_without_the_hubs_secrets(tmp_path, monkey
     monkeypatch.setenv("SECRET_KEY", "k" * 32)
     found = clihealth.check("fake", {"bin": str(cli), "env": [], "files": []}, set())
     assert found["version"] == "0"  # neither variable reached the program
+
+
+def test_it_answers_while_a_run_floods_its_output(hub):
+    flood = "import sys\nwhile True: sys.stdout.write('{\"type\": \"x\"}' + 'y' * 4096 + '\\n')"
+    make_agent(hub, "flood", [PY, "-c", flood], limits={"output_mb": 10_000})
+    task_id = submit(hub, "flood", max_attempts=1, timeout_s=120)
+    wait_state(hub, task_id, "running")
+    wait_for(lambda: len(logs(hub, task_id)) > 100)  # the pipe is full and being read
+    for _ in range(20):  # the readers leave the loop turns for everyone else
+        assert hub.request("GET", "/health/live", timeout=10)[0] == 200
+    live_cancel = hub.request(
+        "POST", f"/api/v1/tasks/{task_id}/cancel", headers={"X-API-Key": hub.keys["admin"]}
+    )
+    assert live_cancel[0] in (200, 202)
+    assert wait_state(hub, task_id, "cancelled")["state"] == "cancelled"
