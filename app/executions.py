@@ -28,7 +28,7 @@ import gevent.event
 import gevent.subprocess
 from flask import Flask
 
-from app import commands, db, events, gitcmd, runlog, sandbox, scheduler
+from app import commands, db, events, gitcmd, run_limits, runlog, sandbox, scheduler
 from app.agents import agent_secrets
 from app.queue import ACTIVE, CANCELLABLE, RETRYABLE_STATES, transition, wait_for_work, wake
 from app.spawn import spawn
@@ -39,9 +39,6 @@ USAGE_LINE_MAX = 8 * 1024 * 1024
 
 # The longest a reader keeps the event loop while its pipe stays full.
 READ_TURN_S = 0.005
-# How often a run's cgroup counters are read, and its workspace measured (every Nth).
-LIMIT_CHECK_S = 0.5
-DISK_CHECK_EVERY = 4
 # How often the sandbox is probed again while it cannot start runs.
 SANDBOX_RETRY_S = 30.0
 
@@ -130,12 +127,7 @@ class Run:
         self.truncated = False
         self.rate_limited: tuple[bool, float | None] = (False, None)
         self.sandboxed = False
-        self.workspace = ""
-        self.cgroup: sandbox.RunCgroup | None = None
-        self.limits: sandbox.Limits | None = None
-        self.output_bytes = 0
-        # Set to "output" or "workspace disk" when the supervisor ends the run over a limit.
-        self.over_limit: str | None = None
+        self.guard: run_limits.LimitGuard | None = None
 
     # The entry point: never raises; every outcome ends in one final transaction.
     def main(self) -> None:
@@ -175,33 +167,34 @@ class Run:
                 agent_secrets(agent, cfg["SECRET_KEY"]),
                 os.environ,
             )
-            workspace = self.workspace = self._workspace(agent)
+            workspace = self._workspace(agent)
             home = agent_home(cfg, agent["name"])
         except Exception as exc:
             return self._finish("failed", None, f"cannot prepare the run: {exc}", retryable=False)
-        self.limits = sandbox.limits_for(json.loads(agent["limits"]), cfg)
+        limits = sandbox.limits_for(json.loads(agent["limits"]), cfg)
         env["HOME"] = home
         # Marks the children so recovery can tell our orphans from a reused pid.
         env["AGENTED_ATTEMPT"] = f"{self.task_id}:{self.attempt}"
         env["AGENTED_TASK_ID"] = str(self.task_id)
         self.usage = commands.UsageTracker(agent["backend"], agent["model"])
         self.sandboxed = cfg["SANDBOX"] != "off"
+        self.guard = guard = run_limits.LimitGuard(limits, None, workspace, self.cancel.set)
         try:
             if _cgroups is not None:
                 # Unique: another hub on this machine may number its tasks alike.
                 name = f"task-{self.task_id}-{self.attempt}-{os.urandom(4).hex()}"
-                self.cgroup = sandbox.RunCgroup(_cgroups, name, self.limits)
+                guard.cgroup = sandbox.RunCgroup(_cgroups, name, limits)
             full = sandbox.command(argv, workspace=workspace, home=home, cfg=cfg,
-                                   network=bool(agent["network"]), limits=self.limits,
-                                   cgroup=self.cgroup, read=repository_paths(agent))  # fmt: skip
+                                   network=bool(agent["network"]), limits=limits,
+                                   cgroup=guard.cgroup, read=repository_paths(agent))  # fmt: skip
             # Own session (so its process group), only `env`, no other fds, stdio piped.
             self.proc = spawn(full, env, workspace)
         except OSError as exc:
-            self._remove_cgroup()
+            guard.close()
             return self._finish("failed", None, f"cannot start {argv[0]}: {exc}", retryable=False)
         if not self._mark_running(argv, workspace):
             self._kill_group(signal.SIGKILL)
-            self._remove_cgroup()
+            guard.close()
             return None
         self._supervise(task, cfg)
 
@@ -243,6 +236,8 @@ class Run:
         return True
 
     def _supervise(self, task, cfg: dict) -> None:
+        guard = self.guard
+        assert guard is not None  # made by _run before the process starts
         prompt = task["prompt"].encode()
         feeder = gevent.spawn(self._feed_stdin, prompt)
         readers = [
@@ -250,7 +245,7 @@ class Run:
             gevent.spawn(self._read, self.proc.stderr, "stderr"),
         ]
         self.log.start_flushing()
-        watcher = gevent.spawn(self._watch_limits)
+        watcher = gevent.spawn(guard.watch)
         deadline = time.monotonic() + task["timeout_s"]
         waiter = gevent.spawn(self.proc.wait)
         outcome = None
@@ -261,7 +256,7 @@ class Run:
             gevent.wait([waiter, self.cancel], timeout=max(0.0, min(left, 1.0)), count=1)
             if waiter.ready():
                 outcome = "exited"
-            elif self.over_limit:
+            elif guard.over:
                 outcome = "over_limit"
             elif self.cancel.is_set() or self._cancel_requested():
                 outcome = "cancelled"
@@ -276,8 +271,8 @@ class Run:
         # Whatever the leader did, nothing it started may outlive the attempt.
         self._kill_group(signal.SIGKILL)
         code = self.proc.returncode
-        limit = self.over_limit or (self._limit_hit() if code != 0 else None)
-        self._remove_cgroup()
+        limit = guard.ended_over(code)
+        guard.close()
         gevent.joinall(readers, timeout=5)
         gevent.killall([*readers, feeder], block=False)
         self.log.stop_flushing()
@@ -286,7 +281,7 @@ class Run:
                 pipe.close()  # now, not when the garbage collector gets to them
         # The last lines are stored by _finish, in the transaction that ends the attempt.
         if limit and outcome != "cancelled":
-            self._finish("failed", code, self._limit_reason(limit), retryable=False)
+            self._finish("failed", code, guard.reason(limit), retryable=False)
         elif outcome == "cancelled":
             self._finish("cancelled", code, "cancelled")
         elif outcome == "timed_out":
@@ -314,6 +309,8 @@ class Run:
 
     def _read(self, stream, name: str) -> None:
         cfg = _app.config
+        guard = self.guard
+        assert guard is not None
         max_line = cfg["MAX_LOG_LINE_BYTES"]
         max_total = cfg["MAX_LOG_BYTES"]
         turn = time.monotonic()
@@ -326,8 +323,8 @@ class Run:
             raw = stream.readline(max_line + 1)
             if not raw:
                 return
-            self._count_output(len(raw))
-            if self.over_limit:
+            guard.count_output(len(raw))
+            if guard.over:
                 continue  # being stopped: drain the pipe, parse nothing
             cut = not raw.endswith(b"\n") and len(raw) > max_line
             whole = raw
@@ -335,7 +332,7 @@ class Run:
             # needs it whole (a CLI's final result line repeats the whole answer).
             while cut and raw and not raw.endswith(b"\n"):
                 raw = stream.readline(max_line + 1)
-                self._count_output(len(raw))
+                guard.count_output(len(raw))
                 if len(whole) < USAGE_LINE_MAX:
                     whole += raw
             if name == "stdout":
@@ -389,58 +386,6 @@ class Run:
             os.killpg(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-
-    # --- limits ---------------------------------------------------------------------
-
-    def _count_output(self, n: int) -> None:
-        self.output_bytes += n
-        if self.limits and self.output_bytes > self.limits.output_mb * sandbox.MiB:
-            self._over("output")
-
-    def _over(self, what: str) -> None:
-        if self.over_limit is None:
-            self.over_limit = what
-            self.cancel.set()  # wakes the supervisor
-
-    def _watch_limits(self) -> None:
-        """End the run once it goes over a limit the kernel does not end it for."""
-        pool = gevent.get_hub().threadpool
-        checks = 0
-        while self.limits is not None:
-            gevent.sleep(LIMIT_CHECK_S)
-            checks += 1
-            # A refused fork or an OOM kill inside: the run is over its limit.
-            if self.cgroup is not None and (what := self.cgroup.exceeded()):
-                return self._over(what)
-            if checks % DISK_CHECK_EVERY == 0:
-                used = pool.apply(disk_usage, (self.workspace,))
-                if used > self.limits.disk_mb * sandbox.MiB:
-                    return self._over("workspace disk")
-        return None
-
-    def _limit_hit(self) -> str | None:
-        """The limit the kernel enforced, if the run died of one."""
-        if self.cgroup is not None and (what := self.cgroup.exceeded()):
-            return what
-        code = self.proc.returncode
-        if code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
-            return "CPU time"
-        if code in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):
-            return "file size"
-        return None
-
-    def _limit_reason(self, what: str) -> str:
-        lim = self.limits
-        amount = {
-            "memory": f"{lim.memory_mb} MB", "processes": f"{lim.processes} processes",
-            "CPU time": f"{lim.cpu_s} s", "output": f"{lim.output_mb} MB",
-            "workspace disk": f"{lim.disk_mb} MB", "file size": f"{lim.disk_mb} MB",
-        }.get(what, "") if lim else ""  # fmt: skip
-        return f"stopped: over its {what} limit ({amount})"
-
-    def _remove_cgroup(self) -> None:
-        if self.cgroup is not None:
-            gevent.get_hub().threadpool.apply(self.cgroup.kill_and_remove)
 
     def _finish(
         self,
@@ -500,19 +445,6 @@ class Run:
             "attempt finished",
             extra={"task_id": self.task_id, "attempt": self.attempt, "outcome": outcome},
         )
-
-
-def disk_usage(path: str) -> int:
-    """Bytes under `path` (blocks really used), not following symlinks."""
-    total = 0
-    for root, dirs, files in os.walk(path):
-        for name in [*dirs, *files]:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-    return total
-
-
-# --- cancel, retry, recovery, shutdown -------------------------------------------
 
 
 def cancel(task_id: int) -> bool:
