@@ -183,7 +183,9 @@ class Run:
             if _cgroups is not None:
                 # Unique: another hub on this machine may number its tasks alike.
                 name = f"task-{self.task_id}-{self.attempt}-{os.urandom(4).hex()}"
-                guard.cgroup = sandbox.RunCgroup(_cgroups, name, limits)
+                # mkdir in cgroupfs costs about a millisecond: not on the loop.
+                pool = gevent.get_hub().threadpool
+                guard.cgroup = pool.apply(sandbox.RunCgroup, (_cgroups, name, limits))
             full = sandbox.command(argv, workspace=workspace, home=home, cfg=cfg,
                                    network=bool(agent["network"]), limits=limits,
                                    cgroup=guard.cgroup, read=repository_paths(agent))  # fmt: skip
