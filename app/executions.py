@@ -42,7 +42,8 @@ READ_TURN_S = 0.005
 # How often the sandbox is probed again while it cannot start runs.
 SANDBOX_RETRY_S = 30.0
 
-_app: Flask  # set by start(), in the worker, before any loop or run uses it
+# Set by start(), in the worker, before any loop or run uses it.
+_app: Flask = None  # type: ignore[assignment]
 _stopping = False
 _cgroups: sandbox.Cgroups | None = None
 RUNS: dict[int, Run] = {}
