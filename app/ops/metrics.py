@@ -142,15 +142,9 @@ def snapshot(cfg: dict) -> list:
     try:
         _advance_counters(conn, _cursor_for(cfg))
         tasks = GaugeMetricFamily("agented_tasks", "Tasks by state", labels=["state"])
-        by_state = dict(conn.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+        by_state, (due, waiting, oldest) = metrics_summary.queue_figures(conn, now)
         for state in TASK_STATES:
             tasks.add_metric([state], by_state.get(state, 0))
-        due, waiting, oldest = conn.execute(
-            "SELECT coalesce(sum(next_attempt_at <= ?), 0), coalesce(sum(next_attempt_at > ?), 0),"
-            " min(CASE WHEN next_attempt_at <= ? THEN created_at END)"
-            " FROM tasks WHERE state = 'queued'",
-            (now, now, now),
-        ).fetchone()
         depth = GaugeMetricFamily("agented_queue_depth", "Queued tasks due to run now")
         depth.add_metric([], due)
         retry = GaugeMetricFamily("agented_queue_retry_waiting", "Queued tasks waiting to retry")

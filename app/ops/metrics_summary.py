@@ -19,19 +19,25 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
 
 
+def queue_figures(conn, now: float) -> tuple[dict, tuple]:
+    """Tasks by state, and the queue: (due now, waiting to retry, oldest due created_at)."""
+    by_state = dict(conn.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+    queue = conn.execute(
+        "SELECT coalesce(sum(next_attempt_at <= ?), 0), coalesce(sum(next_attempt_at > ?), 0),"
+        " min(CASE WHEN next_attempt_at <= ? THEN created_at END)"
+        " FROM tasks WHERE state = 'queued'",
+        (now, now, now),
+    ).fetchone()
+    return by_state, tuple(queue)
+
+
 def summary(cfg: dict, window_s: float = 3600) -> dict:
     """The JSON figures of /api/v1/metrics (runs in the threadpool with its own connection)."""
     now = time.time()
     since = now - window_s
     conn = db.connect(cfg["DATABASE"])
     try:
-        by_state = dict(conn.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
-        due, waiting, oldest = conn.execute(
-            "SELECT coalesce(sum(next_attempt_at <= ?), 0), coalesce(sum(next_attempt_at > ?), 0),"
-            " min(CASE WHEN next_attempt_at <= ? THEN created_at END)"
-            " FROM tasks WHERE state = 'queued'",
-            (now, now, now),
-        ).fetchone()
+        by_state, (due, waiting, oldest) = queue_figures(conn, now)
         # The newest 10,000 finished attempts are plenty for percentiles.
         attempts = conn.execute(
             "SELECT a.state, a.finished_at - a.started_at, a.number, a.started_at - t.created_at"
