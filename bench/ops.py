@@ -275,7 +275,8 @@ def main() -> None:
             f"100,000-task database          {size_mb:6.1f} MB   filled in "
             f"{time.monotonic() - started:4.1f} s (tasks, attempts, 300,000 log lines)"
         )
-        cfg = {"DATA_DIR": big, "DATABASE": big / "agented.db", "BACKUP_DIR": "", "BACKUP_KEEP": 3}
+        cfg = {"DATA_DIR": big, "DATABASE": big / "agented.db", "BACKUP_DIR": "", "BACKUP_KEEP": 3,
+               "SECRET_KEY": (big / "secret_key").read_text().strip()}  # fmt: skip
 
         copies: list[float] = []
 
