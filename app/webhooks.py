@@ -25,8 +25,8 @@ from app import auth, crypto, db, dedupe, events, prompts
 from app.api import loads, newest_first, or_404
 from app.auth import requires
 from app.errors import ApiError, Conflict, Refused
+from app.matching import match, plan
 from app.queue import create_task, wake
-from app.triggers import match, plan
 
 bp = Blueprint("webhooks", __name__)
 log = logging.getLogger("agented.webhooks")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from app import prompts
 from app.executions import backoff
-from app.triggers import dig, match
+from app.matching import dig, match
 
 CFG = {"BACKOFF_BASE_S": 5.0, "BACKOFF_CAP_S": 300.0, "BACKOFF_JITTER": 0.2}
 

@@ -13,7 +13,7 @@ from app.auth import requires
 from app.dashboard import bp
 from app.dashboard.common import is_htmx
 from app.errors import ApiError, DomainError
-from app.triggers import match
+from app.matching import match
 from app.webhooks import replay as replay_delivery
 from app.webhooks import shown_headers
 

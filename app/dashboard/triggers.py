@@ -17,15 +17,13 @@ from app.auth import requires, same_site_path
 from app.dashboard import bp
 from app.dashboard.common import done, field_errors, secret_page
 from app.errors import ApiError, Busy, Conflict, as_api_error
+from app.matching import LIST_FIELDS, match, plan
 from app.tasks import TaskIn, plan_task, queue_task
 from app.triggers import (
-    LIST_FIELDS,
     TriggerIn,
     check_trigger,
     get_trigger,
     insert_trigger,
-    match,
-    plan,
     rotate_secret,
     trigger_json,
     update_trigger,
