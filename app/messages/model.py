@@ -1,6 +1,6 @@
 """The FIPA-ACL message model: performatives, ids, the request bodies, Draft and Problem.
 
-The leaf of the messaging package: the send path (send.py), delegation and
+The leaf of the messaging package: the send path (drafts.py, send.py), delegation and
 Contract Net all build on these, and this module imports none of them.
 """
 

@@ -1,6 +1,6 @@
 """How messages are stored: ids, content JSON, mailbox rows, wake-up events.
 
-Shared by the send path (send.py) and everything else that puts a
+Shared by the send path (send.py, drafts.py) and everything else that puts a
 message in a mailbox: hub replies, Contract Net, delegation, dead-letter
 replay. The mailbox itself (leases, acks) is mailboxes.py.
 """
