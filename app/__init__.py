@@ -16,7 +16,7 @@ from werkzeug.routing import IntegerConverter
 
 from app import config, db
 from app.api import JsonProvider
-from app.ops import backup
+from app.ops import restore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     telemetry.setup_logging(app.config["LOG_LEVEL"])
     telemetry.setup_sentry(app.config["SENTRY_DSN"])
-    backup.startup_check(app.config)  # quick_check: stop, or restore when configured
+    restore.startup_check(app.config)  # quick_check: stop, or restore when configured
     db.migrate(app.config["DATABASE"])
     app.teardown_appcontext(db.close_db)
 
@@ -110,6 +110,7 @@ FEATURES = [
     "openapi",
     "dashboard",
     "agents",
+    "agent_lifecycle",
     "triggers",
     "tasks",
     "webhooks",

@@ -14,7 +14,7 @@ import pytest
 from app import config
 from app.agents import agent_secrets
 from app.cli import main
-from app.ops import backup, keyseal
+from app.ops import backup, keyseal, restore
 from tests.conftest import ROOT, _venv_bin, clean_env
 from tests.ops_helpers import add_task, connect
 from tests.pipeline_helpers import live, post_hook, shell_agent, wait_for, webhook_trigger
@@ -130,7 +130,7 @@ def test_it_stops_start_up_on_a_corrupt_database_with_the_command(make_app, app)
     fill(app, 200)
     saved = backup.create_backup(app.config)["file"]
     corrupt(Path(app.config["DATABASE"]))
-    with pytest.raises(backup.CorruptDatabase) as failed:
+    with pytest.raises(restore.CorruptDatabase) as failed:
         make_app()
     message = str(failed.value)
     assert "corrupt" in message and f"agented restore {saved}" in message
@@ -257,11 +257,11 @@ def test_it_refuses_a_backup_from_another_key_without_its_passphrase(app, tmp_pa
     saved = backup.create_backup(app.config)["file"]  # no passphrase: only the fingerprint
     elsewhere = dict(app.config, SECRET_KEY="another-machine-key-0123456789")
     with pytest.raises(backup.BackupError) as failed:
-        backup.restore(elsewhere, saved, passphrase=PASSPHRASE)
+        restore.restore(elsewhere, saved, passphrase=PASSPHRASE)
     assert "different secret key" in str(failed.value) and "without a passphrase" in str(
         failed.value
     )
-    done = backup.restore(elsewhere, saved, without_secrets=True)
+    done = restore.restore(elsewhere, saved, without_secrets=True)
     assert done["secret_key"] == "kept" and "will not decrypt" in done["notes"][0]
 
 
@@ -311,7 +311,7 @@ def test_it_seals_the_key_from_the_environment_and_restores_it_to_the_file(
     # that the environment wins until the operator removes it.
     monkeypatch.setenv("SECRET_KEY", "another-key-in-the-new-environment")
     monkeypatch.setenv("AGENTED_DATA_DIR", str(tmp_path / "new-machine"))
-    done = backup.restore(config.load(), saved, PASSPHRASE)
+    done = restore.restore(config.load(), saved, PASSPHRASE)
     assert done["secret_key"] == "restored"
     assert "SECRET_KEY is set in the environment and overrides that file" in done["notes"][1]
     assert (tmp_path / "new-machine" / "secret_key").read_text() == (

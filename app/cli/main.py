@@ -20,7 +20,7 @@ from dotenv import load_dotenv
 
 from app import config, db
 from app.auth import create_key, key_json
-from app.ops import audit, backup
+from app.ops import audit, restore
 
 # A command whose last word is one of these only reads: it leaves no audit row.
 READ_ONLY = {"list", "show", "get", "status", "verify", "diagnose", "completion", "tail", "logs",
@@ -99,9 +99,9 @@ def db_migrate(as_json: bool) -> None:
     try:
         # Under systemd this runs first (ExecStartPre): a corrupt database must
         # stop here with the restore command, or be restored when configured.
-        backup.startup_check(cfg)
+        restore.startup_check(cfg)
         applied = db.migrate(cfg["DATABASE"])
-    except (db.MigrationError, backup.CorruptDatabase) as exc:
+    except (db.MigrationError, restore.CorruptDatabase) as exc:
         raise click.ClickException(str(exc)) from None
     emit(as_json, {"applied": applied}, "\n".join(applied) or "up to date")
 

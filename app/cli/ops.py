@@ -13,7 +13,7 @@ from click.shell_completion import get_completion_class
 
 from app import config, db
 from app.cli.main import emit, main, open_db, settings
-from app.ops import alerts, audit, backup, diagnose, retention
+from app.ops import alerts, audit, backup, diagnose, restore, retention
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
@@ -90,7 +90,7 @@ def restore_cmd(file: str, passphrase_file, without_secrets: bool, as_json: bool
     """
     cfg = settings()
     try:
-        result = backup.restore(cfg, file, read_passphrase(cfg, passphrase_file), without_secrets)
+        result = restore.restore(cfg, file, read_passphrase(cfg, passphrase_file), without_secrets)
     except (backup.BackupError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     kept = result["replaced"] or "nothing (there was no database)"
