@@ -1,16 +1,16 @@
-"""Agents: the registry. CRUD, external agents with their own keys, heartbeats, lifecycle.
+"""Agents: the registry. What an agent is, register/update/delete, capability
+matching, and the marks that let an agent-scoped key reach a route.
 
-Lifecycle (issue 6): `registered -> running -> draining -> stopped`, plus `offline`
-for an external agent whose heartbeat is older than AGENT_OFFLINE_S. The
-scheduler (app/scheduler.py) gives no new task to a `draining` or `stopped`
-agent; messaging refuses new conversations to them. Columns this module adds
-(migrations/0003_messages.sql): `rate_tier` (app/ratelimit.py) and
-`state_changed_at`.
+An agent's states after registration (heartbeats, start/drain/stop, the offline
+sweep, key rotation) live in app/agent_lifecycle.py, which imports this module.
+Columns this module adds (migrations/0003_messages.sql): `rate_tier`
+(app/ratelimit.py) and `state_changed_at`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
@@ -18,9 +18,10 @@ from typing import Annotated, Any, Literal
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
-from app import crypto, db, events, ratelimit
+from app import crypto, db, events
 from app.api import Body, body_model, or_404, parse_body
 from app.auth import allows, create_key, requires
+from app.commands import validate_agent_command
 from app.errors import ApiError
 
 bp = Blueprint("agents", __name__)
@@ -84,11 +85,6 @@ class AgentPatch(Body):
     network: bool | None = None
 
 
-class HeartbeatIn(Body):
-    capabilities: list[str] | None = Field(default=None, max_length=50)
-    metadata: dict[str, Any] | None = None
-
-
 # Fields a PATCH may set to null (clearing them); the others must keep a value.
 NULLABLE = {"model", "repository", "secrets"}
 JSON_FIELDS = (
@@ -123,8 +119,6 @@ def check_runnable(data: dict) -> None:
             raise ApiError(422, "command and flags cannot contain NUL characters")
     if data["backend"] == "external":
         return  # runs elsewhere: nothing to check on this machine
-    from app.commands import validate_agent_command
-
     try:
         validate_agent_command(data["backend"], data["command"], data["flags"])
     except ValueError as exc:
@@ -133,8 +127,6 @@ def check_runnable(data: dict) -> None:
 
 def check_registry_fields(data: dict) -> None:
     """Refuse capability tags and rate tiers the registry cannot match or enforce."""
-    import re
-
     for tag in data.get("capabilities") or []:
         if not re.match(TAG, tag):
             raise ApiError(422, f"capability {tag!r} must match {TAG}")
@@ -285,79 +277,9 @@ def limit_agent_keys() -> None:
         raise ApiError(403, "an agent-scoped key can use only the messaging and registry routes")
 
 
-def acting_as(name: str, need: str = "developer"):
-    """Load agent `name` for an action done as it; 403 unless the key may act as it.
-
-    An agent-scoped key may act only as its own agent; any other key needs `need`.
-    """
-    row = get_agent(name)
-    own = key_agent_id()
-    if own is not None:
-        if own != row["id"]:
-            raise ApiError(403, f"this key belongs to another agent, not {name!r}")
-    elif not allows(g.key, need):
-        raise ApiError(403, f"this needs the {need} role or {name!r}'s own key")
-    return row
-
-
 def new_agent_key(conn, agent_id: int, name: str) -> tuple[int, str]:
     """Create an agent-scoped key (role viewer, see limit_agent_keys) in the caller's write."""
     return create_key(conn, f"agent:{name}", "viewer", agent_id)
-
-
-# --- lifecycle -------------------------------------------------------------------------
-
-
-def set_state(conn, row, state: str, reason: str, t: float) -> dict | None:
-    """Move the agent to `state` if it is not there yet; return the event to publish."""
-    cur = conn.execute(
-        "UPDATE agents SET state = ?, state_changed_at = ?, updated_at = ?"
-        " WHERE id = ? AND state = ?",
-        (state, t, t, row["id"], row["state"]),
-    )
-    if cur.rowcount != 1 or row["state"] == state:
-        return None  # already there, or someone else changed it first
-    return events.record(
-        conn,
-        "agent.state",
-        f"agent:{row['name']}",
-        {"agent": row["name"], "from": row["state"], "to": state, "reason": reason},
-    )
-
-
-# from-state -> allowed for each lifecycle action
-TRANSITIONS = {
-    "start": ("registered", "offline", "draining", "stopped", "running"),
-    "drain": ("registered", "running", "offline", "draining"),
-    "stop": ("registered", "running", "offline", "draining", "stopped"),
-}
-TARGET = {"start": "running", "drain": "draining", "stop": "stopped"}
-
-
-def sweep(conn, t: float, offline_after: float) -> list[dict]:
-    """Mark silent external agents offline and finish drains; return the events."""
-    evs = []
-    for row in conn.execute(
-        "SELECT * FROM agents WHERE backend = 'external' AND state IN ('registered', 'running')"
-        " AND coalesce(heartbeat_at, created_at) < ?",
-        (t - offline_after,),
-    ).fetchall():
-        ev = set_state(conn, row, "offline", f"no heartbeat for {offline_after:g}s", t)
-        if ev is not None:
-            evs.append(ev)
-    # A drain is over when the agent holds nothing: no mailbox message left to
-    # ack and no task of its in flight.
-    for row in conn.execute(
-        "SELECT * FROM agents a WHERE state = 'draining'"
-        " AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.receiver = a.name"
-        "   AND m.state = 'queued')"
-        " AND NOT EXISTS (SELECT 1 FROM tasks k WHERE k.agent = a.name"
-        "   AND k.state IN ('assigned', 'accepted', 'running'))"
-    ).fetchall():
-        ev = set_state(conn, row, "stopped", "drained: nothing left in hand", t)
-        if ev is not None:
-            evs.append(ev)
-    return evs
 
 
 # --- routes -----------------------------------------------------------------------------
@@ -431,123 +353,3 @@ def agents_delete(name: str):
     """Delete an agent (its keys go with it); its unread messages become dead letters."""
     delete_agent(get_agent(name))
     return "", 204
-
-
-@bp.post("/api/v1/agents/<name>/heartbeat")
-@requires("viewer")
-@agent_scoped
-@body_model(HeartbeatIn)
-def agents_heartbeat(name: str):
-    """Record that the agent is alive; optionally update its capabilities and metadata."""
-    row = acting_as(name, need="operator")
-    body = HeartbeatIn()
-    if request.content_length:
-        body = parse_body(HeartbeatIn)
-    check_registry_fields(body.model_dump(exclude_none=True))
-    ratelimit.take(name, row["rate_tier"], "heartbeat")
-    t = time.time()
-
-    def beat(conn):
-        fresh = conn.execute("SELECT * FROM agents WHERE id = ?", (row["id"],)).fetchone()
-        conn.execute(
-            "UPDATE agents SET heartbeat_at = ?,"
-            " capabilities = coalesce(?, capabilities), metadata = coalesce(?, metadata)"
-            " WHERE id = ?",
-            (
-                t,
-                json.dumps(body.capabilities) if body.capabilities is not None else None,
-                json.dumps(body.metadata) if body.metadata is not None else None,
-                row["id"],
-            ),
-        )
-        if fresh["state"] in ("registered", "offline"):
-            return set_state(conn, fresh, "running", "heartbeat", t)
-        return None
-
-    ev = db.write(beat)
-    if ev is not None:
-        events.publish_all([ev])
-    cfg = current_app.config
-    data = agent_json(get_agent(name))
-    return jsonify(
-        {
-            "agent": name,
-            "state": data["state"],
-            "heartbeat_at": t,
-            "heartbeat_interval_s": cfg["AGENT_HEARTBEAT_S"],
-            "offline_after_s": cfg["AGENT_OFFLINE_S"],
-        }
-    )
-
-
-def _lifecycle(name: str, action: str):
-    change_state(acting_as(name, need="operator"), action)
-    return jsonify(agent_json(get_agent(name)))
-
-
-def change_state(row, action: str) -> None:
-    """Start, drain or stop the agent; 409 when its current state does not allow it."""
-    t = time.time()
-
-    def change(conn):
-        fresh = conn.execute("SELECT * FROM agents WHERE id = ?", (row["id"],)).fetchone()
-        if fresh["state"] not in TRANSITIONS[action]:
-            raise ApiError(
-                409,
-                f"cannot {action} an agent that is {fresh['state']}",
-                code="invalid_transition",
-                details={"state": fresh["state"], "action": action},
-            )
-        return set_state(conn, fresh, TARGET[action], f"{action} requested", t)
-
-    ev = db.write(change)
-    if ev is not None:
-        events.publish_all([ev])
-
-
-@bp.post("/api/v1/agents/<name>/start")
-@requires("viewer")
-@agent_scoped
-def agents_start(name: str):
-    """Mark the agent running (operator, or the agent itself)."""
-    return _lifecycle(name, "start")
-
-
-@bp.post("/api/v1/agents/<name>/drain")
-@requires("viewer")
-@agent_scoped
-def agents_drain(name: str):
-    """Drain: finish what the agent holds, take nothing new, then stop."""
-    return _lifecycle(name, "drain")
-
-
-@bp.post("/api/v1/agents/<name>/stop")
-@requires("viewer")
-@agent_scoped
-def agents_stop(name: str):
-    """Stop the agent now; it takes nothing new."""
-    return _lifecycle(name, "stop")
-
-
-@bp.post("/api/v1/agents/<name>/key")
-@requires("operator")
-def agents_rotate_key(name: str):
-    """Revoke an external agent's keys and issue a new one, shown in this answer only."""
-    key_id, raw = replace_agent_key(get_agent(name))
-    return jsonify({"agent": name, "key_id": key_id, "key": raw}), 201
-
-
-def replace_agent_key(row) -> tuple[int, str]:
-    """Revoke an external agent's keys and create its new one in one write; return (id, raw)."""
-    if row["backend"] != "external":
-        raise ApiError(409, "only external agents have agent-scoped keys")
-    t = time.time()
-
-    def rotate(conn):
-        conn.execute(
-            "UPDATE api_keys SET revoked_at = ? WHERE agent_id = ? AND revoked_at IS NULL",
-            (t, row["id"]),
-        )
-        return new_agent_key(conn, row["id"], row["name"])
-
-    return db.write(rotate)

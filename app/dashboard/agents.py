@@ -14,19 +14,16 @@ from typing import Any
 from flask import current_app, g, render_template, request, url_for
 
 from app import db, sandbox
+from app.agent_lifecycle import TARGET, TRANSITIONS, change_state, replace_agent_key
 from app.agents import (
     TAKES_NEW_WORK,
-    TARGET,
-    TRANSITIONS,
     AgentIn,
     AgentPatch,
     agent_json,
     agent_secrets,
-    change_state,
     delete_agent,
     get_agent,
     register_agent,
-    replace_agent_key,
     update_agent,
 )
 from app.api import loads, public_url, validate

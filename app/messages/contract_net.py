@@ -23,10 +23,10 @@ from flask import Blueprint, current_app, g, jsonify
 from pydantic import Field
 
 from app import db, events, ratelimit
+from app.agent_lifecycle import acting_as
 from app.agents import (
     NAME,
     TAKES_NEW_WORK,
-    acting_as,
     agent_scoped,
     find_by_capability,
     key_agent_id,

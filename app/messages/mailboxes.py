@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import Field
 
-from app import agents, db, events, ratelimit
-from app.agents import acting_as, agent_scoped, key_agent_id
+from app import agent_lifecycle, db, events, ratelimit
+from app.agent_lifecycle import acting_as
+from app.agents import agent_scoped, key_agent_id
 from app.api import Body, arg_int, body_model, parse_body
 from app.auth import requires, streams
 from app.errors import ApiError
@@ -167,7 +168,7 @@ def note_alive(conn, agent_id: int, t: float) -> list[dict]:
         return []
     conn.execute("UPDATE agents SET heartbeat_at = ? WHERE id = ?", (t, agent_id))
     if row["state"] in ("registered", "offline"):
-        ev = agents.set_state(conn, row, "running", "polled its mailbox", t)
+        ev = agent_lifecycle.set_state(conn, row, "running", "polled its mailbox", t)
         return [ev] if ev is not None else []
     return []
 
@@ -358,7 +359,7 @@ def sweep(conn, cfg: dict, t: float) -> list[dict]:
         " AND acked_at < ? LIMIT 10000)",
         (t - cfg["MESSAGE_RETENTION_S"],),
     )
-    evs += agents.sweep(conn, t, cfg["AGENT_OFFLINE_S"])
+    evs += agent_lifecycle.sweep(conn, t, cfg["AGENT_OFFLINE_S"])
     return evs
 
 

@@ -48,7 +48,11 @@ GENESIS = "0" * 64
 # Machine traffic that changes nothing a person decided, with its own record:
 # heartbeats (agents.heartbeat_at), mailbox acks (messages.acked_at) and SSE
 # tokens (stateless). Other modules can mark more views with @exempt.
-EXEMPT_ENDPOINTS = {"agents.agents_heartbeat", "mailboxes.mailbox_ack", "auth.stream_tokens_create"}
+EXEMPT_ENDPOINTS = {
+    "agent_lifecycle.agents_heartbeat",
+    "mailboxes.mailbox_ack",
+    "auth.stream_tokens_create",
+}
 FIELDS = ("ts", "actor", "key_id", "via", "action", "target", "status", "request_id", "detail")
 CHAIN_PLAIN, CHAIN_KEYED = 0, 1
 
