@@ -3,8 +3,9 @@
 The scheduler greenlet starts a Run for every task app/scheduler.py claims. A
 claim bumps the attempt number (the fencing token): every later write for that
 attempt says `WHERE attempts = ?`, so a stale run can never overwrite a newer one.
-Each run spawns the agent's argv in its own process group with a filtered
-environment, streams stdout/stderr lines to live subscribers as soon as they are
+Each run starts the agent's argv under bubblewrap (app/sandbox.py), in its own
+process group with a filtered environment and within its limits
+(app/run_limits.py), streams stdout/stderr lines to live subscribers as soon as they are
 read and to the database in batches (app/runlog.py: a crash loses at most
 ~100 ms of log), and ends with one transaction that records the attempt, stores
 the last lines and moves the task on.
