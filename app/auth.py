@@ -129,13 +129,13 @@ def _presented_key() -> str | None:
     return None
 
 
-def _auth_failed(message: str) -> ApiError:
+def auth_failed(message: str) -> ApiError:
     limit = parse_limit(current_app.config["AUTH_FAIL_LIMIT"])
     _state()["fail"].hit(limit, "authfail", request.remote_addr or "?")
     return ApiError(401, message)
 
 
-def _check_fail_limit() -> None:
+def check_fail_limit() -> None:
     limit = parse_limit(current_app.config["AUTH_FAIL_LIMIT"])
     addr = request.remote_addr or "?"
     fail = _state()["fail"]
@@ -176,7 +176,7 @@ def _token_key(view: Callable | None):
     try:
         payload = _serializer().loads(token, max_age=current_app.config["SSE_TOKEN_TTL_S"])
     except BadSignature:
-        raise _auth_failed("the stream token is invalid or expired") from None
+        raise auth_failed("the stream token is invalid or expired") from None
     if isinstance(payload, list):
         # Minted by a dashboard session: it dies with that session (sign-out).
         key_id, id_hash = payload
@@ -226,12 +226,12 @@ def guard() -> Any:
             raise ApiError(403, f"this needs the {needed} role")
         return None
 
-    _check_fail_limit()
+    check_fail_limit()
     raw = _presented_key()
     if raw:
         key = find_key(db.get_db(), raw)
         if key is None:
-            raise _auth_failed("the API key is not valid")
+            raise auth_failed("the API key is not valid")
     else:
         key = _token_key(view)
         if key is None:
@@ -241,7 +241,7 @@ def guard() -> Any:
                 if request.method not in ("GET", "HEAD", "OPTIONS"):
                     check_csrf()
         if key is None:
-            raise _auth_failed("send an API key in X-API-Key or Authorization: Bearer")
+            raise auth_failed("send an API key in X-API-Key or Authorization: Bearer")
     g.key = key
     _touch(key)
     if view is None:
@@ -336,11 +336,11 @@ def signin_get():
 
 @bp.post("/signin")
 def signin_post():
-    _check_fail_limit()
+    check_fail_limit()
     check_csrf()
     key = find_key(db.get_db(), request.form.get("key", "").strip())
     if key is None:
-        _auth_failed("bad key")
+        auth_failed("bad key")
         flash("That key is not valid or was revoked.")
         return render_template("signin.html", next=request.form.get("next", "/")), 401
     session.clear()

@@ -191,7 +191,7 @@ def reject(status: int, message: str, **delivery: Any) -> ApiError:
     if status == 401:
         # A wrong signature counts as a failed authentication from this address, so a
         # flood of them meets the same 429 as a flood of wrong API keys.
-        return auth._auth_failed(message)
+        return auth.auth_failed(message)
     return ApiError(status, message)
 
 
@@ -283,7 +283,7 @@ def tasks_brief(ids: list[int]) -> list[dict]:
 def hook(slug: str):
     """Receive a generic webhook: X-Signature-256 over the body, or Standard Webhooks."""
     # Before anything is read: an address refused for failed signatures costs nothing.
-    auth._check_fail_limit()
+    auth.check_fail_limit()
     cfg = current_app.config
     row = db.query_one("SELECT * FROM triggers WHERE slug = ? AND kind = 'webhook'", (slug,))
     if row is None:
@@ -334,7 +334,7 @@ def hook(slug: str):
 @bp.post("/api/webhooks/github/")
 def github():
     """Receive a GitHub webhook (X-Hub-Signature-256 with GITHUB_WEBHOOK_SECRET)."""
-    auth._check_fail_limit()
+    auth.check_fail_limit()
     secret = current_app.config["GITHUB_WEBHOOK_SECRET"]
     if not secret:
         # Fail closed: without a secret nothing could be verified.

@@ -252,14 +252,14 @@ def _authorised() -> bool:
     if presented and presented.startswith(auth.KEY_PREFIX):
         key = auth.find_key(db.get_db(), presented)
         if key is None:
-            raise auth._auth_failed("the API key is not valid")
+            raise auth.auth_failed("the API key is not valid")
         return _person_key(key)
     if cfg["METRICS_LOOPBACK"] and request.remote_addr in ("127.0.0.1", "::1"):
         return True
     if g.get("key") is not None:  # a signed-in dashboard session
         return _person_key(g.key)
     if presented:
-        raise auth._auth_failed("the metrics token is not valid")
+        raise auth.auth_failed("the metrics token is not valid")
     return False
 
 
@@ -284,7 +284,7 @@ def metrics_json():
 @bp.get("/metrics")
 def metrics_view():
     # /metrics is outside /api, so the guard leaves it alone: check here.
-    auth._check_fail_limit()
+    auth.check_fail_limit()
     if not _authorised():
         raise ApiError(401, "send a viewer API key or the metrics token (Authorization: Bearer)")
     body = render(dict(current_app.config))
