@@ -190,7 +190,9 @@ class Run:
                 guard.cgroup = pool.apply(sandbox.RunCgroup, (_cgroups, name, limits))
             full = sandbox.command(argv, workspace=workspace, home=home, cfg=cfg,
                                    network=bool(agent["network"]), limits=limits,
-                                   cgroup=guard.cgroup, read=repository_paths(agent))  # fmt: skip
+                                   cgroup=guard.cgroup,
+                                   read=(*repository_paths(agent),
+                                         *sandbox.program_dirs(argv[0], env["PATH"])))  # fmt: skip
             # Own session (so its process group), only `env`, no other fds, stdio piped.
             self.proc = spawn(full, env, workspace)
         except OSError as exc:

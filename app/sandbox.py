@@ -92,6 +92,26 @@ def visible_again(cfg: dict) -> list[str]:
     return [os.path.realpath(p) for p in paths if os.path.exists(p)]
 
 
+def program_dirs(program: str, path_env: str) -> list[str]:
+    """Where the run's program lives (its folder, and its symlink's target folder): a CLI
+    installed under a hidden place or under /tmp must still be found inside."""
+    found = shutil.which(program, path=path_env) if os.sep not in program else program
+    if not found or not os.path.isabs(found):
+        return []
+    return sorted({os.path.dirname(found), os.path.dirname(os.path.realpath(found))})
+
+
+def _exposes_secrets(path: str, cfg: dict) -> bool:
+    """True if showing `path` would show the data dir, workspaces, homes or backups."""
+    secret = [cfg["DATA_DIR"], cfg["WORKSPACES_DIR"], cfg["HOMES_DIR"], cfg.get("BACKUP_DIR")]
+    for place in filter(None, secret):
+        place = os.path.realpath(place)
+        inside = path == place or path.startswith(place + "/")
+        if inside or place.startswith(path.rstrip("/") + "/"):
+            return True
+    return False
+
+
 def bwrap_argv(
     argv: list[str], *, workspace: str, home: str, cfg: dict, network: bool, limits: Limits,
     read: tuple[str, ...] = (),
@@ -116,11 +136,14 @@ def bwrap_argv(
         args += ["--tmpfs", path]
     for path in _env_files():
         args += ["--ro-bind", "/dev/null", path]
+    masked = ["/tmp", *hidden]
     for path in visible_again(cfg):
-        if any(path == h or path.startswith(h + "/") for h in hidden):
+        inside = any(path == h or path.startswith(h + "/") for h in masked)
+        if inside and not _exposes_secrets(path, cfg):
             args += ["--ro-bind", path, path]
     for path in read:
-        args += ["--ro-bind", path, path]
+        if not _exposes_secrets(path, cfg):
+            args += ["--ro-bind", path, path]
     args += ["--bind", home, home, "--bind", workspace, workspace]
     # Hidden places read-only (the run's own places stay writable inside them).
     for path in hidden:
