@@ -266,3 +266,22 @@ def test_it_answers_while_a_run_floods_its_output(hub):
     cancelled = hub.request("POST", f"/api/v1/tasks/{task_id}/cancel", headers=headers, timeout=120)
     assert cancelled[0] in (200, 202)
     assert wait_state(hub, task_id, "cancelled", timeout=120)["state"] == "cancelled"
+
+
+def test_it_never_shows_the_hubs_data_through_a_programs_folder(tmp_path):
+    from app import sandbox
+
+    data = tmp_path / "data"
+    (data / "bin").mkdir(parents=True)
+    cfg = {"SANDBOX": "bwrap", "DATA_DIR": data, "WORKSPACES_DIR": data / "workspaces",
+           "HOMES_DIR": tmp_path / "data-homes", "BACKUP_DIR": "", "SANDBOX_HIDE": [],
+           "SANDBOX_READ": []}  # fmt: skip
+    limits = sandbox.limits_for(None, {f"LIMIT_{f.upper()}": 1 for f in sandbox.LIMIT_FIELDS})
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    argv = sandbox.bwrap_argv(["x"], workspace=str(tmp_path / "ws"), home=str(tmp_path / "h"),
+                              cfg=cfg, network=True, limits=limits,
+                              read=(str(tmp_path), str(data / "bin"), str(tools)))  # fmt: skip
+    bound = [argv[i + 1] for i, a in enumerate(argv) if a == "--ro-bind"]
+    assert str(tools) in bound  # a program's own folder is shown, read-only
+    assert str(tmp_path) not in bound and str(data / "bin") not in bound  # never the data
