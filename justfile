@@ -69,6 +69,8 @@ fuzz examples="20": setup
     until curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null; do sleep 0.2; done
     .venv/bin/schemathesis run "http://127.0.0.1:$port/openapi.json" -H "X-API-Key: $key" \
         --max-examples {{examples}} --checks not_a_server_error
+    # A fresh key: the fuzzer may have revoked its own.
+    key=$(.venv/bin/agented keys create --name fuzz-after --role admin --json | .venv/bin/python -c 'import json, sys; print(json.load(sys.stdin)["key"])')
     # Hostile prompt templates (issue 12): each refused with a 422, the server still live.
     .venv/bin/python -m tests.fuzz_templates "http://127.0.0.1:$port" "$key"
     # Forged, deep, stale and replayed webhooks and a stream flood (issue 12).
