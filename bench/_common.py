@@ -199,16 +199,17 @@ class Api:
         self.conn.close()
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds a process has used so far (0 when unknown)."""
+def cpu_seconds(pid: int | None, children: bool = False) -> float:
+    """User + system CPU seconds a process has used so far (0 when unknown); with
+    `children`, those of the children it has waited for (cutime, cstime) instead."""
     if pid is None:
         return 0.0
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
 
 def loop_times(pid: int | None) -> tuple[float, float]:

@@ -104,17 +104,6 @@ def wait_finished(server: Server, task_id: int, deadline_s: float = 10.0):
     )
 
 
-def child_cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process's children it has waited for (cutime, cstime)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
-
-
 def isolation(server: Server) -> str:
     """What the hub said about run isolation at start-up (its `run isolation:` log line)."""
     try:
@@ -140,10 +129,10 @@ def sandbox_latency(hubs: dict[str, tuple[Server, Api]], samples: int, blocks: i
         for name in names if i % 2 == 0 else names[::-1]:
             server, api = hubs[name]
             pid = server.worker_pid()
-            cpu0, child0 = cpu_seconds(pid), child_cpu_seconds(pid)
+            cpu0, child0 = cpu_seconds(pid), cpu_seconds(pid, children=True)
             lat = latency(server, api, "stamp", n, warmup=5 if i == 0 else 2)
             out[name]["cpu"] += cpu_seconds(pid) - cpu0
-            out[name]["child_cpu"] += child_cpu_seconds(pid) - child0
+            out[name]["child_cpu"] += cpu_seconds(pid, children=True) - child0
             for k in ("total", "ingest", "claim", "spawn"):
                 out[name][k] += lat[k]
     for name in names:
