@@ -43,7 +43,6 @@ TMP_MAX_BYTES = 1024 * MiB
 _ENTER_CGROUPS = (
     'for f do shift; [ "$f" = -- ] && break; echo 0 > "$f" || exit 126; done; exec "$@"'
 )
-EXIT_SANDBOX_FAILED = 126
 
 
 @dataclass(frozen=True)
@@ -168,10 +167,10 @@ def command(
     cgroup: RunCgroup | None, read: tuple[str, ...] = (),
 ) -> list[str]:  # fmt: skip
     """The full argv of a sandboxed run: [cgroup entry] prlimit bwrap ... -- argv."""
-    inner = bwrap_argv(argv, workspace=workspace, home=home, cfg=cfg, network=network,
-                       limits=limits, read=read)  # fmt: skip
-    if cfg["SANDBOX"] == "off":
-        inner = argv
+    inner = argv
+    if cfg["SANDBOX"] != "off":
+        inner = bwrap_argv(argv, workspace=workspace, home=home, cfg=cfg, network=network,
+                           limits=limits, read=read)  # fmt: skip
     full = [*rlimit_argv(limits, cgroup is not None), *inner]
     if cgroup is not None:
         full = ["/bin/sh", "-c", _ENTER_CGROUPS, "sh", *cgroup.procs_files(), "--", *full]
