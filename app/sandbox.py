@@ -246,6 +246,18 @@ class Cgroups:
     def describe(self) -> str:
         return f"cgroup v{self.version} (memory, pids)"
 
+    def sweep(self, older_than_s: float = 600) -> None:
+        """Remove empty run cgroups a killed hub left behind. Only old ones: another
+        hub on this machine may have made one a moment ago and not entered it yet;
+        a cgroup that still holds a process cannot be removed."""
+        cutoff = time.time() - older_than_s
+        for base in set(self.dirs.values()):
+            with contextlib.suppress(OSError):
+                for child in base.iterdir():
+                    if child.name.startswith("task-") and child.stat().st_ctime < cutoff:
+                        with contextlib.suppress(OSError):
+                            child.rmdir()
+
 
 def _own_cgroups() -> dict[str, str]:
     found = {}
@@ -285,7 +297,9 @@ def detect_cgroups() -> Cgroups | None:
         if not _writable_dir(base):
             return None
         dirs[controller] = base
-    return Cgroups(1, dirs)
+    found = Cgroups(1, dirs)
+    found.sweep()
+    return found
 
 
 def _detect_v2(own: Path) -> Cgroups | None:
@@ -305,7 +319,11 @@ def _detect_v2(own: Path) -> Cgroups | None:
         (runs / "cgroup.subtree_control").write_text("+memory +pids")
     except OSError:
         return None
-    return Cgroups(2, {"memory": runs, "pids": runs}) if _writable_dir(runs) else None
+    if not _writable_dir(runs):
+        return None
+    found = Cgroups(2, {"memory": runs, "pids": runs})
+    found.sweep()
+    return found
 
 
 class RunCgroup:

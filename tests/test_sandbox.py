@@ -285,3 +285,25 @@ def test_it_never_shows_the_hubs_data_through_a_programs_folder(tmp_path):
     bound = [argv[i + 1] for i, a in enumerate(argv) if a == "--ro-bind"]
     assert str(tools) in bound  # a program's own folder is shown, read-only
     assert str(tmp_path) not in bound and str(data / "bin") not in bound  # never the data
+
+
+def test_it_sweeps_empty_run_cgroups_a_killed_hub_left_behind():
+    from app import sandbox
+
+    cgroups = sandbox.detect_cgroups()
+    assert cgroups is not None, "this machine lets the hub create cgroups (the limits tests too)"
+    limits = sandbox.Limits(64, 8, 10, 1, 1)
+    left = sandbox.RunCgroup(cgroups, f"task-0-0-{os.urandom(4).hex()}", limits)
+    busy = sandbox.RunCgroup(cgroups, f"task-0-0-{os.urandom(4).hex()}", limits)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        for procs in busy.procs_files():
+            with open(procs, "w") as f:
+                f.write(str(sleeper.pid))
+        cgroups.sweep(older_than_s=0)
+        assert not any(p.exists() for p in left.paths)
+        assert all(p.exists() for p in busy.paths)  # a cgroup in use is never removed
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        busy.kill_and_remove()
