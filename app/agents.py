@@ -21,7 +21,7 @@ from pydantic import Field
 from app import crypto, db, events
 from app.api import Body, body_model, or_404, parse_body
 from app.auth import allows, create_key, requires
-from app.commands import validate_agent_command
+from app.commands import validate_agent_command, validate_model
 from app.errors import ApiError
 
 bp = Blueprint("agents", __name__)
@@ -121,6 +121,7 @@ def check_runnable(data: dict) -> None:
         return  # runs elsewhere: nothing to check on this machine
     try:
         validate_agent_command(data["backend"], data["command"], data["flags"])
+        validate_model(data["backend"], data.get("model"))
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
 

@@ -91,6 +91,21 @@ def validate_agent_command(backend: str, command: list[str], flags: list[str]) -
                 )
 
 
+def validate_model(backend: str, model: str | None) -> None:
+    """Raise ValueError for a model name the backend's CLI would not accept."""
+    model = (model or "").strip()
+    if backend != "opencode" or not model:
+        return
+    # opencode splits at the first "/": the provider, then the model, which may
+    # itself hold a "/" (openrouter/anthropic/claude-sonnet-4).
+    provider, _, name = model.partition("/")
+    if not provider.strip() or not name.strip():
+        raise ValueError(
+            f"opencode model {model!r} must have the form provider/model, "
+            "such as anthropic/claude-sonnet-4-5"
+        )
+
+
 def build_argv(agent: Mapping[str, Any]) -> list[str]:
     """Return the argv for one attempt; the prompt is written to stdin, never on argv."""
     backend = agent.get("backend")
@@ -206,9 +221,13 @@ class UsageTracker:
 
 # Phrases the CLIs print when a rate or usage limit stops them (captured from the
 # real CLIs; see tests/fakes/samples/). Kept specific: agents often work on code
-# that talks about rate limits, and a false hit delays a task for hours.
+# that talks about rate limits, and a false hit delays a task for hours. Spend
+# caps and exhausted credits are limits too: the account waits for a person.
 _HIT = re.compile(
     r"usage limit reached|you(?:'|’|\u2019)ve hit your [\w ]{0,40}?limit"
+    r"|(?:you(?:'|’|\u2019)ve|you have) reached your [\w -]{0,40}?limit"
+    r"|spend(?:ing)? cap reached|reached your [\w -]{0,20}?spend(?:ing)? cap"
+    r"|credit balance is too low|\binsufficient_quota\b|\bout of credits\b"
     r"|\blimit reached\s*[∙·•-]\s*resets|rate_limit_error|rate_limit_exceeded"
     r"|rate limit(?:ed)? (?:reached|exceeded)|\"error\":\s*\"rate_limit\""
     r"|RESOURCE_EXHAUSTED|quota exceeded|exceeded your current quota"
@@ -332,6 +351,20 @@ def _limit_lines(text: str) -> list[str]:
         ):
             lines.append(line)
     return lines
+
+
+def later_limit(
+    seen: tuple[bool, float | None], hit: tuple[bool, float | None]
+) -> tuple[bool, float | None]:
+    """Merge a limit found on one more line into what a run has shown so far.
+
+    An early api_retry ("retry in 30 s") must not hide the real reset printed
+    later, so the latest reset wins; a line without one keeps the reset seen.
+    """
+    if not hit[0]:
+        return seen
+    resets = [t for t in (seen[1], hit[1]) if t is not None]
+    return True, (max(resets) if resets else None)
 
 
 def rate_limit(text: str, now: float | None = None) -> tuple[bool, float | None]:

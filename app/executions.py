@@ -343,10 +343,8 @@ class Run:
                     whole += raw
             if name == "stdout":
                 self.usage.feed(whole)
-            if self.rate_limited[1] is None:
-                hit = commands.rate_limit(whole[:max_line].decode("utf-8", errors="replace"))
-                if hit[0]:
-                    self.rate_limited = hit
+            hit = commands.rate_limit(whole[:max_line].decode("utf-8", errors="replace"))
+            self.rate_limited = commands.later_limit(self.rate_limited, hit)
             # Reading goes on past the cap so a chatty child never blocks on a full pipe.
             if self.truncated:
                 continue

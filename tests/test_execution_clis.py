@@ -36,7 +36,8 @@ def cli_agent(srv, backend, **extra):
     ],
 )
 def test_it_records_one_usage_record_per_attempt(hub, backend, expected):
-    cli_agent(hub, backend, model="m-1")
+    # opencode names its models provider/model.
+    cli_agent(hub, backend, model="mock/m-1" if backend == "opencode" else "m-1")
     task_id = submit(hub, backend, "Summarise the issue.")
     attempt = wait_state(hub, task_id, "succeeded")["attempt_list"][0]
     usage = attempt["usage"]

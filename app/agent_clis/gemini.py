@@ -9,6 +9,24 @@ from app.agent_clis.fields import dict_of, int_of, make_step, str_of, tool_summa
 # `gemini --output-format stream-json`: init, message (user echo, then assistant
 # deltas), tool_use, tool_result, error (warnings), result with session stats.
 # stats.input_tokens includes `cached`; stats.input is the uncached part.
+# stats.output_tokens counts only the answer (the API's candidates): thinking is
+# billed as output but shows only in total_tokens (or a `thoughts` field where
+# the CLI gives one), so the hub adds it back.
+
+
+def _thoughts(stats: dict, models: dict[str, dict]) -> int:
+    given = int_of(stats.get("thoughts"))
+    if given is None and models:
+        parts = [int_of(m.get("thoughts")) for m in models.values()]
+        if any(p is not None for p in parts):
+            given = sum(p or 0 for p in parts)
+    if given is not None:
+        return max(given, 0)
+    total, prompt = int_of(stats.get("total_tokens")), int_of(stats.get("input_tokens"))
+    out = int_of(stats.get("output_tokens"))
+    if total is None or prompt is None or out is None:
+        return 0
+    return max(total - prompt - out, 0)
 
 
 def step(ev: dict) -> dict | None:
@@ -54,8 +72,11 @@ def facts(ev: dict) -> dict:
     total = int_of(stats.get("input_tokens"))
     if fresh is None and total is not None:
         fresh = total - (cached or 0)
-    found: dict[str, Any] = {"total": usage(fresh, stats.get("output_tokens"), cached, None, None)}
     models = {k: dict_of(v) for k, v in dict_of(stats.get("models")).items() if isinstance(k, str)}
+    out = int_of(stats.get("output_tokens"))
+    if out is not None:
+        out += _thoughts(stats, models)
+    found: dict[str, Any] = {"total": usage(fresh, out, cached, None, None)}
     if models:
         # "auto" routing can use several models; name the one that did most of the work.
         found["model"] = max(models, key=lambda k: int_of(models[k].get("total_tokens")) or 0)
