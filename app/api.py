@@ -119,6 +119,19 @@ def arg_int(name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
+def arg_float(name: str, default: float, lo: float, hi: float) -> float:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name} must be between {lo:g} and {hi:g}")
+    return value
+
+
 def newest_first(table: str, where: list[str], params: list, default: int = 50):
     """Return one page of `table` rows, newest id first, and the next page's cursor or None."""
     from app import db

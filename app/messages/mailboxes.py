@@ -20,7 +20,7 @@ from pydantic import Field
 from app import agent_lifecycle, db, events, ratelimit
 from app.agent_lifecycle import acting_as
 from app.agents import agent_scoped, key_agent_id
-from app.api import Body, arg_int, body_model, parse_body
+from app.api import Body, arg_float, arg_int, body_model, parse_body
 from app.auth import requires, streams
 from app.errors import ApiError
 from app.executions import stopping
@@ -35,19 +35,6 @@ MAX_VISIBILITY_S = 12 * 3600
 
 class AckIn(Body):
     ids: list[int] = Field(min_length=1, max_length=1000)
-
-
-def arg_float(name: str, default: float, lo: float, hi: float) -> float:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError(400, f"{name} must be a number") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, f"{name} must be between {lo:g} and {hi:g}")
-    return value
 
 
 # --- leasing (runs inside db.write: SQL only) -------------------------------------------------
