@@ -111,6 +111,7 @@ FEATURES = [
     "dashboard",
     "agents",
     "agent_lifecycle",
+    "accounts",
     "triggers",
     "tasks",
     "webhooks",

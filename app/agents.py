@@ -10,7 +10,9 @@ Columns this module adds (migrations/0003_messages.sql): `rate_tier`
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
@@ -19,9 +21,11 @@ from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
 from app import crypto, db, events
+from app.accounts import NAME as ACCOUNT
+from app.accounts import account_of
 from app.api import Body, body_model, or_404, parse_body
 from app.auth import allows, create_key, requires
-from app.commands import validate_agent_command, validate_model
+from app.commands import DEFAULT_BINARIES, validate_agent_command, validate_model
 from app.errors import ApiError
 
 bp = Blueprint("agents", __name__)
@@ -35,6 +39,8 @@ RESERVED_NAMES = {"hub"}
 TAKES_NEW_WORK = ("registered", "running", "offline")
 # accept_work_from: the agents a local agent takes delegated work from; "*" is any agent.
 WorkFrom = Annotated[str, Field(pattern=r"^(\*|[a-z0-9][a-z0-9_.-]{0,62})$")]
+# What an AI CLI may do unattended (app/commands.py PERMISSIONS maps it to flags).
+Permissions = Literal["read-only", "workspace-write", "full"]
 
 
 class AgentLimits(Body):
@@ -65,6 +71,9 @@ class AgentIn(Body):
     accept_work_from: list[WorkFrom] = Field(default_factory=list, max_length=100)
     limits: AgentLimits = Field(default_factory=AgentLimits)
     network: bool = True
+    account: str | None = Field(default=None, pattern=ACCOUNT)
+    fallback: str | None = Field(default=None, pattern=NAME)
+    permissions: Permissions | None = None
 
 
 class AgentPatch(Body):
@@ -83,10 +92,13 @@ class AgentPatch(Body):
     accept_work_from: list[WorkFrom] | None = Field(default=None, max_length=100)
     limits: AgentLimits | None = None
     network: bool | None = None
+    account: str | None = Field(default=None, pattern=ACCOUNT)
+    fallback: str | None = Field(default=None, pattern=NAME)
+    permissions: Permissions | None = None
 
 
 # Fields a PATCH may set to null (clearing them); the others must keep a value.
-NULLABLE = {"model", "repository", "secrets"}
+NULLABLE = {"model", "repository", "secrets", "account", "fallback", "permissions"}
 JSON_FIELDS = (
     "command", "flags", "env_allow", "capabilities", "metadata", "limits", "accept_work_from",
 )  # fmt: skip
@@ -99,6 +111,7 @@ def agent_json(row) -> dict:
     data["enabled"] = bool(row["enabled"])
     data["network"] = bool(row["network"])
     data["secret_names"] = sorted(agent_secrets(row)) if row["secrets_enc"] else []
+    data["account_in_use"] = account_of(row) if row["backend"] != "external" else None
     beat = row["heartbeat_at"]
     data["heartbeat_age_s"] = round(time.time() - beat, 1) if beat else None
     return data
@@ -126,6 +139,35 @@ def check_runnable(data: dict) -> None:
         raise ApiError(422, str(exc)) from None
 
 
+def check_fallback(conn, name: str, fallback: str | None) -> None:
+    """A fallback must be another local agent (in the caller's transaction)."""
+    if fallback is None:
+        return
+    if fallback == name:
+        raise ApiError(422, "an agent cannot be its own fallback")
+    row = conn.execute("SELECT backend FROM agents WHERE name = ?", (fallback,)).fetchone()
+    if row is None or row["backend"] == "external":
+        raise ApiError(422, f"fallback {fallback!r} is not a local agent")
+
+
+def save_warnings(data: dict) -> list[str]:
+    """What will go wrong with these settings, said when they are saved (they are kept)."""
+    backend = data["backend"]
+    if backend == "external":
+        return []
+    warnings = []
+    program = (data.get("command") or [DEFAULT_BINARIES.get(backend, "")])[0]
+    if program and not (shutil.which(program) or (os.path.isfile(program)
+                                                   and os.access(program, os.X_OK))):  # fmt: skip
+        warnings.append(f"{program!r} is not installed on this machine (not found on PATH):"
+                        " runs will fail to start")  # fmt: skip
+    if backend != "shell" and not data.get("permissions"):
+        warnings.append(f"no permissions set: {backend} runs unattended, so it will deny every"
+                        " tool that asks (edits, shell commands); choose read-only,"
+                        " workspace-write or full")  # fmt: skip
+    return warnings
+
+
 def check_registry_fields(data: dict) -> None:
     """Refuse capability tags and rate tiers the registry cannot match or enforce."""
     for tag in data.get("capabilities") or []:
@@ -151,19 +193,21 @@ def register_agent(body: dict) -> tuple[int, str] | None:
     def insert(conn):
         if conn.execute("SELECT 1 FROM agents WHERE name = ?", (body["name"],)).fetchone():
             raise ApiError(409, f"an agent named {body['name']!r} exists")
+        check_fallback(conn, body["name"], body["fallback"])
         cur = conn.execute(
             "INSERT INTO agents (name, backend, model, command, flags, workdir_policy,"
             " repository, env_allow, secrets_enc, capabilities, concurrency, enabled,"
-            " metadata, rate_tier, limits, network, accept_work_from, state_changed_at,"
-            " created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " metadata, rate_tier, limits, network, accept_work_from, account, fallback,"
+            " permissions, state_changed_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 body["name"], body["backend"], body["model"], json.dumps(body["command"]),
                 json.dumps(body["flags"]), body["workdir_policy"], body["repository"],
                 json.dumps(body["env_allow"]), secrets_enc, json.dumps(body["capabilities"]),
                 body["concurrency"], int(body["enabled"]), json.dumps(body["metadata"]),
                 body["rate_tier"], json.dumps(body["limits"]), int(body["network"]),
-                json.dumps(body["accept_work_from"]), t, t, t,
+                json.dumps(body["accept_work_from"]), body["account"], body["fallback"],
+                body["permissions"], t, t, t,
             ),
         )  # fmt: skip
         ev = events.record(
@@ -202,11 +246,15 @@ def update_agent(row, changes: dict) -> None:
         values["updated_at"] = time.time()
         # Column names come from the pydantic model's fields, never from input.
         assignments = ", ".join(f"{col} = ?" for col in values)
-        db.write(
-            lambda conn: conn.execute(
+
+        def update(conn):
+            if changes.get("fallback"):
+                check_fallback(conn, row["name"], changes["fallback"])
+            conn.execute(
                 f"UPDATE agents SET {assignments} WHERE id = ?", (*values.values(), row["id"])
             )
-        )
+
+        db.write(update)
 
 
 def delete_agent(row) -> None:
@@ -319,6 +367,7 @@ def agents_create():
         raise ApiError(403, "choosing a rate tier needs the operator role")
     key = register_agent(body)
     data = agent_json(get_agent(body["name"]))
+    data["warnings"] = save_warnings(data)
     if key is not None:
         data["key"] = key[1]
         data["key_id"] = key[0]
@@ -345,7 +394,9 @@ def agents_update(name: str):
     row = get_agent(name)
     changes = parse_body(AgentPatch).model_dump(exclude_unset=True)
     update_agent(row, changes)
-    return jsonify(agent_json(get_agent(name)))
+    data = agent_json(get_agent(name))
+    data["warnings"] = save_warnings(data)
+    return jsonify(data)
 
 
 @bp.delete("/api/v1/agents/<name>")

@@ -43,6 +43,76 @@ STREAM_ARGS = {
 }
 MODEL_FLAG = {"claude": "--model", "codex": "--model", "gemini": "--model", "opencode": "--model"}
 
+# What each CLI may do unattended. Run non-interactively, every CLI denies (or
+# waits on) any tool that would ask, so an agent needs one of these to do real
+# work. The hub's sandbox bounds all of them to the run's workspace, HOME and
+# /tmp; "full" only lifts the CLI's own prompts and sandbox. Flags checked
+# against the --help of claude 2.1.197, codex 0.171.0 (exec and exec resume),
+# gemini 0.61.0 and opencode 1.18.33 (recorded in tests/fakes/help/).
+PERMISSIONS = {
+    "read-only": "read and search files; no edits, no shell commands",
+    "workspace-write": "edit files and run shell commands in the workspace",
+    "full": "every tool without asking (web fetches, MCP tools too)",
+}
+PERMISSION_ARGS: dict[str, dict[str, list[str]]] = {
+    "claude": {
+        # dontAsk denies whatever is not pre-approved; read-only tools never ask.
+        "read-only": ["--permission-mode", "dontAsk"],
+        "workspace-write": ["--permission-mode", "acceptEdits", "--allowedTools", "Bash"],
+        "full": ["--dangerously-skip-permissions"],
+    },
+    "codex": {
+        # `exec resume` has no --sandbox flag; the config key works for both.
+        "read-only": ["-c", 'sandbox_mode="read-only"'],
+        "workspace-write": ["-c", 'sandbox_mode="workspace-write"'],
+        "full": ["--dangerously-bypass-approvals-and-sandbox"],
+    },
+    "gemini": {
+        "read-only": ["--approval-mode", "plan"],
+        "workspace-write": ["--approval-mode", "auto_edit", "--allowed-tools", "run_shell_command"],
+        "full": ["--approval-mode", "yolo"],
+    },
+    "opencode": {"read-only": [], "workspace-write": [], "full": ["--auto"]},
+}
+# opencode takes its permission rules from the environment (merged over its config).
+PERMISSION_ENV: dict[str, dict[str, dict[str, str]]] = {
+    "opencode": {
+        "read-only": {
+            "OPENCODE_PERMISSION": '{"edit": "deny", "bash": "deny", "webfetch": "deny"}'
+        },
+        "workspace-write": {"OPENCODE_PERMISSION": '{"edit": "allow", "bash": "allow"}'},
+    },
+    # Claude refuses to skip permissions as root unless told it is sandboxed; it is.
+    "claude": {"full": {"IS_SANDBOX": "1"}},
+}
+
+RESUME_FLAG = {"claude": "--resume", "gemini": "--resume", "opencode": "--session"}
+# Session ids as the CLIs print them (uuids, opencode's ses_…); anything else is
+# not passed on argv.
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{7,127}")
+# What each CLI prints when asked to resume a session it does not have (captured
+# from the real CLIs; tests/fakes/samples/*-resume-unknown.*).
+_NO_SESSION = {
+    "claude": re.compile(r"No conversation found with session ID"),
+    "codex": re.compile(
+        r"no rollout found for (?:thread|conversation) id|No saved session found"
+        r"|thread not found",
+        re.IGNORECASE,
+    ),  # fmt: skip
+    "gemini": re.compile(
+        r"Error resuming session|Invalid session identifier"
+        r"|No previous sessions found"
+    ),  # fmt: skip
+    "opencode": re.compile(r"Session not found"),
+}
+
+
+def session_missing(backend: str, line: str) -> bool:
+    """True when this output line says the CLI cannot resume the session it was given."""
+    found = _NO_SESSION.get(backend)
+    return bool(found and found.search(line[:4096]))
+
+
 # Flags that would switch a CLI out of the streaming mode we parse, or make it
 # wait for a terminal that is not there.
 CONFLICTING_FLAGS = {
@@ -106,8 +176,12 @@ def validate_model(backend: str, model: str | None) -> None:
         )
 
 
-def build_argv(agent: Mapping[str, Any]) -> list[str]:
-    """Return the argv for one attempt; the prompt is written to stdin, never on argv."""
+def build_argv(agent: Mapping[str, Any], resume: str | None = None) -> list[str]:
+    """Return the argv for one attempt; the prompt is written to stdin, never on argv.
+
+    `resume` is the CLI session an earlier attempt of the task left, continued
+    with each CLI's own resume.
+    """
     backend = agent.get("backend")
     command = _str_list(agent.get("command") or [], "command")
     flags = _str_list(agent.get("flags") or [], "flags")
@@ -122,11 +196,28 @@ def build_argv(agent: Mapping[str, Any]) -> list[str]:
         raise ValueError(f"model {model!r} is not a model name")
     # A command such as ["npx", "@openai/codex"] or a fake CLI script replaces the
     # default binary; everything after the program is kept in front of our args.
-    argv = command or [DEFAULT_BINARIES[str(backend)]]
-    argv = [*argv, *STREAM_ARGS[str(backend)]]
+    backend = str(backend)
+    if resume is not None and (not SESSION_ID.fullmatch(resume)):
+        raise ValueError(f"session id {resume!r} is not one a CLI prints")
+    argv = command or [DEFAULT_BINARIES[backend]]
+    stream = STREAM_ARGS[backend]
+    if backend == "codex" and resume:
+        stream = ["exec", "resume", *stream[1:]]
+    argv = [*argv, *stream]
     if model:
-        argv += [MODEL_FLAG[str(backend)], model]
+        argv += [MODEL_FLAG[backend], model]
+    argv += PERMISSION_ARGS[backend].get(agent.get("permissions") or "", [])
+    if resume and backend == "codex":
+        # `codex exec resume [OPTIONS] <SESSION_ID> -`: the `-` reads the prompt from stdin.
+        return [*argv, *flags, resume, "-"]
+    if resume:
+        argv += [RESUME_FLAG[backend], resume]
     return argv + flags
+
+
+def permission_env(backend: str, permissions: str | None) -> dict[str, str]:
+    """Environment variables that carry an agent's permissions to its CLI."""
+    return dict(PERMISSION_ENV.get(backend, {}).get(permissions or "", {}))
 
 
 def _env_name(name: Any, what: str) -> str:
@@ -351,6 +442,25 @@ def _limit_lines(text: str) -> list[str]:
         ):
             lines.append(line)
     return lines
+
+
+_CLAUDE_WINDOWS = {"five_hour": "five-hour limit", "seven_day": "weekly limit",
+                   "seven_day_opus": "weekly Opus limit", "seven_day_sonnet": "weekly Sonnet limit",
+                   "overage": "extra-usage limit"}  # fmt: skip
+_KINDS = (
+    (re.compile(r"spend(?:ing)? cap", re.I), "spend cap"),
+    (re.compile(r"credit balance|out of credits|insufficient_quota", re.I), "out of credits"),
+    (re.compile(r"quota|RESOURCE_EXHAUSTED|exhausted your", re.I), "quota"),
+    (re.compile(r"usage limit|session limit|hit your|reached your", re.I), "usage limit"),
+)
+
+
+def limit_kind(line: str) -> str:
+    """Name the limit a line reports, for people: "five-hour limit", "quota"…"""
+    window = re.search(r'"rateLimitType":\s*"([a-z_]+)"', line)
+    if window:
+        return _CLAUDE_WINDOWS.get(window[1], window[1].replace("_", " ") + " limit")
+    return next((kind for pattern, kind in _KINDS if pattern.search(line)), "rate limit")
 
 
 def later_limit(

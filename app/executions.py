@@ -29,7 +29,7 @@ import gevent.event
 import gevent.subprocess
 from flask import Flask
 
-from app import commands, db, events, gitcmd, run_limits, runlog, sandbox, scheduler
+from app import accounts, commands, db, events, gitcmd, run_limits, runlog, sandbox, scheduler
 from app.agents import agent_secrets
 from app.queue import ACTIVE, CANCELLABLE, RETRYABLE_STATES, transition, wait_for_work, wake
 from app.spawn import spawn
@@ -128,8 +128,14 @@ class Run:
         self.log = runlog.RunLog(self.task_id, self.attempt, _app.config["DATABASE"])
         self.truncated = False
         self.rate_limited: tuple[bool, float | None] = (False, None)
+        self.limit_kind: str | None = None
         self.sandboxed = False
         self.guard: run_limits.LimitGuard | None = None
+        self.backend = ""
+        self.account: str | None = None
+        self.resume: str | None = None
+        self.session_missing = False
+        self.started_at = time.time()
 
     # The entry point: never raises; every outcome ends in one final transaction.
     def main(self) -> None:
@@ -151,19 +157,30 @@ class Run:
             agent = conn.execute(
                 "SELECT * FROM agents WHERE name = ?", (self.agent_name,)
             ).fetchone()
+            earlier = conn.execute(
+                "SELECT usage FROM attempts WHERE task_id = ? AND number < ? AND agent = ?"
+                " ORDER BY number DESC LIMIT 1",
+                (self.task_id, self.attempt, self.agent_name),
+            ).fetchone()
         self.log.begin(task["log_seq"])
         if agent is None:
             return self._finish("failed", None, "the agent was deleted", retryable=False)
         if task["cancel_requested"]:
             return self._finish("cancelled", None, "cancelled before start")
+        self.backend = agent["backend"]
+        self.account = accounts.account_of(agent)
+        # The session the agent's last attempt at this task left (its CLI keeps it
+        # in the agent's HOME, keyed by the workspace, which the attempts share).
+        self.resume = json.loads(earlier["usage"]).get("session_id") if earlier else None
         try:
             spec = {
                 "backend": agent["backend"],
                 "model": agent["model"],
                 "flags": json.loads(agent["flags"]),
                 "command": json.loads(agent["command"]),
+                "permissions": agent["permissions"],
             }
-            argv = commands.build_argv(spec)
+            commands.build_argv(spec, self.resume)  # refuse bad settings before any work
             env = commands.filtered_env(
                 json.loads(agent["env_allow"]),
                 agent_secrets(agent, cfg["SECRET_KEY"]),
@@ -173,13 +190,33 @@ class Run:
             home = agent_home(cfg, agent["name"])
         except Exception as exc:
             return self._finish("failed", None, f"cannot prepare the run: {exc}", retryable=False)
-        limits = sandbox.limits_for(json.loads(agent["limits"]), cfg)
+        env.update(commands.permission_env(agent["backend"], agent["permissions"]))
         env["HOME"] = home
         # Marks the children so recovery can tell our orphans from a reused pid.
         env["AGENTED_ATTEMPT"] = f"{self.task_id}:{self.attempt}"
         env["AGENTED_TASK_ID"] = str(self.task_id)
-        self.usage = commands.UsageTracker(agent["backend"], agent["model"])
         self.sandboxed = cfg["SANDBOX"] != "off"
+        while True:
+            argv = commands.build_argv(spec, self.resume)
+            if not self._start(agent, argv, env, workspace, home):
+                return None
+            ended = self._supervise(task, cfg)
+            if not (self.resume and self.session_missing and ended[0] == "exited" and ended[1]):
+                return self._conclude(task, *ended)
+            # Only the CLI saying it has no such session starts a new one, and only
+            # here: in the same workspace, within this attempt.
+            self.log.line(
+                "system",
+                f"{self.backend} cannot resume session {self.resume}: starting a new session"
+                " in the same workspace",
+            )
+            self.resume, self.session_missing, self.rate_limited = None, False, (False, None)
+
+    def _start(self, agent, argv: list[str], env: dict, workspace: str, home: str) -> bool:
+        """Start one process of this attempt in the sandbox; False when it must not run."""
+        cfg = _app.config
+        limits = sandbox.limits_for(json.loads(agent["limits"]), cfg)
+        self.usage = commands.UsageTracker(agent["backend"], agent["model"])
         self.guard = guard = run_limits.LimitGuard(limits, None, workspace, self.cancel.set)
         try:
             if _cgroups is not None:
@@ -197,18 +234,22 @@ class Run:
             self.proc = spawn(full, env, workspace)
         except OSError as exc:
             guard.close()
-            return self._finish("failed", None, f"cannot start {argv[0]}: {exc}", retryable=False)
+            self._finish("failed", None, f"cannot start {argv[0]}: {exc}", retryable=False)
+            return False
         if not self._mark_running(argv, workspace):
             self._kill_group(signal.SIGKILL)
             guard.close()
-            return None
-        self._supervise(task, cfg)
+            return False
+        return True
 
     def _workspace(self, agent) -> str:
+        """The task's workspace: made for its first attempt, kept for the next ones."""
         base = _app.config["WORKSPACES_DIR"]
-        path = base / f"task-{self.task_id}-{self.attempt}"
+        path = base / f"task-{self.task_id}"
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
-        shutil.rmtree(path, ignore_errors=True)  # left by a run cut short: start afresh
+        if self.attempt > 1 and path.is_dir():
+            return str(path)  # a retry continues the work where the last attempt left it
+        shutil.rmtree(path, ignore_errors=True)
         if agent["workdir_policy"] == "worktree":
             # The task's own clone (objects shared read-only through alternates): a
             # run can change its clone's hooks and config, never the repository's.
@@ -221,19 +262,21 @@ class Run:
         pid = self.proc.pid
 
         def mark(conn):
+            # 'running' already when a resume failed and a new session starts.
             cur = conn.execute(
                 "UPDATE tasks SET state = 'running', updated_at = ? WHERE id = ? AND attempts = ?"
-                " AND state = 'assigned'",
+                " AND state IN ('assigned', 'running') AND cancel_requested = 0",
                 (time.time(), self.task_id, self.attempt),
             )
             if cur.rowcount != 1:
                 return None  # cancelled (or re-claimed) between claim and start
             conn.execute(
-                "UPDATE attempts SET state = 'running', pid = ?, pgid = ?, argv = ?, workspace = ?"
-                " WHERE task_id = ? AND number = ?",
-                (pid, pid, json.dumps(argv), workspace, self.task_id, self.attempt),
+                "UPDATE attempts SET state = 'running', pid = ?, pgid = ?, argv = ?, workspace = ?,"
+                " resumed_session = ? WHERE task_id = ? AND number = ?",
+                (pid, pid, json.dumps(argv), workspace, self.resume, self.task_id, self.attempt),
             )
-            return transition(conn, self.task_id, "running", attempt=self.attempt, pid=pid)
+            return transition(conn, self.task_id, "running", attempt=self.attempt, pid=pid,
+                              resumed_session=self.resume)  # fmt: skip
 
         event = db.write(mark, _app.config["DATABASE"])
         if event is None:
@@ -241,7 +284,8 @@ class Run:
         events.publish_all([event])
         return True
 
-    def _supervise(self, task, cfg: dict) -> None:
+    def _supervise(self, task, cfg: dict) -> tuple[str, int | None, str | None]:
+        """Follow the process to its end; return (outcome, exit code, limit it went over)."""
         guard = self.guard
         assert guard is not None  # made by _run before the process starts
         prompt = task["prompt"].encode()
@@ -285,19 +329,27 @@ class Run:
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             with contextlib.suppress(OSError):
                 pipe.close()  # now, not when the garbage collector gets to them
-        # The last lines are stored by _finish, in the transaction that ends the attempt.
-        if limit and outcome != "cancelled":
-            self._finish("failed", code, guard.reason(limit), retryable=False)
+        return outcome, code, (guard.reason(limit) if limit else None)
+
+    def _conclude(self, task, outcome: str, code: int | None, over: str | None) -> None:
+        """End the attempt: the last lines are stored by _finish, in the same transaction."""
+        hit, reset = self.rate_limited
+        # A usage limit the CLI reported, also when it waited on it until the timeout
+        # (gemini waits out quotas inside the process), but not one it got past.
+        limited = hit and not over and (outcome == "timed_out" or (outcome, code) != ("exited", 0))
+        if over and outcome != "cancelled":
+            self._finish("failed", code, over, retryable=False)
         elif outcome == "cancelled":
             self._finish("cancelled", code, "cancelled")
+        elif limited:
+            state = "timed_out" if outcome == "timed_out" else "failed"
+            self._finish(state, code, None, limit=(reset, self.limit_kind or "rate limit"))
         elif outcome == "timed_out":
             self._finish("timed_out", code, f"timed out after {task['timeout_s']} s")
         elif code == 0:
             self._finish("succeeded", 0, None)
         else:
-            hit, reset = self.rate_limited
-            reason = "rate limited" if hit else f"exited with status {code}"
-            self._finish("failed", code, reason, retry_at=reset if hit else None)
+            self._finish("failed", code, f"exited with status {code}")
 
     def _cancel_requested(self) -> bool:
         with db.reading(_app.config["DATABASE"]) as conn:
@@ -343,12 +395,17 @@ class Run:
                     whole += raw
             if name == "stdout":
                 self.usage.feed(whole)
-            hit = commands.rate_limit(whole[:max_line].decode("utf-8", errors="replace"))
+            line = whole[:max_line].decode("utf-8", errors="replace")
+            hit = commands.rate_limit(line)
+            if hit[0] and self.limit_kind in (None, "rate limit"):
+                self.limit_kind = commands.limit_kind(line)
             self.rate_limited = commands.later_limit(self.rate_limited, hit)
+            if self.resume and commands.session_missing(self.backend, line):
+                self.session_missing = True
             # Reading goes on past the cap so a chatty child never blocks on a full pipe.
             if self.truncated:
                 continue
-            text = whole[:max_line].decode("utf-8", errors="replace").rstrip("\r\n")
+            text = line.rstrip("\r\n")
             if cut:
                 text += " [… line cut]"
             stored_as = name
@@ -397,11 +454,15 @@ class Run:
         code: int | None,
         error: str | None,
         retryable: bool = True,
-        retry_at: float | None = None,
+        limit: tuple[float | None, str] | None = None,
     ) -> None:
+        """Record the attempt and move the task on, in one transaction.
+
+        `limit` (reset time, kind) is a usage limit the CLI reported: the account
+        pauses, and the task waits for the reset without using up an attempt.
+        """
         cfg = _app.config
         usage = json.dumps(self.usage.record()) if hasattr(self, "usage") else "{}"
-        rate_until = retry_at
 
         def finish(conn):
             task = conn.execute(
@@ -410,29 +471,45 @@ class Run:
             if task is None or task["state"] not in ACTIVE:
                 return []  # a newer attempt or a finished task: this run's result is stale
             t = time.time()
+            evs, reason, until = [], error, None
+            if limit is not None and self.account is not None:
+                what = f"{self.backend} {limit[1]}"
+                until, paused = accounts.pause(conn, self.account, limit[0], what, self.task_id, t)
+                evs.append(paused)
+                shown = time.strftime("%H:%M", time.localtime(until))
+                reason = f"{what}: account {self.account} paused until {shown}; resumes then"
+            elif self.account is not None and outcome in ("succeeded", "failed"):
+                evs += accounts.settle(conn, self.account, self.started_at)
             conn.execute(
                 "UPDATE attempts SET state = ?, exit_code = ?, error = ?, retryable = ?,"
                 " rate_limited_until = ?, usage = ?, finished_at = ?"
                 " WHERE task_id = ? AND number = ?",
-                (outcome, code, error, int(retryable), rate_until, usage, t,
+                (outcome, code, reason, int(retryable), until, usage, t,
                  self.task_id, self.attempt),
             )  # fmt: skip
-            evs = [transition(conn, self.task_id, outcome, attempt=self.attempt, exit_code=code)]
+            evs.append(transition(conn, self.task_id, outcome, attempt=self.attempt,
+                                  exit_code=code))  # fmt: skip
+            spent = 0 if until is not None else 1  # a limit is not the task's failure
             if outcome in ("succeeded", "cancelled"):
                 state, next_at = outcome, None
+            elif until is not None:
+                state, next_at = "queued", until
+                evs.append(transition(conn, self.task_id, "queued", next_attempt_at=until,
+                                      reason=reason))  # fmt: skip
             elif retryable and task["attempts"] < task["max_attempts"]:
                 state = "queued"
-                next_at = max(retry_at or 0, t + backoff(task["attempts"], cfg))
+                next_at = t + backoff(task["attempts"], cfg)
                 evs.append(transition(conn, self.task_id, "queued", next_attempt_at=next_at))
             else:
                 state, next_at = "dead", None
-                evs.append(transition(conn, self.task_id, "dead", reason=error))
+                evs.append(transition(conn, self.task_id, "dead", reason=reason))
             conn.execute(
                 "UPDATE tasks SET state = ?, exit_code = ?, last_error = ?, updated_at = ?,"
                 " next_attempt_at = coalesce(?, next_attempt_at), cancel_requested = 0,"
+                " max_attempts = max_attempts + ?,"
                 " finished_at = CASE WHEN ? IN ('succeeded', 'cancelled', 'dead') THEN ?"
                 " ELSE NULL END WHERE id = ?",
-                (state, code, error, t, next_at, state, t, self.task_id),
+                (state, code, reason, t, next_at, 1 - spent, state, t, self.task_id),
             )
             return evs
 

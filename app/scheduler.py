@@ -2,7 +2,9 @@
 
 It reads what runs, asks SQLite for the due tasks that some agent with room
 could take (priority first, then age), picks an agent for each (by name, or the
-capable one with the most room) and claims them in one write: a conditional
+capable one with the most room; an agent whose account is paused at a usage
+limit takes nothing, its `fallback` takes its named work, and an account
+probing after a pause runs one task at a time) and claims them in one write: a conditional
 UPDATE that bumps the attempt number, so a task is claimed once however many
 passes race. app/executions.py starts a Run for each claim.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 
-from app import db, events
+from app import accounts, db, events
 from app.queue import ACTIVE, transition
 
 
@@ -27,23 +29,36 @@ def claim_ready(cfg) -> list[dict]:
         free = cfg["CONCURRENCY_GLOBAL"] - len(active)
         if free <= 0:
             return []
-        agents = {
+        now = time.time()
+        local = {
             r["name"]: r
             for r in conn.execute(
-                "SELECT name, capabilities, concurrency FROM agents WHERE enabled = 1"
-                " AND backend != 'external' AND state NOT IN ('draining', 'stopped')"
+                "SELECT name, backend, account, secrets_enc, fallback, capabilities, concurrency"
+                " FROM agents WHERE enabled = 1 AND backend != 'external'"
+                " AND state NOT IN ('draining', 'stopped')"
             )
         }
+        held = accounts.paused(conn, now)
+        per_account = accounts.active_per_account(conn, local) if held else {}
         per_agent: dict[str, int] = {}
         per_key: dict[str, int] = {}
         for row in active:
             per_agent[row["agent"]] = per_agent.get(row["agent"], 0) + 1
             if row["concurrency_key"]:
                 per_key[row["concurrency_key"]] = per_key.get(row["concurrency_key"], 0) + 1
+        # A paused account takes nothing; a probing one, one run at a time.
+        agents = {}
+        for name, r in local.items():
+            hold = held.get(accounts.account_of(r))
+            if hold is None or (hold["probing"] and not per_account.get(hold["name"])):
+                agents[name] = r
+        # Work named for a held agent may go to its fallback.
+        fallback = {n: r["fallback"] for n, r in local.items() if n not in agents and r["fallback"]}
         # Only tasks that could start now: hundreds queued for an agent (or a key) at its
         # limit would otherwise fill the look-ahead and hide everybody else's (starvation).
         # A key's limit is the task's own when set, so only default-limited ones are left out.
         open_agents = [n for n, r in agents.items() if per_agent.get(n, 0) < r["concurrency"]]
+        open_agents += [n for n, f in fallback.items() if f in open_agents]
         full_keys = [k for k, n in per_key.items() if n >= cfg["CONCURRENCY_PER_KEY"]]
         due = conn.execute(
             "SELECT id, agent, selector, attempts, concurrency_key, concurrency_limit FROM tasks"
@@ -52,7 +67,7 @@ def claim_ready(cfg) -> list[dict]:
             " AND (concurrency_key IS NULL OR concurrency_limit IS NOT NULL"
             "      OR concurrency_key NOT IN (SELECT value FROM json_each(?)))"
             " ORDER BY priority DESC, id LIMIT ?",
-            (time.time(), json.dumps(open_agents), json.dumps(full_keys), min(200, 10 * free)),
+            (now, json.dumps(open_agents), json.dumps(full_keys), min(200, 10 * free)),
         ).fetchall()
     running = len(active)
     picked = []
@@ -63,11 +78,15 @@ def claim_ready(cfg) -> list[dict]:
         key_limit = task["concurrency_limit"] or cfg["CONCURRENCY_PER_KEY"]
         if key and per_key.get(key, 0) >= key_limit:
             continue
-        agent = _pick_agent(task, agents, per_agent)
+        agent = _pick_agent(task, agents, per_agent, fallback)
         if agent is None:
             continue  # waits until its agent has room (or exists again)
         running += 1
         per_agent[agent] = per_agent.get(agent, 0) + 1
+        hold = held.get(accounts.account_of(agents[agent]))
+        if hold is not None:  # probing: this run is the account's one
+            per_account[hold["name"]] = 1
+            agents = {n: r for n, r in agents.items() if accounts.account_of(r) != hold["name"]}
         if key:
             per_key[key] = per_key.get(key, 0) + 1
         picked.append({"task_id": task["id"], "agent": agent, "attempt": task["attempts"] + 1})
@@ -100,9 +119,9 @@ def claim_ready(cfg) -> list[dict]:
     return claimed
 
 
-def _pick_agent(task, agents: dict, per_agent: dict[str, int]) -> str | None:
+def _pick_agent(task, agents: dict, per_agent: dict[str, int], fallback: dict) -> str | None:
     if task["agent"]:
-        row = agents.get(task["agent"])
+        row = agents.get(task["agent"]) or agents.get(fallback.get(task["agent"]))
         if row is None or per_agent.get(row["name"], 0) >= row["concurrency"]:
             return None
         return row["name"]

@@ -167,16 +167,16 @@ while not os.path.exists("go"):
 """
 
 
-def release(srv, task_id, attempt=1):
+def release(srv, task_id):
     """Let a GATED run finish: put `go` in its workspace."""
-    path = srv.data_dir / "workspaces" / f"task-{task_id}-{attempt}"
+    path = srv.data_dir / "workspaces" / f"task-{task_id}"
     wait_for(path.is_dir)
     (path / "go").touch()
 
 
 def child_pid(srv, task_id, attempt=1):
     """The host pid of the process whose sandbox pid the run wrote to child.pid."""
-    path = srv.data_dir / "workspaces" / f"task-{task_id}-{attempt}" / "child.pid"
+    path = srv.data_dir / "workspaces" / f"task-{task_id}" / "child.pid"
     inner = int(wait_for(lambda: path.exists() and path.read_text().strip()))
     return wait_for(lambda: host_pid(inner, f"AGENTED_ATTEMPT={task_id}:{attempt}"))
 

@@ -118,8 +118,9 @@ def test_it_runs_retention_and_compaction_from_the_cli(app, cli_runner):
     assert result.exit_code == 0 and "after_bytes" in json.loads(result.output)
 
 
-def _workspace(app, task_id: int, number: int, age_s: float = 0) -> Path:
-    path = Path(app.config["WORKSPACES_DIR"]) / f"task-{task_id}-{number}"
+def _workspace(app, task_id: int, number: int | None = None, age_s: float = 0) -> Path:
+    name = f"task-{task_id}" if number is None else f"task-{task_id}-{number}"  # the old naming
+    path = Path(app.config["WORKSPACES_DIR"]) / name
     path.mkdir(parents=True)
     (path / "out.txt").write_text("left by the agent")
     if age_s:
@@ -139,10 +140,10 @@ def test_it_removes_finished_workspaces_after_the_keep_time_only(app):
     add_attempt(conn, running, 1, "running", now - 5 * DAY, None)
     paths = {
         "old": _workspace(app, old, 1),
-        "recent": _workspace(app, recent, 1),
-        "running": _workspace(app, running, 1, age_s=5 * DAY),
-        "orphan old": _workspace(app, 9999, 1, age_s=2 * DAY),  # its task was deleted
-        "orphan new": _workspace(app, 9998, 1),  # e.g. being prepared right now
+        "recent": _workspace(app, recent),
+        "running": _workspace(app, running, age_s=5 * DAY),
+        "orphan old": _workspace(app, 9999, age_s=2 * DAY),  # its task was deleted
+        "orphan new": _workspace(app, 9998),  # e.g. being prepared right now
     }
     other = Path(app.config["WORKSPACES_DIR"]) / "notes"  # not ours: never touched
     other.mkdir()
@@ -165,7 +166,7 @@ def test_it_unregisters_a_removed_git_worktree(app, tmp_path):
     now = time.time()
     task = add_task(conn, "succeeded", age_s=3 * DAY, finished_age_s=2 * DAY)
     add_attempt(conn, task, 1, "succeeded", now - 3 * DAY, now - 2 * DAY)
-    path = Path(app.config["WORKSPACES_DIR"]) / f"task-{task}-1"
+    path = Path(app.config["WORKSPACES_DIR"]) / f"task-{task}"
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([*git, "worktree", "add", "-q", "--detach", str(path)], check=True)
 

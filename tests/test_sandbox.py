@@ -105,7 +105,7 @@ def test_it_cannot_reach_another_tasks_workspace(hub):
     ws = wait_state(hub, first, "succeeded")["attempt_list"][0]["workspace"]
     done, out = run_sh(hub, f"cat {ws}/note; ls {os.path.dirname(ws)}")
     assert "private" not in out
-    assert out.splitlines()[-1] == "task-2-1"  # only its own workspace is there
+    assert out.splitlines()[-1] == "task-2"  # only its own workspace is there
 
 
 def git(repo, *args):

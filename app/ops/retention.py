@@ -106,16 +106,17 @@ def run(cfg: dict, now: float | None = None) -> dict[str, int]:
 
 # --- workspaces ---------------------------------------------------------------------
 
-_WORKSPACE = re.compile(r"task-(\d+)-(\d+)")
+# task-<id> (and task-<id>-<attempt>, as workspaces were named before attempts shared one).
+_WORKSPACE = re.compile(r"task-(\d+)(?:-\d+)?")
 
 
 def remove_workspaces(cfg: dict, now: float) -> int:
-    """Remove the workspaces of attempts finished longer ago than the keep time.
+    """Remove the workspaces of tasks finished longer ago than the keep time.
 
     A failed run's directory is worth a look, so it is kept for a while
-    (AGENTED_RETENTION_WORKSPACES_DAYS), not removed when the run ends. A
-    directory with no attempt row left (its task was deleted) goes once it is
-    older than the keep time too; a running attempt's never does.
+    (AGENTED_RETENTION_WORKSPACES_DAYS), not removed when the task ends; a
+    retried task continues in it. A directory with no task left goes once it
+    is older than the keep time too; an unfinished task's never does.
     """
     cutoff = now - cfg["RETENTION_WORKSPACES_DAYS"] * DAY
     found = offload(_scan_workspaces, Path(cfg["WORKSPACES_DIR"]))
@@ -123,15 +124,14 @@ def remove_workspaces(cfg: dict, now: float) -> int:
         return 0
     with db.reading(cfg["DATABASE"]) as conn:
         rows = conn.execute(
-            "SELECT task_id, number, finished_at FROM attempts WHERE task_id IN"
-            " (SELECT value FROM json_each(?))",
-            (json.dumps(sorted({task for task, _ in found})),),
+            "SELECT id, finished_at FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(sorted({task for task, _ in found.values()})),),
         ).fetchall()
-    finished = {(r["task_id"], r["number"]): r["finished_at"] for r in rows}
+    finished = {r["id"]: r["finished_at"] for r in rows}
     removed = 0
-    for key, (path, mtime) in found.items():
-        if key in finished:
-            expired = finished[key] is not None and finished[key] < cutoff
+    for path, (task, mtime) in found.items():
+        if task in finished:
+            expired = finished[task] is not None and finished[task] < cutoff
         else:
             expired = mtime < cutoff
         if expired:
@@ -142,13 +142,22 @@ def remove_workspaces(cfg: dict, now: float) -> int:
     return removed
 
 
-def _scan_workspaces(base: Path) -> dict[tuple[int, int], tuple[Path, float]]:
-    """(task id, attempt) -> (directory, mtime) for every workspace under `base`."""
-    found: dict[tuple[int, int], tuple[Path, float]] = {}
+def _scan_workspaces(base: Path) -> dict[Path, tuple[int, float]]:
+    """directory -> (task id, mtime) for every workspace under `base`."""
+    found: dict[Path, tuple[int, float]] = {}
     try:
         entries = list(os.scandir(base))
     except FileNotFoundError:
         return found
+    for entry in entries:
+        match = _WORKSPACE.fullmatch(entry.name)
+        try:
+            if match and entry.is_dir(follow_symlinks=False):
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+                found[Path(entry.path)] = (int(match[1]), mtime)
+        except FileNotFoundError:
+            continue  # removed while we looked
+    return found
     for entry in entries:
         match = _WORKSPACE.fullmatch(entry.name)
         try:

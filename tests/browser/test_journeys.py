@@ -25,8 +25,8 @@ FAILER = "import sys\nprint('cannot do it', file=sys.stderr)\nsys.exit(3)\n"
 
 
 def release(hub, task_id: int, name: str) -> None:
-    """Put `name` in the workspace of the task's first run (see TALKER)."""
-    (hub.srv.data_dir / "workspaces" / f"task-{task_id}-1" / name).touch()
+    """Put `name` in the task's workspace (see TALKER)."""
+    (hub.srv.data_dir / "workspaces" / f"task-{task_id}" / name).touch()
 
 
 def test_it_signs_in_and_out(page, hub):
