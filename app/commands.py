@@ -272,6 +272,8 @@ class UsageTracker:
         self._turns: list[dict] = []
         self._keyed: dict[str, dict] = {}
         self._total: dict | None = None
+        self._denials: list[dict] = []
+        self._errors: list[str] = []
 
     def feed(self, line: str) -> None:
         if self._facts is None:
@@ -291,6 +293,8 @@ class UsageTracker:
             self._keyed[str(key)] = value
         if "total" in facts:
             self._total = facts["total"]
+        self._denials = facts.get("denials") or self._denials
+        self._errors = facts.get("errors") or self._errors
 
     def record(self) -> dict:
         record: dict[str, Any] = dict.fromkeys(USAGE_FIELDS)
@@ -305,6 +309,10 @@ class UsageTracker:
             record["cost_usd"] = round(record["cost_usd"], 8)
         record["model"] = self._model or self._model_hint or self._model_arg
         record["session_id"] = self._session
+        if self._denials:
+            record["permission_denials"] = self._denials
+        if self._errors:
+            record["errors"] = self._errors
         return record
 
 

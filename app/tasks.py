@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from contextlib import closing
 from typing import Any
 
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field, RootModel, model_validator
 
-from app import db, events, executions, sandbox
+from app import accounts, db, events, executions, sandbox
 from app.api import (
     Body,
     arg_int,
@@ -43,6 +44,10 @@ def task_json(row, attempts: list | None = None) -> dict:
     data["cancel_requested"] = bool(row["cancel_requested"])
     if row["state"] == "queued" and (why := sandbox.blocked()):
         data["waiting_reason"] = why  # no local run starts until the sandbox works
+    elif row["state"] == "queued" and (
+        why := accounts.waiting_reason(db.get_db(), row["agent"], time.time())
+    ):
+        data["waiting_reason"] = why  # its account hit a usage limit
     if attempts is not None:
         data["attempt_list"] = [attempt_json(a) for a in attempts]
     return data

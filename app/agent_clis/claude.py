@@ -15,6 +15,9 @@ from app.agent_clis.fields import (
     usage,
 )
 
+# Denials and errors kept from a result: enough to see what went wrong.
+MAX_LISTED = 20
+
 # `claude -p --output-format stream-json --verbose`: system/init, one assistant
 # event per content block (each repeating the message's usage as known when the
 # message started), user events carrying tool results, rate_limit_event, and a
@@ -104,6 +107,14 @@ def facts(ev: dict) -> dict:
                 ),
             )
     elif kind == "result":
+        # What the CLI refused to do (no permission) and why a run failed: shown on
+        # the task page, as the terminal would have shown them.
+        found["denials"] = [
+            {"tool": str_of(d.get("tool_name")) or "tool",
+             "input": short(tool_summary(d.get("tool_input")), 200)}
+            for d in map(dict_of, ev.get("permission_denials") or [])
+        ][:MAX_LISTED]  # fmt: skip
+        found["errors"] = [short(e, 500) for e in ev.get("errors") or []][:MAX_LISTED]
         cost = ev.get("total_cost_usd")
         per_model = [dict_of(m) for m in dict_of(ev.get("modelUsage")).values()]
         if per_model:
