@@ -60,9 +60,11 @@ def test_it_retries_a_rate_limited_attempt_after_the_reset(hub):
         )
     )
     attempt = queued["attempt_list"][0]
-    assert attempt["state"] == "failed" and attempt["error"] == "rate limited"
+    assert attempt["state"] == "failed"
+    assert attempt["error"].startswith("claude five-hour limit: account claude paused until")
     assert attempt["rate_limited_until"] == pytest.approx(time.time() + 120, abs=30)
     assert queued["next_attempt_at"] >= attempt["rate_limited_until"]
+    assert queued["max_attempts"] == 4  # the limit did not use up an attempt
 
 
 def test_it_kills_a_hung_cli_that_ignores_sigterm_and_its_child(hub):

@@ -164,6 +164,16 @@ def snapshot(cfg: dict) -> list:
         ):
             alerts.add_metric([rule], n)
         families.append(alerts)
+        paused = GaugeMetricFamily(
+            "agented_account_paused_until_seconds",
+            "When a paused account's pause ends (one series per account at a usage limit)",
+            labels=["account", "reason"],
+        )
+        for name, until, reason in conn.execute(
+            "SELECT name, paused_until, reason FROM accounts WHERE paused_until > ?", (now,)
+        ):
+            paused.add_metric([name, reason], until)
+        families.append(paused)
     finally:
         conn.close()
     facts = backup.storage_facts(cfg)
