@@ -113,6 +113,42 @@ def test_it_uses_the_agent_command_as_the_program(backend):
     assert argv[2:-2] == commands.STREAM_ARGS[backend]
 
 
+SESSION = "3b241101-e2bb-4255-8caf-4136c566a962"
+
+
+@pytest.mark.parametrize(
+    "backend, tail",
+    [
+        ("claude", ["--resume", SESSION, "--extra"]),
+        ("gemini", ["--resume", SESSION, "--extra"]),
+        ("opencode", ["--session", SESSION, "--extra"]),
+        # `codex exec resume [OPTIONS] <SESSION_ID> -`: the `-` reads the prompt from stdin.
+        ("codex", ["--extra", SESSION, "-"]),
+    ],
+)
+def test_it_continues_a_session_with_each_clis_own_resume(backend, tail):
+    argv = build_argv(agent(backend, flags=["--extra"]), resume=SESSION)
+    assert argv[-len(tail) :] == tail
+    if backend == "codex":
+        assert argv[1:3] == ["exec", "resume"]
+
+
+def test_it_refuses_a_session_id_no_cli_prints():
+    for bad in ("--help", "a b", "x" * 200, "../etc"):
+        with pytest.raises(ValueError):
+            build_argv(agent("claude"), resume=bad)
+
+
+@pytest.mark.parametrize("backend", AI)
+@pytest.mark.parametrize("mode", sorted(commands.PERMISSIONS))
+def test_it_maps_each_permission_mode_to_the_clis_flags(backend, mode):
+    argv = build_argv(agent(backend, permissions=mode, flags=["--extra"]))
+    flags = commands.PERMISSION_ARGS[backend][mode]
+    assert argv[len(argv) - 1 - len(flags) : -1] == flags
+    env = commands.permission_env(backend, mode)
+    assert flags or env, "every mode reaches the CLI somehow"
+
+
 def test_it_runs_a_shell_command_as_is_with_flags():
     assert build_argv(agent("shell", command=["cat"], flags=["-n"])) == ["cat", "-n"]
     # A shell agent's model means nothing to `cat`.
