@@ -157,8 +157,10 @@ class Run:
             agent = conn.execute(
                 "SELECT * FROM agents WHERE name = ?", (self.agent_name,)
             ).fetchone()
+            # A crashed attempt may have left no session id: the latest one known.
             earlier = conn.execute(
-                "SELECT usage FROM attempts WHERE task_id = ? AND number < ? AND agent = ?"
+                "SELECT json_extract(usage, '$.session_id') AS session FROM attempts"
+                " WHERE task_id = ? AND number < ? AND agent = ? AND session IS NOT NULL"
                 " ORDER BY number DESC LIMIT 1",
                 (self.task_id, self.attempt, self.agent_name),
             ).fetchone()
@@ -171,7 +173,7 @@ class Run:
         self.account = accounts.account_of(agent)
         # The session the agent's last attempt at this task left (its CLI keeps it
         # in the agent's HOME, keyed by the workspace, which the attempts share).
-        self.resume = json.loads(earlier["usage"]).get("session_id") if earlier else None
+        self.resume = earlier["session"] if earlier else None
         try:
             spec = {
                 "backend": agent["backend"],
