@@ -13,6 +13,7 @@ bp = Blueprint("dashboard", __name__)
 
 # The page modules register their routes on `bp` when imported.
 from app.dashboard import (  # noqa: E402
+    accounts,
     agents,
     common,
     deliveries,
@@ -27,6 +28,7 @@ from app.dashboard import (  # noqa: E402
 )
 
 __all__ = [
+    "accounts",
     "agents",
     "bp",
     "common",

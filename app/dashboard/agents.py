@@ -11,7 +11,7 @@ import re
 import time
 from typing import Any
 
-from flask import current_app, g, render_template, request, url_for
+from flask import current_app, flash, g, redirect, render_template, request, url_for
 
 from app import db, sandbox
 from app.agent_lifecycle import TARGET, TRANSITIONS, change_state, replace_agent_key
@@ -24,11 +24,14 @@ from app.agents import (
     delete_agent,
     get_agent,
     register_agent,
+    save_warnings,
     update_agent,
 )
 from app.api import loads, public_url, validate
 from app.auth import allows, requires
+from app.commands import PERMISSION_ARGS, PERMISSION_ENV, PERMISSIONS
 from app.dashboard import bp, clihealth
+from app.dashboard.accounts import account_state
 from app.dashboard.common import done, field_errors, is_htmx, secret_page
 from app.errors import ApiError
 from app.queue import ACTIVE
@@ -37,7 +40,10 @@ LOCAL_BACKENDS = ("claude", "codex", "gemini", "opencode", "shell")
 LINE_FIELDS = ("command", "flags")  # argv items: one per line, never split on spaces
 # names: commas or spaces between them
 TAG_FIELDS = ("env_allow", "capabilities", "accept_work_from")
-TEXT_FIELDS = ("name", "backend", "model", "workdir_policy", "repository", "concurrency")
+TEXT_FIELDS = ("name", "backend", "model", "workdir_policy", "repository", "concurrency",
+               "permissions", "account", "fallback")  # fmt: skip
+# Blank in the form is null in the API: the default (no permissions, the shared login, none).
+NULL_WHEN_BLANK = ("permissions", "account", "fallback")
 # The limits fieldset: input `limit_<field>` for each AgentLimits field, with its label.
 LIMIT_INPUTS = (("memory_mb", "Memory", "MB"), ("processes", "Processes", ""),
                 ("cpu_s", "CPU time", "seconds"), ("output_mb", "Output", "MB"),
@@ -133,7 +139,9 @@ def isolation() -> str:
 
 
 def cli_context() -> dict:
-    return {"cli": clihealth.snapshot(current_app.config), "checking": clihealth.checking()}
+    rows = db.query_all("SELECT * FROM agents WHERE backend != 'external' ORDER BY name")
+    return {"cli": clihealth.snapshot(current_app.config), "checking": clihealth.checking(),
+            "runs": clihealth.runs_per_backend(rows, current_app.config)}  # fmt: skip
 
 
 @bp.get("/agents/cli")
@@ -161,7 +169,8 @@ def blank_form() -> dict[str, Any]:
         "name": "", "backend": "claude", "model": "", "command": "", "flags": "",
         "workdir_policy": "fresh", "repository": "", "env_allow": "", "capabilities": "",
         "concurrency": "5", "enabled": True, "new_secrets": ["", ""], "accept_work_from": "",
-        "network": True, **{f"limit_{k}": "" for k, _, _ in LIMIT_INPUTS},
+        "network": True, "permissions": "", "account": "", "fallback": "",
+        **{f"limit_{k}": "" for k, _, _ in LIMIT_INPUTS},
     }  # fmt: skip
 
 
@@ -232,6 +241,7 @@ def read_form(row=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]
         "enabled": form["enabled"],
         "network": form["network"],
         "limits": {},
+        **{field: form[field] or None for field in NULL_WHEN_BLANK},
     }
     for field in LINE_FIELDS:
         data[field] = [line.strip() for line in form[field].splitlines() if line.strip()]
@@ -255,7 +265,8 @@ def read_form(row=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]
 
 
 # The API's check messages name the field they are about; route each to its input.
-FIELD_HINTS = (("reserved", "name"), ("exists", "name"), ("unknown backend", "backend"),
+FIELD_HINTS = (("fallback", "fallback"), ("reserved", "name"), ("exists", "name"),
+               ("unknown backend", "backend"),
                ("repository", "repository"), ("flag", "flags"), ("command", "command"),
                ("capability", "capabilities"), ("secret", "secrets"),
                ("rate tier", "rate_tier"))  # fmt: skip
@@ -329,13 +340,52 @@ def lifecycle_actions(row) -> list[str]:
 def form_page(form: dict, errors: dict, row=None, status: int = 200):
     agent = agent_json(row) if row is not None else None
     n = impact(row) if row is not None else None
+    account = creds = None
+    if agent is not None and agent["backend"] != "external":
+        account = account_state(db.get_db(), agent["account_in_use"], time.time())
+        creds = clihealth.run_credentials(row, current_app.config)
+    fallbacks = db.query_all(
+        "SELECT name FROM agents WHERE backend != 'external' AND name != ? ORDER BY name",
+        (form["name"],),
+    )
     return render_template(
         "agents/form.html", form=form, errors=errors, agent=agent, backends=LOCAL_BACKENDS,
         impact=n, deleting=deleting(row, n) if n is not None else [],
         actions=lifecycle_actions(row) if row is not None else [],
         limit_inputs=LIMIT_INPUTS, isolation=isolation(),
         defaults={k: current_app.config[f"LIMIT_{k.upper()}"] for k, _, _ in LIMIT_INPUTS},
+        **permission_choices(agent["backend"] if agent else None),
+        fallbacks=[r["name"] for r in fallbacks], account=account, creds=creds,
     ), status  # fmt: skip
+
+
+def permission_choices(backend: str | None) -> dict:
+    """Each permissions mode, its meaning, and what it adds to each CLI's run (flags, variables).
+
+    A new agent's backend is still to be chosen, so the form lists every CLI's; a
+    saved agent's backend never changes, so only its own (none for a shell command).
+    """
+    if backend is None:
+        clis = list(PERMISSION_ARGS)
+    else:
+        clis = [backend] if backend in PERMISSION_ARGS else []
+    adds = {
+        mode: {
+            cli: [*PERMISSION_ARGS[cli][mode],
+                  *(f"{k}={v}" for k, v in PERMISSION_ENV.get(cli, {}).get(mode, {}).items())]
+            for cli in clis
+        }
+        for mode in PERMISSIONS
+    }  # fmt: skip
+    return {"permissions": PERMISSIONS, "permission_adds": adds, "permission_clis": clis}
+
+
+def saved(name: str, said: str):
+    """Finish a save: the flash, and the warnings about these settings (they are kept)."""
+    flash(said, "ok")
+    for warning in save_warnings(agent_json(get_agent(name))):
+        flash(f"Warning: {warning}.", "warn")
+    return redirect(url_for("dashboard.agent_get", name=name), 303)
 
 
 # --- pages ------------------------------------------------------------------------------
@@ -353,8 +403,7 @@ def agent_new_post():
     form, data, errors = read_form()
     if not checked(AgentIn, data, register_agent, errors):
         return form_page(form, errors, status=409 if "exists" in errors.get("name", "") else 422)
-    name = form["name"]
-    return done(f"Agent {name} created.", url_for("dashboard.agent_get", name=name))
+    return saved(form["name"], f"Agent {form['name']} created.")
 
 
 @bp.get("/agents/<name>/settings")
@@ -373,7 +422,7 @@ def agent_post(name: str):
     form, data, errors = read_form(row)
     if not checked(AgentPatch, data, lambda changes: update_agent(row, changes), errors):
         return form_page(form, errors, row=row, status=422)
-    return done(f"Agent {name} saved.", url_for("dashboard.agent_get", name=name))
+    return saved(name, f"Agent {name} saved.")
 
 
 @bp.post("/agents/<name>/enabled")

@@ -1,11 +1,16 @@
-"""CLI health (FEAT-02): is each agent CLI installed, which version, do credentials look set?
+"""CLI health (FEAT-02): is each agent CLI installed, which version, what can a run sign in with?
 
 The check runs `<cli> --version` with a timeout, so it is never done inside a
 request: `snapshot()` returns the cached result (or None) at once and starts a
 background refresh when the cache is older than TTL_S. Under gunicorn the
 refresh is a greenlet (subprocess is cooperative there); elsewhere a thread.
+
+A run never gets the hub's own environment or HOME: only its agent's allowlisted
+variables, its secrets and the login files in the agent's own home
+(app/executions.py). So `run_credentials()` answers per agent what its run would
+see; the hub's own credentials are only a hint of what an allowlist could pass.
 Credentials are only looked for (an environment variable's name, a file's
-presence, an agent secret's name); their values are never read or shown.
+presence, an agent secret's name); their values are never shown.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+from app.agents import agent_secrets
 from app.commands import filtered_env
 
 log = logging.getLogger("agented.clihealth")
@@ -129,13 +135,53 @@ def check(name: str, spec: dict, secret_names: set[str]) -> dict:
             result["error"] = f"--version took longer than {VERSION_TIMEOUT_S} s"
         except OSError as exc:
             result["error"] = f"cannot run: {exc.strerror}"
-    found = [f"${var} is set" for var in spec["env"] if os.environ.get(var)]
-    for file in spec["files"]:
-        if Path(file).expanduser().is_file():
-            found.append(f"{file} exists")
+    # The hub's own: a run gets such a variable only through its agent's allowlist,
+    # and never the hub's login files (its HOME is the agent's own).
+    result["hub_env"] = [f"${var}" for var in spec["env"] if os.environ.get(var)]
+    result["hub_files"] = [f for f in spec["files"] if Path(f).expanduser().is_file()]
+    found = [f"{var} is set" for var in result["hub_env"]]
+    found += [f"{file} exists" for file in result["hub_files"]]
     found += [f"agent secret {var}" for var in sorted(secret_names & set(spec["env"]))]
     result["credentials"] = found
     return result
+
+
+def run_credentials(agent, cfg, environ=os.environ) -> dict:
+    """What one local agent's run could sign in with: names and file paths, never values."""
+    spec = CLIS.get(agent["backend"])
+    allow = json.loads(agent["env_allow"])
+    passed = [name for name in allow if name in environ]  # as commands.filtered_env does
+    secrets = sorted(agent_secrets(agent, cfg["SECRET_KEY"]))
+    # executions.agent_home() without its mkdir: a page only looks.
+    home = Path(cfg["HOMES_DIR"]) / agent["name"]
+    files = [f for f in (spec or {}).get("files", []) if (home / f.removeprefix("~/")).is_file()]
+    if spec is None:  # a shell command: whatever it needs arrives as variables
+        given = [f"${n}" for n in passed] + [f"${n} (secret)" for n in secrets]
+        ok: bool | None = bool(given) or None
+        verdict = f"its run gets {', '.join(given)}" if given else "no credentials its run can see"
+    else:
+        known = set(spec["env"])
+        given = [f"${n}" for n in passed if n in known]
+        given += [f"${n} (secret)" for n in secrets if n in known]
+        given += [f"{f} in its home" for f in files]
+        ok = bool(given)
+        verdict = (f"its run can sign in with {', '.join(given)}" if given
+                   else "no credentials its run can see")  # fmt: skip
+    return {
+        "name": agent["name"], "backend": agent["backend"], "home": str(home),
+        "env_passed": passed, "env_missing": [n for n in allow if n not in environ],
+        "secrets": secrets, "files": files, "expected_files": (spec or {}).get("files", []),
+        "expected_env": (spec or {}).get("env", []), "ok": ok, "verdict": verdict,
+    }  # fmt: skip
+
+
+def runs_per_backend(rows, cfg) -> dict[str, list[dict]]:
+    """Each CLI's local agents with what their runs can sign in with, for the CLI panel."""
+    found: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["backend"] in CLIS:
+            found.setdefault(row["backend"], []).append(run_credentials(row, cfg))
+    return found
 
 
 def agent_secret_names(cfg: dict) -> dict[str, set[str]]:
