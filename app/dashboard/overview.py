@@ -1,4 +1,4 @@
-"""Overview: counts by state, the queue, what runs now, recent failures, 24 h charts, health."""
+"""Overview: paused accounts, counts by state, the queue, what runs now, failures, charts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from flask import current_app, g, redirect, render_template, url_for
 from app import db
 from app.auth import requires
 from app.dashboard import bp, charts, clihealth
+from app.dashboard.accounts import holding_back
 from app.queue import ACTIVE
 
 STATES = ("queued", "assigned", "accepted", "running", "succeeded", "failed", "timed_out",
@@ -54,6 +55,7 @@ def overview_data() -> dict:
         (now - 7 * 86400,),
     )
     agents = db.query_all("SELECT state, enabled, count(*) AS n FROM agents GROUP BY 1, 2")
+    local = db.query_all("SELECT * FROM agents WHERE backend != 'external' ORDER BY name")
     agent_states: dict[str, int] = {}
     for row in agents:
         name = row["state"] if row["enabled"] else "disabled"
@@ -68,6 +70,8 @@ def overview_data() -> dict:
         "agent_states": agent_states,
         "alerts": open_alerts(),
         "cli": clihealth.snapshot(current_app.config),
+        "runs": clihealth.runs_per_backend(local, current_app.config),
+        "held": holding_back(db.get_db(), now),
     }
 
 
