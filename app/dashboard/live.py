@@ -18,6 +18,7 @@ from markupsafe import escape
 from app import db, events
 from app.commands import parse_line
 from app.dashboard import ansi
+from app.dashboard.accounts import task_waiting
 from app.dashboard.common import stopping
 from app.queue import FINISHED
 from app.streams import sse, task_feed, wait_event
@@ -142,13 +143,25 @@ def attempt_rows(task_id: int, conn: Any = None) -> list[dict]:
         out.append(
             {**dict(row), "usage": {k: v for k, v in usage.items() if v is not None},
              "tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost,
-             "duration": end - row["started_at"]}
+             "duration": end - row["started_at"], **cli_refusals(usage)}
         )  # fmt: skip
     return out
 
 
+def cli_refusals(usage: dict) -> dict:
+    """What the CLI refused for want of a permission, and its own error list (claude's result)."""
+    denials = [d for d in usage.get("permission_denials") or [] if isinstance(d, dict)]
+    return {
+        "denials": [{"tool": str(d.get("tool") or "tool"), "input": str(d.get("input") or "")}
+                    for d in denials],
+        "cli_errors": [str(e) for e in usage.get("errors") or []],
+    }  # fmt: skip
+
+
 def head_context(task) -> dict:
-    return {"t": task, "attempts": attempt_rows(task["id"]), "live": True}
+    conn = db.get_db()
+    return {"t": task, "attempts": attempt_rows(task["id"]), "live": True,
+            "waiting": task_waiting(conn, task, time.time())}  # fmt: skip
 
 
 def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: str):
@@ -200,10 +213,11 @@ def _head_event(task_id: int, path: str, event: dict | None = None) -> str:
         # A borrowed connection, not the request's: that one would stay open with the stream.
         with db.reading(path) as conn:
             task = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-            rows = (task, attempt_rows(task_id, conn))
+            rows = (task, attempt_rows(task_id, conn), task_waiting(conn, task, time.time()))
         if event is not None:
             event["_head_rows"] = rows
-    task, attempts = rows
+    task, attempts, waiting = rows
     # Rendered per stream: the buttons depend on the viewer's role and carry its CSRF token.
-    html = render_template("tasks/_head.html", t=task, attempts=attempts, live=True, oob=True)
+    html = render_template("tasks/_head.html", t=task, attempts=attempts, waiting=waiting,
+                           live=True, oob=True)  # fmt: skip
     return sse(html, "state")
