@@ -213,3 +213,76 @@ def test_it_shows_a_claude_stream_as_readable_steps(page, hub):
     expect(page.locator("#log-lines .step")).to_have_count(0)
     expect(page.locator("#log-lines")).to_contain_text('"type": "tool_use"')
     assert not page.errors, page.errors
+
+
+def test_it_shows_a_paused_account_and_resumes_it(page, hub):
+    """A claude account at its five-hour limit (written straight to the database: no CLI runs)."""
+    import json
+    import time
+
+    from app import db
+
+    t = time.time()
+    until = t + 2 * 3600
+    shown = time.strftime("%H:%M", time.localtime(until))
+    usage = {"session_id": "5b1e0c2a-7f44-4c1e-9d55-0e6f4c2b1a90", "errors": [
+        "Claude AI usage limit reached|" + str(int(until))]}  # fmt: skip
+
+    def insert(conn):
+        # Disabled, so the scheduler never tries to run a claude that is not installed.
+        for name in ("coder", "reviewer"):
+            conn.execute(
+                "INSERT INTO agents (name, backend, enabled, permissions, created_at, updated_at)"
+                " VALUES (?, 'claude', 0, 'workspace-write', ?, ?)",
+                (name, t, t),
+            )
+        reason = f"claude five-hour limit: account claude paused until {shown}; resumes then"
+        cur = conn.execute(
+            "INSERT INTO tasks (state, agent, prompt, max_attempts, timeout_s, attempts,"
+            " next_attempt_at, last_error, created_at, updated_at)"
+            " VALUES ('queued', 'coder', 'Fix the failing parser test.', 4, 1800, 1, ?, ?, ?, ?)",
+            (until, reason, t - 900, t - 60),
+        )
+        task_id = cur.lastrowid
+        conn.execute(
+            "INSERT INTO attempts (task_id, number, agent, state, exit_code, error, usage,"
+            " rate_limited_until, started_at, finished_at)"
+            " VALUES (?, 1, 'coder', 'failed', 1, ?, ?, ?, ?, ?)",
+            (task_id, reason, json.dumps(usage), until, t - 880, t - 60),
+        )
+        conn.execute(
+            "INSERT INTO accounts (name, paused_until, reason, task_id, paused_at)"
+            " VALUES ('claude', ?, 'claude five-hour limit', ?, ?)",
+            (until, task_id, t - 60),
+        )
+        return task_id
+
+    task_id = db.write(insert, hub.srv.data_dir / "agented.db")
+    sign_in(page, hub.admin)
+    banner = page.locator("#paused-accounts")
+    expect(banner).to_contain_text(f"Account claude: paused until {shown} (claude five-hour limit)")
+    expect(banner).to_contain_text("agents coder, reviewer")
+    shot(page, "overview-paused-account", docs=True)
+    page.set_viewport_size({"width": 360, "height": 740})
+    for path in ("/", "/agents/coder/settings", f"/tasks/{task_id}"):
+        page.goto(path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 362, f"{path} is {width}px wide at 360px"
+    shot(page, "task-waiting-account-mobile")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto("/agents/coder/settings")
+    expect(page.locator(".account-status")).to_contain_text(f"paused until {shown}")
+    shot(page, "agent-paused-account")
+    page.goto(f"/tasks/{task_id}")
+    expect(page.locator("#task-waiting")).to_contain_text(
+        f"Account claude paused until {shown} (claude five-hour limit)"
+    )
+    shot(page, "task-waiting-account")
+    page.locator("#task-waiting").get_by_role("button", name="Resume now").click()
+    expect(page).to_have_url(f"{hub.url}/tasks/{task_id}")
+    expect(page.locator(".flash.ok")).to_contain_text("Account claude resumed")
+    expect(page.locator("#task-waiting")).to_have_count(0)
+    page.goto("/")
+    expect(banner).to_contain_text("probing after a pause")
+    expect(banner.get_by_role("button", name="Resume now")).to_have_count(0)
+    assert not page.errors, page.errors
