@@ -103,9 +103,14 @@ def _scheduler_loop() -> None:
 # --- one run ------------------------------------------------------------------
 
 
+def home_of(cfg: dict, name: str) -> Path:
+    """Where the agent's own HOME is (CLI logins persist there), apart from the hub's data."""
+    return Path(cfg["HOMES_DIR"]) / name
+
+
 def agent_home(cfg: dict, name: str) -> str:
-    """The agent's own HOME (CLI logins persist there), apart from the hub's data."""
-    home = Path(cfg["HOMES_DIR"]) / name
+    """The agent's HOME, made when missing."""
+    home = home_of(cfg, name)
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     return str(home)
 

@@ -56,7 +56,15 @@ def stored(app, name: str) -> dict:
         row = db.query_one("SELECT * FROM agents WHERE name = ?", (name,))
         data = agent_json(row)
         data["secrets"] = agent_secrets(row)
-    for field in ("id", "name", "created_at", "updated_at", "state_changed_at", "heartbeat_age_s"):
+    for field in (
+        "id",
+        "name",
+        "created_at",
+        "updated_at",
+        "state_changed_at",
+        "heartbeat_age_s",
+        "account_in_use",
+    ):  # fmt: skip  (an agent with secrets has its own account)
         data.pop(field)
     return data
 

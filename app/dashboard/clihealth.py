@@ -26,6 +26,7 @@ from pathlib import Path
 
 from app.agents import agent_secrets
 from app.commands import filtered_env
+from app.executions import home_of
 
 log = logging.getLogger("agented.clihealth")
 
@@ -152,8 +153,7 @@ def run_credentials(agent, cfg, environ=os.environ) -> dict:
     allow = json.loads(agent["env_allow"])
     passed = [name for name in allow if name in environ]  # as commands.filtered_env does
     secrets = sorted(agent_secrets(agent, cfg["SECRET_KEY"]))
-    # executions.agent_home() without its mkdir: a page only looks.
-    home = Path(cfg["HOMES_DIR"]) / agent["name"]
+    home = home_of(cfg, agent["name"])  # not agent_home(): a page only looks, never makes it
     files = [f for f in (spec or {}).get("files", []) if (home / f.removeprefix("~/")).is_file()]
     if spec is None:  # a shell command: whatever it needs arrives as variables
         given = [f"${n}" for n in passed] + [f"${n} (secret)" for n in secrets]
