@@ -74,6 +74,8 @@ class AgentIn(Body):
     account: str | None = Field(default=None, pattern=ACCOUNT)
     fallback: str | None = Field(default=None, pattern=NAME)
     permissions: Permissions | None = None
+    # Runs of GitHub work get a short-lived installation token as GH_TOKEN (App only).
+    github_token: bool = False
 
 
 class AgentPatch(Body):
@@ -95,6 +97,7 @@ class AgentPatch(Body):
     account: str | None = Field(default=None, pattern=ACCOUNT)
     fallback: str | None = Field(default=None, pattern=NAME)
     permissions: Permissions | None = None
+    github_token: bool | None = None
 
 
 # Fields a PATCH may set to null (clearing them); the others must keep a value.
@@ -110,6 +113,7 @@ def agent_json(row) -> dict:
         data[field] = json.loads(row[field])
     data["enabled"] = bool(row["enabled"])
     data["network"] = bool(row["network"])
+    data["github_token"] = bool(row["github_token"])
     data["secret_names"] = sorted(agent_secrets(row)) if row["secrets_enc"] else []
     data["account_in_use"] = account_of(row) if row["backend"] != "external" else None
     beat = row["heartbeat_at"]
@@ -198,8 +202,8 @@ def register_agent(body: dict) -> tuple[int, str] | None:
             "INSERT INTO agents (name, backend, model, command, flags, workdir_policy,"
             " repository, env_allow, secrets_enc, capabilities, concurrency, enabled,"
             " metadata, rate_tier, limits, network, accept_work_from, account, fallback,"
-            " permissions, state_changed_at, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " permissions, github_token, state_changed_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 body["name"], body["backend"], body["model"], json.dumps(body["command"]),
                 json.dumps(body["flags"]), body["workdir_policy"], body["repository"],
@@ -207,7 +211,7 @@ def register_agent(body: dict) -> tuple[int, str] | None:
                 body["concurrency"], int(body["enabled"]), json.dumps(body["metadata"]),
                 body["rate_tier"], json.dumps(body["limits"]), int(body["network"]),
                 json.dumps(body["accept_work_from"]), body["account"], body["fallback"],
-                body["permissions"], t, t, t,
+                body["permissions"], int(body["github_token"]), t, t, t,
             ),
         )  # fmt: skip
         ev = events.record(
@@ -236,7 +240,7 @@ def update_agent(row, changes: dict) -> None:
             values["secrets_enc"] = crypto.encrypt(value) if value else None
         elif field in JSON_FIELDS:
             values[field] = json.dumps(value)
-        elif field in ("enabled", "network"):
+        elif field in ("enabled", "network", "github_token"):
             values[field] = int(bool(value))
         elif field == "rate_tier" and value is None:
             raise ApiError(422, "rate_tier cannot be null")

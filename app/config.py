@@ -138,6 +138,7 @@ def load() -> dict:
         **ops_settings(),
         **messaging_settings(),
         **webhook_settings(),
+        **github_settings(),
         **stream_settings(),
         **template_settings(),
     }
@@ -242,6 +243,41 @@ def webhook_settings() -> dict:
         "REJECTED_DELIVERIES_MAX": env_int("AGENTED_REJECTED_DELIVERIES_MAX", 1000, minimum=1),
         "WEBHOOK_TOLERANCE_S": env_int("AGENTED_WEBHOOK_TOLERANCE_S", 300, minimum=1),
         "HOOKS_ALLOW_BODY_SIGNATURE": env_bool("AGENTED_HOOKS_ALLOW_BODY_SIGNATURE", True),
+    }
+
+
+def github_settings() -> dict:
+    """How the hub reports back to GitHub: a token, or a GitHub App (issue 15).
+
+    The App's private key is read here, once: a key file that cannot be read
+    stops the start (fail closed) instead of every report failing later.
+    """
+    app_id = env_str("AGENTED_GITHUB_APP_ID", "")
+    key_file = env_str("AGENTED_GITHUB_APP_PRIVATE_KEY_FILE", "")
+    private_key = ""
+    if app_id or key_file:
+        if not (app_id and key_file):
+            raise ConfigError(
+                "AGENTED_GITHUB_APP_ID and AGENTED_GITHUB_APP_PRIVATE_KEY_FILE go together"
+            )
+        if not app_id.isdigit():
+            raise ConfigError(f"AGENTED_GITHUB_APP_ID must be the App's number, not {app_id!r}")
+        try:
+            private_key = Path(key_file).read_text()
+        except OSError as exc:
+            raise ConfigError(
+                f"AGENTED_GITHUB_APP_PRIVATE_KEY_FILE {key_file!r}: {exc.strerror}"
+            ) from None
+        if "PRIVATE KEY" not in private_key:
+            raise ConfigError(f"AGENTED_GITHUB_APP_PRIVATE_KEY_FILE {key_file!r} is not a PEM key")
+    api = env_str("AGENTED_GITHUB_API_URL", "https://api.github.com").rstrip("/")
+    if not api.startswith(("https://", "http://")):
+        raise ConfigError(f"AGENTED_GITHUB_API_URL must be an http(s) URL, not {api!r}")
+    return {
+        "GITHUB_TOKEN": env_str("AGENTED_GITHUB_TOKEN", ""),
+        "GITHUB_APP_ID": app_id,
+        "GITHUB_APP_PRIVATE_KEY": private_key,
+        "GITHUB_API_URL": api,
     }
 
 

@@ -29,7 +29,18 @@ import gevent.event
 import gevent.subprocess
 from flask import Flask
 
-from app import accounts, commands, db, events, gitcmd, run_limits, runlog, sandbox, scheduler
+from app import (
+    accounts,
+    commands,
+    db,
+    events,
+    gitcmd,
+    github,
+    run_limits,
+    runlog,
+    sandbox,
+    scheduler,
+)
 from app.agents import agent_secrets
 from app.queue import ACTIVE, CANCELLABLE, RETRYABLE_STATES, transition, wait_for_work, wake
 from app.spawn import spawn
@@ -141,6 +152,7 @@ class Run:
         self.resume: str | None = None
         self.session_missing = False
         self.started_at = time.time()
+        self.redact: list[str] = []
 
     # The entry point: never raises; every outcome ends in one final transaction.
     def main(self) -> None:
@@ -188,15 +200,18 @@ class Run:
                 "permissions": agent["permissions"],
             }
             commands.build_argv(spec, self.resume)  # refuse bad settings before any work
-            env = commands.filtered_env(
-                json.loads(agent["env_allow"]),
-                agent_secrets(agent, cfg["SECRET_KEY"]),
-                os.environ,
-            )
+            secrets = agent_secrets(agent, cfg["SECRET_KEY"])
+            env = commands.filtered_env(json.loads(agent["env_allow"]), secrets, os.environ)
             workspace = self._workspace(agent)
             home = agent_home(cfg, agent["name"])
         except Exception as exc:
             return self._finish("failed", None, f"cannot prepare the run: {exc}", retryable=False)
+        if agent["github_token"] and task["origin"]:
+            env.update(self._github_token(cfg, json.loads(task["origin"])))
+        # A run printing its own credentials must not put them in the stored log.
+        # (Values under 4 characters would garble every line and hide nothing.)
+        self.redact = sorted({v for v in (*secrets.values(), env.get("GH_TOKEN", ""))
+                              if len(v) >= 4}, key=len, reverse=True)  # fmt: skip
         env.update(commands.permission_env(agent["backend"], agent["permissions"]))
         env["HOME"] = home
         # Marks the children so recovery can tell our orphans from a reused pid.
@@ -218,6 +233,25 @@ class Run:
                 " in the same workspace",
             )
             self.resume, self.session_missing, self.rate_limited = None, False, (False, None)
+
+    def _github_token(self, cfg, origin: dict) -> dict[str, str]:
+        """A short-lived installation token for the task's repository, as GH_TOKEN.
+
+        Only with a GitHub App (a token of the hub's own would reach every
+        repository it can). Never stored or logged; without one the run goes on.
+        """
+        inst, repo = origin.get("installation_id"), str(origin.get("repo") or "")
+        why = None
+        if github.mode(cfg) != "app" or not inst or "/" not in repo:
+            why = "no GitHub App installation for this task's repository"
+        else:
+            try:
+                name = repo.split("/", 1)[1]
+                return {"GH_TOKEN": github.installation_token(cfg, inst, (name,))}
+            except github.GitHubError as exc:
+                why = str(exc)
+        self.log.line("system", f"no GitHub token for this run: {why}")
+        return {}
 
     def _start(self, agent, argv: list[str], env: dict, workspace: str, home: str) -> bool:
         """Start one process of this attempt in the sandbox; False when it must not run."""
@@ -421,7 +455,12 @@ class Run:
                 self.truncated = True
                 text = f"[… log truncated at {max_total} bytes; output after this is dropped]"
                 stored_as = "system"
-            self.log.line(stored_as, text)
+            self.log.line(stored_as, self._redacted(text))
+
+    def _redacted(self, text: str) -> str:
+        for secret in self.redact:
+            text = text.replace(secret, "[redacted]")
+        return text
 
     def _stop_process(self, grace: float) -> None:
         self._signal_run(signal.SIGTERM)
@@ -469,7 +508,13 @@ class Run:
         pauses, and the task waits for the reset without using up an attempt.
         """
         cfg = _app.config
-        usage = json.dumps(self.usage.record()) if hasattr(self, "usage") else "{}"
+        record = self.usage.record() if hasattr(self, "usage") else {}
+        # The answer goes on to GitHub comments: never with a credential in it.
+        if isinstance(record.get("result_text"), str):
+            record["result_text"] = self._redacted(record["result_text"])
+        if record.get("errors"):
+            record["errors"] = [self._redacted(e) for e in record["errors"]]
+        usage = json.dumps(record)
 
         def finish(conn):
             task = conn.execute(

@@ -18,7 +18,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from app import prompts
+from app import prompts, reports
 
 # The trigger's own logger: matching and planning were part of triggers, and
 # log queries filter on this name.
@@ -153,5 +153,8 @@ def plan(row, event: str | None, payload: Any, params: dict, delivery_id=None) -
         "trigger_slug": row["slug"],
         "delivery_id": delivery_id,
         "concurrency_key": key,
+        # A GitHub event's work reports back to its issue or pull request.
+        "origin": reports.origin_of(event, payload) if row["kind"] == "github" else None,
+        "report": row["report"],
         **{k: row[k] for k in SETTINGS},
     }

@@ -12,7 +12,7 @@ from typing import Any
 
 import gevent.event
 
-from app import events
+from app import events, reports
 from app.errors import Busy
 
 # A task holds a run slot in these states (the scheduler counts them against the limits).
@@ -55,18 +55,21 @@ def create_task(conn, cfg: dict, **fields: Any) -> tuple[int, dict]:
     cur = conn.execute(
         "INSERT INTO tasks (state, agent, selector, trigger_slug, delivery_id, prompt, params,"
         " flags, priority, concurrency_key, concurrency_limit, max_attempts, timeout_s,"
-        " next_attempt_at, api_key_id, created_at, updated_at)"
-        " VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " next_attempt_at, api_key_id, origin, created_at, updated_at)"
+        " VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             fields.get("agent"), json.dumps(fields.get("selector") or []),
             fields.get("trigger_slug"), fields.get("delivery_id"), fields["prompt"],
             json.dumps(fields.get("params") or {}), json.dumps(fields.get("flags") or []),
             fields.get("priority") or 0, fields.get("concurrency_key"),
             fields.get("concurrency_limit"), fields.get("max_attempts") or cfg["MAX_ATTEMPTS"],
-            fields.get("timeout_s") or cfg["TASK_TIMEOUT_S"], t, fields.get("api_key_id"), t, t,
+            fields.get("timeout_s") or cfg["TASK_TIMEOUT_S"], t, fields.get("api_key_id"),
+            json.dumps(origin) if (origin := fields.get("origin")) else None, t, t,
         ),
     )  # fmt: skip
     task_id = cur.lastrowid
+    # The reports it owes (a GitHub comment, a check run) commit with it.
+    reports.add(conn, cfg, task_id, origin, fields.get("report") or "off")
     event = events.record(
         conn, "task.queued", f"task:{task_id}", {"task_id": task_id, "state": "queued"}
     )
@@ -80,7 +83,11 @@ def create_tasks(conn, cfg: dict, plans: list[dict], api_key_id: int | None):
 
 
 def transition(conn, task_id: int, state: str, **data: Any) -> dict:
-    """Record a task's state change as one event in the caller's transaction."""
+    """Record a task's state change as one event in the caller's transaction.
+
+    Its reports (app/reports.py) owe one more edit, in the same transaction.
+    """
+    reports.touch(conn, task_id)
     return events.record(
         conn, f"task.{state}", f"task:{task_id}", {"task_id": task_id, "state": state, **data}
     )

@@ -65,6 +65,8 @@ class TriggerIn(Body):
     concurrency_key: str | None = Field(default=None, max_length=500)
     concurrency_limit: int | None = Field(default=None, ge=1, le=1000)
     enabled: bool = True
+    # A GitHub trigger's reports on the issue or pull request (app/reports.py).
+    report: Literal["auto", "comment", "check", "off"] = "auto"
 
     @field_validator("prompt_template", "concurrency_key")
     @classmethod

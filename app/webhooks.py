@@ -21,10 +21,11 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app import auth, crypto, db, dedupe, events, prompts
+from app import auth, crypto, db, dedupe, events, prompts, reports
 from app.api import loads, newest_first, or_404
 from app.auth import requires
 from app.errors import ApiError, Conflict, Refused
+from app.github import known_identity
 from app.matching import match, plan
 from app.queue import create_task, wake
 
@@ -331,6 +332,22 @@ def hook(slug: str):
 # --- GitHub -------------------------------------------------------------------
 
 
+def own_event(payload: dict) -> str | None:
+    """Why a GitHub event is the hub's own doing (never work), or None.
+
+    Its sender is the hub's GitHub identity (the token's user, the App's bot) or a
+    login listed in AGENTED_GITHUB_BOT_LOGINS, or the comment is one of the hub's
+    reports (they carry reports.MARKER, whoever edits them).
+    """
+    sender = (payload.get("sender") or {}).get("login")
+    if sender in current_app.config["GITHUB_BOT_LOGINS"] or sender in known_identity():
+        return f"sender {sender} is the hub's own identity or a bot"
+    comment = payload.get("comment")
+    if isinstance(comment, dict) and reports.MARKER in str(comment.get("body", "")):
+        return "the comment is one of the hub's own reports"
+    return None
+
+
 @bp.post("/api/webhooks/github/")
 def github():
     """Receive a GitHub webhook (X-Hub-Signature-256 with GITHUB_WEBHOOK_SECRET)."""
@@ -359,10 +376,9 @@ def github():
         verdicts = [{"trigger": None, "matched": False, "reason": "ping"}]
         return answer(accept("github", "github", key, [], signature="valid", verdicts=verdicts,
                              **base))  # fmt: skip
-    sender = (payload.get("sender") or {}).get("login")
-    if sender in current_app.config["GITHUB_BOT_LOGINS"]:
-        # The hub's own bot commenting must not start the hub again (a loop).
-        verdicts = [{"trigger": None, "matched": False, "reason": f"sender {sender} is a bot"}]
+    if why := own_event(payload):
+        # What the hub's own reports cause must not start the hub again (a loop).
+        verdicts = [{"trigger": None, "matched": False, "reason": why}]
         return answer(accept("github", "github", key, [], signature="valid", verdicts=verdicts,
                              **base))  # fmt: skip
     rows = db.query_all("SELECT * FROM triggers WHERE kind = 'github' ORDER BY id")

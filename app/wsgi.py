@@ -1,6 +1,6 @@
 """The entry point gunicorn serves; it also starts the background greenlets."""
 
-from app import create_app, executions, triggers
+from app import create_app, executions, reports, triggers
 from app.db import GroupWriter
 from app.messages import mailboxes
 from app.ops import upkeep
@@ -12,3 +12,4 @@ upkeep.start(application)  # service lock, metrics, backups, retention, compacti
 executions.start(application)  # crash recovery, then the scheduler
 triggers.start_clock(application, executions.stopping)  # cron triggers, dedupe cleaning
 mailboxes.start(application)  # messaging sweep: TTLs, offline agents, Contract Nets, delegations
+reports.start(application)  # results back to GitHub and notifications, from the outbox

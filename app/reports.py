@@ -1,0 +1,407 @@
+"""Reports: results go back where the work came from, through an outbox.
+
+A task started by a GitHub event owes its issue or pull request a comment,
+posted when the task is accepted and edited as it moves (queued, running, the
+outcome with the agent's answer, duration, tokens and cost, a link), and on a
+pull request a check run on the head commit (a commit status when the hub has
+a plain token: GitHub gives check runs to Apps only). Each is one row in
+`reports`, inserted with the task and bumped by every transition of it in the
+same transaction (queue.transition calls touch), so nothing reported is lost
+and nothing is reported that did not commit. A worker greenlet sends the due
+rows: it renders the task as it is at that moment, so a burst of transitions
+becomes one edit, and records the version it sent. GitHub failing (5xx, 429,
+rate limits, timeouts) retries with backoff or at GitHub's reset; a report that
+keeps failing ends dead with its reason. Reports never change a task.
+
+Every comment carries MARKER, so the hub's own comment coming back as an
+`issue_comment` event starts nothing (app/webhooks.py checks it, with the hub's
+GitHub login).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import gevent
+from flask import Flask
+
+from app import db, github
+
+log = logging.getLogger("agented.reports")
+
+MARKER = "<!-- agented:task:"
+# Tries of one report before it is dead; waits double from BACKOFF_S up to BACKOFF_CAP_S.
+MAX_TRIES = 8
+BACKOFF_S = 5.0
+BACKOFF_CAP_S = 900.0
+# A row being sent is leased this long: a hub killed mid-send retries it after.
+LEASE_S = 120.0
+POLL_S = 1.0
+BATCH = 20
+RESULT_CHARS = 4000
+# GitHub's check-run conclusions and commit-status states per final task state.
+CONCLUSION = {"succeeded": "success", "dead": "failure", "cancelled": "cancelled"}
+STATUS_STATE = {"succeeded": "success", "dead": "failure", "cancelled": "error"}
+FINAL = ("succeeded", "dead", "cancelled")
+
+_app: Flask = None  # type: ignore[assignment]
+
+
+# --- what is owed ---------------------------------------------------------------
+
+
+def origin_of(event: str | None, payload: Any) -> dict | None:
+    """Where a GitHub event's work should be reported: its issue or pull request."""
+    if not isinstance(payload, dict):
+        return None
+    repo = (payload.get("repository") or {}).get("full_name")
+    pull = payload.get("pull_request") if isinstance(payload.get("pull_request"), dict) else None
+    issue = payload.get("issue") if isinstance(payload.get("issue"), dict) else None
+    item = pull or issue
+    if not isinstance(repo, str) or "/" not in repo or item is None:
+        return None
+    number = item.get("number")
+    if not isinstance(number, int) or isinstance(number, bool):
+        return None
+    head = ((pull or {}).get("head") or {}).get("sha")
+    installation = (payload.get("installation") or {}).get("id")
+    return {
+        "kind": "github",
+        "repo": repo,
+        "number": number,
+        # An issue_comment on a pull request names it under issue.pull_request.
+        "pull_request": pull is not None or isinstance((issue or {}).get("pull_request"), dict),
+        "head_sha": head if isinstance(head, str) else None,
+        "installation_id": installation if isinstance(installation, int) else None,
+        "event": event,
+    }
+
+
+def channels(cfg, mode: str, origin: dict | None) -> list[str]:
+    """Which reports a task from this origin owes, for a trigger's `report` mode."""
+    how = github.mode(cfg)
+    if mode == "off" or how is None or not origin or origin.get("kind") != "github":
+        return []
+    if how == "app" and not origin.get("installation_id") and not cfg.get("GITHUB_TOKEN"):
+        return []  # an App reports per installation; the event named none
+    found = ["github_comment"] if mode in ("auto", "comment") else []
+    if origin.get("pull_request") and mode in ("auto", "check"):
+        found.append("github_check" if how == "app" else "github_status")
+    return found
+
+
+def add(conn, cfg, task_id: int, origin: dict | None, mode: str) -> None:
+    """Owe the task's reports, in the caller's transaction (the task's own)."""
+    t = time.time()
+    for channel in channels(cfg, mode, origin):
+        conn.execute(
+            "INSERT INTO reports (task_id, channel, target, next_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (task_id, channel, json.dumps(origin), t, t, t),
+        )
+
+
+def touch(conn, task_id: int) -> None:
+    """The task moved: its GitHub reports owe one more edit (the caller's transaction)."""
+    conn.execute(
+        "UPDATE reports SET version = version + 1, updated_at = ?,"
+        " next_at = CASE WHEN state = 'sent' THEN ? ELSE next_at END, state = 'pending'"
+        " WHERE task_id = ? AND state != 'dead' AND channel LIKE 'github%'",
+        (time.time(), time.time(), task_id),
+    )
+
+
+def report_json(row) -> dict:
+    data = {k: row[k] for k in row.keys() if k not in ("payload", "target")}
+    target = json.loads(row["target"])
+    data["target"] = {k: target.get(k) for k in ("repo", "number", "head_sha", "url", "kind")
+                      if target.get(k) is not None}  # fmt: skip
+    return data
+
+
+# --- the worker -------------------------------------------------------------------
+
+
+def start(app: Flask) -> None:
+    """Send due reports in the background (called once, in the serving process)."""
+    global _app
+    _app = app
+    gevent.spawn(_loop)
+    if github.mode(app.config):
+        gevent.spawn(_learn_identity)
+
+
+def _learn_identity() -> None:
+    """Learn the hub's GitHub login, so events it causes are known as its own."""
+    while True:
+        try:
+            if github.identity(_app.config):
+                return
+        except github.GitHubError as exc:
+            log.warning("cannot learn the hub's GitHub identity", extra={"error": str(exc)})
+        gevent.sleep(60)
+
+
+def _loop() -> None:
+    while True:
+        try:
+            sent = send_due(_app.config)
+        except Exception:
+            log.exception("sending reports failed")
+            sent = 0
+        gevent.sleep(0 if sent >= BATCH else POLL_S)
+
+
+def send_due(cfg, now: float | None = None) -> int:
+    """Send the reports that are due; return how many were tried."""
+    now = time.time() if now is None else now
+    with db.reading(cfg["DATABASE"]) as conn:
+        due = conn.execute(
+            "SELECT * FROM reports WHERE state = 'pending' AND next_at <= ? ORDER BY next_at"
+            " LIMIT ?",
+            (now, BATCH),
+        ).fetchall()
+    tried = 0
+    for row in due:
+        if not _lease(cfg, row, now):
+            continue  # another worker took it
+        tried += 1
+        _send_one(cfg, row)
+    return tried
+
+
+def _lease(cfg, row, now: float) -> bool:
+    def lease(conn):
+        cur = conn.execute(
+            "UPDATE reports SET next_at = ?, attempts = attempts + 1 WHERE id = ? AND next_at = ?"
+            " AND state = 'pending'",
+            (now + LEASE_S, row["id"], row["next_at"]),
+        )
+        return cur.rowcount == 1
+
+    return db.write(lease, cfg["DATABASE"])
+
+
+def _send_one(cfg, row) -> None:
+    target = json.loads(row["target"])
+    version = row["version"]
+    try:
+        with db.reading(cfg["DATABASE"]) as conn:
+            facts = task_facts(conn, row["task_id"]) if row["task_id"] else None
+        remote_id = SENDERS[row["channel"]](cfg, row, target, facts)
+    except github.GitHubError as exc:
+        return _failed(cfg, row, str(exc), exc.retryable, exc.retry_at)
+    except Exception as exc:  # a bug in rendering must not stop the other reports
+        log.exception("report failed", extra={"report_id": row["id"]})
+        return _failed(cfg, row, f"internal error: {type(exc).__name__}", False, None)
+    t = time.time()
+
+    def sent(conn):
+        conn.execute(
+            "UPDATE reports SET remote_id = ?, target = ?, sent_version = ?, attempts = 0,"
+            " last_error = NULL, sent_at = ?, updated_at = ?,"
+            " state = CASE WHEN version > ? THEN 'pending' ELSE 'sent' END, next_at = ?"
+            " WHERE id = ?",
+            (remote_id, json.dumps(target), version, t, t, version, t, row["id"]),
+        )
+
+    db.write(sent, cfg["DATABASE"])
+    return None
+
+
+def _failed(cfg, row, error: str, retryable: bool, retry_at: float | None) -> None:
+    t = time.time()
+    tries = row["attempts"] + 1
+    dead = not retryable or tries >= MAX_TRIES
+    wait = min(BACKOFF_CAP_S, BACKOFF_S * 2 ** (tries - 1))
+    next_at = max(retry_at or 0, t + wait)
+    log.warning("report not sent", extra={"report_id": row["id"], "error": error, "dead": dead})
+
+    def failed(conn):
+        conn.execute(
+            "UPDATE reports SET last_error = ?, updated_at = ?, next_at = ?, state = ?"
+            " WHERE id = ?",
+            (error[:500], t, next_at, "dead" if dead else "pending", row["id"]),
+        )
+
+    db.write(failed, cfg["DATABASE"])
+
+
+# --- what a report says -------------------------------------------------------------
+
+
+def task_facts(conn, task_id: int) -> dict | None:
+    """The task as a report shows it: state, its last attempt's answer and usage."""
+    task = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if task is None:
+        return None
+    attempt = conn.execute(
+        "SELECT * FROM attempts WHERE task_id = ? ORDER BY number DESC LIMIT 1", (task_id,)
+    ).fetchone()
+    first = conn.execute(
+        "SELECT min(started_at) FROM attempts WHERE task_id = ?", (task_id,)
+    ).fetchone()[0]
+    usage = json.loads(attempt["usage"]) if attempt else {}
+    return {"task": dict(task), "attempt": dict(attempt) if attempt else None, "usage": usage,
+            "started_at": first}  # fmt: skip
+
+
+def task_url(cfg, task_id: int) -> str:
+    base = cfg.get("PUBLIC_URL") or f"http://{cfg['BIND']}"
+    return f"{base.rstrip('/')}/tasks/{task_id}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def headline(facts: dict) -> str:
+    """One line for the task's state, as a person wants to read it."""
+    task, attempt = facts["task"], facts["attempt"]
+    state = task["state"]
+    if state == "succeeded":
+        took = _duration((task["finished_at"] or time.time()) - (facts["started_at"] or 0))
+        return f"✅ Succeeded in {took}"
+    if state == "dead":
+        return f"❌ Failed after {task['attempts']} attempt(s): {task['last_error'] or 'no reason'}"
+    if state == "cancelled":
+        return "⏹️ Cancelled"
+    if state in ("assigned", "accepted", "running"):
+        return f"🏃 Running: attempt {task['attempts']} of {task['max_attempts']}"
+    if attempt is not None:
+        return f"🔁 Waiting to retry: {task['last_error'] or attempt['state']}"
+    return "⏳ Queued"
+
+
+def usage_line(usage: dict) -> str:
+    parts = []
+    if usage.get("input_tokens") is not None or usage.get("output_tokens") is not None:
+        tokens_in = (usage.get("input_tokens") or 0) + (usage.get("cache_read_tokens") or 0)
+        parts.append(f"{tokens_in:,} tokens in · {usage.get('output_tokens') or 0:,} out")
+    if usage.get("cost_usd") is not None:
+        parts.append(f"${usage['cost_usd']:.4f}")
+    if usage.get("model"):
+        parts.append(f"model `{usage['model']}`")
+    return " · ".join(parts)
+
+
+def comment_body(cfg, task_id: int, facts: dict | None) -> str:
+    """The Markdown of the task's comment (the marker first, so the hub knows its own)."""
+    lines = [f"{MARKER}{task_id} -->"]
+    if facts is None:
+        return "\n".join([*lines, f"**Agented** task #{task_id} was deleted."])
+    task = facts["task"]
+    who = f" · agent `{task['agent']}`" if task["agent"] else ""
+    lines += [f"**Agented** · [task #{task_id}]({task_url(cfg, task_id)}){who}", "",
+              f"**{headline(facts)}**"]  # fmt: skip
+    answer = (facts["usage"].get("result_text") or "").strip()
+    if answer and task["state"] in FINAL:
+        if len(answer) > RESULT_CHARS:
+            answer = answer[:RESULT_CHARS] + "…"
+        lines += ["", "<details open><summary>Result</summary>", "", answer, "", "</details>"]
+    if line := usage_line(facts["usage"]):
+        lines += ["", f"<sub>{line}</sub>"]
+    return "\n".join(lines)
+
+
+# --- senders: each returns the remote id to keep -----------------------------------------
+
+
+def _send_comment(cfg, row, target: dict, facts: dict | None) -> str:
+    repo, number, inst = target["repo"], target["number"], target.get("installation_id")
+    body = {"body": comment_body(cfg, row["task_id"], facts)}
+    remote = row["remote_id"]
+    if remote is None and row["attempts"] > 0:
+        # An earlier try may have posted it and lost the answer: look before posting again.
+        remote = _find_comment(cfg, repo, number, inst, row["task_id"])
+    if remote is not None:
+        try:
+            github.call(cfg, "PATCH", f"/repos/{repo}/issues/comments/{remote}", inst, body)
+            return str(remote)
+        except github.GitHubError as exc:
+            if exc.status != 404:
+                raise
+            # Someone deleted it: post it again.
+    made = github.call(cfg, "POST", f"/repos/{repo}/issues/{number}/comments", inst, body)
+    target["url"] = made.get("html_url") if isinstance(made, dict) else None
+    return str(made["id"])
+
+
+def _find_comment(cfg, repo: str, number: int, inst, task_id: int) -> str | None:
+    mark = f"{MARKER}{task_id} -->"
+    found = github.call(cfg, "GET", f"/repos/{repo}/issues/{number}/comments?per_page=100",
+                        inst)  # fmt: skip
+    for comment in found if isinstance(found, list) else []:
+        if isinstance(comment, dict) and mark in str(comment.get("body", "")):
+            return str(comment["id"])
+    return None
+
+
+def _head_sha(cfg, target: dict) -> str:
+    """The pull request's head commit (an issue_comment event does not carry it)."""
+    if not target.get("head_sha"):
+        pull = github.call(cfg, "GET", f"/repos/{target['repo']}/pulls/{target['number']}",
+                           target.get("installation_id"))  # fmt: skip
+        target["head_sha"] = ((pull or {}).get("head") or {}).get("sha")
+        if not target["head_sha"]:
+            raise github.GitHubError("the pull request has no head commit", retryable=False)
+    return str(target["head_sha"])
+
+
+def _check_name(facts: dict | None) -> str:
+    task = (facts or {}).get("task") or {}
+    return f"Agented: {task.get('trigger_slug') or task.get('agent') or 'task'}"
+
+
+def _send_check(cfg, row, target: dict, facts: dict | None) -> str:
+    repo, inst = target["repo"], target.get("installation_id")
+    state = facts["task"]["state"] if facts else "cancelled"
+    body: dict[str, Any] = {"details_url": task_url(cfg, row["task_id"])}
+    if state in FINAL:
+        last = (facts or {}).get("attempt") or {}
+        conclusion = CONCLUSION[state]
+        if state == "dead" and last.get("state") == "timed_out":
+            conclusion = "timed_out"
+        body |= {"status": "completed", "conclusion": conclusion,
+                 "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+    else:
+        body["status"] = "in_progress" if state in ("assigned", "accepted", "running") else "queued"
+    if facts is not None:
+        summary = comment_body(cfg, row["task_id"], facts).split("\n", 1)[1]
+        body["output"] = {"title": headline(facts)[:200], "summary": summary[:60000]}
+    if row["remote_id"] is None:
+        body |= {"name": _check_name(facts), "head_sha": _head_sha(cfg, target),
+                 "external_id": str(row["task_id"])}  # fmt: skip
+        made = github.call(cfg, "POST", f"/repos/{repo}/check-runs", inst, body)
+        return str(made["id"])
+    github.call(cfg, "PATCH", f"/repos/{repo}/check-runs/{row['remote_id']}", inst, body)
+    return str(row["remote_id"])
+
+
+def _send_status(cfg, row, target: dict, facts: dict | None) -> str:
+    repo, inst = target["repo"], target.get("installation_id")
+    state = facts["task"]["state"] if facts else "cancelled"
+    body = {
+        "state": STATUS_STATE.get(state, "pending"),
+        "target_url": task_url(cfg, row["task_id"]),
+        "description": (headline(facts) if facts else "deleted")[:140],
+        "context": _check_name(facts).replace("Agented: ", "agented/"),
+    }
+    sha = _head_sha(cfg, target)
+    github.call(cfg, "POST", f"/repos/{repo}/statuses/{sha}", inst, body)
+    return sha
+
+
+SENDERS = {
+    "github_comment": _send_comment,
+    "github_check": _send_check,
+    "github_status": _send_status,
+}
