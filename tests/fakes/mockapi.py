@@ -7,7 +7,7 @@ Responses and Chat Completions, and Gemini generateContent with a short reply, a
 tool call when the user's prompt contains TOOL, or a rate-limit error chosen by
 the mode in $MOCKAPI_MODE_FILE (default /tmp/mockapi.mode):
 
-  ok            normal replies
+  ok            normal replies ($MOCKAPI_TOOL_COMMAND sets claude's Bash command)
   ratelimit     claude: 429 with unified 5-hour headers (use CLAUDE_CODE_OAUTH_TOKEN)
                 codex: usage_limit_reached (`ratelimit:<s>` sets the reset, -1 none)
                 gemini: "exhausted your capacity" with RetryInfo (the CLI waits it out)
@@ -15,6 +15,10 @@ the mode in $MOCKAPI_MODE_FILE (default /tmp/mockapi.mode):
   ratelimit_api claude: 429 with Retry-After: 30 (the CLI retries: api_retry events)
                 codex: per-minute 429 (the CLI gives up after its retries)
   ratelimit_zero, ratelimit_daily   gemini quota errors the CLI does not retry
+  quota_wait:<n>  gemini: the first <n> requests get a 429 "Please retry in 3.2s" the CLI
+                waits out by itself, then normal replies
+  drop:<n>      codex: the first <n> response streams end before response.completed
+                (the CLI prints "Reconnecting..." and retries), then normal replies
 
 Usage: python3 tests/fakes/mockapi.py [port]   (default 8765)
 """
@@ -28,6 +32,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODE_FILE = os.environ.get("MOCKAPI_MODE_FILE", "/tmp/mockapi.mode")
+# The shell command claude is asked to run; one that writes (`touch x`) shows the
+# permission denials of --permission-mode dontAsk.
+TOOL_COMMAND = os.environ.get("MOCKAPI_TOOL_COMMAND", "echo hi")
 
 
 def mode() -> str:
@@ -36,6 +43,20 @@ def mode() -> str:
             return fh.read().strip() or "ok"
     except OSError:
         return "ok"
+
+
+# How many requests each counted mode (`drop:<n>`, `quota_wait:<n>`) has failed so far.
+FAILED: dict[str, int] = {}
+
+
+def fail_first(mode: str, name: str) -> bool:
+    """True while a `<name>:<n>` mode has failed fewer than <n> requests."""
+    if not mode.startswith(name + ":"):
+        return False
+    if FAILED.get(mode, 0) >= int(mode.split(":")[1]):
+        return False
+    FAILED[mode] = FAILED.get(mode, 0) + 1
+    return True
 
 
 def wants_tool(messages: list) -> bool:
@@ -121,7 +142,7 @@ class Handler(BaseHTTPRequestHandler):
         if wants_tool(body.get("messages", [])) and body.get("tools"):
             blocks = [{"type": "text", "text": "Let me run a command."},
                       {"type": "tool_use", "id": "toolu_01Mock", "name": "Bash",
-                       "input": {"command": "echo hi", "description": "Say hi"}}]  # fmt: skip
+                       "input": {"command": TOOL_COMMAND, "description": "Say hi"}}]  # fmt: skip
             stop = "tool_use"
         else:
             blocks, stop = [{"type": "text", "text": "Hello from the mock"}], "end_turn"
@@ -172,6 +193,9 @@ class Handler(BaseHTTPRequestHandler):
                      "message": "Rate limit reached for gpt-5 on tokens per min (TPM). "
                      "Please try again in 1.5s."}  # fmt: skip
             return self.reply(429, {"error": error}, {"retry-after": "2"})
+        if fail_first(mode, "drop"):
+            self.stream([(None, {"type": "response.created", "response": {"id": "resp_mock"}})])
+            return
         items = body.get("input", [])
         if wants_tool(items):
             # Codex 0.169 offers one "exec" tool that runs JavaScript calling its tools.
@@ -244,6 +268,9 @@ class Handler(BaseHTTPRequestHandler):
                                ".googleapis.com/generate_content_free_tier_input_token_count, "
                                "limit: 0, model: gemini-2.5-pro\nPlease retry in 27.9s.", []),
         }  # fmt: skip
+        if fail_first(mode, "quota_wait"):
+            errors[mode] = ("You exceeded your current quota, please check your plan and "
+                            "billing details. Please retry in 3.2s.", [])  # fmt: skip
         if mode in errors:
             message, details = errors[mode]
             error = {"code": 429, "message": message, "status": "RESOURCE_EXHAUSTED",
