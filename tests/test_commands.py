@@ -44,6 +44,12 @@ def fake_argv(backend: str, **fields) -> list[str]:
     return build_argv(agent(backend, command=[str(FAKES / f"fake-{backend}")], **fields))
 
 
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path, monkeypatch):
+    """The fakes keep sessions in HOME, as the real CLIs do: never the tester's own."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
 def run_fake(backend: str, prompt: str = PROMPT, **fields) -> subprocess.CompletedProcess:
     env = filtered_env(["FAKE_PIDFILE"], {}, os.environ)
     return subprocess.run(
