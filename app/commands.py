@@ -260,7 +260,14 @@ class UsageTracker:
     convention); cache reads and writes are separate, so their sum is the prompt.
     Totals a CLI reports at the end (claude's and gemini's result) replace the
     per-turn sums; codex and opencode report per turn/step and are summed.
+    It also keeps the run's final answer (`result_text`), which the hub posts back
+    where the task came from: the CLI's own answer, else its last reply, else for
+    `shell` the last lines it printed.
     """
+
+    # Enough for a readable comment, well under GitHub's 65,536-character limit.
+    RESULT_CHARS = 8000
+    SHELL_LINES = 40
 
     def __init__(self, backend: str, model: str | None = None) -> None:
         self.backend = backend
@@ -274,8 +281,15 @@ class UsageTracker:
         self._total: dict | None = None
         self._denials: list[dict] = []
         self._errors: list[str] = []
+        self._answer: str | None = None
+        self._reply: list[str] = []  # the last reply, in pieces
+        self._reply_chars = 0
+        self._reply_open = False
+        self._lines: list[str] = []  # shell: the last lines printed
 
-    def feed(self, line: str) -> None:
+    def feed(self, line: str | bytes) -> None:
+        if self.backend == "shell":
+            self._keep_line(line)
         if self._facts is None:
             return
         try:
@@ -295,6 +309,41 @@ class UsageTracker:
             self._total = facts["total"]
         self._denials = facts.get("denials") or self._denials
         self._errors = facts.get("errors") or self._errors
+        self._answer = facts.get("answer") or self._answer
+        self._take_reply(facts)
+
+    def _take_reply(self, facts: dict) -> None:
+        """Follow the assistant's replies (see app/agent_clis/__init__.py)."""
+        whole, part = facts.get("reply"), facts.get("reply_part")
+        if isinstance(whole, str) and whole:
+            self._reply, self._reply_chars, self._reply_open = [], 0, False
+            part = whole
+        elif isinstance(part, str) and part and not self._reply_open:
+            self._reply, self._reply_chars, self._reply_open = [], 0, True
+        if isinstance(part, str) and self._reply_chars <= self.RESULT_CHARS:
+            # Past the cap more pieces change nothing kept: do not hold them.
+            self._reply.append(part[: self.RESULT_CHARS + 1])
+            self._reply_chars += len(self._reply[-1])
+        if facts.get("reply_end"):
+            self._reply_open = False
+
+    def _keep_line(self, line: str | bytes) -> None:
+        if isinstance(line, bytes):
+            line = line.decode("utf-8", errors="replace")
+        # A line longer than the whole cap would be cut anyway: keep no more of it.
+        self._lines.append(line.rstrip("\r\n")[: self.RESULT_CHARS + 1])
+        del self._lines[: -self.SHELL_LINES]
+
+    @classmethod
+    def _capped(cls, text: str | None) -> str | None:
+        """Trim and cut to RESULT_CHARS, ending with "…" when cut; None when empty."""
+        text = (text or "").strip()
+        if not text:
+            return None
+        if len(text) > cls.RESULT_CHARS:
+            text = text[: cls.RESULT_CHARS - 1].rstrip() + "…"
+        # A lone surrogate (a "\ud800" escape in the JSON) cannot be sent as UTF-8.
+        return text.encode("utf-8", errors="replace").decode("utf-8")
 
     def record(self) -> dict:
         record: dict[str, Any] = dict.fromkeys(USAGE_FIELDS)
@@ -313,6 +362,10 @@ class UsageTracker:
             record["permission_denials"] = self._denials
         if self._errors:
             record["errors"] = self._errors
+        if self.backend == "shell":
+            record["result_text"] = self._capped("\n".join(self._lines))
+        else:
+            record["result_text"] = self._capped(self._answer) or self._capped("".join(self._reply))
         return record
 
 

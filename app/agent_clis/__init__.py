@@ -7,6 +7,14 @@ opencode 1.18) against a local mock of their vendor APIs; the captured lines
 live in tests/fakes/samples/ and the tests replay them. Everything here is pure
 and defensive: CLIs change their formats, so a missing or odd field yields None,
 never an exception.
+
+Besides usage, `facts` reports what the assistant said, so the hub can keep the
+run's final answer (UsageTracker in app/commands.py puts it together):
+  "answer"      the CLI's own final answer for the run; it wins over replies
+  "reply"       one whole reply; it replaces the last one
+  "reply_part"  a piece of the reply being written; pieces are joined
+  "reply_end"   the reply being written is over (a tool ran, the user spoke, a
+                new step began): the next piece starts a new reply
 """
 
 from __future__ import annotations

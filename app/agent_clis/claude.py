@@ -94,6 +94,12 @@ def facts(ev: dict) -> dict:
         model = str_of(msg.get("model"))
         if model and model != "<synthetic>":
             found["model"] = model
+        # One event per content block; the result's text is preferred when it comes.
+        texts = [dict_of(b).get("text") for b in msg.get("content") or []
+                 if dict_of(b).get("type") == "text"]  # fmt: skip
+        reply = "".join(t for t in texts if isinstance(t, str))
+        if reply:
+            found["reply"] = reply
         u = dict_of(msg.get("usage"))
         if u and msg.get("id"):
             # Every block of one message repeats the same usage: keep one per id.
@@ -107,6 +113,7 @@ def facts(ev: dict) -> dict:
                 ),
             )
     elif kind == "result":
+        found["answer"] = str_of(ev.get("result"))
         # What the CLI refused to do (no permission) and why a run failed: shown on
         # the task page, as the terminal would have shown them.
         found["denials"] = [

@@ -76,6 +76,11 @@ def facts(ev: dict) -> dict:
     kind = ev.get("type")
     if kind == "thread.started":
         return {"session_id": str_of(ev.get("thread_id"))}
+    if kind == "item.completed":
+        item = dict_of(ev.get("item"))
+        if item.get("type") == "agent_message" and str_of(item.get("text")):
+            return {"reply": item["text"]}  # each message is whole; the last is the answer
+        return {}
     if kind == "turn.completed":
         u = dict_of(ev.get("usage"))
         total_in, cached = int_of(u.get("input_tokens")), int_of(u.get("cached_input_tokens"))

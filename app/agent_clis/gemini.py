@@ -62,6 +62,16 @@ def facts(ev: dict) -> dict:
     kind = ev.get("type")
     if kind == "init":
         return {"session_id": str_of(ev.get("session_id")), "model_hint": str_of(ev.get("model"))}
+    if kind == "message":
+        text = ev.get("content")
+        if ev.get("role") != "assistant":
+            return {"reply_end": True}  # the user spoke: whatever comes next is a new reply
+        if not isinstance(text, str) or not text:
+            return {}
+        # Streamed replies come in chunks ("delta": true) to be joined.
+        return {"reply_part": text} if ev.get("delta") is True else {"reply": text}
+    if kind in ("tool_use", "tool_result"):
+        return {"reply_end": True}
     if kind != "result":
         return {}
     stats = dict_of(ev.get("stats"))

@@ -47,7 +47,15 @@ def step(ev: dict) -> dict | None:
 
 def facts(ev: dict) -> dict:
     found: dict[str, Any] = {"session_id": str_of(ev.get("sessionID"))}
-    if ev.get("type") == "step_finish":
+    kind = ev.get("type")
+    if kind == "step_start":
+        found["reply_end"] = True  # each step is one model call: a new reply
+    elif kind == "text":
+        # A finished text part; the parts of one step make up its reply.
+        text = dict_of(ev.get("part")).get("text")
+        if isinstance(text, str) and text:
+            found["reply_part"] = text
+    elif kind == "step_finish":
         part = dict_of(ev.get("part"))
         tokens = dict_of(part.get("tokens"))
         cache = dict_of(tokens.get("cache"))
