@@ -335,12 +335,18 @@ class UsageTracker:
         del self._lines[: -self.SHELL_LINES]
 
     @classmethod
-    def _capped(cls, text: str | None) -> str | None:
-        """Trim and cut to RESULT_CHARS, ending with "…" when cut; None when empty."""
+    def _capped(cls, text: str | None, keep_end: bool = False) -> str | None:
+        """Trim and cut to RESULT_CHARS, marked with "…" where cut; None when empty.
+
+        A command's output says how it ended at its end (`keep_end`); an answer
+        says what matters first.
+        """
         text = (text or "").strip()
         if not text:
             return None
-        if len(text) > cls.RESULT_CHARS:
+        if len(text) > cls.RESULT_CHARS and keep_end:
+            text = "…" + text[-(cls.RESULT_CHARS - 1) :].lstrip()
+        elif len(text) > cls.RESULT_CHARS:
             text = text[: cls.RESULT_CHARS - 1].rstrip() + "…"
         # A lone surrogate (a "\ud800" escape in the JSON) cannot be sent as UTF-8.
         return text.encode("utf-8", errors="replace").decode("utf-8")
@@ -363,7 +369,7 @@ class UsageTracker:
         if self._errors:
             record["errors"] = self._errors
         if self.backend == "shell":
-            record["result_text"] = self._capped("\n".join(self._lines))
+            record["result_text"] = self._capped("\n".join(self._lines), keep_end=True)
         else:
             record["result_text"] = self._capped(self._answer) or self._capped("".join(self._reply))
         return record

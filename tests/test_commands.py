@@ -353,7 +353,8 @@ def test_it_never_raises_on_garbage(backend):
         rate_limit(line)
     record = tracker.record()
     assert set(record) == {"input_tokens", "output_tokens", "cache_read_tokens",
-                           "cache_write_tokens", "cost_usd", "model", "session_id"}  # fmt: skip
+                           "cache_write_tokens", "cost_usd", "model", "session_id",
+                           "result_text"}  # fmt: skip
 
 
 @settings(max_examples=200, deadline=None)
@@ -468,7 +469,11 @@ def test_it_reports_nothing_for_shell_or_unknown_backends():
         tracker = UsageTracker(backend)
         for line in sample("claude-ok.jsonl"):
             tracker.feed(line)
-        assert set(tracker.record().values()) == {None}
+        record = tracker.record()
+        said = record.pop("result_text")
+        assert set(record.values()) == {None}
+        # A command's answer is its last lines of output; nothing is kept for others.
+        assert said == ("\n".join(sample("claude-ok.jsonl")) if backend == "shell" else None)
 
 
 def test_it_falls_back_to_the_configured_model():
