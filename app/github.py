@@ -76,7 +76,7 @@ def installation_token(
         return cached[0]
     body = {"repositories": list(key[1])} if key[1] else None
     data = _send(cfg, "POST", f"/app/installations/{key[0]}/access_tokens",
-                 f"Bearer {app_jwt(cfg, now)}", body)  # fmt: skip
+                 f"Bearer {app_jwt(cfg)}", body)  # fmt: skip
     token = data.get("token") if isinstance(data, dict) else None
     if not isinstance(token, str) or not token:
         raise GitHubError("GitHub minted no installation token", retryable=True)

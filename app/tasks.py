@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field, RootModel, model_validator
 
-from app import accounts, db, events, executions, sandbox
+from app import accounts, db, events, executions, reports, sandbox
 from app.api import (
     Body,
     arg_int,
@@ -42,6 +42,7 @@ def task_json(row, attempts: list | None = None) -> dict:
     for key in ("selector", "params", "flags"):
         data[key] = json.loads(row[key])
     data["cancel_requested"] = bool(row["cancel_requested"])
+    data["origin"] = json.loads(row["origin"]) if row["origin"] else None
     if row["state"] == "queued" and (why := sandbox.blocked()):
         data["waiting_reason"] = why  # no local run starts until the sandbox works
     elif row["state"] == "queued" and (
@@ -258,10 +259,17 @@ def filters_sql(args) -> tuple[list[str], list[Any]]:
 @bp.get("/api/v1/tasks/<int:task_id>")
 @requires("viewer")
 def tasks_get(task_id: int):
-    """Get one task with its attempts and their usage."""
+    """Get one task with its attempts, their usage, and what it reported where."""
     row = get_task(task_id)
     attempts = db.query_all("SELECT * FROM attempts WHERE task_id = ? ORDER BY number", (task_id,))
-    return jsonify(task_json(row, attempts))
+    data = task_json(row, attempts)
+    data["reports"] = task_reports(task_id)
+    return jsonify(data)
+
+
+def task_reports(task_id: int) -> list[dict]:
+    rows = db.query_all("SELECT * FROM reports WHERE task_id = ? ORDER BY id", (task_id,))
+    return [reports.report_json(r) for r in rows]
 
 
 @bp.get("/api/v1/tasks/<int:task_id>/logs")

@@ -197,8 +197,8 @@ class LiveServer:
         """Send one request; return (status, headers, body) for any status."""
         data = None
         headers = dict(headers or {})
-        if body is not None:
-            data = json.dumps(body).encode()
+        if body is not None:  # bytes go as they are (a signed webhook body)
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
             headers.setdefault("Content-Type", "application/json")
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
