@@ -117,7 +117,8 @@ def session_missing(backend: str, line: str) -> bool:
 # wait for a terminal that is not there.
 CONFLICTING_FLAGS = {
     "claude": ("--output-format", "--input-format"),
-    "codex": (),
+    # codex refuses most options given twice: these the hub always gives.
+    "codex": ("--json", "--skip-git-repo-check"),
     "gemini": ("--output-format", "-o", "--prompt-interactive", "-i"),
     "opencode": ("--format", "--interactive", "-i"),
 }
@@ -156,9 +157,11 @@ def validate_agent_command(backend: str, command: list[str], flags: list[str]) -
         for bad in CONFLICTING_FLAGS.get(backend, ()):
             if flag == bad or flag.startswith(bad + "="):
                 raise ValueError(
-                    f"flag {flag!r} would change {backend}'s output mode; the hub sets it to "
+                    f"flag {flag!r} is the hub's to set: it runs {backend} with "
                     f"{' '.join(STREAM_ARGS[backend])} so it can follow the run"
                 )
+        if backend != "shell" and (flag in ("-m", "--model") or flag.startswith("--model=")):
+            raise ValueError(f"flag {flag!r}: set the agent's model instead")
 
 
 def validate_model(backend: str, model: str | None) -> None:
@@ -269,7 +272,12 @@ class UsageTracker:
     RESULT_CHARS = 8000
     SHELL_LINES = 40
 
-    def __init__(self, backend: str, model: str | None = None) -> None:
+    def __init__(
+        self, backend: str, model: str | None = None, before: Mapping[str, Any] | None = None
+    ) -> None:
+        # A resumed codex thread reports its totals since the thread began: `before`
+        # is what earlier attempts of the session recorded, taken off at the end.
+        self._before = {k: v for k, v in (before or {}).items() if k in USAGE_FIELDS}
         self.backend = backend
         self._facts = agent_clis.FACTS.get(backend)
         self._model_arg = model or None
@@ -360,6 +368,9 @@ class UsageTracker:
             for field in USAGE_FIELDS:
                 values = [p[field] for p in parts if p.get(field) is not None]
                 record[field] = sum(values) if values else None
+        for field, earlier in self._before.items():
+            if record[field] is not None and isinstance(earlier, int | float):
+                record[field] = max(0, record[field] - earlier)
         if record["cost_usd"] is not None:
             record["cost_usd"] = round(record["cost_usd"], 8)
         record["model"] = self._model or self._model_hint or self._model_arg

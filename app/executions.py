@@ -234,6 +234,27 @@ class Run:
             )
             self.resume, self.session_missing, self.rate_limited = None, False, (False, None)
 
+    def _before(self) -> dict[str, float]:
+        """What earlier attempts recorded on the codex thread this one resumes.
+
+        codex counts a resumed thread's usage from its start; the others count
+        each run on its own.
+        """
+        if self.backend != "codex" or not self.resume:
+            return {}
+        with db.reading(_app.config["DATABASE"]) as conn:
+            rows = conn.execute(
+                "SELECT usage FROM attempts WHERE task_id = ? AND number < ?"
+                " AND json_extract(usage, '$.session_id') = ?",
+                (self.task_id, self.attempt, self.resume),
+            ).fetchall()
+        totals: dict[str, float] = {}
+        for row in rows:
+            for field, value in json.loads(row["usage"]).items():
+                if field in commands.USAGE_FIELDS and isinstance(value, int | float):
+                    totals[field] = totals.get(field, 0) + value
+        return totals
+
     def _github_token(self, cfg, origin: dict) -> dict[str, str]:
         """A short-lived installation token for the task's repository, as GH_TOKEN.
 
@@ -257,7 +278,7 @@ class Run:
         """Start one process of this attempt in the sandbox; False when it must not run."""
         cfg = _app.config
         limits = sandbox.limits_for(json.loads(agent["limits"]), cfg)
-        self.usage = commands.UsageTracker(agent["backend"], agent["model"])
+        self.usage = commands.UsageTracker(agent["backend"], agent["model"], self._before())
         self.guard = guard = run_limits.LimitGuard(limits, None, workspace, self.cancel.set)
         try:
             if _cgroups is not None:

@@ -122,6 +122,23 @@ def test_it_uses_the_agent_command_as_the_program(backend):
 SESSION = "3b241101-e2bb-4255-8caf-4136c566a962"
 
 
+def test_it_takes_off_what_a_resumed_codex_thread_had_already_counted():
+    # codex reports a resumed thread's usage since the thread began.
+    before = {"input_tokens": 300, "output_tokens": 40, "cache_read_tokens": 600}
+    resumed = UsageTracker("codex", before=before)
+    for line in sample("codex-resume.jsonl"):  # the thread's totals: 800, 100, 1200
+        resumed.feed(line)
+    record = resumed.record()
+    assert (record["input_tokens"], record["output_tokens"], record["cache_read_tokens"]) == (
+        500, 60, 600)  # fmt: skip
+
+
+@pytest.mark.parametrize("flags", [["--json"], ["-m", "o3"], ["--model=o3"]])
+def test_it_refuses_codex_flags_the_hub_gives_itself(flags):
+    with pytest.raises(ValueError):
+        build_argv(agent("codex", flags=flags))
+
+
 @pytest.mark.parametrize(
     "backend, tail",
     [
@@ -183,9 +200,9 @@ def test_it_never_puts_the_prompt_on_argv():
         ({"backend": "claude", "command": [""]}, "cannot be empty"),
         ({"backend": "claude", "model": "--dangerously-skip-permissions"}, "not a model"),
         ({"backend": "claude", "model": 5}, "must be a string"),
-        ({"backend": "claude", "flags": ["--output-format", "text"]}, "output mode"),
-        ({"backend": "gemini", "flags": ["-o=json"]}, "output mode"),
-        ({"backend": "opencode", "flags": ["--format=default"]}, "output mode"),
+        ({"backend": "claude", "flags": ["--output-format", "text"]}, "the hub.s to set"),
+        ({"backend": "gemini", "flags": ["-o=json"]}, "the hub.s to set"),
+        ({"backend": "opencode", "flags": ["--format=default"]}, "the hub.s to set"),
     ],
 )
 def test_it_refuses_settings_that_cannot_run(fields, message):

@@ -101,7 +101,7 @@ def test_it_creates_a_shell_agent_with_its_argv_one_item_per_line(app, operator)
         ({"concurrency": "0"}, "concurrency", "greater than or equal to 1"),
         ({"concurrency": "many"}, "concurrency", "whole number"),
         ({"capabilities": "ok bad!tag"}, "capabilities", "'bad!tag' must match"),
-        ({"flags": "--output-format=text"}, "flags", "would change claude's output mode"),
+        ({"flags": "--output-format=text"}, "flags", "is the hub's to set"),
         ({"backend": "external"}, "backend", "Choose one of"),
         ({"secret_name": ["TOKEN", ""], "secret_value": ["", ""]}, "secrets", "value for"),
     ],
