@@ -22,7 +22,7 @@ from datetime import datetime
 
 from flask import Blueprint, jsonify
 
-from app import db, events
+from app import db, events, reports
 from app.auth import requires
 from app.errors import ApiError
 from app.queue import ACTIVE, wake
@@ -68,6 +68,13 @@ def pause(
         (account, until, reason, int(reset is not None), pauses, task_id, now),
     )
     data = {"account": account, "paused_until": until, "reason": reason, "task_id": task_id}
+    if row is None or row["paused_until"] <= now:  # a new pause, not one more run seeing it
+        on_it = [
+            a["name"]
+            for a in conn.execute("SELECT name, backend, account, secrets_enc FROM agents")
+            if account_of(a) == account
+        ]
+        reports.notify_account(conn, on_it, data)
     return until, events.record(conn, "account.paused", f"account:{account}", data)
 
 

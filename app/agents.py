@@ -27,6 +27,7 @@ from app.api import Body, body_model, or_404, parse_body
 from app.auth import allows, create_key, requires
 from app.commands import DEFAULT_BINARIES, validate_agent_command, validate_model
 from app.errors import ApiError
+from app.reports import NotifyTarget, shown_notify, stored_notify
 
 bp = Blueprint("agents", __name__)
 
@@ -76,6 +77,8 @@ class AgentIn(Body):
     permissions: Permissions | None = None
     # Runs of GitHub work get a short-lived installation token as GH_TOKEN (App only).
     github_token: bool = False
+    # Where to say that its tasks finished or its account paused; URLs and secrets write-only.
+    notify: list[NotifyTarget] = Field(default_factory=list, max_length=10)
 
 
 class AgentPatch(Body):
@@ -98,6 +101,7 @@ class AgentPatch(Body):
     fallback: str | None = Field(default=None, pattern=NAME)
     permissions: Permissions | None = None
     github_token: bool | None = None
+    notify: list[NotifyTarget] | None = Field(default=None, max_length=10)
 
 
 # Fields a PATCH may set to null (clearing them); the others must keep a value.
@@ -114,6 +118,7 @@ def agent_json(row) -> dict:
     data["enabled"] = bool(row["enabled"])
     data["network"] = bool(row["network"])
     data["github_token"] = bool(row["github_token"])
+    data["notify"] = shown_notify(row["notify"])
     data["secret_names"] = sorted(agent_secrets(row)) if row["secrets_enc"] else []
     data["account_in_use"] = account_of(row) if row["backend"] != "external" else None
     beat = row["heartbeat_at"]
@@ -191,6 +196,7 @@ def register_agent(body: dict) -> tuple[int, str] | None:
     check_registry_fields(body)
     body = dict(body)
     secrets_enc = crypto.encrypt(body.pop("secrets")) if body["secrets"] else None
+    notify = stored_notify(body["notify"])  # encrypted here: the write runs without the app
     t = time.time()
     external = body["backend"] == "external"
 
@@ -202,8 +208,8 @@ def register_agent(body: dict) -> tuple[int, str] | None:
             "INSERT INTO agents (name, backend, model, command, flags, workdir_policy,"
             " repository, env_allow, secrets_enc, capabilities, concurrency, enabled,"
             " metadata, rate_tier, limits, network, accept_work_from, account, fallback,"
-            " permissions, github_token, state_changed_at, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " permissions, github_token, notify, state_changed_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 body["name"], body["backend"], body["model"], json.dumps(body["command"]),
                 json.dumps(body["flags"]), body["workdir_policy"], body["repository"],
@@ -211,7 +217,7 @@ def register_agent(body: dict) -> tuple[int, str] | None:
                 body["concurrency"], int(body["enabled"]), json.dumps(body["metadata"]),
                 body["rate_tier"], json.dumps(body["limits"]), int(body["network"]),
                 json.dumps(body["accept_work_from"]), body["account"], body["fallback"],
-                body["permissions"], int(body["github_token"]), t, t, t,
+                body["permissions"], int(body["github_token"]), notify, t, t, t,
             ),
         )  # fmt: skip
         ev = events.record(
@@ -238,6 +244,8 @@ def update_agent(row, changes: dict) -> None:
     for field, value in changes.items():
         if field == "secrets":
             values["secrets_enc"] = crypto.encrypt(value) if value else None
+        elif field == "notify":
+            values["notify"] = stored_notify(value)
         elif field in JSON_FIELDS:
             values[field] = json.dumps(value)
         elif field in ("enabled", "network", "github_token"):

@@ -88,6 +88,8 @@ def transition(conn, task_id: int, state: str, **data: Any) -> dict:
     Its reports (app/reports.py) owe one more edit, in the same transaction.
     """
     reports.touch(conn, task_id)
+    if state in FINISHED:
+        reports.notify_task(conn, task_id, state)
     return events.record(
         conn, f"task.{state}", f"task:{task_id}", {"task_id": task_id, "state": state, **data}
     )

@@ -20,15 +20,23 @@ GitHub login).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
 import time
-from typing import Any
+import uuid
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import gevent
+import httpx
 from flask import Flask
+from pydantic import Field, model_validator
 
-from app import db, github
+from app import crypto, db, github
+from app.api import Body
 
 log = logging.getLogger("agented.reports")
 
@@ -117,9 +125,91 @@ def touch(conn, task_id: int) -> None:
 def report_json(row) -> dict:
     data = {k: row[k] for k in row.keys() if k not in ("payload", "target")}
     target = json.loads(row["target"])
-    data["target"] = {k: target.get(k) for k in ("repo", "number", "head_sha", "url", "kind")
-                      if target.get(k) is not None}  # fmt: skip
+    # A notification's URL and secret stay encrypted; its hint names the host only.
+    data["target"] = {k: target.get(k) for k in ("repo", "number", "head_sha", "url", "kind",
+                                                 "hint") if target.get(k) is not None}  # fmt: skip
     return data
+
+
+# --- notifications ----------------------------------------------------------------------
+# A trigger or an agent may name where to say that a task finished (or an account
+# paused): a Slack-compatible incoming webhook, or any URL that takes a webhook
+# signed with the Standard Webhooks scheme. Stored as JSON with the URL and the
+# signing secret encrypted (a Slack URL is itself a credential); only the kind,
+# the events and a hint (the host) are ever shown.
+
+NotifyEvent = Literal["succeeded", "dead", "cancelled", "account_paused"]
+
+
+class NotifyTarget(Body):
+    kind: Literal["slack", "webhook"]
+    url: str = Field(pattern=r"^https?://[^\s/]+", max_length=2000)
+    on: list[NotifyEvent] = Field(default=["succeeded", "dead"], min_length=1, max_length=4)
+    # The Standard Webhooks secret (whsec_… or any 16+ characters): write-only.
+    secret: str | None = Field(default=None, min_length=16, max_length=200)
+
+    @model_validator(mode="after")
+    def signed(self) -> NotifyTarget:
+        if self.kind == "webhook" and not self.secret:
+            raise ValueError("a webhook notification needs a secret to sign with")
+        return self
+
+
+def stored_notify(targets: list[dict]) -> str:
+    """The column's JSON for checked NotifyTargets (encrypts; needs the app's key)."""
+    return json.dumps([
+        {"kind": t["kind"], "on": t["on"], "hint": urlsplit(t["url"]).netloc,
+         "enc": crypto.encrypt({"url": t["url"], "secret": t.get("secret")})}
+        for t in targets
+    ])  # fmt: skip
+
+
+def shown_notify(text: str | None) -> list[dict]:
+    """A stored notify column as answers show it: no URL, no secret."""
+    return [{k: t[k] for k in ("kind", "on", "hint")} for t in json.loads(text or "[]")]
+
+
+def notify_task(conn, task_id: int, state: str) -> None:
+    """Queue the notifications a finished task owes (the caller's transaction)."""
+    row = conn.execute(
+        "SELECT t.id, t.state, t.agent, t.trigger_slug, t.last_error, t.attempts,"
+        " tr.notify AS trigger_notify, a.notify AS agent_notify FROM tasks t"
+        " LEFT JOIN triggers tr ON tr.slug = t.trigger_slug"
+        " LEFT JOIN agents a ON a.name = t.agent WHERE t.id = ?",
+        (task_id,),
+    ).fetchone()
+    if row is None:
+        return
+    targets = [*json.loads(row["trigger_notify"] or "[]"), *json.loads(row["agent_notify"] or "[]")]
+    data = {"task_id": task_id, "state": state, "agent": row["agent"],
+            "trigger": row["trigger_slug"], "attempts": row["attempts"],
+            "error": row["last_error"] if state != "succeeded" else None}  # fmt: skip
+    _queue(conn, task_id, [t for t in targets if state in t["on"]], f"task.{state}", data)
+
+
+def notify_account(conn, agents: list[str], data: dict) -> None:
+    """Queue the notifications of the agents on an account that paused."""
+    if not agents:
+        return
+    marks = ", ".join("?" * len(agents))
+    targets = []
+    for row in conn.execute(f"SELECT notify FROM agents WHERE name IN ({marks})", agents):
+        targets += [t for t in json.loads(row["notify"]) if "account_paused" in t["on"]]
+    # Agents sharing a target say it once.
+    unique = list({t["enc"]: t for t in targets}.values())
+    _queue(conn, None, unique, "account.paused", data)
+
+
+def _queue(conn, task_id: int | None, targets: list[dict], event: str, data: dict) -> None:
+    t = time.time()
+    for target in targets:
+        payload = {"type": event, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)),
+                   "data": data}  # fmt: skip
+        conn.execute(
+            "INSERT INTO reports (task_id, channel, target, payload, next_at, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (task_id, target["kind"], json.dumps(target), json.dumps(payload), t, t, t),
+        )
 
 
 # --- the worker -------------------------------------------------------------------
@@ -192,7 +282,7 @@ def _send_one(cfg, row) -> None:
         with db.reading(cfg["DATABASE"]) as conn:
             facts = task_facts(conn, row["task_id"]) if row["task_id"] else None
         remote_id = SENDERS[row["channel"]](cfg, row, target, facts)
-    except github.GitHubError as exc:
+    except (github.GitHubError, SendError) as exc:
         return _failed(cfg, row, str(exc), exc.retryable, exc.retry_at)
     except Exception as exc:  # a bug in rendering must not stop the other reports
         log.exception("report failed", extra={"report_id": row["id"]})
@@ -400,8 +490,85 @@ def _send_status(cfg, row, target: dict, facts: dict | None) -> str:
     return sha
 
 
+class SendError(Exception):
+    def __init__(self, message: str, retryable: bool = True, retry_at: float | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_at = retry_at
+
+
+_http: httpx.Client | None = None
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> None:
+    global _http
+    if _http is None:
+        _http = httpx.Client(timeout=github.TIMEOUT, follow_redirects=False)
+    host = urlsplit(url).netloc
+    try:
+        resp = _http.post(
+            url,
+            content=body,
+            headers={"Content-Type": "application/json", "User-Agent": "agented-hub", **headers},
+        )
+    except httpx.HTTPError as exc:
+        raise SendError(f"{host}: {type(exc).__name__}") from None
+    if resp.status_code >= 300:
+        after = resp.headers.get("retry-after", "")
+        retry_at = time.time() + float(after) if after.isdigit() else None
+        retryable = resp.status_code >= 500 or resp.status_code in (408, 429)
+        raise SendError(f"{host} answered {resp.status_code}", retryable, retry_at)
+
+
+def _secrets(cfg, target: dict) -> dict:
+    return json.loads(crypto.decrypt(target["enc"], cfg["SECRET_KEY"]))
+
+
+def slack_text(cfg, payload: dict) -> str:
+    data = payload["data"]
+    if payload["type"] == "account.paused":
+        until = time.strftime("%H:%M UTC", time.gmtime(data["paused_until"]))
+        return (f":double_vertical_bar: Account {data['account']} paused until {until}:"
+                f" {data['reason']}")  # fmt: skip
+    icon = {"succeeded": ":white_check_mark:", "dead": ":x:"}.get(data["state"], ":stop_button:")
+    source = f" from {data['trigger']}" if data.get("trigger") else ""
+    error = f": {data['error']}" if data.get("error") else ""
+    link = f"<{task_url(cfg, data['task_id'])}|task #{data['task_id']}>"
+    return f"{icon} {link}{source} {data['state']} (agent {data['agent']}){error}"
+
+
+def _send_slack(cfg, row, target: dict, facts: dict | None) -> str | None:
+    body = json.dumps({"text": slack_text(cfg, json.loads(row["payload"]))}).encode()
+    _post(_secrets(cfg, target)["url"], body, {})
+    return None
+
+
+def standard_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
+    """Standard Webhooks: v1,base64(HMAC-SHA256(key, "<id>.<timestamp>.<body>"))."""
+    key = base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def _send_webhook(cfg, row, target: dict, facts: dict | None) -> str | None:
+    payload = json.loads(row["payload"])
+    if payload["type"].startswith("task."):
+        payload["data"]["url"] = task_url(cfg, payload["data"]["task_id"])
+    body = json.dumps(payload).encode()
+    keys = _secrets(cfg, target)
+    # The same id on every try: receivers drop a delivery they have seen.
+    msg_id = f"msg_{uuid.UUID(int=row['id']).hex}"
+    stamp = str(int(time.time()))
+    _post(keys["url"], body, {"webhook-id": msg_id, "webhook-timestamp": stamp,
+                              "webhook-signature": standard_signature(keys["secret"], msg_id,
+                                                                      stamp, body)})  # fmt: skip
+    return msg_id
+
+
 SENDERS = {
     "github_comment": _send_comment,
     "github_check": _send_check,
     "github_status": _send_status,
+    "slack": _send_slack,
+    "webhook": _send_webhook,
 }

@@ -29,6 +29,7 @@ from app.auth import requires
 from app.errors import ApiError, Conflict
 from app.matching import LIST_FIELDS, SAMPLE_CONTEXT, match, plan
 from app.queue import create_task, wake
+from app.reports import NotifyTarget, shown_notify, stored_notify
 
 bp = Blueprint("triggers", __name__)
 log = logging.getLogger("agented.triggers")
@@ -67,6 +68,8 @@ class TriggerIn(Body):
     enabled: bool = True
     # A GitHub trigger's reports on the issue or pull request (app/reports.py).
     report: Literal["auto", "comment", "check", "off"] = "auto"
+    # Where to say that its tasks finished (app/reports.py); URLs and secrets write-only.
+    notify: list[NotifyTarget] = Field(default_factory=list, max_length=10)
 
     @field_validator("prompt_template", "concurrency_key")
     @classmethod
@@ -125,6 +128,7 @@ def trigger_json(row) -> dict:
         data[field] = json.loads(row[field])
     data["match"] = json.loads(row["match"])
     data["enabled"] = bool(row["enabled"])
+    data["notify"] = shown_notify(row["notify"])
     if row["kind"] == "webhook":
         data["webhook_url"] = webhook_url(row["slug"])
     return data
@@ -176,6 +180,7 @@ def insert_trigger(body: dict) -> tuple[str, str | None]:
     for field in (*LIST_FIELDS, "match"):
         values[field] = json.dumps(values[field])
     values["enabled"] = int(values["enabled"])
+    values["notify"] = stored_notify(values["notify"])
 
     def insert(conn):
         if conn.execute("SELECT 1 FROM triggers WHERE slug = ?", (slug,)).fetchone():
@@ -204,6 +209,8 @@ def update_trigger(row, changes: dict) -> None:
     for field in (*LIST_FIELDS, "match"):
         if field in values:
             values[field] = json.dumps(values[field])
+    if "notify" in values:
+        values["notify"] = stored_notify(values["notify"] or [])
     if "enabled" in values:
         values["enabled"] = int(values["enabled"])
     values["updated_at"] = time.time()
