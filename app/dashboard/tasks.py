@@ -7,7 +7,7 @@ import secrets
 import sqlite3
 from typing import Any
 
-from flask import flash, g, redirect, render_template, request, url_for
+from flask import current_app, flash, g, redirect, render_template, request, url_for
 from markupsafe import Markup
 
 from app import db, executions
@@ -33,7 +33,7 @@ from app.dashboard.live import (
 from app.errors import ApiError, Busy, as_api_error
 from app.queue import FINISHED
 from app.streams import sse_response
-from app.tasks import TaskIn, filters_sql, get_task, plan_task, queue_task
+from app.tasks import TaskIn, filters_sql, get_task, plan_task, queue_task, task_reports
 
 PAGE = 50
 SHIFT = 4294967296  # task_search rowid = task_id * 2^32 + seq (migrations/0006_search.sql)
@@ -195,6 +195,67 @@ def agent_backend(name: str | None) -> str | None:
     return row["backend"] if row else None
 
 
+def github_web(cfg) -> str | None:
+    """GitHub's web address for the API the hub talks to (none for a local stand-in)."""
+    api = cfg.get("GITHUB_API_URL") or "https://api.github.com"
+    if api == "https://api.github.com":
+        return "https://github.com"
+    if api.endswith("/api/v3"):  # GitHub Enterprise Server
+        return api.removesuffix("/api/v3")
+    return None
+
+
+@bp.app_template_filter("origin_url")
+def origin_url(origin: dict | None) -> str | None:
+    """The issue or pull request a task came from, on GitHub's web pages."""
+    web = github_web(current_app.config)
+    if not web or not origin or origin.get("kind") != "github":
+        return None
+    kind = "pull" if origin.get("pull_request") else "issues"
+    return f"{web}/{origin.get('repo')}/{kind}/{origin.get('number')}"
+
+
+def web_link(url: Any) -> str | None:
+    """A link GitHub gave, if it is one a page may carry (http or https only)."""
+    return url if isinstance(url, str) and url.startswith(("https://", "http://")) else None
+
+
+def report_line(r: dict, web: str | None) -> dict:
+    """One report as the task page says it: where it went (and a link), then its state."""
+    target, channel = r["target"], r["channel"]
+    repo, sha = target.get("repo", "?"), str(target.get("head_sha") or "")
+    on = f"{repo}@{sha[:7]}" if sha else f"{repo}#{target.get('number', '?')}"
+    where, url = {
+        "github_comment": (f"comment on {repo}#{target.get('number', '?')}",
+                           web_link(target.get("url"))),
+        "github_check": (f"check run on {on}", f"{web}/{repo}/runs/{r['remote_id']}"
+                         if web and r["remote_id"] else None),
+        "github_status": (f"commit status on {on}",
+                          f"{web}/{repo}/commit/{sha}" if web and sha else None),
+        "slack": (f"Slack ({target.get('hint') or '?'})", None),
+        "webhook": (f"webhook ({target.get('hint') or '?'})", None),
+    }.get(channel, (channel, None))  # fmt: skip
+    # A sent report the task has moved past since owes one more edit.
+    owes_edit = r["state"] == "pending" and r["sent_at"] is not None
+    return {**r, "where": where, "url": url, "owes_edit": owes_edit}
+
+
+def reports_context(task) -> dict:
+    web = github_web(current_app.config)
+    lines = [report_line(r, web) for r in task_reports(task["id"])]
+    # The section refreshes itself while the task moves or a report waits to go out.
+    polling = task["state"] not in FINISHED or any(r["state"] == "pending" for r in lines)
+    return {"reports": lines, "reports_polling": polling and bool(lines)}
+
+
+@bp.get("/tasks/<int:task_id>/reports")
+@requires("viewer")
+def task_reports_get(task_id: int):
+    """The "Reported to" section alone; it polls itself while something is still to send."""
+    task = get_task(task_id)
+    return render_template("tasks/_reports.html", t=task, **reports_context(task))
+
+
 @bp.get("/tasks/<int:task_id>")
 @requires("viewer")
 def task_get(task_id: int):
@@ -235,6 +296,7 @@ def task_get(task_id: int):
         tree=json_tree(payload) if payload is not None else None,
         steps=backend in STEP_BACKENDS,
         raw=raw,
+        **reports_context(task),
     )
 
 
