@@ -11,10 +11,10 @@ from typing import Any
 
 from flask import current_app, g, redirect, render_template, request, url_for
 
-from app import crypto, db, prompts
+from app import crypto, db, github, prompts
 from app.api import loads, validate
 from app.auth import requires, same_site_path
-from app.dashboard import bp
+from app.dashboard import bp, notify
 from app.dashboard.common import done, field_errors, secret_page
 from app.errors import ApiError, Busy, Conflict, as_api_error
 from app.matching import LIST_FIELDS, match, plan
@@ -33,7 +33,26 @@ from app.triggers import (
 KINDS = ("webhook", "github", "cron", "manual")
 INT_FIELDS = ("priority", "max_attempts", "timeout_s", "concurrency_limit")
 TEXT_FIELDS = ("name", "slug", "kind", "agent", "prompt_template", "schedule", "timezone",
-               "injection_policy", "concurrency_key")  # fmt: skip
+               "injection_policy", "concurrency_key", "report")  # fmt: skip
+# A GitHub trigger's `report` modes (app/reports.py channels), in plain words.
+REPORT_MODES = {
+    "auto": "a comment on the issue or pull request, and on a pull request a check run"
+            " (GitHub App) or commit status (token)",
+    "comment": "only a comment on the issue or pull request, edited as the task moves",
+    "check": "only a check run or commit status on a pull request's head commit;"
+             " nothing on issues",
+    "off": "report nothing; the task's outcome stays on this hub",
+}  # fmt: skip
+# What the hub's GitHub connection (github.mode) means for reports.
+CONNECTION = {
+    None: "The hub has no GitHub connection now, so nothing is reported back whatever you choose"
+          " here. Set AGENTED_GITHUB_TOKEN, or a GitHub App (AGENTED_GITHUB_APP_ID and"
+          " AGENTED_GITHUB_APP_PRIVATE_KEY_FILE), and restart.",
+    "token": "The hub talks to GitHub with a token (AGENTED_GITHUB_TOKEN): it posts comments and"
+             " commit statuses. Check runs need a GitHub App.",
+    "app": "The hub talks to GitHub as a GitHub App: it posts comments and check runs, through"
+           " the App's installation named by each event.",
+}  # fmt: skip
 SAMPLES = {
     "webhook": {"title": "Example event", "name": "world"},
     "github": {
@@ -55,23 +74,33 @@ def blank_form(kind: str = "webhook") -> dict[str, Any]:
         "repositories": "", "events": "", "actions": "", "labels": "", "branches": "",
         "match": "{}", "schedule": "", "timezone": "UTC", "injection_policy": "flag",
         "priority": "0", "max_attempts": "", "timeout_s": "", "concurrency_key": "",
-        "concurrency_limit": "", "enabled": True,
+        "concurrency_limit": "", "enabled": True, "report": "auto",
+        "notify": {"removed": (), "new": notify.blank_new()},
     }  # fmt: skip
 
 
 def form_of(row) -> dict[str, Any]:
     """A stored trigger as the form's text fields."""
     data = trigger_json(row)
-    form = {k: "" if data.get(k) is None else str(data[k]) for k in (*TEXT_FIELDS, *INT_FIELDS)}
+    form: dict[str, Any] = {
+        k: "" if data.get(k) is None else str(data[k]) for k in (*TEXT_FIELDS, *INT_FIELDS)
+    }
     for field in LIST_FIELDS:
         form[field] = ", ".join(data[field])
     form["match"] = json.dumps(data["match"], indent=2) if data["match"] else "{}"
     form["enabled"] = data["enabled"]
+    form["notify"] = {"removed": (), "new": notify.blank_new()}
     return form
 
 
-def read_form(fixed: dict | None = None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
-    """Return (the form as typed, the data for TriggerIn, field errors)."""
+def read_form(
+    fixed: dict | None = None, stored_notify: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Return (the form as typed, the data for TriggerIn, field errors).
+
+    `data["notify"]` is the whole list to store (kept entries and a new one);
+    `form["notify_changed"]` says whether it differs from `stored_notify`.
+    """
     f = request.form
     form: dict[str, Any] = {k: f.get(k, "").strip() for k in (*TEXT_FIELDS, *INT_FIELDS)}
     form["prompt_template"] = f.get("prompt_template", "")
@@ -88,7 +117,9 @@ def read_form(fixed: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]
         "timezone": form["timezone"] or "UTC",
         "injection_policy": form["injection_policy"] or "flag",
         "enabled": form["enabled"],
+        "report": form["report"] or "auto",
     }
+    form["notify"], data["notify"], form["notify_changed"] = notify.read(stored_notify, errors)
     for name in ("slug", "agent", "schedule", "concurrency_key"):
         data[name] = form[name] or None
     for field in LIST_FIELDS:
@@ -135,9 +166,14 @@ def validate_trigger(data: dict, errors: dict[str, str]) -> dict | None:
 def form_page(form: dict, errors: dict, trigger=None, status: int = 200, run: dict | None = None):
     agents = [r[0] for r in db.query_all("SELECT name FROM agents ORDER BY name")]
     hook_url = webhook_url(trigger["slug"]) if trigger is not None else None
+    how = github.mode(current_app.config)
+    typed = form["notify"]
+    shown = notify.view(trigger["notify"] if trigger is not None else None, typed["removed"],
+                        typed["new"])  # fmt: skip
     return render_template(
         "triggers/form.html", form=form, errors=errors, trigger=trigger, agents=agents,
         kinds=KINDS, hook_url=hook_url, run=run or {"params": "", "error": None},
+        report_modes=REPORT_MODES, connection_mode=how, connection=CONNECTION[how], notify=shown,
         **preview_choices(trigger),
     ), status  # fmt: skip
 
@@ -217,12 +253,17 @@ def trigger_get(slug: str):
 @requires("operator")
 def trigger_post(slug: str):
     row = get_trigger(slug)
-    form, data, errors = read_form(fixed={"slug": row["slug"], "kind": row["kind"]})
+    fixed = {"slug": row["slug"], "kind": row["kind"]}
+    if row["kind"] != "github":
+        fixed["report"] = row["report"]  # the form asks only GitHub triggers
+    form, data, errors = read_form(fixed, row["notify"])
     body = validate_trigger(data, errors)
     if body is None:
         return form_page(form, errors, trigger=row, status=422)
-    # Slug and kind are fixed by read_form: every other field is stored as typed.
-    update_trigger(row, {k: v for k, v in body.items() if k not in ("slug", "kind")})
+    # Slug and kind are fixed by read_form: every other field is stored as typed,
+    # and the notifications only when changed (saving them encrypts them again).
+    unsaved = ("slug", "kind") if form["notify_changed"] else ("slug", "kind", "notify")
+    update_trigger(row, {k: v for k, v in body.items() if k not in unsaved})
     return done(f"Trigger {slug} saved.", url_for("dashboard.trigger_get", slug=slug))
 
 
