@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import current_app, flash, g, redirect, render_template, request, url_for
 
-from app import db, sandbox
+from app import db, github, sandbox
 from app.agent_lifecycle import TARGET, TRANSITIONS, change_state, replace_agent_key
 from app.agents import (
     TAKES_NEW_WORK,
@@ -30,7 +30,7 @@ from app.agents import (
 from app.api import loads, public_url, validate
 from app.auth import allows, requires
 from app.commands import PERMISSION_ARGS, PERMISSION_ENV, PERMISSIONS
-from app.dashboard import bp, clihealth
+from app.dashboard import bp, clihealth, notify
 from app.dashboard.accounts import account_state
 from app.dashboard.common import done, field_errors, is_htmx, secret_page
 from app.errors import ApiError
@@ -169,7 +169,8 @@ def blank_form() -> dict[str, Any]:
         "name": "", "backend": "claude", "model": "", "command": "", "flags": "",
         "workdir_policy": "fresh", "repository": "", "env_allow": "", "capabilities": "",
         "concurrency": "5", "enabled": True, "new_secrets": ["", ""], "accept_work_from": "",
-        "network": True, "permissions": "", "account": "", "fallback": "",
+        "network": True, "permissions": "", "account": "", "fallback": "", "github_token": False,
+        "notify": {"removed": (), "new": notify.blank_new()},
         **{f"limit_{k}": "" for k, _, _ in LIMIT_INPUTS},
     }  # fmt: skip
 
@@ -184,10 +185,12 @@ def form_of(row) -> dict[str, Any]:
         form[field] = ", ".join(data[field])
     form["enabled"] = data["enabled"]
     form["network"] = data["network"]
+    form["github_token"] = data["github_token"]
     for field, _, _ in LIMIT_INPUTS:
         value = (data["limits"] or {}).get(field)
         form[f"limit_{field}"] = "" if value is None else str(value)
     form["new_secrets"] = ["", ""]
+    form["notify"] = {"removed": (), "new": notify.blank_new()}
     return form
 
 
@@ -225,6 +228,7 @@ def read_form(row=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]
         form[field] = f.get(field, "")
     form["enabled"] = f.get("enabled") == "on"
     form["network"] = f.get("network") == "on"
+    form["github_token"] = f.get("github_token") == "on"
     for field, _, _ in LIMIT_INPUTS:
         form[f"limit_{field}"] = f.get(f"limit_{field}", "").strip()
     errors: dict[str, str] = {}
@@ -234,12 +238,15 @@ def read_form(row=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]
         errors["backend"] = f"Choose one of {', '.join(LOCAL_BACKENDS)}."
     existing = agent_secrets(row) if row is not None else {}
     form["new_secrets"], secrets = read_secrets(existing, errors)
+    stored = row["notify"] if row is not None else None
+    form["notify"], targets, notify_changed = notify.read(stored, errors, account=True)
     data: dict[str, Any] = {
         "model": form["model"] or None,
         "workdir_policy": form["workdir_policy"] or "fresh",
         "repository": form["repository"] or None,
         "enabled": form["enabled"],
         "network": form["network"],
+        "github_token": form["github_token"],
         "limits": {},
         **{field: form[field] or None for field in NULL_WHEN_BLANK},
     }
@@ -261,6 +268,8 @@ def read_form(row=None) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]
         data.update(name=form["name"], backend=form["backend"], secrets=secrets)
     elif secrets != existing:
         data["secrets"] = secrets  # only when changed: PATCH replaces them all
+    if row is None or notify_changed:
+        data["notify"] = targets  # the whole list, kept entries too: it replaces the stored one
     return form, data, errors
 
 
@@ -356,6 +365,9 @@ def form_page(form: dict, errors: dict, row=None, status: int = 200):
         defaults={k: current_app.config[f"LIMIT_{k.upper()}"] for k, _, _ in LIMIT_INPUTS},
         **permission_choices(agent["backend"] if agent else None),
         fallbacks=[r["name"] for r in fallbacks], account=account, creds=creds,
+        notify=notify.view(row["notify"] if row is not None else None, form["notify"]["removed"],
+                           form["notify"]["new"], account=True),
+        github_mode=github.mode(current_app.config),
     ), status  # fmt: skip
 
 
