@@ -202,7 +202,9 @@ def agented(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 def test_it_restores_working_secrets_into_an_empty_data_dir(live_server, tmp_path):
     old = live_server()
     key = old.make_key("admin")
-    agent = shell_agent("keeper", ["sh", "-c", "echo token=$DEPLOY_TOKEN"],
+    # The run says whether it got the secret (what it prints of it is stored redacted).
+    check = 'test "$DEPLOY_TOKEN" = tok-123 && echo token-ok'
+    agent = shell_agent("keeper", ["sh", "-c", check],
                         secrets={"DEPLOY_TOKEN": "tok-123"})  # fmt: skip
     assert live(old, key, "POST", "/api/v1/agents", agent)[0] == 201
     status, trigger = live(old, key, "POST", "/api/v1/triggers", webhook_trigger("keeper"))
@@ -249,7 +251,7 @@ def test_it_restores_working_secrets_into_an_empty_data_dir(live_server, tmp_pat
 
     assert wait_for(finished, 60)["state"] == "succeeded", srv.log_tail()
     lines = live(srv, key, "GET", f"/api/v1/tasks/{task_id}/logs")[1]["lines"]
-    assert [line["text"] for line in lines] == ["token=tok-123"]
+    assert [line["text"] for line in lines] == ["token-ok"]
 
 
 def test_it_refuses_a_backup_from_another_key_without_its_passphrase(app, tmp_path):
