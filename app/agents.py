@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -146,6 +147,28 @@ def check_runnable(data: dict) -> None:
         validate_model(data["backend"], data.get("model"))
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
+    if data["command"] and not installed(data["command"][0]):
+        raise ApiError(422, not_found(data["command"]))
+
+
+def installed(program: str) -> bool:
+    """Whether a run could start this program (on PATH, or a path to an executable)."""
+    if "/" in program:
+        return os.path.isfile(program) and os.access(program, os.X_OK)
+    return shutil.which(program) is not None
+
+
+def not_found(command: list[str]) -> str:
+    """Say the program is missing, with the argv it was probably meant to be."""
+    said = f"command: the program {command[0]!r} cannot be found on this machine"
+    try:
+        split = shlex.split(command[0])
+    except ValueError:
+        return said
+    if len(split) > 1 and installed(split[0]):
+        # `bash -c '…'` typed as one item: the hub never runs a shell to split it.
+        return f"{said}; one item per argument, e.g. {json.dumps(split + command[1:])}"
+    return said
 
 
 def check_fallback(conn, name: str, fallback: str | None) -> None:
@@ -166,8 +189,7 @@ def save_warnings(data: dict) -> list[str]:
         return []
     warnings = []
     program = (data.get("command") or [DEFAULT_BINARIES.get(backend, "")])[0]
-    if program and not (shutil.which(program) or (os.path.isfile(program)
-                                                   and os.access(program, os.X_OK))):  # fmt: skip
+    if program and not installed(program):
         warnings.append(f"{program!r} is not installed on this machine (not found on PATH):"
                         " runs will fail to start")  # fmt: skip
     if backend != "shell" and not data.get("permissions"):

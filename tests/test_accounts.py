@@ -149,7 +149,7 @@ def test_it_refuses_a_fallback_that_is_not_another_local_agent(client, alice):
 
 
 def test_it_warns_when_an_agent_has_no_permissions_or_no_program(client, alice):
-    made = add_agent(client, alice, "bare", command=["/nonexistent/claude"])
+    made = add_agent(client, alice, "bare", command=[])  # the claude CLI: not installed here
     assert any("no permissions set" in w for w in made["warnings"])
     assert any("not installed" in w for w in made["warnings"])
     fixed = client.patch("/api/v1/agents/bare", json={"permissions": "workspace-write",
@@ -167,3 +167,15 @@ def test_it_alerts_and_reports_metrics_while_an_account_is_paused(app):
         text = metrics.render(app.config).decode()
     labels = '{account="claude",reason="claude five-hour limit"}'
     assert f"agented_account_paused_until_seconds{labels}" in text
+
+
+def test_it_refuses_a_program_that_cannot_be_found_and_offers_the_split_argv(client, alice):
+    headers = {"Authorization": f"Bearer {alice}"}
+    body = {"name": "typed", "backend": "shell", "command": ["sh -c 'echo hi'"]}
+    resp = client.post("/api/v1/agents", json=body, headers=headers)
+    assert resp.status_code == 422
+    assert '["sh", "-c", "echo hi"]' in resp.get_json()["error"]["message"]
+    missing = client.post("/api/v1/agents", json=body | {"command": ["/no/such/tool"]},
+                          headers=headers)  # fmt: skip
+    assert missing.status_code == 422
+    assert "cannot be found" in missing.get_json()["error"]["message"]
