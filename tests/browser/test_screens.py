@@ -286,3 +286,87 @@ def test_it_shows_a_paused_account_and_resumes_it(page, hub):
     expect(banner).to_contain_text("probing after a pause")
     expect(banner.get_by_role("button", name="Resume now")).to_have_count(0)
     assert not page.errors, page.errors
+
+
+def test_it_shows_where_a_task_reported(page, hub):
+    """A pull request's task and its reports (written straight to the database: no GitHub here)."""
+    import json
+    import time
+
+    from app import db
+
+    t = time.time()
+    origin = {"kind": "github", "repo": "acme/app", "number": 7, "pull_request": True,
+              "head_sha": "3f9c2e1" + "0" * 33, "installation_id": 42,
+              "event": "pull_request"}  # fmt: skip
+    usage = {"input_tokens": 5200, "output_tokens": 640, "cost_usd": 0.0213,
+             "result_text": "Reviewed: two comments on the parser."}  # fmt: skip
+    # Nothing due: the hub's own outbox worker must leave these rows as they are.
+    reports = [
+        ("github_comment", origin | {"url": "https://github.com/acme/app/pull/7#issuecomment-1"},
+         "sent", 0, None, t - 40),
+        ("github_check", origin, "pending", 3, "POST /repos/acme/app/check-runs: GitHub"
+         " answered 502", t - 95),
+        ("slack", {"kind": "slack", "hint": "hooks.slack.com", "enc": "-"}, "sent", 0, None,
+         t - 38),
+        ("webhook", {"kind": "webhook", "hint": "ops.example.com", "enc": "-"}, "dead", 8,
+         "ops.example.com answered 410", None),
+    ]  # fmt: skip
+
+    def insert(conn):
+        conn.execute(
+            "INSERT INTO agents (name, backend, enabled, created_at, updated_at)"
+            " VALUES ('reviewer', 'claude', 0, ?, ?)",
+            (t, t),
+        )
+        cur = conn.execute(
+            "INSERT INTO tasks (state, agent, trigger_slug, prompt, max_attempts, timeout_s,"
+            " attempts, next_attempt_at, origin, created_at, updated_at, finished_at)"
+            " VALUES ('succeeded', 'reviewer', 'pr-review', 'Review pull request #7.', 3, 1800,"
+            " 1, ?, ?, ?, ?, ?)",
+            (t, json.dumps(origin), t - 120, t - 40, t - 40),
+        )
+        task_id = cur.lastrowid
+        conn.execute(
+            "INSERT INTO attempts (task_id, number, agent, state, exit_code, usage, started_at,"
+            " finished_at) VALUES (?, 1, 'reviewer', 'succeeded', 0, ?, ?, ?)",
+            (task_id, json.dumps(usage), t - 115, t - 40),
+        )
+        for channel, target, state, tries, error, sent in reports:
+            conn.execute(
+                "INSERT INTO reports (task_id, channel, target, remote_id, state, attempts,"
+                " next_at, last_error, created_at, updated_at, sent_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (task_id, channel, json.dumps(target), "1" if sent else None, state, tries,
+                 t + 3600, error, t - 120, t - 40, sent),
+            )  # fmt: skip
+        return task_id
+
+    task_id = db.write(insert, hub.srv.data_dir / "agented.db")
+    # Its trigger, with a notification: the form shows its host and events, never its URL.
+    body = {"name": "PR review", "slug": "pr-review", "kind": "github", "agent": "reviewer",
+            "prompt_template": "Review {{ payload.pull_request.title }}", "report": "auto",
+            "notify": [{"kind": "slack", "url": "https://hooks.slack.com/services/T0/B0/xyz123",
+                        "on": ["dead"]}]}  # fmt: skip
+    assert hub.api("POST", "/api/v1/triggers", body)[0] == 201
+    sign_in(page, hub.admin, f"/tasks/{task_id}")
+    section = page.locator("#reports")
+    expect(section.get_by_role("link", name="comment on acme/app#7")).to_be_visible()
+    expect(section).to_contain_text("check run on acme/app@3f9c2e1")
+    expect(section).to_contain_text("Slack (hooks.slack.com)")
+    expect(section.locator(".report-dead")).to_contain_text("Gave up: ops.example.com answered 410")
+    expect(page.locator("#task-origin")).to_contain_text("GitHub pull request acme/app#7")
+    shot(page, "task-reports", docs=True)
+    page.set_viewport_size({"width": 360, "height": 740})
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 362, f"the task page is {width}px wide at 360px"
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto("/triggers/pr-review")
+    expect(page.locator("#github-connection")).to_contain_text("no GitHub connection")
+    expect(page.locator(".notify-row")).to_contain_text("hooks.slack.com")
+    expect(page.locator(".notify-secret")).to_be_hidden()  # Slack signs nothing
+    page.locator("#notify_kind").select_option("webhook")
+    expect(page.locator(".notify-secret")).to_be_visible()
+    assert "xyz123" not in page.content()
+    shot(page, "trigger-report-back")
+    assert not page.errors, page.errors
