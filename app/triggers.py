@@ -163,11 +163,34 @@ def plan_from_trigger(slug: str, params: dict) -> dict:
 # The API, the dashboard and the CLI all store triggers through these two.
 
 
+# What a cron trigger's template sees at its slot: nothing else can be there, so
+# its template is rendered against this when saved (a missing name is an error now,
+# not a silent miss every minute).
+CRON_CONTEXT = {**SAMPLE_CONTEXT, "payload": {"scheduled_at": 0.0}, "event": "schedule",
+                "trigger": "sample"}  # fmt: skip
+
+
+def check_for_kind(kind: str | None, template: str | None) -> None:
+    """Refuse a template that cannot render with what its trigger's kind provides."""
+    if kind != "cron" or template is None:
+        return
+    try:
+        prompts.render(template, CRON_CONTEXT, "warn")
+    except prompts.PromptError as exc:
+        raise ApiError(
+            422,
+            f"prompt_template: a cron trigger's template sees only payload.scheduled_at,"
+            f" params and trigger: {exc}",
+            code=exc.code,
+        ) from None
+
+
 def insert_trigger(body: dict) -> tuple[str, str | None]:
     """Insert a checked trigger (TriggerIn's fields); return (slug, webhook secret or None).
 
     Conflict when the slug is taken. The secret is returned this once only.
     """
+    check_for_kind(body["kind"], body["prompt_template"])
     values = dict(body)
     slug = values.pop("slug", None) or slugify(values["name"])
     secret = secrets.token_urlsafe(32) if values["kind"] == "webhook" else None
@@ -203,7 +226,8 @@ def update_trigger(row, changes: dict) -> None:
     enabled flag changes, so a slot missed while disabled does not fire at once.
     """
     values = dict(changes)
-    merged = {k: row[k] for k in ("kind", "schedule", "timezone")} | values
+    merged = {k: row[k] for k in ("kind", "schedule", "timezone", "prompt_template")} | values
+    check_for_kind(merged["kind"], merged["prompt_template"])
     if merged["kind"] == "cron" and {"schedule", "timezone", "enabled"} & set(values):
         values["next_run_at"] = next_run(merged["schedule"], merged["timezone"], time.time())
     for field in (*LIST_FIELDS, "match"):
@@ -393,7 +417,17 @@ def fire_due_cron(now: float | None = None) -> list[int]:
                 log.error(
                     "cron trigger cannot render", extra={"trigger": row["slug"], "error": str(exc)}
                 )
+                # Kept on the trigger (its page, the triggers_failing alert), not only logged.
+                conn.execute(
+                    "UPDATE triggers SET last_error = ?, last_error_at = ? WHERE id = ?",
+                    (f"cannot render: {exc}"[:1000], now, row["id"]),
+                )
                 return None
+            conn.execute(
+                "UPDATE triggers SET last_error = NULL, last_error_at = NULL, last_fired_at = ?"
+                " WHERE id = ?",
+                (now, row["id"]),
+            )
             return create_task(conn, cfg, **fields)
 
         result = db.write(fire)

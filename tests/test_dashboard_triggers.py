@@ -53,8 +53,16 @@ def test_it_creates_a_webhook_trigger_and_shows_its_secret_once(app, operator):
 
 
 def test_it_creates_a_cron_trigger_without_a_secret(operator):
-    resp = create(operator, name="Nightly", kind="cron", schedule="0 3 * * *")
+    resp = create(operator, name="Nightly", kind="cron", schedule="0 3 * * *",
+                  prompt_template="Nightly run for {{ payload.scheduled_at }}")  # fmt: skip
     assert resp.status_code == 303 and resp.headers["Location"] == "/triggers/nightly"
+
+
+def test_it_refuses_a_cron_template_that_needs_what_a_schedule_does_not_give(operator):
+    resp = create(operator, name="Nightly", kind="cron", schedule="0 3 * * *",
+                  prompt_template="Fix {{ payload.issue.title }}")  # fmt: skip
+    assert resp.status_code == 422
+    assert b"sees only payload.scheduled_at" in resp.data
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,7 @@ RULES: dict[str, tuple[float, str, str]] = {
     "loop_lag": (0.5, "above", "seconds the event loop was blocked (max over a minute)"),
     "sandbox_unavailable": (0, "above", "1 while local runs wait: the sandbox cannot start"),
     "accounts_paused": (0, "above", "accounts paused at a usage limit (nothing of theirs starts)"),
+    "triggers_failing": (0, "above", "enabled triggers whose last fire could not render"),
 }
 DEFAULTS = {"enabled": 1, "window_s": 900, "cooldown_s": 600, "severity": "warning"}
 ICONS = {"fired": ":rotating_light:", "firing": ":rotating_light:",
@@ -97,6 +98,9 @@ def measure(cfg: dict, now: float) -> dict[str, float]:
             ).fetchone()[0],
             "agents_offline": conn.execute(
                 "SELECT count(*) FROM agents WHERE enabled = 1 AND state = 'offline'"
+            ).fetchone()[0],
+            "triggers_failing": conn.execute(
+                "SELECT count(*) FROM triggers WHERE enabled = 1 AND last_error IS NOT NULL"
             ).fetchone()[0],
             "accounts_paused": conn.execute(
                 "SELECT count(*) FROM accounts WHERE paused_until > ?", (now,)
