@@ -60,3 +60,29 @@ def test_it_runs_as_the_installed_console_script(tmp_path):
     assert bad.returncode == 1
     assert "AGENTED_MIN_FREE_DISK_MB must be >= 0" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_it_refuses_to_run_where_there_is_no_hub_instead_of_starting_one(cli_runner, data_dir):
+    for args in (["task", "list"], ["trigger", "list"], ["keys", "list"], ["backup", "list"]):
+        result = cli_runner.invoke(main, args)
+        assert result.exit_code == 1, args
+        assert f"no data dir found at {data_dir}" in result.output
+        assert "set AGENTED_DATA_DIR or run from the hub's directory" in result.output
+        assert "--url/--key" in result.output
+    assert not data_dir.exists()
+    assert cli_runner.invoke(main, ["db", "migrate"]).exit_code == 0
+    result = cli_runner.invoke(main, ["task", "list"])
+    assert result.exit_code == 0 and result.output.strip() == "no tasks"
+
+
+def test_it_leaves_the_current_directory_alone_when_run_outside_the_checkout(tmp_path):
+    env = clean_env(tmp_path / "unused")
+    del env["AGENTED_DATA_DIR"]  # the default, ./var, as for a newcomer in another directory
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([str(_venv_bin("agented")), "task", "list"], env=env, cwd=elsewhere,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert f"no data dir found at {elsewhere / 'var'}" in done.stderr
+    assert "No tasks" not in done.stdout and "no tasks" not in done.stdout
+    assert list(elsewhere.iterdir()) == []

@@ -81,3 +81,35 @@ def test_it_creates_a_trigger_from_a_file_and_shows_the_secret_once(cli_runner, 
 def test_it_lists_deliveries(cli_runner, agent):
     code, out = run(cli_runner, "delivery", "list", "--json")
     assert code == 0 and json.loads(out) == {"deliveries": []}
+
+
+def test_it_refuses_an_unknown_task_state_and_lists_the_states(cli_runner, agent):
+    code, out = run(cli_runner, "task", "list", "--state", "bogus")
+    assert code == 2 and "unknown state 'bogus'" in out
+    assert "queued" in out and "succeeded" in out and "dead" in out
+    code, out = run(cli_runner, "task", "list", "--state", "queued,nope")
+    assert code == 2 and "'nope'" in out
+    assert run(cli_runner, "task", "list", "--state", "failed,dead")[0] == 0
+
+
+def test_it_prints_each_refused_field_with_its_limit(cli_runner, agent):
+    code, out = run(cli_runner, "task", "submit", "--agent", "echo")
+    assert code == 1
+    assert "the body does not match the schema (422)" in out
+    assert "send either agent and prompt" in out
+    code, out = run(cli_runner, "task", "submit", "--agent", "echo", "--prompt", "x" * 2_000_000)
+    assert code == 1
+    assert "  prompt: String should have at most 262144 characters" in out
+    code, out = run(cli_runner, "task", "submit", "--agent", "echo", "--prompt", "x",
+                    "--priority", "500")  # fmt: skip
+    assert code == 1 and "  priority: Input should be less than or equal to 100" in out
+
+
+def test_it_prints_a_bad_templates_field_and_reason_not_a_python_list(cli_runner, agent, tmp_path):
+    spec = tmp_path / "t.json"
+    spec.write_text(json.dumps({"name": "bad", "kind": "webhook", "agent": "echo",
+                                "prompt_template": "{{ payload.x | nosuchfilter }}"}))  # fmt: skip
+    code, out = run(cli_runner, "trigger", "create", "--file", str(spec))
+    assert code == 1
+    assert "  prompt_template: " in out and "nosuchfilter" in out
+    assert "[{" not in out and "'field'" not in out

@@ -15,6 +15,8 @@ from typing import Any
 import click
 from dotenv import load_dotenv
 
+from app.cli.main import error_text
+
 
 class Api:
     """A tiny JSON client for the service's /api/v1."""
@@ -49,10 +51,9 @@ class Api:
         if self.as_json:
             click.echo(json.dumps({"status": status, "error": error}, indent=2))
         hint = f" (retry after {retry_after}s)" if retry_after else ""
-        click.echo(f"error: {status} {error.get('code')}: {error.get('message')}{hint}", err=True)
-        for item in error.get("details") or []:
-            if isinstance(item, dict) and "index" in item:
-                click.echo(f"  message {item['index']}: {item.get('message')}", err=True)
+        said = error_text(f"{error.get('message')}{hint}", f"{status} {error.get('code')}",
+                          error.get("details"))  # fmt: skip
+        click.echo(f"error: {said}", err=True)
         sys.exit(1)
 
 

@@ -27,9 +27,34 @@ READ_ONLY = {"list", "show", "get", "status", "verify", "diagnose", "completion"
              "watch", "rules", "inspect", "health", "version", "export"}  # fmt: skip
 
 
-def settings() -> dict:
-    # The same .env as create_app and gunicorn.conf.py, wherever the command runs from.
+def load_env() -> None:
+    """Load the same .env as create_app and gunicorn.conf.py, wherever the command runs from."""
     load_dotenv(os.environ.get("AGENTED_ENV_FILE", Path(__file__).resolve().parents[2] / ".env"))
+
+
+def hub_database() -> Path:
+    """Where this machine's hub keeps its database (AGENTED_DATA_DIR, default ./var)."""
+    load_env()
+    # The same rule as config.load, which would also create the directory: this only looks.
+    return Path(config.env_str("AGENTED_DATA_DIR", "var")).resolve() / "agented.db"
+
+
+def require_hub() -> None:
+    """Refuse to run outside a hub instead of starting an empty one in ./var (issue 16)."""
+    database = hub_database()
+    if not database.is_file():
+        raise click.ClickException(
+            f"no data dir found at {database.parent} (no agented.db there): set"
+            " AGENTED_DATA_DIR or run from the hub's directory, or use --url/--key for a"
+            " remote hub; `agented db migrate` starts a new hub here"
+        )
+
+
+def settings(create: bool = False) -> dict:
+    """The hub's settings; refused when there is no hub here unless `create` (db migrate...)."""
+    if not create:
+        require_hub()
+    load_env()
     try:
         return config.load()
     except config.ConfigError as exc:
@@ -38,6 +63,22 @@ def settings() -> dict:
 
 def emit(as_json: bool, data: object, text: str) -> None:
     click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+def error_text(message: str, status: int | str | None, details: object) -> str:
+    """One refusal in words: the message, then each field with what is wrong (its limit)."""
+    lines = [f"{message} ({status})" if status else message]
+    items = details if isinstance(details, list) else [details] if details else []
+    for item in items:
+        if isinstance(item, dict) and "field" in item:
+            lines.append(f"  {item['field'] or '(body)'}: {item.get('message')}")
+        elif isinstance(item, dict) and "index" in item:  # a batch: which item, and why
+            lines.append(f"  message {item['index']}: {item.get('message')}")
+        elif isinstance(item, dict):
+            lines += [f"  {k}: {v}" for k, v in item.items()]
+        else:
+            lines.append(f"  {item}")
+    return "\n".join(lines)
 
 
 def open_db(cfg: dict, migrate: bool = True):
@@ -77,6 +118,8 @@ def _audit_command(*_args: object, **_kwargs: object) -> None:
         group = sub
     if not words or words[-1] in READ_ONLY:
         return
+    if not hub_database().is_file():
+        return  # a command that went over HTTP from another machine: the service audits it
     try:
         audit.record_cli(settings(), " ".join(words))
     except Exception as exc:  # e.g. a database older than the audit table
@@ -95,7 +138,7 @@ def db_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def db_migrate(as_json: bool) -> None:
     """Check the database (quick_check), then apply pending migrations."""
-    cfg = settings()
+    cfg = settings(create=True)
     try:
         # Under systemd this runs first (ExecStartPre): a corrupt database must
         # stop here with the restore command, or be restored when configured.
@@ -110,7 +153,7 @@ def db_migrate(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def db_status(as_json: bool) -> None:
     """Show which migrations are applied; exit 1 if any is pending or changed."""
-    cfg = settings()
+    cfg = settings(create=True)  # a new data dir answers "all pending", which is true
     conn = db.connect(cfg["DATABASE"])
     try:
         status = db.migration_status(conn)
@@ -138,7 +181,8 @@ def keys_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def keys_create(name: str, role: str, as_json: bool) -> None:
     """Create a key and print it once."""
-    cfg = settings()
+    # A key for a hub about to start, as bootstrap makes (`just fuzz`, bench/ do this).
+    cfg = settings(create=True)
     open_db(cfg).close()
     key_id, raw = db.write(lambda conn: create_key(conn, name, role), cfg["DATABASE"])
     emit(
@@ -188,7 +232,7 @@ def keys_revoke(key_id: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def keys_bootstrap(as_json: bool) -> None:
     """Create the first admin key if there is no active admin key; print it once."""
-    cfg = settings()
+    cfg = settings(create=True)
     open_db(cfg).close()
 
     def first_admin(conn):

@@ -88,7 +88,7 @@ def restore_cmd(file: str, passphrase_file, without_secrets: bool, as_json: bool
     A backup made with another secret key (from another machine) needs its
     passphrase: restore then writes the backup's key to DATA_DIR/secret_key.
     """
-    cfg = settings()
+    cfg = settings(create=True)  # a new machine's data dir starts here
     try:
         result = restore.restore(cfg, file, read_passphrase(cfg, passphrase_file), without_secrets)
     except (backup.BackupError, OSError) as exc:
@@ -288,7 +288,7 @@ def compact_cmd(full: bool, as_json: bool) -> None:
 def diagnose_cmd(as_json: bool) -> None:
     """Check configuration, database, migrations, disk, agent CLIs, port and systemd."""
     try:
-        settings()  # loads .env the way the service does
+        settings(create=True)  # loads .env the way the service does; says what is missing
     except click.ClickException:
         pass  # diagnose reports the configuration error itself
     found = diagnose.run()

@@ -17,8 +17,9 @@ import click
 
 from app import config, create_app, db, events, executions
 from app.api import loads, validate
-from app.cli.main import emit
+from app.cli.main import emit, error_text, require_hub
 from app.errors import ApiError, DomainError, as_api_error
+from app.ops.counters import TASK_STATES
 from app.queue import FINISHED, create_task, create_tasks
 from app.tasks import (
     TaskBatchIn,
@@ -43,6 +44,7 @@ from app.webhooks import delivery_json, replay
 @contextmanager
 def app_context():
     """Push an app context so the feature functions see their configuration."""
+    require_hub()  # create_app would start an empty hub wherever the command runs
     try:
         app = create_app()
     except (config.ConfigError, db.MigrationError) as exc:
@@ -54,9 +56,10 @@ def app_context():
 
 
 def api_error(exc: ApiError | DomainError) -> click.ClickException:
+    """The API's refusal in words: its message and status, then each field and its limit."""
     if isinstance(exc, DomainError):
         exc = as_api_error(exc)  # the status the API would answer, for the same words
-    return click.ClickException(f"{exc.message} ({exc.status})")
+    return click.ClickException(error_text(exc.message, exc.status, exc.details))
 
 
 # --- tasks --------------------------------------------------------------------
@@ -120,16 +123,25 @@ def submit_batch(raw: bytes, as_json: bool) -> None:
             ids, evs = db.write(lambda conn: create_tasks(conn, app.config, plans, None))
         except (ApiError, DomainError) as exc:
             # A schema error lists its fields (tasks.3.prompt: ...); a plan error names its task.
-            fields = exc.details if isinstance(exc.details, list) else []
-            where = "; ".join(f"{d['field']}: {d['message']}" for d in fields)
-            raise click.ClickException(exc.message + (f" ({where})" if where else "")) from None
+            raise api_error(exc) from None
         events.publish_all(evs)
         said = f"{len(ids)} tasks queued: {', '.join(map(str, ids))}"
         emit(as_json, {"tasks": tasks_by_id(ids)}, said)
 
 
+def check_states(_ctx, _param, value: str | None) -> str | None:
+    """Refuse a state no task can be in (it would list nothing and look like no tasks)."""
+    unknown = [s for s in (value or "").split(",") if s and s not in TASK_STATES]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown state {', '.join(map(repr, unknown))}; the states are: "
+            + ", ".join(TASK_STATES)
+        )
+    return value
+
+
 @task_group.command("list")
-@click.option("--state")
+@click.option("--state", callback=check_states, help="Only these states (comma-separated).")
 @click.option("--agent")
 @click.option("--trigger")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20)
@@ -264,8 +276,7 @@ def trigger_create(path, as_json):
             check_trigger(fields)
             slug, secret = insert_trigger(fields)
         except (ApiError, DomainError) as exc:
-            detail = f": {exc.details}" if exc.details else ""
-            raise click.ClickException(f"{exc.message}{detail}") from None
+            raise api_error(exc) from None
         body = trigger_json(get_trigger(slug)) | ({"secret": secret} if secret else {})
         text = f"trigger {body['slug']} created"
         if body.get("secret"):
