@@ -261,10 +261,23 @@ def test_it_says_what_the_hubs_github_connection_reports(make_app, signin, confi
 
 
 def test_it_asks_the_report_mode_of_github_triggers_only(app, operator):
-    post(operator, "/triggers/new", operator.token, **TRIGGER_FORM | {"kind": "cron",
-         "schedule": "0 3 * * *", "name": "Nightly"})  # fmt: skip
+    nightly = {"kind": "cron", "schedule": "0 3 * * *", "name": "Nightly",
+               "prompt_template": "Nightly run for {{ payload.scheduled_at }}"}  # fmt: skip
+    resp = post(operator, "/triggers/new", operator.token, **TRIGGER_FORM | nightly)
+    assert resp.status_code == 303
     html = operator.get("/triggers/nightly").get_data(as_text=True)
     assert 'id="report"' not in html and 'id="notify"' in html
+
+
+def test_it_puts_a_refusal_from_storing_the_trigger_beside_its_field(operator):
+    nightly = {"kind": "cron", "schedule": "0 3 * * *", "name": "Nightly",
+               "prompt_template": "Fix {{ payload.issue.title }}"}  # fmt: skip
+    resp = post(operator, "/triggers/new", operator.token, **TRIGGER_FORM | nightly)
+    assert resp.status_code == 422
+    html = resp.get_data(as_text=True)
+    error = re.search(r'<p class="field-error" id="prompt_template-error">([^<]*)</p>', html)
+    assert error and "sees only payload.scheduled_at" in error.group(1)
+    assert "Fix {{ payload.issue.title }}" in html  # what was typed stays
 
 
 # --- the agent form -------------------------------------------------------------------------

@@ -163,6 +163,14 @@ def validate_trigger(data: dict, errors: dict[str, str]) -> dict | None:
     return body
 
 
+def refused_field(exc: ApiError) -> dict[str, str]:
+    """A refusal from storing the trigger, beside the field its message names first."""
+    field, sep, rest = exc.message.partition(": ")
+    if sep and field in (*TEXT_FIELDS, *INT_FIELDS, *LIST_FIELDS, "match"):
+        return {field: rest[:1].upper() + rest[1:]}
+    return {"form": exc.message}
+
+
 def form_page(form: dict, errors: dict, trigger=None, status: int = 200, run: dict | None = None):
     agents = [r[0] for r in db.query_all("SELECT name FROM agents ORDER BY name")]
     hook_url = webhook_url(trigger["slug"]) if trigger is not None else None
@@ -234,6 +242,8 @@ def trigger_new_post():
         slug, secret = insert_trigger(body)
     except Conflict as exc:
         return form_page(form, {"slug": exc.message}, status=409)
+    except ApiError as exc:
+        return form_page(form, refused_field(exc), status=exc.status)
     if secret is None:
         return done(f"Trigger {slug} created.", url_for("dashboard.trigger_get", slug=slug))
     return secret_page(
@@ -263,7 +273,10 @@ def trigger_post(slug: str):
     # Slug and kind are fixed by read_form: every other field is stored as typed,
     # and the notifications only when changed (saving them encrypts them again).
     unsaved = ("slug", "kind") if form["notify_changed"] else ("slug", "kind", "notify")
-    update_trigger(row, {k: v for k, v in body.items() if k not in unsaved})
+    try:
+        update_trigger(row, {k: v for k, v in body.items() if k not in unsaved})
+    except ApiError as exc:
+        return form_page(form, refused_field(exc), trigger=row, status=exc.status)
     return done(f"Trigger {slug} saved.", url_for("dashboard.trigger_get", slug=slug))
 
 
