@@ -16,6 +16,8 @@ from typing import Any
 
 from gevent.queue import Full, Queue
 
+from app import telemetry
+
 log = logging.getLogger("agented.events")
 
 
@@ -82,8 +84,8 @@ def publish_all(events: list[dict]) -> None:
     for event in events:
         # One structured line per transition, with stable names (`task.running`, …).
         data = {f"data_{k}": v for k, v in event["data"].items()}
-        log.info(
-            event["kind"], extra={"event_id": event["id"], "subject": event["subject"], **data}
+        telemetry.info_line(
+            log, event["kind"], {"event_id": event["id"], "subject": event["subject"], **data}
         )
         broker.publish(event["subject"], event)
         broker.publish(event["kind"].split(".", 1)[0], event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -29,6 +30,10 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# The handler setup_logging installed: the request line is written to it directly.
+_handler: list[logging.StreamHandler] = []
+
+
 def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
@@ -41,6 +46,58 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    _handler[:] = [handler]
+
+
+def _stamp(now: float) -> str:
+    """The formatter's asctime: local time, then milliseconds after a comma."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+
+
+def _plain(logger: logging.Logger) -> bool:
+    """Whether records of `logger` reach only the handler setup_logging installed."""
+    if not _handler or logging.root.handlers != _handler:
+        return False
+    if _handler[0].level > logging.INFO or len(_handler[0].filters) != 1:
+        return False
+    node: logging.Logger | None = logger
+    while node is not None and node is not logging.root:
+        if node.handlers or node.filters or not node.propagate or node.disabled:
+            return False
+        node = node.parent
+    return True
+
+
+def info_line(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
+    """Log `message` at INFO as the JSON formatter would write it, without its cost.
+
+    A LogRecord, the filter and the formatter took about 4 % of a webhook's time
+    (issue 18). When logging is set up otherwise (another handler, a filter,
+    Sentry, tests with caplog), the line goes through `logger.info` as before.
+    """
+    if not _plain(logger):
+        logger.info(message, extra=fields)
+        return
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    line: dict[str, Any] = {"ts": _stamp(time.time()), "level": "INFO", "logger": logger.name}
+    line["message"] = message
+    line.update(fields)
+    if "request_id" not in fields:  # what RequestIdFilter adds to every record
+        try:
+            line["request_id"] = g.get("request_id")
+        except RuntimeError:
+            line["request_id"] = None
+    text = json.dumps(line, default=str) + "\n"
+    handler = _handler[0]
+    handler.acquire()
+    try:
+        handler.stream.write(text)
+        handler.flush()
+    except Exception:
+        handler.handleError(logging.makeLogRecord({"msg": message, "args": None}))
+    finally:
+        handler.release()
 
 
 def _scrub(event: Any, _hint: dict[str, Any]) -> Any:
@@ -68,6 +125,8 @@ def setup_sentry(dsn: str) -> None:
     import sentry_sdk
 
     sentry_sdk.init(dsn=dsn, send_default_pii=False, before_send=_scrub, traces_sample_rate=0.0)
+    # Sentry keeps log records as breadcrumbs: the request line goes through logging again.
+    _handler.clear()
 
 
 def register(app: Flask) -> None:
@@ -81,9 +140,10 @@ def register(app: Flask) -> None:
     def finish(resp: Response) -> Response:
         resp.headers["X-Request-ID"] = g.get("request_id", "")
         key = g.get("key")
-        log.info(
+        info_line(
+            log,
             "request",
-            extra={
+            {
                 "method": request.method,
                 "path": request.path,
                 "status": resp.status_code,
