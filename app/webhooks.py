@@ -287,6 +287,10 @@ def hook(slug: str):
     auth.check_fail_limit()
     cfg = current_app.config
     row = db.query_one("SELECT * FROM triggers WHERE slug = ? AND kind = 'webhook'", (slug,))
+    # The read connection goes back to the pool now, not while the request renders and
+    # waits for the group commit: 50 webhooks holding one each made the pool (32) open
+    # and close connections, each reading the schema again (issue 18).
+    db.close_db()
     if row is None:
         raise ApiError(404, "no webhook trigger with this slug")
     body = request.get_data(cache=False)
