@@ -220,16 +220,36 @@ def queue_task(plan: dict, api_key_id: int | None, once: tuple[str, str] | None 
 @bp.get("/api/v1/tasks")
 @requires("viewer")
 def tasks_list():
-    """List tasks, newest first; filter by state, agent, trigger, key, concurrency_key, time."""
+    """List tasks, newest first; filter by state, agent, trigger, key, time, or search with `q`."""
     where, params = filters_sql(request.args)
     rows, next_cursor = newest_first("tasks", where, params)
     return jsonify({"tasks": [task_json(r) for r in rows], "next_cursor": next_cursor})
 
 
+def search_words(text: str) -> str | None:
+    """Quote each word so FTS5 syntax in the input is taken literally; prefix-match the last."""
+    words = [w.replace('"', "") for w in text.split()]
+    words = [w for w in words if any(c.isalnum() for c in w)][:20]
+    if not words:
+        return None
+    quoted = [f'"{w}"' for w in words]
+    quoted[-1] += "*"
+    return " ".join(quoted)
+
+
 def filters_sql(args) -> tuple[list[str], list[Any]]:
-    """Build WHERE parts from query args; every value is a bound parameter."""
+    """Build WHERE parts from query args; every value is a bound parameter.
+
+    `q` searches prompts and log lines (task_search, migrations/0006_search.sql),
+    the same search for the API and the dashboard.
+    """
     where: list[str] = []
     params: list[Any] = []
+    match = search_words(args.get("q", ""))
+    if match:
+        # task_search rowid = task_id * 2^32 + seq.
+        where.append("id IN (SELECT rowid / 4294967296 FROM task_search WHERE task_search MATCH ?)")
+        params.append(match)
     for arg, column in (
         ("state", "state"),
         ("agent", "agent"),
