@@ -11,6 +11,7 @@ from app import db
 from app.auth import requires
 from app.dashboard import bp, charts, clihealth
 from app.dashboard.accounts import holding_back
+from app.ops.metrics_summary import failed_retrying
 from app.queue import ACTIVE
 
 STATES = ("queued", "assigned", "accepted", "running", "succeeded", "failed", "timed_out",
@@ -65,6 +66,7 @@ def overview_data() -> dict:
         "total": sum(counts.values()),
         "active": sum(counts[s] for s in ACTIVE),
         "due": due,
+        "retrying": failed_retrying(db.get_db()),
         "running": running,
         "failures": failures,
         "agent_states": agent_states,

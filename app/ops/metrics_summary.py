@@ -31,6 +31,14 @@ def queue_figures(conn, now: float) -> tuple[dict, tuple]:
     return by_state, tuple(queue)
 
 
+def failed_retrying(conn) -> int:
+    """Queued tasks with at least one failed attempt: those waiting to try again."""
+    return conn.execute(
+        "SELECT count(*) FROM tasks t WHERE t.state = 'queued' AND EXISTS (SELECT 1"
+        " FROM attempts a WHERE a.task_id = t.id AND a.state IN ('failed', 'timed_out', 'crashed'))"
+    ).fetchone()[0]
+
+
 def summary(cfg: dict, window_s: float = 3600) -> dict:
     """The JSON figures of /api/v1/metrics (runs in the threadpool with its own connection)."""
     now = time.time()
@@ -38,6 +46,7 @@ def summary(cfg: dict, window_s: float = 3600) -> dict:
     conn = db.connect(cfg["DATABASE"])
     try:
         by_state, (due, waiting, oldest) = queue_figures(conn, now)
+        retrying = failed_retrying(conn)
         # The newest 10,000 finished attempts are plenty for percentiles.
         attempts = conn.execute(
             "SELECT a.state, a.finished_at - a.started_at, a.number, a.started_at - t.created_at"
@@ -67,6 +76,7 @@ def summary(cfg: dict, window_s: float = 3600) -> dict:
         "queue": {
             "due": due,
             "waiting_retry": waiting,
+            "failed_retrying": retrying,
             "oldest_age_s": round(now - oldest, 1) if oldest else 0,
         },
         "attempts": {
