@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
-from app import crypto, db, events
+from app import crypto, db, events, github
 from app.accounts import NAME as ACCOUNT
 from app.accounts import account_of
 from app.api import Body, body_model, or_404, parse_body
@@ -192,6 +192,9 @@ def save_warnings(data: dict) -> list[str]:
     if program and not installed(program):
         warnings.append(f"{program!r} is not installed on this machine (not found on PATH):"
                         " runs will fail to start")  # fmt: skip
+    if data.get("github_token") and github.mode(current_app.config) != "app":
+        warnings.append("github_token needs a GitHub App (AGENTED_GITHUB_APP_ID and its key):"
+                        " until the hub has one, runs get no GH_TOKEN")  # fmt: skip
     if backend != "shell" and not data.get("permissions"):
         warnings.append(f"no permissions set: {backend} runs unattended, so it will deny every"
                         " tool that asks (edits, shell commands); choose read-only,"

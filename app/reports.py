@@ -128,6 +128,8 @@ def report_json(row) -> dict:
     # A notification's URL and secret stay encrypted; its hint names the host only.
     data["target"] = {k: target.get(k) for k in ("repo", "number", "head_sha", "url", "kind",
                                                  "hint") if target.get(k) is not None}  # fmt: skip
+    if row["payload"]:  # a notification: what it announces
+        data["event"] = json.loads(row["payload"]).get("type")
     return data
 
 

@@ -143,3 +143,9 @@ def test_it_refuses_a_webhook_notification_without_a_secret(hub):
             "notify": [{"kind": "webhook", "url": "https://example.com/hook"}]}  # fmt: skip
     status, out = live(hub, hub.keys["admin"], "POST", "/api/v1/agents", body)
     assert status == 422 and set(out["error"]) >= {"code", "message", "details"}
+
+
+def test_it_warns_that_a_run_token_needs_a_github_app(hub):
+    body = {"name": "pusher", "backend": "shell", "command": ["true"], "github_token": True}
+    status, out = live(hub, hub.keys["admin"], "POST", "/api/v1/agents", body)
+    assert status == 201 and any("GitHub App" in w for w in out["warnings"])
