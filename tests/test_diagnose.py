@@ -66,3 +66,18 @@ def test_it_prints_shell_completion(cli_runner):
     for shell in ("bash", "zsh", "fish"):
         result = cli_runner.invoke(main, ["completion", shell])
         assert result.exit_code == 0 and "_AGENTED_COMPLETE" in result.output
+
+
+def test_it_says_whom_the_hub_reports_to_github_as(app, cli_runner):
+    from tests.fakes.github_api import GitHubStandIn
+
+    with GitHubStandIn() as gh:
+        env = {"AGENTED_GITHUB_TOKEN": "ghp_testtoken", "AGENTED_GITHUB_API_URL": gh.url,
+               "AGENTED_BIND": f"127.0.0.1:{free_port()}"}  # fmt: skip
+        _code, report = diagnose(cli_runner, **env)
+        bad = diagnose(cli_runner, **env | {"AGENTED_GITHUB_TOKEN": "ghp_wrong"})[1]
+    checks = by_name(report)
+    assert checks["github"]["level"] == "ok" and "agented-bot" in checks["github"]["detail"]
+    assert checks["public url"]["level"] == "warn"
+    assert by_name(bad)["github"]["level"] == "fail"
+    assert "ghp_testtoken" not in json.dumps(report)

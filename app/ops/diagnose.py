@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from app import config, db, sandbox
+from app import config, db, github, sandbox
 from app.ops import backup
 
 BACKEND_CLIS = {"claude": "claude", "codex": "codex", "gemini": "gemini", "opencode": "opencode"}
@@ -32,7 +32,7 @@ def run() -> list[dict]:
         return [check("config", "fail", str(exc), "fix that variable in .env or /etc/agented.env")]
     found = [check("config", "ok", f"data dir {cfg['DATA_DIR']}, bind {cfg['BIND']}")]
     for fn in (_data_dir, _secret_key, _database, _disk, _backups, _sandbox, _agent_clis, _port,
-               _systemd):  # fmt: skip
+               _github, _systemd):  # fmt: skip
         try:
             found.extend(fn(cfg))
         except Exception as exc:  # a broken check is a finding, not a crash
@@ -175,6 +175,26 @@ def _sandbox(cfg: dict) -> list[dict]:
         return [check("sandbox", "fail", f"local runs wait: {reason}",
                       "apt-get install bubblewrap; under systemd see deploy/systemd")]  # fmt: skip
     return [check("sandbox", "ok", how)]
+
+
+def _github(cfg: dict) -> list[dict]:
+    """Whether results can go back to GitHub, and as whom."""
+    how = github.mode(cfg)
+    if how is None:
+        return [check("github", "ok", "no GitHub connection: results stay on the dashboard",
+                      "set AGENTED_GITHUB_TOKEN or a GitHub App to report back")]  # fmt: skip
+    github.forget()  # ask GitHub now, not what this process learned before
+    try:
+        login = github.identity(cfg)
+    except github.GitHubError as exc:
+        return [check("github", "fail", f"the {how} cannot reach GitHub: {exc}",
+                      "check the token or App settings and AGENTED_GITHUB_API_URL")]  # fmt: skip
+    found = [check("github", "ok", f"reports as {login} ({how})")]
+    if not cfg["PUBLIC_URL"]:
+        detail = f"reports link to http://{cfg['BIND']}, which GitHub readers cannot open"
+        fix = "set AGENTED_PUBLIC_URL to the address people reach the hub at"
+        found.append(check("public url", "warn", detail, fix))
+    return found
 
 
 def _systemd(cfg: dict) -> list[dict]:
