@@ -257,3 +257,22 @@ def test_it_mints_installation_tokens_once_and_again_before_they_expire(app_stan
         assert app_standin.minted[1] == 2
     finally:
         github.forget()
+
+
+def test_it_alerts_on_reports_given_up_and_counts_them_in_metrics(app):
+    from app import db
+    from app.ops import alerts, metrics
+
+    def dead(conn):
+        t = time.time()
+        conn.execute(
+            "INSERT INTO reports (channel, target, state, next_at, last_error, created_at,"
+            " updated_at) VALUES ('slack', '{}', 'dead', ?, 'hooks.slack.com answered 404', ?, ?)",
+            (t, t, t),
+        )
+
+    db.write(dead, app.config["DATABASE"])
+    assert alerts.measure(app.config, time.time())["reports_dead"] == 1
+    with app.app_context():
+        text = metrics.render(app.config).decode()
+    assert 'agented_reports{channel="slack",state="dead"} 1.0' in text

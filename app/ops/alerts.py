@@ -51,6 +51,7 @@ RULES: dict[str, tuple[float, str, str]] = {
     "sandbox_unavailable": (0, "above", "1 while local runs wait: the sandbox cannot start"),
     "accounts_paused": (0, "above", "accounts paused at a usage limit (nothing of theirs starts)"),
     "triggers_failing": (0, "above", "enabled triggers whose last fire could not render"),
+    "reports_dead": (0, "above", "reports to GitHub or notifications given up in the window"),
 }
 DEFAULTS = {"enabled": 1, "window_s": 900, "cooldown_s": 600, "severity": "warning"}
 ICONS = {"fired": ":rotating_light:", "firing": ":rotating_light:",
@@ -98,6 +99,10 @@ def measure(cfg: dict, now: float) -> dict[str, float]:
             ).fetchone()[0],
             "agents_offline": conn.execute(
                 "SELECT count(*) FROM agents WHERE enabled = 1 AND state = 'offline'"
+            ).fetchone()[0],
+            "reports_dead": conn.execute(
+                "SELECT count(*) FROM reports WHERE state = 'dead' AND updated_at >= ?",
+                (now - settings["reports_dead"]["window_s"],),
             ).fetchone()[0],
             "triggers_failing": conn.execute(
                 "SELECT count(*) FROM triggers WHERE enabled = 1 AND last_error IS NOT NULL"

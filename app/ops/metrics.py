@@ -174,6 +174,13 @@ def snapshot(cfg: dict) -> list:
         ):
             paused.add_metric([name, reason], until)
         families.append(paused)
+        sent = GaugeMetricFamily("agented_reports", "Reports back (GitHub, notifications) by state",
+                                 labels=["channel", "state"])  # fmt: skip
+        for channel, state, n in conn.execute(
+            "SELECT channel, state, count(*) FROM reports GROUP BY channel, state"
+        ):
+            sent.add_metric([channel, state], n)
+        families.append(sent)
     finally:
         conn.close()
     facts = backup.storage_facts(cfg)
