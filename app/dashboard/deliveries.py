@@ -13,9 +13,8 @@ from app.auth import requires
 from app.dashboard import bp
 from app.dashboard.common import is_htmx
 from app.errors import ApiError, DomainError
-from app.matching import match
+from app.webhooks import plan_all, shown_headers
 from app.webhooks import replay as replay_delivery
-from app.webhooks import shown_headers
 
 PAGE = 50
 FILTERS = ("source", "trigger_slug", "signature", "dedupe")
@@ -28,10 +27,25 @@ SIGNATURE_NOTES = {
     "unchecked": "Refused before the signature was checked.",
 }
 DEDUPE_NOTES = {
-    "new": "First time this delivery id was seen (or it carried none): tasks were created.",
     "duplicate": "This delivery id was seen within the window: the first delivery's tasks stand.",
     "unchecked": "Refused before deduplication.",
 }
+
+
+def dedupe_note(row, task_count: int) -> str:
+    """What deduplication decided, and what came of it: tasks only when some were made."""
+    if row["dedupe"] != "new":
+        return DEDUPE_NOTES.get(row["dedupe"], "")
+    first = "First time this delivery id was seen" if row["delivery_key"] else "It carried no id"
+    if row["status"] == 422:
+        # accept() stores a refused delivery without remembering its id.
+        return (
+            f"{first}, but a trigger could not render its template: no task was made, and the"
+            " id was not remembered, so a redelivery after a fix counts as new."
+        )
+    if task_count == 0:
+        return f"{first}: no trigger matched, so no task was made."
+    return f"{first}: {task_count} task{'s were' if task_count != 1 else ' was'} made."
 
 
 def find_deliveries(args) -> tuple[list, str | None]:
@@ -71,12 +85,7 @@ def deliveries_get():
         next_cursor=next_cursor,
         filters=filters,
         triggers=triggers,
-        matched=_matched_counts(rows),
     )
-
-
-def _matched_counts(rows) -> dict[int, int]:
-    return {r["id"]: sum(1 for v in json.loads(r["verdicts"]) if v.get("matched")) for r in rows}
 
 
 def json_tree(value: Any, key: str = "payload", path: str = "payload") -> dict:
@@ -148,23 +157,23 @@ def delivery_get(delivery_id: int):
         tasks=tasks,
         replays=replays,
         signature_note=SIGNATURE_NOTES.get(row["signature"], ""),
-        dedupe_note=DEDUPE_NOTES.get(row["dedupe"], ""),
+        dedupe_note=dedupe_note(row, len(tasks)),
     )
 
 
 def todays_verdicts(row, payload: Any) -> list[dict]:
-    """Match the stored payload against the triggers as they are now, with the reason."""
+    """Match and render the stored payload with the triggers as they are now, as Replay would.
+
+    Through plan_all, the function a delivery and a replay go through, so a trigger
+    whose template cannot render this payload says so instead of "would match".
+    """
     if row["source"] == "github" or (row["source"] == "replay" and not row["trigger_slug"]):
         triggers = db.query_all("SELECT * FROM triggers WHERE kind = 'github' ORDER BY slug")
     elif row["trigger_slug"]:
         triggers = db.query_all("SELECT * FROM triggers WHERE slug = ?", (row["trigger_slug"],))
     else:
         triggers = []
-    out = []
-    for trigger in triggers:
-        matched, reason = match(trigger, row["event"], payload)
-        out.append({"trigger": trigger["slug"], "matched": matched, "reason": reason})
-    return out
+    return plan_all(triggers, row["event"], payload, row["delivery_key"])[1]
 
 
 @bp.post("/deliveries/<int:delivery_id>/replay")
@@ -180,12 +189,19 @@ def replay(delivery_id: int):
     except (ApiError, DomainError) as exc:
         if is_htmx():
             raise
-        flash(exc.message, "error")
-        return redirect(url_for("dashboard.delivery_get", delivery_id=delivery_id), 303)
+        new_id = exc.details.get("delivery_id") if isinstance(exc.details, dict) else None
+        if new_id is None:
+            flash(exc.message, "error")
+            return redirect(url_for("dashboard.delivery_get", delivery_id=delivery_id), 303)
+        # Refused (a template could not render), yet recorded as a new delivery: show it.
+        flash(f"Replayed delivery #{delivery_id} as #{new_id}: no task started, {exc.message}.",
+              "error")  # fmt: skip
+        return redirect(url_for("dashboard.delivery_get", delivery_id=new_id), 303)
     n = len(data["tasks"])
-    flash(
-        f"Replayed delivery #{delivery_id} as #{data['delivery_id']}: "
-        f"{n} task{'s' if n != 1 else ''} started.",
-        "ok",
-    )
+    head = f"Replayed delivery #{delivery_id} as #{data['delivery_id']}"
+    if n:
+        flash(f"{head}: {n} task{'s' if n != 1 else ''} started.", "ok")
+    else:
+        why = "; ".join(f"{v['trigger']}: {v['reason']}" for v in data.get("verdicts", []))
+        flash(f"{head}: no task started, as no trigger matched ({why or 'no trigger'}).", "warn")
     return redirect(url_for("dashboard.delivery_get", delivery_id=data["delivery_id"]), 303)
