@@ -77,6 +77,36 @@ def body_model(model: type[BaseModel]) -> Callable:
     return mark
 
 
+class Query(BaseModel):
+    """Base for the query parameters a route reads, as /openapi.json describes them."""
+
+
+def query_model(model: type[BaseModel]) -> Callable:
+    """Record the query parameters of a view, for /openapi.json.
+
+    The view still reads request.args itself (arg_int and the like), so a value
+    is checked in one place; tests/test_openapi.py holds the declared bounds to
+    what the view refuses.
+    """
+
+    def mark(view: Callable) -> Callable:
+        view.query_model = model  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def answer_model(model: type[BaseModel], status: int = 200) -> Callable:
+    """Record what a view answers with on success, for /openapi.json (tests check answers)."""
+
+    def mark(view: Callable) -> Callable:
+        view.answer_model = model  # type: ignore[attr-defined]
+        view.answer_status = status  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
 def public_url(path: str) -> str:
     """`path` on the address clients reach the hub at (AGENTED_PUBLIC_URL, else this request's)."""
     base = current_app.config["PUBLIC_URL"] or request.host_url

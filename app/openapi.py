@@ -1,12 +1,25 @@
-"""OpenAPI 3.1 built from the registered routes and their pydantic body models."""
+"""OpenAPI 3.1 built from the registered routes and the models they declare, and /docs.
+
+A view declares its request body with @body_model (the model it validates
+with), its query parameters with @query_model and its answer with
+@answer_model (app/api.py). The models of answers and query parameters live at
+the end of this module.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any, Literal
 
 from flask import Blueprint, current_app, jsonify, render_template
+from markupsafe import Markup, escape
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from app.api import Query
 
 bp = Blueprint("openapi", __name__)
+REF = "#/components/schemas/{model}"
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 ERROR_SCHEMA = {
     "type": "object",
@@ -23,6 +36,13 @@ ERROR_SCHEMA = {
         }
     },
 }
+TOKEN_PARAM = {
+    "name": "token",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "a token from POST /api/v1/stream-tokens, for EventSource (no headers)",
+}
 
 
 def _path(rule: str) -> tuple[str, list[dict]]:
@@ -33,6 +53,89 @@ def _path(rule: str) -> tuple[str, list[dict]]:
     return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule), params
 
 
+def first_paragraph(text: str) -> str:
+    """A docstring's first paragraph on one line: the rest is for whoever reads the code."""
+    return " ".join(text.strip().split("\n\n")[0].split())
+
+
+def _component(model: type[BaseModel], schemas: dict) -> dict:
+    """Add `model` (and the models it uses) to `schemas`; return a $ref to it."""
+    schema = model.model_json_schema(ref_template=REF)
+    for name, sub in [*schema.pop("$defs", {}).items(), (model.__name__, schema)]:
+        if "description" in sub:
+            sub["description"] = first_paragraph(sub["description"])
+        schemas[name] = sub
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _unwrap(schema: dict) -> dict:
+    """`X | None` as X: a query parameter left out is the None."""
+    options = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
+    if len(options) == 1:
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        return {**options[0], **rest}
+    return schema
+
+
+def query_params(model: type[BaseModel]) -> list[dict]:
+    schema = model.model_json_schema()
+    params = []
+    for name, prop in schema.get("properties", {}).items():
+        prop = _unwrap({k: v for k, v in prop.items() if k != "title"})
+        if prop.get("default", 0) is None:
+            del prop["default"]
+        param = {"name": name, "in": "query", "required": name in schema.get("required", [])}
+        if "description" in prop:
+            param["description"] = prop.pop("description")
+        params.append({**param, "schema": prop})
+    return params
+
+
+def operation(rule: Any, method: str, view: Any, schemas: dict) -> dict:
+    """One operation of the spec, from what the view declares."""
+    _, params = _path(rule.rule)
+    query = getattr(view, "query_model", None)
+    if query is not None:
+        params = params + query_params(query)
+    if getattr(view, "accepts_token", False):
+        params = [*params, TOKEN_PARAM]
+    answer = getattr(view, "answer_model", None)
+    if answer is not None:
+        status = str(getattr(view, "answer_status", 200))
+        described = {"description": first_paragraph(answer.__doc__ or "success")}
+        ok = described | {"content": {"application/json": {"schema": _component(answer, schemas)}}}
+    elif getattr(view, "accepts_token", False):
+        status, ok = (
+            "200",
+            {"description": "server-sent events", "content": {"text/event-stream": {}}},
+        )
+    else:
+        status, ok = "2XX", {"description": "success", "content": {"application/json": {}}}
+    op: dict = {
+        "operationId": f"{rule.endpoint}.{method.lower()}",
+        "summary": first_paragraph(view.__doc__ or rule.endpoint),
+        "parameters": params,
+        "responses": {
+            status: ok,
+            "default": {
+                "description": "an error",
+                "content": {"application/json": {"schema": ERROR_REF}},
+            },
+        },
+    }
+    role = getattr(view, "required_role", None)
+    if role:
+        op["security"] = [{"apiKey": []}, {"bearer": []}]
+        op["x-required-role"] = role
+    body = getattr(view, "body_model", None)
+    if body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _component(body, schemas)}},
+        }
+    return op
+
+
 def build_spec() -> dict:
     paths: dict[str, dict] = {}
     schemas: dict[str, dict] = {"Error": ERROR_SCHEMA}
@@ -40,45 +143,15 @@ def build_spec() -> dict:
         if not (rule.rule.startswith("/api/") or rule.rule.startswith("/hooks/")):
             continue
         view = current_app.view_functions[rule.endpoint]
-        path, params = _path(rule.rule)
+        path, _ = _path(rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            op: dict = {
-                "operationId": f"{rule.endpoint}.{method.lower()}",
-                "summary": (view.__doc__ or rule.endpoint).strip().splitlines()[0],
-                "parameters": params,
-                "responses": {
-                    "default": {
-                        "description": "an error",
-                        "content": {"application/json": {"schema": ERROR_REF}},
-                    },
-                    "2XX": {"description": "success", "content": {"application/json": {}}},
-                },
-            }
-            role = getattr(view, "required_role", None)
-            if role:
-                op["security"] = [{"apiKey": []}, {"bearer": []}]
-                op["x-required-role"] = role
-            model = getattr(view, "body_model", None)
-            if model is not None:
-                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                for name, sub in schema.pop("$defs", {}).items():
-                    schemas[name] = sub
-                schemas[model.__name__] = schema
-                op["requestBody"] = {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
-                        }
-                    },
-                }
-            paths.setdefault(path, {})[method.lower()] = op
+            paths.setdefault(path, {})[method.lower()] = operation(rule, method, view, schemas)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Agented", "version": "1"},
         "paths": dict(sorted(paths.items())),
         "components": {
-            "schemas": schemas,
+            "schemas": dict(sorted(schemas.items())),
             "securitySchemes": {
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "bearer": {"type": "http", "scheme": "bearer"},
@@ -92,6 +165,488 @@ def openapi_json():
     return jsonify(build_spec())
 
 
+# --- the /docs page ---------------------------------------------------------------------
+
+
+def code_spans(text: str) -> Markup:
+    """Escape `text` and show its `backticked` parts as code."""
+    parts = str(escape(text)).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick stays as it is
+        parts[-2:] = [parts[-2] + "`" + parts[-1]]
+    return Markup("".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts)))
+
+
+def _name(ref: str) -> str:
+    return ref.rsplit("/", 1)[1]
+
+
+def type_of(schema: dict) -> str:
+    """A short type for a field: string, array of Task, Task or null, "retry" | "cancel"."""
+    if "$ref" in schema:
+        return _name(schema["$ref"])
+    if "anyOf" in schema or "oneOf" in schema:
+        return " or ".join(type_of(s) for s in schema.get("anyOf") or schema["oneOf"])
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    if "enum" in schema:
+        return " | ".join(json.dumps(v) for v in schema["enum"])
+    kind = schema.get("type")
+    if kind == "array" and schema.get("items"):
+        return f"array of {type_of(schema['items'])}"
+    if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
+        return f"object of {type_of(schema['additionalProperties'])}"
+    return kind or "any"
+
+
+NOTES = {
+    "minimum": "≥ {}", "maximum": "≤ {}", "exclusiveMinimum": "> {}", "exclusiveMaximum": "< {}",
+    "minLength": "at least {} characters", "maxLength": "at most {} characters",
+    "minItems": "at least {} items", "maxItems": "at most {} items", "pattern": "matches {}",
+}  # fmt: skip
+
+
+def notes(schema: dict) -> str:
+    """The constraints, default and description of a field, in a line."""
+    schema = _unwrap(schema)
+    bits = [schema["description"]] if schema.get("description") else []
+    bits += [text.format(schema[key]) for key, text in NOTES.items() if key in schema]
+    if "default" in schema and schema["default"] not in (None, [], {}):
+        bits.append(f"default {json.dumps(schema['default'])}")
+    return "; ".join(bits)
+
+
+def _models_in(schema: dict) -> list[str]:
+    """The component names a field's value may be (itself, its items, its options)."""
+    if "$ref" in schema:
+        return [_name(schema["$ref"])]
+    found = []
+    for sub in [schema.get("items"), schema.get("additionalProperties"), *schema.get("anyOf", [])]:
+        if isinstance(sub, dict):
+            found += _models_in(sub)
+    return found
+
+
+def fields(schema: dict, schemas: dict, depth: int = 0, seen: frozenset = frozenset()) -> list:
+    """Rows for an object's fields, with the fields of the models they hold indented below."""
+    rows = []
+    required = set(schema.get("required", []))
+    for name, prop in schema.get("properties", {}).items():
+        rows.append({"depth": depth, "name": name, "type": type_of(prop),
+                     "required": name in required, "notes": code_spans(notes(prop))})  # fmt: skip
+        for model in _models_in(prop):
+            if model not in seen:
+                rows += fields(schemas[model], schemas, depth + 1, seen | {model})
+    return rows
+
+
+def shapes(schema: dict, schemas: dict) -> list[dict]:
+    """A body or answer as one or more shapes (a model that is one of several: each of them)."""
+    if "$ref" in schema:
+        name = _name(schema["$ref"])
+        target = schemas[name]
+        options = target.get("anyOf") or target.get("oneOf")
+        if options:
+            return [s for option in options for s in shapes(option, schemas)]
+        return [{"name": name, "description": code_spans(target.get("description", "")),
+                 "fields": fields(target, schemas, 0, frozenset({name}))}]  # fmt: skip
+    return [{"name": type_of(schema), "description": "", "fields": fields(schema, schemas)}]
+
+
+def _answers(responses: dict, schemas: dict) -> list[dict]:
+    found = []
+    for status, answer in responses.items():
+        if status == "default":
+            continue
+        content: dict[str, dict] = answer.get("content", {})
+        kind, media = next(iter(content.items()), ("", {}))
+        schema = media.get("schema")
+        found.append({"status": status, "description": answer["description"], "media": kind,
+                      "shapes": shapes(schema, schemas) if schema else []})  # fmt: skip
+    return found
+
+
+def rendered(spec: dict) -> list[dict]:
+    """The operations of `spec` as the /docs page shows them, every $ref resolved."""
+    schemas = spec["components"]["schemas"]
+    ops = []
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            params = [
+                p | {"type": type_of(p["schema"]), "notes": code_spans(notes(p | p["schema"]))}
+                for p in op["parameters"]
+            ]
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            ops.append({
+                "method": method, "path": path, "summary": code_spans(op["summary"]),
+                "role": op.get("x-required-role"), "params": params,
+                "body": shapes(body["schema"], schemas) if body else [],
+                "answers": _answers(op["responses"], schemas),
+            })  # fmt: skip
+    return ops
+
+
 @bp.get("/docs")
 def docs():
-    return render_template("docs.html", spec=build_spec())
+    return render_template("docs.html", ops=rendered(build_spec()))
+
+
+# --- query parameters and answers the routes declare ------------------------------------
+# An Answer lists every field a route sends; a Partial one the fields clients
+# rely on, with more allowed. tests/test_openapi.py checks real answers against them.
+
+
+class Answer(BaseModel):
+    """Base for the JSON a route answers with."""
+
+
+class Partial(Answer):
+    model_config = ConfigDict(extra="allow")
+
+
+class Page(Query):
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+    limit: int = Field(50, ge=1, le=500, description="at most this many")
+
+
+def _csv(what: str) -> Any:
+    return Field(None, description=f"comma-separated {what}; any of them matches")
+
+
+class TaskQuery(Page):
+    state: str | None = _csv("states (queued, running, succeeded, dead, ...)")
+    agent: str | None = _csv("agent names")
+    trigger: str | None = _csv("trigger slugs")
+    concurrency_key: str | None = _csv("concurrency keys")
+    key: int | None = Field(None, description="the id of the API key that submitted it")
+    since: float | None = Field(None, description="created at or after (Unix seconds)")
+    until: float | None = Field(None, description="created before (Unix seconds)")
+    q: str | None = Field(
+        None, description="words in the prompt or the log, all of them; the last is a prefix"
+    )
+
+
+class LogQuery(Query):
+    after: int = Field(0, ge=0, le=2**62, description="lines after this sequence number")
+    limit: int = Field(1000, ge=1, le=10000, description="at most this many lines")
+
+
+class StreamQuery(Query):
+    after: int = Field(0, description="resume after this sequence number (or Last-Event-ID)")
+
+
+class Attempt(Answer):
+    """One run of a task."""
+
+    id: int
+    task_id: int
+    number: int = Field(description="1 for the first attempt")
+    agent: str
+    state: Literal["starting", "running", "succeeded", "failed", "timed_out", "crashed",
+                   "cancelled"]  # fmt: skip
+    argv: list[str] | None
+    pid: int | None
+    pgid: int | None
+    workspace: str | None
+    exit_code: int | None
+    error: str | None
+    retryable: bool
+    rate_limited_until: float | None
+    usage: dict[str, Any] = Field(description="tokens, cost and the like, as the CLI reported")
+    log_bytes: int
+    started_at: float
+    finished_at: float | None
+    resumed_session: str | None
+
+
+class Task(Answer):
+    """A task."""
+
+    id: int
+    state: Literal["queued", "assigned", "accepted", "running", "succeeded", "failed",
+                   "timed_out", "cancelled", "dead"]  # fmt: skip
+    agent: str | None
+    selector: list[Any]
+    trigger_slug: str | None
+    delivery_id: int | None
+    prompt: str
+    params: dict[str, Any]
+    flags: list[Any]
+    priority: int
+    concurrency_key: str | None
+    concurrency_limit: int | None
+    max_attempts: int
+    timeout_s: int
+    attempts: int = Field(description="attempts so far")
+    next_attempt_at: float
+    cancel_requested: bool
+    api_key_id: int | None
+    last_error: str | None
+    exit_code: int | None
+    log_seq: int = Field(description="the sequence number of its last log line")
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    origin: dict[str, Any] | None = Field(description="the GitHub issue or pull request")
+    waiting_reason: str | None = Field(None, description="why a queued task cannot start yet")
+
+
+class TaskDetail(Task):
+    """A task with its attempts and what it reported where."""
+
+    attempt_list: list[Attempt]
+    reports: list[dict[str, Any]]
+
+
+class TaskList(Answer):
+    """A page of tasks, newest first."""
+
+    tasks: list[Task]
+    next_cursor: str | None
+
+
+class TaskBatch(Answer):
+    """The tasks of a batch, in the order sent."""
+
+    tasks: list[Task]
+
+
+class Submitted(RootModel[Task | TaskBatch]):
+    """The task, or the tasks of a batch."""
+
+
+class LogLine(Answer):
+    seq: int
+    attempt: int
+    stream: Literal["stdout", "stderr", "system"]
+    text: str = Field(description="as the run wrote it, terminal colours included")
+    ts: float
+
+
+class LogLines(Answer):
+    """Log lines in sequence order."""
+
+    lines: list[LogLine]
+
+
+class BulkDone(Answer):
+    """How many tasks matched (dry_run) or were retried or cancelled."""
+
+    action: Literal["retry", "cancel"]
+    dry_run: bool
+    count: int
+
+
+class AgentQuery(Query):
+    capability: str | None = Field(None, description="comma-separated; agents having all")
+    state: str | None = _csv("states")
+    backend: str | None = Field(None, description="shell, claude, codex, external, ...")
+
+
+class Agent(Partial):
+    """An agent (more fields may follow)."""
+
+    id: int
+    name: str
+    backend: str
+    state: str
+    enabled: bool
+    capabilities: list[str]
+    concurrency: int
+    created_at: float
+    updated_at: float
+
+
+class AgentList(Answer):
+    """The agents, by name."""
+
+    agents: list[Agent]
+
+
+class Trigger(Partial):
+    """A trigger, never its secret (more fields may follow)."""
+
+    id: int
+    slug: str
+    name: str
+    kind: str
+    agent: str | None
+    enabled: bool
+    prompt_template: str
+    created_at: float
+    updated_at: float
+
+
+class TriggerList(Answer):
+    """The triggers."""
+
+    triggers: list[Trigger]
+
+
+class AlertQuery(Page):
+    state: Literal["open", "firing", "acknowledged", "resolved"] | None = Field(
+        None, description="open: every state but resolved"
+    )
+    rule: str | None = Field(None, description="a rule name")
+
+
+class Alert(Answer):
+    """An alert."""
+
+    id: int
+    rule: str
+    state: Literal["firing", "acknowledged", "resolved"]
+    severity: str
+    value: float
+    threshold: float
+    message: str
+    fired_at: float
+    last_seen_at: float
+    notified_at: float | None
+    acknowledged_at: float | None
+    acknowledged_by: str | None
+    resolved_at: float | None
+    resolved_by: str | None
+
+
+class AlertList(Answer):
+    """A page of alerts, newest first."""
+
+    alerts: list[Alert]
+    next_cursor: str | None
+
+
+class Rule(Answer):
+    name: str
+    measures: str
+    direction: Literal["above", "below"]
+    threshold: float
+    window_s: int
+    cooldown_s: int
+    severity: str
+    enabled: bool
+    updated_at: float | None
+
+
+class RuleList(Answer):
+    """The alert rules."""
+
+    rules: list[Rule]
+
+
+class AuditQuery(Page):
+    limit: int = Field(100, ge=1, le=500, description="at most this many")
+    key_id: int | None = Field(None, ge=0, le=2**62)
+    actor: str | None = None
+    via: str | None = Field(None, description="api, dashboard, cli, ...")
+    action: str | None = Field(None, description="e.g. tasks.tasks_create")
+    status: int | None = Field(None, ge=0, le=2**62, description="the HTTP status answered")
+    since: float | None = Field(None, description="at or after (Unix seconds)")
+    until: float | None = Field(None, description="before (Unix seconds)")
+
+
+class AuditEntry(Answer):
+    id: int
+    chain: int
+    ts: float
+    key_id: int | None
+    actor: str
+    via: str
+    action: str
+    target: str
+    status: int | None
+    request_id: str | None
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditList(Answer):
+    """A page of audit entries, newest first."""
+
+    entries: list[AuditEntry]
+    next_cursor: str | None
+
+
+class Backup(Answer):
+    file: str
+    path: str
+    size: int = Field(description="bytes")
+    created_at: float
+
+
+class BackupList(Answer):
+    """The backups on disk, newest first."""
+
+    backups: list[Backup]
+
+
+class DeadLetterQuery(Query):
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+    limit: int = Field(100, ge=1, le=1000, description="at most this many")
+    reason: str | None = None
+    receiver: str | None = None
+    sender: str | None = None
+    performative: str | None = None
+    conversation_id: str | None = None
+
+
+class DeadLetter(Partial):
+    """A message that could not be delivered (its message fields, and why)."""
+
+    id: int
+    reason: str
+    detail: str | None
+    dead_at: float | None
+    replays: int
+    original_receiver: str | None
+    delivered_at: float | None
+
+
+class DeadLetterList(Answer):
+    """A page of dead letters, newest first."""
+
+    dead_letters: list[DeadLetter]
+    next_cursor: str | None
+
+
+class ConversationQuery(Query):
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+    limit: int = Field(50, ge=1, le=500, description="at most this many")
+    agent: str | None = Field(None, description="conversations this agent sent or received in")
+
+
+class ThreadQuery(Query):
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+    limit: int = Field(500, ge=1, le=5000, description="at most this many messages")
+
+
+class ConversationList(Partial):
+    """A page of conversations, most recently active first."""
+
+    conversations: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class LeaseQuery(Query):
+    wait: float = Field(0.0, ge=0, description="seconds to wait for a message (up to the limit)")
+    limit: int = Field(10, ge=1, description="at most this many (up to MESSAGE_BATCH_MAX)")
+    visibility: float | None = Field(None, ge=0, description="seconds to ack them in")
+
+
+class MailboxStreamQuery(Query):
+    limit: int = Field(100, ge=1, description="at most this many per lease")
+    visibility: float | None = Field(None, ge=0, description="seconds to ack them in")
+    last_event_id: int | None = Field(None, description="resume after this message id")
+
+
+class Metrics(Partial):
+    """Figures over the last hour (window_s)."""
+
+    window_s: float
+    tasks: dict[str, int] = Field(description="tasks by state")
+    queue: dict[str, float] = Field(
+        description="due, waiting_retry (not due yet), failed_retrying, oldest_age_s"
+    )
+    attempts: dict[str, float | None]
+    agents: dict[str, float]
+    deliveries: dict[str, int]

@@ -13,17 +13,30 @@ from pydantic import Field, RootModel, model_validator
 from app import accounts, db, events, executions, reports, sandbox
 from app.api import (
     Body,
+    answer_model,
     arg_int,
     body_model,
     json_body,
     newest_first,
     or_404,
     parse_body,
+    query_model,
     validate,
 )
 from app.auth import requires, streams
 from app.dedupe import body_hash, find, first_tasks, remember
 from app.errors import ApiError
+from app.openapi import (
+    BulkDone,
+    LogLines,
+    LogQuery,
+    StreamQuery,
+    Submitted,
+    TaskDetail,
+    TaskList,
+    TaskQuery,
+)
+from app.openapi import Task as TaskAnswer
 from app.queue import CANCELLABLE, FINISHED, RETRYABLE_STATES, create_task, create_tasks, wake
 from app.streams import sse, sse_response, task_feed
 from app.triggers import plan_from_trigger
@@ -153,6 +166,7 @@ def plan_batch(bodies: list[TaskIn]) -> list[dict]:
 @bp.post("/api/v1/tasks")
 @requires("developer")
 @body_model(SubmitIn)
+@answer_model(Submitted, 202)
 def tasks_create():
     """Submit work: an agent and a prompt, or a trigger and params; or {"tasks": [...]}.
 
@@ -219,6 +233,8 @@ def queue_task(plan: dict, api_key_id: int | None, once: tuple[str, str] | None 
 
 @bp.get("/api/v1/tasks")
 @requires("viewer")
+@query_model(TaskQuery)
+@answer_model(TaskList)
 def tasks_list():
     """List tasks, newest first; filter by state, agent, trigger, key, time, or search with `q`."""
     where, params = filters_sql(request.args)
@@ -278,6 +294,7 @@ def filters_sql(args) -> tuple[list[str], list[Any]]:
 
 @bp.get("/api/v1/tasks/<int:task_id>")
 @requires("viewer")
+@answer_model(TaskDetail)
 def tasks_get(task_id: int):
     """Get one task with its attempts, their usage, and what it reported where."""
     row = get_task(task_id)
@@ -294,6 +311,8 @@ def task_reports(task_id: int) -> list[dict]:
 
 @bp.get("/api/v1/tasks/<int:task_id>/logs")
 @requires("viewer")
+@query_model(LogQuery)
+@answer_model(LogLines)
 def tasks_logs(task_id: int):
     """Read log lines after sequence number `after`."""
     get_task(task_id)
@@ -318,6 +337,7 @@ class BulkIn(Body):
 @bp.post("/api/v1/tasks/bulk")
 @requires("operator")
 @body_model(BulkIn)
+@answer_model(BulkDone)
 def tasks_bulk():
     """Retry or cancel every task matching a filter; dry_run (default) only counts."""
     body = parse_body(BulkIn)
@@ -338,6 +358,7 @@ def tasks_bulk():
 
 @bp.post("/api/v1/tasks/<int:task_id>/cancel")
 @requires("developer")
+@answer_model(TaskAnswer, 202)
 def tasks_cancel(task_id: int):
     """Cancel a task: a queued one at once, a running one by stopping its process group."""
     get_task(task_id)
@@ -348,6 +369,7 @@ def tasks_cancel(task_id: int):
 
 @bp.post("/api/v1/tasks/<int:task_id>/retry")
 @requires("developer")
+@answer_model(TaskAnswer, 202)
 def tasks_retry(task_id: int):
     """Run a finished task again from the start, as a new attempt."""
     get_task(task_id)
@@ -359,6 +381,7 @@ def tasks_retry(task_id: int):
 @bp.get("/api/v1/tasks/<int:task_id>/stream")
 @requires("viewer")
 @streams
+@query_model(StreamQuery)
 def tasks_stream(task_id: int):
     """Stream log lines and state changes as SSE; resumes after Last-Event-ID."""
     get_task(task_id)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+
+import pytest
+
+from tests.dashboard_helpers import add_task
+from tests.pipeline_helpers import call, shell_agent, webhook_trigger
 
 
 def test_it_describes_the_api_in_openapi_3_1(client):
@@ -39,3 +45,121 @@ def test_it_renders_the_docs_page_offline(client):
     assert not re.search(r"""(src|href)=["']https?://""", html)
     for attrs, body in re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S):
         assert 'src="/' in attrs and not body.strip(), attrs
+
+
+# --- parameters and answers declared by the routes (issue 16) ----------------------------
+
+
+@pytest.fixture
+def world(app, client, alice, bob):
+    """An agent, a trigger, a task with a failed attempt and a log line, an alert, a backup."""
+    assert call(client, bob, "POST", "/api/v1/agents", shell_agent())[0] == 201
+    assert call(client, bob, "POST", "/api/v1/triggers", webhook_trigger())[0] == 201
+    task_id = add_task(app, logs=["one"], attempts=[{"state": "failed", "usage": {"tokens": 3}}])
+    assert call(client, alice, "POST", "/api/v1/backups")[0] < 300
+    return {"task_id": task_id, "name": "echo", "slug": "hook"}
+
+
+def declared(app, attr: str):
+    """(rule, method, view) for every API route whose view declares `attr`."""
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions[rule.endpoint]
+        if rule.rule.startswith("/api/") and getattr(view, attr, None) is not None:
+            for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+                yield rule, method, view
+
+
+def filled(rule, values: dict) -> str | None:
+    names = re.findall(r"<(?:\w+:)?(\w+)>", rule.rule)
+    if any(n not in values for n in names):
+        return None
+    return re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), rule.rule)
+
+
+def undeclared(schema: dict, data, schemas: dict, where: str = "") -> list[str]:
+    """Keys in `data` its schema does not describe (where it allows no others)."""
+    while "$ref" in schema:
+        schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+    options = [s for s in schema.get("anyOf", []) if s.get("type") != "null"]
+    if options:
+        return min((undeclared(s, data, schemas, where) for s in options), key=len)
+    found = []
+    if isinstance(data, dict) and "properties" in schema:
+        props = schema["properties"]
+        if schema.get("additionalProperties") is not True:
+            found += [f"{where}.{k}" for k in data if k not in props]
+        for key, value in data.items():
+            if key in props:
+                found += undeclared(props[key], value, schemas, f"{where}.{key}")
+    elif isinstance(data, list) and isinstance(schema.get("items"), dict):
+        for item in data[:3]:
+            found += undeclared(schema["items"], item, schemas, f"{where}[]")
+    return found
+
+
+def test_it_describes_query_parameters_and_answers_of_list_routes(client):
+    spec = client.get("/openapi.json").get_json()
+    listing = spec["paths"]["/api/v1/tasks"]["get"]
+    params = {p["name"]: p for p in listing["parameters"]}
+    assert {"q", "state", "cursor", "limit"} <= set(params)
+    assert params["limit"]["in"] == "query"
+    assert params["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 500,
+                                         "default": 50}  # fmt: skip
+    answer = listing["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/TaskList"}
+    items = spec["components"]["schemas"]["TaskList"]["properties"]["tasks"]["items"]
+    assert items == {"$ref": "#/components/schemas/Task"}
+    assert "202" in spec["paths"]["/api/v1/tasks"]["post"]["responses"]
+
+
+def test_it_keeps_internal_comments_out_of_the_spec_and_docs(client):
+    spec = client.get("/openapi.json").get_json()
+    assert "The view validates" not in json.dumps(spec)
+    html = client.get("/docs").get_data(as_text=True)
+    assert "The view validates" not in html
+
+
+def test_it_resolves_refs_and_shows_backticks_as_code_on_the_docs_page(client):
+    html = client.get("/docs").get_data(as_text=True)
+    assert "$ref" not in html
+    assert "`" not in html
+    assert "<code>q</code>" in html  # from the summary of GET /api/v1/tasks
+    # POST /api/v1/tasks: one of a task or a batch, each with its fields.
+    assert "<code>TaskIn</code>" in html and "<code>TaskBatchIn</code>" in html
+    assert "<code>prompt</code>" in html and "at most 262144 characters" in html
+
+
+def test_it_answers_as_the_declared_answer_models_say(app, client, alice, world):
+    spec = client.get("/openapi.json").get_json()
+    schemas = spec["components"]["schemas"]
+    checked = 0
+    for rule, method, view in declared(app, "answer_model"):
+        path = filled(rule, world)
+        if method != "GET" or path is None:
+            continue
+        status, data = call(client, alice, "GET", path)
+        assert status == view.answer_status, (path, data)
+        view.answer_model.model_validate(data)
+        schema = {"$ref": f"#/components/schemas/{view.answer_model.__name__}"}
+        assert undeclared(schema, data, schemas) == [], path
+        checked += 1
+    assert checked >= 3
+
+
+def test_it_refuses_query_values_outside_the_declared_bounds(app, client, alice, world):
+    checked = 0
+    for rule, method, view in declared(app, "query_model"):
+        path = filled(rule, world)
+        if method != "GET" or path is None or getattr(view, "accepts_token", False):
+            continue
+        props = view.query_model.model_json_schema()["properties"]
+        for name, prop in props.items():
+            for bound, step in (("minimum", -1), ("maximum", 1)):
+                if bound in prop:
+                    status, data = call(client, alice, "GET", f"{path}?{name}={prop[bound]}")
+                    assert status == 200, (path, name, prop[bound], data)
+                    status, data = call(client, alice, "GET", f"{path}?{name}={prop[bound] + step}")
+                    assert status == 400, (path, name, prop[bound] + step)
+                    assert set(data) == {"error"}
+                    checked += 1
+    assert checked >= 3
