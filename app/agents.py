@@ -21,10 +21,10 @@ from typing import Annotated, Any, Literal
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
-from app import crypto, db, events, github
+from app import crypto, db, events, github, openapi
 from app.accounts import NAME as ACCOUNT
 from app.accounts import account_of
-from app.api import Body, body_model, or_404, parse_body
+from app.api import Body, answer_model, body_model, or_404, parse_body, query_model
 from app.auth import allows, create_key, requires
 from app.commands import DEFAULT_BINARIES, validate_agent_command, validate_model
 from app.errors import ApiError
@@ -374,6 +374,8 @@ def new_agent_key(conn, agent_id: int, name: str) -> tuple[int, str]:
 @bp.get("/api/v1/agents")
 @requires("viewer")
 @agent_scoped
+@query_model(openapi.AgentQuery)
+@answer_model(openapi.AgentList)
 def agents_list():
     """List agents; ?capability=a,b keeps those having all of them; ?state= and ?backend=."""
     wanted = {c for c in request.args.get("capability", "").split(",") if c}
@@ -414,6 +416,7 @@ def agents_create():
 @bp.get("/api/v1/agents/<name>")
 @requires("viewer")
 @agent_scoped
+@answer_model(openapi.Agent)
 def agents_get(name: str):
     """Get one agent, with its mailbox depth."""
     data = agent_json(get_agent(name))

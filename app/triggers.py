@@ -23,8 +23,16 @@ from croniter import croniter
 from flask import Blueprint, Flask, current_app, jsonify
 from pydantic import Field, field_validator
 
-from app import crypto, db, dedupe, events, prompts
-from app.api import Body, body_model, loads, or_404, parse_body, public_url
+from app import crypto, db, dedupe, events, openapi, prompts
+from app.api import (
+    Body,
+    answer_model,
+    body_model,
+    loads,
+    or_404,
+    parse_body,
+    public_url,
+)
 from app.auth import requires
 from app.errors import ApiError, Conflict
 from app.matching import LIST_FIELDS, SAMPLE_CONTEXT, match, plan
@@ -252,6 +260,7 @@ def update_trigger(row, changes: dict) -> None:
 
 @bp.get("/api/v1/triggers")
 @requires("viewer")
+@answer_model(openapi.TriggerList)
 def triggers_list():
     """List triggers."""
     rows = db.query_all("SELECT * FROM triggers ORDER BY slug")
@@ -274,6 +283,7 @@ def triggers_create():
 
 @bp.get("/api/v1/triggers/<slug>")
 @requires("viewer")
+@answer_model(openapi.Trigger)
 def triggers_get(slug: str):
     """Get one trigger (never its secret)."""
     return jsonify(trigger_json(get_trigger(slug)))
