@@ -51,6 +51,8 @@ USAGE_LINE_MAX = 8 * 1024 * 1024
 
 # The longest a reader keeps the event loop while its pipe stays full.
 READ_TURN_S = 0.005
+# Attempts of one task that may end at a usage limit without using up an attempt.
+MAX_LIMITED = 24
 # How often the sandbox is probed again while it cannot start runs.
 SANDBOX_RETRY_S = 30.0
 
@@ -405,7 +407,8 @@ class Run:
             self._finish("cancelled", code, "cancelled")
         elif limited:
             state = "timed_out" if outcome == "timed_out" else "failed"
-            self._finish(state, code, None, limit=(reset, self.limit_kind or "rate limit"))
+            kind = self.limit_kind or "rate limit"
+            self._finish(state, code, f"{self.backend} {kind}", limit=(reset, kind))
         elif outcome == "timed_out":
             self._finish("timed_out", code, f"timed out after {task['timeout_s']} s")
         elif code == 0:
@@ -545,7 +548,14 @@ class Run:
                 return []  # a newer attempt or a finished task: this run's result is stale
             t = time.time()
             evs, reason, until = [], error, None
-            if limit is not None and self.account is not None:
+            limited_before = conn.execute(
+                "SELECT count(*) FROM attempts WHERE task_id = ? AND number < ?"
+                " AND rate_limited_until IS NOT NULL",
+                (self.task_id, self.attempt),
+            ).fetchone()[0]
+            # A run that always ends at "a limit" (an api_retry before some other
+            # failure) must not retry for ever: past MAX_LIMITED, limits count too.
+            if limit is not None and self.account is not None and limited_before < MAX_LIMITED:
                 what = f"{self.backend} {limit[1]}"
                 until, paused = accounts.pause(conn, self.account, limit[0], what, self.task_id, t)
                 evs.append(paused)
