@@ -93,9 +93,12 @@ TARGET = {"start": "running", "drain": "draining", "stop": "stopped"}
 def sweep(conn, t: float, offline_after: float) -> list[dict]:
     """Mark silent external agents offline and finish drains; return the events."""
     evs = []
+    # Only an agent that has been alive can fall silent: one still waiting for its
+    # first heartbeat stays `registered`, or following the register page's example a
+    # few minutes later fired agents_offline before the agent ever ran (issue 16).
     for row in conn.execute(
         "SELECT * FROM agents WHERE backend = 'external' AND state IN ('registered', 'running')"
-        " AND coalesce(heartbeat_at, created_at) < ?",
+        " AND heartbeat_at < ?",
         (t - offline_after,),
     ).fetchall():
         ev = set_state(conn, row, "offline", f"no heartbeat for {offline_after:g}s", t)
