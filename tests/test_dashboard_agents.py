@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -428,3 +429,36 @@ def test_it_lets_only_developers_register_and_operators_replace_keys(
     assert post(client, "/agents/register", token, name="sneaky").status_code == 403
     assert post(client, "/agents/remote/key", token).status_code == 403
     assert count_agents(app) == 1
+
+
+def test_it_gives_an_example_that_keeps_a_new_agent_online(app, client, dave, signin):
+    from app.messages.mailboxes import sweep_now
+    from app.ops import alerts
+
+    token = signin(client, dave)
+    resp = post(client, "/agents/register", token, name="remote", rate_tier="standard")
+    page = resp.get_data(as_text=True)
+    key = shown_key(page)
+    # The example carries the key shown on the page, not a placeholder.
+    assert f"export AGENTED_API_KEY='{key}'" in page and "'KEY'" not in page
+    example = re.search(r'<pre class="wrap" id="agent-example">(.*?)</pre>', page, re.S)[1]
+    assert example.index("/heartbeat") < example.index("/messages?wait=")
+    assert "while true" in example
+    later = time.time() + app.config["AGENT_OFFLINE_S"] * 10
+
+    # Read and copied a while before running: still waiting, never offline.
+    sweep_now(app, later)
+    assert one(app, "SELECT state FROM agents WHERE name = 'remote'")[0] == "registered"
+    assert alerts.measure(app.config, later)["agents_offline"] == 0
+
+    # Following the example: a heartbeat, then a poll of its mailbox.
+    headers = {"X-API-Key": key}
+    assert client.post("/api/v1/agents/remote/heartbeat", headers=headers).status_code == 200
+    assert int(re.search(r"messages\?wait=(\d+)", example)[1]) <= app.config["AGENT_HEARTBEAT_S"]
+    assert client.get("/api/v1/agents/remote/messages", headers=headers).status_code == 200
+    sweep_now(app, time.time() + 1)
+    assert one(app, "SELECT state FROM agents WHERE name = 'remote'")[0] == "running"
+    assert alerts.measure(app.config, time.time())["agents_offline"] == 0
+    # Once alive, falling silent is offline as before.
+    sweep_now(app, later)
+    assert one(app, "SELECT state FROM agents WHERE name = 'remote'")[0] == "offline"
