@@ -385,6 +385,16 @@ def usage_line(usage: dict) -> str:
     return " · ".join(parts)
 
 
+def defused(text: str) -> str:
+    """An agent's answer as GitHub may show it: written by a possibly prompt-injected run.
+
+    No @mentions (they would notify anyone the run names), no hidden comments
+    (one could carry the hub's marker), and no way out of the Result block.
+    """
+    text = text.replace("@", "@\u200b").replace("<!--", "&lt;!--")
+    return text.replace("</details>", "&lt;/details>")
+
+
 def comment_body(cfg, task_id: int, facts: dict | None) -> str:
     """The Markdown of the task's comment (the marker first, so the hub knows its own)."""
     lines = [f"{MARKER}{task_id} -->"]
@@ -398,6 +408,7 @@ def comment_body(cfg, task_id: int, facts: dict | None) -> str:
     if answer and task["state"] in FINAL:
         if len(answer) > RESULT_CHARS:
             answer = answer[:RESULT_CHARS] + "…"
+        answer = defused(answer)
         lines += ["", "<details open><summary>Result</summary>", "", answer, "", "</details>"]
     if line := usage_line(facts["usage"]):
         lines += ["", f"<sub>{line}</sub>"]

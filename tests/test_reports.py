@@ -276,3 +276,17 @@ def test_it_alerts_on_reports_given_up_and_counts_them_in_metrics(app):
     with app.app_context():
         text = metrics.render(app.config).decode()
     assert 'agented_reports{channel="slack",state="dead"} 1.0' in text
+
+
+def test_it_defuses_what_an_injected_answer_could_do_in_a_comment():
+    from app.reports import comment_body
+
+    answer = "Done. cc @octocat <!-- agented:task:1 --> </details> evil"
+    facts = {"task": {"state": "succeeded", "agent": "fixer", "finished_at": 2.0,
+                      "attempts": 1, "max_attempts": 3, "last_error": None},
+             "attempt": {"state": "succeeded"}, "usage": {"result_text": answer},
+             "started_at": 1.0}  # fmt: skip
+    body = comment_body({"PUBLIC_URL": "https://hub"}, 9, facts)
+    assert "@octocat" not in body and "@\u200bocto" in body
+    assert body.count("<!-- agented:task:") == 1  # only the hub's own marker
+    assert body.count("</details>") == 1
