@@ -220,6 +220,7 @@ def guard() -> Any:
             return None
         if g.key is None:
             return redirect(url_for("auth.signin_get", next=request.full_path))
+        _touch(g.key)  # using the dashboard is using its key (its "Last used")
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             check_csrf()
         if not allows(g.key, needed):
@@ -346,6 +347,7 @@ def signin_post():
     session.clear()
     session["key_id"] = key["id"]
     session["sid"] = start_session(key["id"])
+    _touch(key)  # signing in uses the key
     session["csrf"] = secrets.token_urlsafe(24)
     session.permanent = True
     # Only same-site paths: an open redirect would turn sign-in into a phishing aid.

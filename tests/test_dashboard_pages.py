@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.dashboard_helpers import add_agent, add_delivery, add_task, post
+from tests.dashboard_helpers import add_agent, add_delivery, add_task, one, post
 
 PAGES = ["/", "/tasks", "/triggers", "/agents", "/deliveries", "/dead", "/keys", "/health"]
 
@@ -205,3 +205,11 @@ def test_it_lets_other_pages_import_the_macros_without_context(app, client, bob,
     signin(client, bob)
     html = client.get("/alerts").get_data(as_text=True)
     assert 'name="csrf_token" value="' in html
+
+
+def test_it_counts_signing_in_and_using_the_dashboard_as_using_the_key(app, client, dave, signin):
+    signin(client, dave)
+    assert one(app, "SELECT last_used_at FROM api_keys WHERE name = 'dave'")[0] is not None
+    html = client.get("/keys").get_data(as_text=True)
+    row = re.search(r"<tr>\s*<td>dave.*?</tr>", html, re.S).group(0)
+    assert "just now" in row and "—" not in row
