@@ -537,15 +537,20 @@ def _secrets(cfg, target: dict) -> dict:
     return json.loads(crypto.decrypt(target["enc"], cfg["SECRET_KEY"]))
 
 
+def slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_text(cfg, payload: dict) -> str:
     data = payload["data"]
     if payload["type"] == "account.paused":
         until = time.strftime("%H:%M UTC", time.gmtime(data["paused_until"]))
         return (f":double_vertical_bar: Account {data['account']} paused until {until}:"
-                f" {data['reason']}")  # fmt: skip
+                f" {slack_escape(data['reason'])}")  # fmt: skip
     icon = {"succeeded": ":white_check_mark:", "dead": ":x:"}.get(data["state"], ":stop_button:")
     source = f" from {data['trigger']}" if data.get("trigger") else ""
-    error = f": {data['error']}" if data.get("error") else ""
+    # Slack reads <…> as links and mentions (<!channel>): a run's error text may not.
+    error = f": {slack_escape(str(data['error']))}" if data.get("error") else ""
     link = f"<{task_url(cfg, data['task_id'])}|task #{data['task_id']}>"
     return f"{icon} {link}{source} {data['state']} (agent {data['agent']}){error}"
 
