@@ -24,13 +24,15 @@ from typing import Literal
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
-from app import db, events, sandbox
+from app import db, events, openapi, sandbox
 from app.api import (
     Body,
+    answer_model,
     body_model,
     newest_first,
     or_404,
     parse_body,
+    query_model,
 )
 from app.auth import requires
 from app.background import offload
@@ -264,6 +266,7 @@ class RuleUpdate(Body):
 
 @bp.get("/api/v1/alerts/rules")
 @requires("viewer")
+@answer_model(openapi.RuleList)
 def rules_list():
     """List the alert rules with their thresholds."""
     return jsonify({"rules": list(rules(db.get_db()).values())})
@@ -304,6 +307,8 @@ def rules_update(name: str):
 
 @bp.get("/api/v1/alerts")
 @requires("viewer")
+@query_model(openapi.AlertQuery)
+@answer_model(openapi.AlertList)
 def alerts_list():
     """List alerts, newest first; ?state=open|firing|acknowledged|resolved, ?rule=."""
     where, params = [], []
@@ -324,6 +329,7 @@ def alerts_list():
 
 @bp.get("/api/v1/alerts/<int:alert_id>")
 @requires("viewer")
+@answer_model(openapi.Alert)
 def alerts_get(alert_id: int):
     """Get one alert."""
     row = db.query_one("SELECT * FROM alerts WHERE id = ?", (alert_id,))

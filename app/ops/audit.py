@@ -31,8 +31,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
-from app import db
-from app.api import arg_int, newest_first
+from app import db, openapi
+from app.api import answer_model, arg_int, newest_first, query_model
 from app.auth import requires
 from app.background import offload
 from app.errors import ApiError
@@ -295,6 +295,8 @@ def _float_arg(name: str) -> float | None:
 
 @bp.get("/api/v1/audit")
 @requires("admin")
+@query_model(openapi.AuditQuery)
+@answer_model(openapi.AuditList)
 def audit_list():
     """List audit entries, newest first; filter by key_id, actor, via, action, status, time."""
     where, params = [], []

@@ -14,7 +14,8 @@ import time
 
 from flask import Blueprint, current_app, jsonify
 
-from app import db
+from app import db, openapi
+from app.api import answer_model
 from app.auth import requires
 from app.background import offload
 from app.errors import ApiError
@@ -88,6 +89,7 @@ def health_detail():
 
 @bp.get("/api/v1/backups")
 @requires("operator")
+@answer_model(openapi.BackupList)
 def backups_list():
     """List the backups on disk, newest first."""
     return jsonify({"backups": offload(backup.list_backups, dict(current_app.config))})

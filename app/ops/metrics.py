@@ -30,7 +30,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from app import auth, db, events, streams
+from app import auth, db, events, openapi, streams
+from app.api import answer_model
 from app.auth import requires
 from app.background import offload
 from app.errors import ApiError
@@ -293,6 +294,7 @@ def _person_key(key) -> bool:
 
 @bp.get("/api/v1/metrics")
 @requires("viewer")
+@answer_model(openapi.Metrics)
 def metrics_json():
     """Queue depth, latency, failure rate, agent utilization and deliveries over the last hour."""
     return jsonify(offload(metrics_summary.summary, dict(current_app.config)))
