@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app import db
+from app import db, openapi
 from app.agents import agent_scoped, key_agent_id
-from app.api import arg_int, decode_cursor, encode_cursor
+from app.api import answer_model, arg_int, decode_cursor, encode_cursor, query_model
 from app.auth import requires
 from app.background import offload
 from app.errors import ApiError
@@ -18,6 +18,7 @@ bp = Blueprint("conversations", __name__)
 @bp.get("/api/v1/conversations/<conversation_id>")
 @requires("viewer")
 @agent_scoped
+@query_model(openapi.ThreadQuery)
 def conversations_get(conversation_id: str):
     """Return a conversation's messages in order, one entry per message with its receivers."""
     limit = arg_int("limit", 500, 1, 5000)
@@ -70,6 +71,8 @@ def conversations_get(conversation_id: str):
 
 @bp.get("/api/v1/conversations")
 @requires("viewer")
+@query_model(openapi.ConversationQuery)
+@answer_model(openapi.ConversationList)
 def conversations_list():
     """List conversations, most recently active first; ?agent= keeps one agent's."""
     limit = arg_int("limit", 50, 1, 500)

@@ -12,8 +12,17 @@ import time
 from flask import Blueprint, current_app, jsonify, request
 from pydantic import Field, model_validator
 
-from app import db, events
-from app.api import Body, arg_int, body_model, decode_cursor, encode_cursor, parse_body
+from app import db, events, openapi
+from app.api import (
+    Body,
+    answer_model,
+    arg_int,
+    body_model,
+    decode_cursor,
+    encode_cursor,
+    parse_body,
+    query_model,
+)
 from app.auth import requires
 from app.background import offload
 from app.errors import ApiError
@@ -85,6 +94,8 @@ def dead_json(row) -> dict:
 
 @bp.get("/api/v1/message-dead-letters")
 @requires("viewer")
+@query_model(openapi.DeadLetterQuery)
+@answer_model(openapi.DeadLetterList)
 def dead_letters_list():
     """List message dead letters, newest first; filter by reason, receiver, sender, performative."""
     limit = arg_int("limit", 100, 1, 1000)

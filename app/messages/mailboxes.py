@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import Field
 
-from app import agent_lifecycle, db, events, ratelimit
+from app import agent_lifecycle, db, events, openapi, ratelimit
 from app.agent_lifecycle import acting_as
 from app.agents import agent_scoped, key_agent_id
-from app.api import Body, arg_float, arg_int, body_model, parse_body
+from app.api import Body, arg_float, arg_int, body_model, parse_body, query_model
 from app.auth import requires, streams
 from app.errors import ApiError
 from app.executions import stopping
@@ -190,6 +190,7 @@ def _own_alive(row) -> int | None:
 @bp.get("/api/v1/agents/<name>/messages")
 @requires("viewer")
 @agent_scoped
+@query_model(openapi.LeaseQuery)
 def mailbox_lease(name: str):
     """Lease messages (long-poll with ?wait=s); ack them before ?visibility=s runs out."""
     cfg = current_app.config
@@ -277,6 +278,7 @@ def mailbox_ack(name: str):
 @requires("viewer")
 @agent_scoped
 @streams
+@query_model(openapi.MailboxStreamQuery)
 def mailbox_stream(name: str):
     """Stream leased messages as SSE (`id:` is the message id); resumes after Last-Event-ID."""
     cfg = current_app.config
