@@ -650,3 +650,51 @@ class Metrics(Partial):
     attempts: dict[str, float | None]
     agents: dict[str, float]
     deliveries: dict[str, int]
+
+
+class DeliveryQuery(Page):
+    source: str | None = Field(None, description="github, a trigger's webhook, or replay")
+    trigger_slug: str | None = None
+    signature: str | None = Field(None, description="valid, invalid, missing, ...")
+    dedupe: str | None = Field(None, description="new or duplicate")
+
+
+class DeliveryTask(Answer):
+    id: int
+    state: str
+    agent: str | None
+
+
+class Delivery(Partial):
+    """A received webhook: what it was and what the hub made of it."""
+
+    id: int
+    source: str
+    trigger_slug: str | None
+    delivery_key: str | None
+    event: str | None
+    signature: str
+    dedupe: str
+    verdicts: list[Any] = Field(description="each trigger's verdict on it")
+    status: int | None = Field(description="the HTTP status it was answered with")
+    replay_of: int | None
+    received_at: float
+    body_size: int | None
+    body_sha256: str | None
+
+
+class DeliveryDetail(Delivery):
+    """A delivery with its headers (secrets left out), body and the tasks it started."""
+
+    headers: dict[str, Any]
+    body: str
+    body_truncated: bool
+    payload: Any
+    tasks: list[DeliveryTask]
+
+
+class DeliveryList(Answer):
+    """A page of deliveries, newest first."""
+
+    deliveries: list[Delivery]
+    next_cursor: str | None

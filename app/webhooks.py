@@ -21,8 +21,8 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app import auth, crypto, db, dedupe, events, prompts, reports
-from app.api import loads, newest_first, or_404
+from app import auth, crypto, db, dedupe, events, openapi, prompts, reports
+from app.api import answer_model, loads, newest_first, or_404, query_model
 from app.auth import requires
 from app.errors import ApiError, Conflict, Refused
 from app.github import known_identity
@@ -416,6 +416,8 @@ def delivery_json(row, full: bool = False) -> dict:
 
 @bp.get("/api/v1/deliveries")
 @requires("viewer")
+@query_model(openapi.DeliveryQuery)
+@answer_model(openapi.DeliveryList)
 def deliveries_list():
     """List deliveries, newest first; filter by source, trigger, signature, dedupe."""
     where, params = [], []
@@ -429,6 +431,7 @@ def deliveries_list():
 
 @bp.get("/api/v1/deliveries/<int:delivery_id>")
 @requires("viewer")
+@answer_model(openapi.DeliveryDetail)
 def deliveries_get(delivery_id: int):
     """Get one delivery with headers, body, verdicts and the tasks it started."""
     row = or_404(db.query_one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)), "delivery")

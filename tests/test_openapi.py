@@ -9,7 +9,7 @@ import pytest
 
 from app import db
 from tests.dashboard_helpers import add_task
-from tests.pipeline_helpers import call, shell_agent, webhook_trigger
+from tests.pipeline_helpers import call, shell_agent, sign, webhook_trigger
 
 
 def test_it_describes_the_api_in_openapi_3_1(client):
@@ -53,19 +53,27 @@ def test_it_renders_the_docs_page_offline(client):
 
 @pytest.fixture
 def world(app, client, alice, bob):
-    """An agent, a trigger, a task with a failed attempt and a log line, an alert, a backup."""
+    """An agent, a trigger and a delivery, a task with a failed attempt and a log line, more."""
     assert call(client, bob, "POST", "/api/v1/agents", shell_agent())[0] == 201
-    assert call(client, bob, "POST", "/api/v1/triggers", webhook_trigger())[0] == 201
+    status, trigger = call(client, bob, "POST", "/api/v1/triggers", webhook_trigger())
+    assert status == 201
+    body = json.dumps({"title": "bug"}).encode()
+    headers = {"Content-Type": "application/json", "X-Signature-256": sign(trigger["secret"], body)}
+    assert client.post("/hooks/hook", data=body, headers=headers).status_code == 202
     task_id = add_task(app, logs=["one"], attempts=[{"state": "failed", "usage": {"tokens": 3}}])
     assert call(client, alice, "POST", "/api/v1/backups")[0] < 300
     alert_id = db.write(
-        lambda conn: conn.execute(
-            "INSERT INTO alerts (rule, state, severity, value, threshold, message, fired_at,"
-            " last_seen_at) VALUES ('queue_backlog', 'firing', 'warning', 120, 100, 'm', 1, 2)"
-        ).lastrowid,
+        lambda conn: (
+            conn.execute(
+                "INSERT INTO alerts (rule, state, severity, value, threshold, message, fired_at,"
+                " last_seen_at) VALUES ('queue_backlog', 'firing', 'warning', 120, 100, 'm', 1, 2)"
+            ).lastrowid
+        ),
         app.config["DATABASE"],
     )
-    return {"task_id": task_id, "name": "echo", "slug": "hook", "alert_id": alert_id}
+    delivery_id = call(client, alice, "GET", "/api/v1/deliveries")[1]["deliveries"][0]["id"]
+    return {"task_id": task_id, "name": "echo", "slug": "hook", "alert_id": alert_id,
+            "delivery_id": delivery_id}  # fmt: skip
 
 
 def declared(app, attr: str):
@@ -151,7 +159,7 @@ def test_it_answers_as_the_declared_answer_models_say(app, client, alice, world)
         schema = {"$ref": f"#/components/schemas/{view.answer_model.__name__}"}
         assert undeclared(schema, data, schemas) == [], path
         checked += 1
-    assert checked >= 13
+    assert checked >= 15
 
 
 def test_it_refuses_query_values_outside_the_declared_bounds(app, client, alice, world):
