@@ -86,11 +86,27 @@ fmt: setup
     .venv/bin/ruff check --fix .
     .venv/bin/ruff format .
 
+# Install the load tools the benchmarks use (wrk, hey; redis-server for the reference) when missing.
+bench-deps:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=""
+    for tool in wrk hey redis-server; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
+    if [ -n "$missing" ]; then
+        sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+    fi
+
 # Benchmarks: each bench/*.py prints its figures beside a reference run (bench/_*.py are helpers).
-bench: setup
+bench: setup sandbox-deps bench-deps
     #!/usr/bin/env bash
     set -euo pipefail
     for script in bench/[!_]*.py; do echo "== $script"; .venv/bin/python "$script"; done
+
+# Profile the webhook path: py-spy's raw stacks of the worker under wrk (py-spy installs itself).
+bench-profile out="/tmp/agented-webhook.folded": setup bench-deps
+    .venv/bin/python bench/ingest.py --rounds 1 --profile {{out}}
 
 # Install the systemd unit (run as root on the target machine; see README "Deploy").
 deploy: setup sandbox-deps

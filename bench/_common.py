@@ -188,8 +188,17 @@ class Api:
         if self.key:
             headers["X-API-Key"] = self.key
         data = json.dumps(body).encode() if body is not None else None
-        self.conn.request(method, path, body=data, headers=headers)
-        resp = self.conn.getresponse()
+        try:
+            self.conn.request(method, path, body=data, headers=headers)
+            resp = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # gunicorn closes a keep-alive connection idle for 5 s (its `keepalive`),
+            # which a slow phase elsewhere can outlast; it never read the request, so
+            # sending it again on a new connection is safe.
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            self.conn.request(method, path, body=data, headers=headers)
+            resp = self.conn.getresponse()
         raw = resp.read()
         if resp.status not in expect:
             raise HttpError(resp.status, f"{method} {path}: HTTP {resp.status}: {raw[:500]!r}")
