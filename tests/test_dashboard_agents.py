@@ -96,7 +96,7 @@ def test_it_creates_a_shell_agent_with_its_argv_one_item_per_line(app, operator)
     ("changes", "field", "message"),
     [
         ({"backend": "shell", "command": ""}, "command", "needs a command"),
-        ({"name": "Bad Name"}, "name", "should match pattern"),
+        ({"name": "Bad Name"}, "name", "starting with a letter or digit"),
         ({"name": "hub"}, "name", "is reserved"),
         ({"workdir_policy": "worktree"}, "repository", "needs a repository"),
         ({"concurrency": "0"}, "concurrency", "greater than or equal to 1"),
@@ -462,3 +462,29 @@ def test_it_gives_an_example_that_keeps_a_new_agent_online(app, client, dave, si
     # Once alive, falling silent is offline as before.
     sweep_now(app, later)
     assert one(app, "SELECT state FROM agents WHERE name = 'remote'")[0] == "offline"
+
+
+def test_it_shows_every_fields_error_at_once_in_words(app, operator):
+    resp = create(operator, name="Bad Name!", backend="shell", command="", concurrency="many",
+                  limit_memory_mb="1")  # fmt: skip
+    assert resp.status_code == 422
+    html = resp.get_data(as_text=True).replace("&#39;", "'")
+    errors = dict(re.findall(r'<p class="field-error" id="([a-z_]+)-error">([^<]*)<', html))
+    assert errors["name"] == (
+        "Use a–z, 0–9, _ . -, starting with a letter or digit, up to 63 characters."
+    )
+    assert "needs a command" in errors["command"]  # not hidden by the bad name
+    assert errors["concurrency"] == "Enter a whole number."
+    assert "greater than or equal to 16" in errors["limit_memory_mb"]
+    assert "pattern" not in html and "[a-z0-9]" not in html
+    assert "Please fix the 4 fields marked below." in html
+    assert count_agents(app) == 0
+
+
+def test_it_says_a_registration_name_rule_in_words(client, dave, signin):
+    token = signin(client, dave)
+    resp = post(client, "/agents/register", token, name="-nope", rate_tier="standard",
+                metadata="[1]")  # fmt: skip
+    html = resp.get_data(as_text=True)
+    assert "starting with a letter or digit, up to 63 characters" in html
+    assert 'id="metadata-error"' in html and 'id="name-error"' in html

@@ -78,7 +78,7 @@ def test_it_refuses_a_cron_template_that_needs_what_a_schedule_does_not_give(ope
         ({"prompt_template": "{{ payload.title"}, "prompt_template", ""),
         ({"kind": "cron", "schedule": "every day"}, "schedule", "valid schedule"),
         ({"timezone": "Mars/Olympus"}, "timezone", "unknown time zone"),
-        ({"slug": "Bad Slug!"}, "slug", "String should match pattern"),
+        ({"slug": "Bad Slug!"}, "slug", "Use a–z, 0–9 and -"),
     ],
 )
 def test_it_rerenders_the_form_with_the_field_error(operator, changes, field, message):
@@ -87,10 +87,25 @@ def test_it_rerenders_the_form_with_the_field_error(operator, changes, field, me
     html = resp.get_data(as_text=True)
     assert f'<p class="field-error" id="{field}-error">' in html
     error = re.search(rf'id="{field}-error">([^<]*)<', html).group(1)
-    assert message in error
+    assert message.lower() in error.lower()
     assert f'aria-describedby="{field}-error"' in html
     # What was typed stays in the form.
     assert 'value="Issue triage"' in html or changes.get("name") == ""
+
+
+def test_it_shows_every_fields_error_at_once(operator):
+    resp = create(operator, name="", slug="Bad Slug!", agent="nobody", priority="high",
+                  match="{not json")  # fmt: skip
+    assert resp.status_code == 422
+    html = resp.get_data(as_text=True).replace("&#39;", "'")
+    errors = dict(re.findall(r'<p class="field-error" id="([a-z_]+)-error">([^<]*)<', html))
+    assert set(errors) == {"name", "slug", "agent", "priority", "match"}
+    assert (
+        errors["slug"]
+        == "Use a–z, 0–9 and -, starting with a letter or digit, up to 63 characters."
+    )
+    assert "No agent named 'nobody'" in errors["agent"]
+    assert "Please fix the 5 fields marked below." in html
 
 
 def test_it_refuses_a_duplicate_slug_on_the_slug_field(operator):

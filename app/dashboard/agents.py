@@ -21,6 +21,7 @@ from app.agents import (
     AgentPatch,
     agent_json,
     agent_secrets,
+    check_runnable,
     delete_agent,
     get_agent,
     register_agent,
@@ -282,21 +283,48 @@ FIELD_HINTS = (("fallback", "fallback"), ("reserved", "name"), ("exists", "name"
 
 
 def checked(model: type[AgentIn] | type[AgentPatch], data: dict, store, errors: dict) -> bool:
-    """Validate `data` with the API's model and store it with `store`; fill `errors` if not."""
-    if errors:
-        return False
+    """Validate `data` with the API's model and store it with `store`; fill `errors` if not.
+
+    Every check runs, whatever failed before it, so the form shows all its errors at
+    once: a bad name must not hide a missing command (issue 16).
+    """
     try:
-        store(validate(model, data).model_dump(exclude_unset=model is AgentPatch))
+        body = validate(model, data).model_dump(exclude_unset=model is AgentPatch)
     except ApiError as exc:
         if isinstance(exc.details, list):  # limits.memory_mb is the input limit_memory_mb
             for item in exc.details:
                 item["field"] = re.sub(r"^limits\.", "limit_", str(item["field"]))
         field_errors(exc, errors)
-        if not exc.details:
-            field = next((f for word, f in FIELD_HINTS if word in exc.message), "form")
-            errors[field] = exc.message[:1].upper() + exc.message[1:]
+        body = None
+    if body is None or errors:
+        if model is AgentIn:
+            runnable_errors(data, errors)
+        return False
+    try:
+        store(body)
+    except ApiError as exc:
+        refused(exc, errors)
         return False
     return True
+
+
+def refused(exc: ApiError, errors: dict) -> None:
+    """A refusal from the API's checks, beside the field its message names."""
+    field_errors(exc, errors)
+    if not exc.details:
+        field = next((f for word, f in FIELD_HINTS if word in exc.message), "form")
+        errors.setdefault(field, exc.message[:1].upper() + exc.message[1:])
+
+
+def runnable_errors(data: dict, errors: dict) -> None:
+    """Run the API's run checks on what the form gave, even when other fields are wrong."""
+    shown = {"command": [], "flags": [], "workdir_policy": "fresh", "repository": None} | data
+    if shown.get("backend") not in LOCAL_BACKENDS:
+        return
+    try:
+        check_runnable(shown)
+    except ApiError as exc:
+        refused(exc, errors)
 
 
 def impact(row) -> dict[str, int]:

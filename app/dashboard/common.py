@@ -67,11 +67,28 @@ def done(message: str, target: str) -> WerkzeugResponse:
     return redirect(target, 303)
 
 
+# The API's name patterns, said in words on a form (a raw regular expression helps nobody).
+PATTERN_WORDS = {
+    r"^[a-z0-9][a-z0-9_.-]{0,62}$": "Use a–z, 0–9, _ . -, starting with a letter or digit,"
+    " up to 63 characters.",
+    r"^(\*|[a-z0-9][a-z0-9_.-]{0,62})$": "Use * or agent names: a–z, 0–9, _ . -, starting"
+    " with a letter or digit, up to 63 characters each.",
+    r"^[a-z0-9][a-z0-9-]{0,62}$": "Use a–z, 0–9 and -, starting with a letter or digit,"
+    " up to 63 characters.",
+    r"^[A-Za-z0-9][A-Za-z0-9_.:/+-]{0,63}$": "Use letters, digits and _ . : / + -, starting"
+    " with a letter or digit, up to 64 characters each.",
+}
+
+
 def field_errors(exc: ApiError, errors: dict[str, str]) -> None:
     """Put a validation error's details beside their fields (the first per field wins)."""
     for item in exc.details if isinstance(exc.details, list) else []:
         field = str(item["field"]).split(".")[0] or "form"
-        errors.setdefault(field, item["message"].removeprefix("Value error, "))
+        message = item["message"].removeprefix("Value error, ")
+        pattern = message.removeprefix("String should match pattern ")
+        if pattern != message:
+            message = PATTERN_WORDS.get(pattern.strip("'"), message)
+        errors.setdefault(field, message)
 
 
 def secret_page(template: str, status: int, **context: Any) -> tuple[str, int, dict]:

@@ -21,6 +21,7 @@ from app.matching import LIST_FIELDS, match, plan
 from app.tasks import TaskIn, plan_task, queue_task
 from app.triggers import (
     TriggerIn,
+    check_for_kind,
     check_trigger,
     get_trigger,
     insert_trigger,
@@ -146,29 +147,34 @@ FIELD_HINTS = (("agent", "agent"), ("selector", "agent"), ("time zone", "timezon
 
 
 def validate_trigger(data: dict, errors: dict[str, str]) -> dict | None:
-    """Validate like the API does; fill `errors` per field and return the clean body or None."""
-    if errors:
-        return None
+    """Validate like the API does; fill `errors` per field and return the clean body or None.
+
+    Every check runs whatever failed before it, so the form shows all its errors at
+    once (issue 16): the model's, then the API's checks on what could be read.
+    """
+    body = None
     try:
         body = validate(TriggerIn, data).model_dump()
     except ApiError as exc:
         field_errors(exc, errors)
-        return None
-    try:
-        check_trigger(body)
-    except ApiError as exc:
-        field = next((f for word, f in FIELD_HINTS if word in exc.message), "form")
-        errors[field] = exc.message
-        return None
-    return body
+    whole = body or data
+    for check in (check_trigger, lambda d: check_for_kind(d["kind"], d["prompt_template"])):
+        try:
+            check(whole)
+        except ApiError as exc:
+            for field, message in refused_field(exc).items():
+                errors.setdefault(field, message)
+    return None if errors else body
 
 
 def refused_field(exc: ApiError) -> dict[str, str]:
-    """A refusal from storing the trigger, beside the field its message names first."""
+    """A refusal from the API's checks, beside the field its message names."""
     field, sep, rest = exc.message.partition(": ")
     if sep and field in (*TEXT_FIELDS, *INT_FIELDS, *LIST_FIELDS, "match"):
         return {field: rest[:1].upper() + rest[1:]}
-    return {"form": exc.message}
+    # check_trigger's messages name the field they are about in words.
+    field = next((f for word, f in FIELD_HINTS if word in exc.message), "form")
+    return {field: exc.message[:1].upper() + exc.message[1:]}
 
 
 def form_page(form: dict, errors: dict, trigger=None, status: int = 200, run: dict | None = None):
