@@ -395,6 +395,7 @@ def agents_list():
 @bp.post("/api/v1/agents")
 @requires("developer")
 @body_model(AgentIn)
+@answer_model(openapi.AgentCreated, 201)
 def agents_create():
     """Register an agent; an external one gets its agent-scoped key, in this answer only."""
     body = parse_body(AgentIn).model_dump()
@@ -429,6 +430,7 @@ def agents_get(name: str):
 @bp.patch("/api/v1/agents/<name>")
 @requires("operator")
 @body_model(AgentPatch)
+@answer_model(openapi.Agent)
 def agents_update(name: str):
     """Change an agent's settings; fields left out keep their value."""
     row = get_agent(name)
@@ -441,6 +443,7 @@ def agents_update(name: str):
 
 @bp.delete("/api/v1/agents/<name>")
 @requires("operator")
+@answer_model(None, 204)
 def agents_delete(name: str):
     """Delete an agent (its keys go with it); its unread messages become dead letters."""
     delete_agent(get_agent(name))

@@ -96,8 +96,11 @@ def query_model(model: type[BaseModel]) -> Callable:
     return mark
 
 
-def answer_model(model: type[BaseModel], status: int = 200) -> Callable:
-    """Record what a view answers with on success, for /openapi.json (tests check answers)."""
+def answer_model(model: type[BaseModel] | None, status: int = 200) -> Callable:
+    """Record what a view answers with on success, for /openapi.json (tests check answers).
+
+    None: an empty answer, such as a 204.
+    """
 
     def mark(view: Callable) -> Callable:
         view.answer_model = model  # type: ignore[attr-defined]

@@ -100,8 +100,10 @@ def operation(rule: Any, method: str, view: Any, schemas: dict) -> dict:
     if getattr(view, "accepts_token", False):
         params = [*params, TOKEN_PARAM]
     answer = getattr(view, "answer_model", None)
-    if answer is not None:
-        status = str(getattr(view, "answer_status", 200))
+    status = str(getattr(view, "answer_status", 200))
+    if answer is None and hasattr(view, "answer_status"):
+        ok: dict = {"description": "no content"}
+    elif answer is not None:
         described = {"description": first_paragraph(answer.__doc__ or "success")}
         ok = described | {"content": {"application/json": {"schema": _component(answer, schemas)}}}
     elif getattr(view, "accepts_token", False):
@@ -210,6 +212,7 @@ def notes(schema: dict) -> str:
     schema = _unwrap(schema)
     bits = [schema["description"]] if schema.get("description") else []
     bits += [text.format(schema[key]) for key, text in NOTES.items() if key in schema]
+    bits = [b.replace("at least 1 items", "at least 1 item") for b in bits]
     if "default" in schema and schema["default"] not in (None, [], {}):
         bits.append(f"default {json.dumps(schema['default'])}")
     return "; ".join(bits)
@@ -456,6 +459,13 @@ class Agent(Partial):
     updated_at: float
 
 
+class AgentCreated(Agent):
+    """The agent; an external one with its agent-scoped key, shown this once."""
+
+    key: str | None = Field(None, description="an external agent's key")
+    key_id: int | None = None
+
+
 class AgentList(Answer):
     """The agents, by name."""
 
@@ -474,6 +484,14 @@ class Trigger(Partial):
     prompt_template: str
     created_at: float
     updated_at: float
+
+
+class TriggerSecret(Answer):
+    """A webhook trigger's new secret, shown this once."""
+
+    slug: str
+    webhook_url: str
+    secret: str
 
 
 class TriggerList(Answer):
@@ -574,6 +592,18 @@ class Backup(Answer):
     created_at: float
 
 
+class BackupMade(Partial):
+    """The backup written, checked with integrity_check."""
+
+    file: str
+    size: int = Field(description="bytes")
+    duration_s: float
+    integrity: str
+    pruned: list[str] = Field(description="older backups removed to keep the newest N")
+    sealed_key: bool = Field(description="the secret key is sealed in with a passphrase")
+    warning: str | None = Field(None, description="why it cannot be restored elsewhere as is")
+
+
 class BackupList(Answer):
     """The backups on disk, newest first."""
 
@@ -607,6 +637,12 @@ class DeadLetterList(Answer):
 
     dead_letters: list[DeadLetter]
     next_cursor: str | None
+
+
+class Purged(Answer):
+    """How many dead letters were deleted."""
+
+    purged: int
 
 
 class ConversationQuery(Query):

@@ -270,6 +270,7 @@ def triggers_list():
 @bp.post("/api/v1/triggers")
 @requires("operator")
 @body_model(TriggerIn)
+@answer_model(openapi.Trigger, 201)
 def triggers_create():
     """Create a trigger; a webhook trigger's secret is in this answer only."""
     body = parse_body(TriggerIn).model_dump()
@@ -292,6 +293,7 @@ def triggers_get(slug: str):
 @bp.patch("/api/v1/triggers/<slug>")
 @requires("operator")
 @body_model(TriggerPatch)
+@answer_model(openapi.Trigger)
 def triggers_update(slug: str):
     """Change a trigger; fields left out keep their value."""
     row = get_trigger(slug)
@@ -311,6 +313,7 @@ def triggers_update(slug: str):
 
 @bp.delete("/api/v1/triggers/<slug>")
 @requires("operator")
+@answer_model(None, 204)
 def triggers_delete(slug: str):
     """Delete a trigger; its tasks and deliveries stay."""
     row = get_trigger(slug)
@@ -320,6 +323,7 @@ def triggers_delete(slug: str):
 
 @bp.post("/api/v1/triggers/<slug>/secret")
 @requires("operator")
+@answer_model(openapi.TriggerSecret)
 def triggers_rotate_secret(slug: str):
     """Replace a webhook trigger's secret; the new one is in this answer only."""
     secret = rotate_secret(get_trigger(slug))

@@ -179,3 +179,46 @@ def test_it_refuses_query_values_outside_the_declared_bounds(app, client, alice,
                     assert set(data) == {"error"}
                     checked += 1
     assert checked >= 5
+
+
+def as_declared(app, client, key: str, method: str, path: str, body=None):
+    """Call a route and check its answer against what the route declares; return the JSON."""
+    endpoint, _ = app.url_map.bind("localhost").match(path, method)
+    view = app.view_functions[endpoint]
+    resp = client.open(path, method=method, json=body, headers={"X-API-Key": key})
+    assert resp.status_code == view.answer_status, (path, resp.get_json(silent=True))
+    if view.answer_model is None:
+        assert resp.get_data() == b""
+        return None
+    data = resp.get_json()
+    view.answer_model.model_validate(data)
+    with app.test_request_context():
+        from app.openapi import build_spec
+
+        schemas = build_spec()["components"]["schemas"]
+    schema = {"$ref": f"#/components/schemas/{view.answer_model.__name__}"}
+    assert undeclared(schema, data, schemas) == [], path
+    return data
+
+
+def test_it_answers_changes_as_declared(app, client, alice, world):
+    external = {"name": "far", "backend": "external"}
+    assert as_declared(app, client, alice, "POST", "/api/v1/agents", external)["key"]
+    as_declared(app, client, alice, "PATCH", "/api/v1/agents/echo", {"concurrency": 2})
+    as_declared(app, client, alice, "DELETE", "/api/v1/agents/far")
+    as_declared(app, client, alice, "POST", "/api/v1/triggers", webhook_trigger(slug="two"))
+    as_declared(app, client, alice, "PATCH", "/api/v1/triggers/two", {"enabled": False})
+    as_declared(app, client, alice, "POST", "/api/v1/triggers/two/secret")
+    as_declared(app, client, alice, "DELETE", "/api/v1/triggers/two")
+    as_declared(app, client, alice, "PATCH", "/api/v1/alerts/rules/loop_lag", {"threshold": 2})
+    as_declared(app, client, alice, "POST", f"/api/v1/alerts/{world['alert_id']}/ack")
+    as_declared(app, client, alice, "POST", f"/api/v1/alerts/{world['alert_id']}/resolve")
+    as_declared(app, client, alice, "POST", "/api/v1/backups")
+    as_declared(app, client, alice, "POST", "/api/v1/message-dead-letters/purge", {"all": True})
+    as_declared(app, client, alice, "POST", f"/api/v1/tasks/{world['task_id']}/cancel")
+    as_declared(app, client, alice, "POST", f"/api/v1/tasks/{world['task_id']}/retry")
+    bulk = {"action": "retry", "state": ["cancelled"]}
+    as_declared(app, client, alice, "POST", "/api/v1/tasks/bulk", bulk)
+    one = {"agent": "echo", "prompt": "hi"}
+    as_declared(app, client, alice, "POST", "/api/v1/tasks", one)
+    as_declared(app, client, alice, "POST", "/api/v1/tasks", {"tasks": [one, one]})

@@ -242,6 +242,7 @@ def dead_letters_redirect():
 @bp.post("/api/v1/message-dead-letters/purge")
 @requires("operator")
 @body_model(Selection)
+@answer_model(openapi.Purged)
 def dead_letters_purge():
     """Delete dead letters for good."""
     sel = parse_body(Selection).model_dump(exclude_none=True)

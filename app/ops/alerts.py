@@ -298,6 +298,7 @@ def save_rule(name: str, changes: dict) -> dict:
 @bp.patch("/api/v1/alerts/rules/<name>")
 @requires("operator")
 @body_model(RuleUpdate)
+@answer_model(openapi.Rule)
 def rules_update(name: str):
     """Change a rule's threshold, window, cooldown, severity or enabled flag (no restart)."""
     if name not in RULES:
@@ -367,6 +368,7 @@ def close_alert(alert_id: int, action: str) -> dict:
 
 @bp.post("/api/v1/alerts/<int:alert_id>/ack")
 @requires("operator")
+@answer_model(openapi.Alert)
 def alerts_ack(alert_id: int):
     """Acknowledge an alert: no more reminders until it resolves."""
     return jsonify(close_alert(alert_id, "acknowledged"))
@@ -374,6 +376,7 @@ def alerts_ack(alert_id: int):
 
 @bp.post("/api/v1/alerts/<int:alert_id>/resolve")
 @requires("operator")
+@answer_model(openapi.Alert)
 def alerts_resolve(alert_id: int):
     """Resolve an alert by hand (it fires again, after the cooldown, if the cause stays)."""
     return jsonify(close_alert(alert_id, "resolved"))

@@ -97,6 +97,7 @@ def backups_list():
 
 @bp.post("/api/v1/backups")
 @requires("admin")
+@answer_model(openapi.BackupMade, 201)
 def backups_create():
     """Back up the database now (online, checked with integrity_check; keeps the newest N)."""
     try:
