@@ -734,3 +734,47 @@ class DeliveryList(Answer):
 
     deliveries: list[Delivery]
     next_cursor: str | None
+
+
+class ChainCheck(Answer):
+    """Whether the audit log's hash chain holds; if not, the first bad row and why."""
+
+    ok: bool
+    rows: int
+    first_bad_id: int | None
+    problem: str | None
+    last_hash: str | None = Field(None, description="when ok: the hash of the last row")
+
+
+class Count(Answer):
+    key: str | None
+    count: int
+
+
+class DeadLetterStats(Answer):
+    """Dead letters counted by reason, receiver, sender, performative and hour."""
+
+    total: int
+    by_reason: list[Count]
+    by_receiver: list[Count]
+    by_sender: list[Count]
+    by_performative: list[Count]
+    by_hour: list[Count] = Field(description="keys like 2026-01-31T14:00:00Z")
+
+
+class Health(Partial):
+    """Every readiness check, storage and process facts."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, dict[str, Any]] = Field(description="by name: ok, and a detail")
+    storage: dict[str, Any]
+    uptime_s: float
+    database: str
+
+
+class Thread(Answer):
+    """A conversation's messages in order, each with its receivers."""
+
+    conversation_id: str
+    messages: list[dict[str, Any]]
+    next_cursor: str | None

@@ -19,6 +19,7 @@ bp = Blueprint("conversations", __name__)
 @requires("viewer")
 @agent_scoped
 @query_model(openapi.ThreadQuery)
+@answer_model(openapi.Thread)
 def conversations_get(conversation_id: str):
     """Return a conversation's messages in order, one entry per message with its receivers."""
     limit = arg_int("limit", 500, 1, 5000)

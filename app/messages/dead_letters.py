@@ -144,6 +144,7 @@ def _stats(path) -> dict:
 
 @bp.get("/api/v1/message-dead-letters/stats")
 @requires("viewer")
+@answer_model(openapi.DeadLetterStats)
 def dead_letters_stats():
     """Count dead letters by reason, receiver, sender, performative and hour."""
     # A GROUP BY over a big table is slow work: it runs in the threadpool.

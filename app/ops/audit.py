@@ -319,6 +319,7 @@ def audit_list():
 
 @bp.get("/api/v1/audit/verify")
 @requires("admin")
+@answer_model(openapi.ChainCheck)
 def audit_verify():
     """Check the hash chain; ok is false with the first bad row when it was tampered with."""
     secret_key = current_app.config["SECRET_KEY"]  # the threadpool has no app context

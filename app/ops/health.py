@@ -72,6 +72,7 @@ def ready():
 
 @bp.get("/api/v1/health")
 @requires("admin")
+@answer_model(openapi.Health)
 def health_detail():
     """Every readiness check with its detail, storage facts and process facts."""
     checks = readiness()
