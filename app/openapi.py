@@ -778,3 +778,19 @@ class Thread(Answer):
     conversation_id: str
     messages: list[dict[str, Any]]
     next_cursor: str | None
+
+
+class TaskBrief(Answer):
+    id: int
+    state: str
+    agent: str | None
+    trigger_slug: str | None
+
+
+class Accepted(Answer):
+    """The delivery and the tasks it started (200, not 202, for a duplicate: its first tasks)."""
+
+    delivery_id: int
+    duplicate: bool = Field(description="the delivery id was seen within the dedupe window")
+    tasks: list[TaskBrief]
+    verdicts: list[Any] | None = Field(None, description="each trigger's verdict, when new")

@@ -281,6 +281,7 @@ def tasks_brief(ids: list[int]) -> list[dict]:
 
 
 @bp.post("/hooks/<slug>")
+@answer_model(openapi.Accepted, 202)
 def hook(slug: str):
     """Receive a generic webhook: X-Signature-256 over the body, or Standard Webhooks."""
     # Before anything is read: an address refused for failed signatures costs nothing.
@@ -353,6 +354,7 @@ def own_event(payload: dict) -> str | None:
 
 
 @bp.post("/api/webhooks/github/")
+@answer_model(openapi.Accepted, 202)
 def github():
     """Receive a GitHub webhook (X-Hub-Signature-256 with GITHUB_WEBHOOK_SECRET)."""
     auth.check_fail_limit()
@@ -440,6 +442,7 @@ def deliveries_get(delivery_id: int):
 
 @bp.post("/api/v1/deliveries/<int:delivery_id>/replay")
 @requires("operator")
+@answer_model(openapi.Accepted, 202)
 def deliveries_replay(delivery_id: int):
     """Run a stored delivery through today's triggers again, as a new delivery."""
     return answer(replay(delivery_id))

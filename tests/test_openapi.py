@@ -229,3 +229,5 @@ def test_it_answers_changes_as_declared(app, client, alice, world):
     one = {"agent": "echo", "prompt": "hi"}
     as_declared(app, client, alice, "POST", "/api/v1/tasks", one)
     as_declared(app, client, alice, "POST", "/api/v1/tasks", {"tasks": [one, one]})
+    replayed = f"/api/v1/deliveries/{world['delivery_id']}/replay"
+    assert as_declared(app, client, alice, "POST", replayed)["tasks"]
