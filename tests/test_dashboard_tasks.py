@@ -178,13 +178,14 @@ def test_it_streams_the_backlog_then_live_lines_then_the_end(app, echo):
         assert next(stream).startswith("event: state\n")  # the header, in case it changed
         assert backlog.startswith("id: 3\nevent: log\n")
         assert "two" in backlog and "one" not in backlog
+        assert "attempt-divider" not in backlog  # the page has attempt 1's start already
         line = {"id": 4, "kind": "log", "seq": 4, "attempt": 1, "stream": "stdout",
-                "text": "four <script>", "ts": 0}  # fmt: skip
+                "text": "four <script>", "ts": 1764590467.5}  # fmt: skip
         events.broker.publish(f"task:{task_id}", line)
         live = next(stream)
         assert live == (
-            'id: 4\nevent: log\ndata: <div class="ln s-stdout" data-seq="4">four &lt;script&gt;'
-            "</div>\n\n"
+            'id: 4\nevent: log\ndata: <div class="ln s-stdout" data-seq="4"><time class="ts"'
+            ' datetime="2025-12-01T12:01:07+00:00">12:01:07</time>four &lt;script&gt;</div>\n\n'
         )
         assert line["_html"]  # rendered once, shared by every subscriber
         db.write(lambda c: c.execute("UPDATE tasks SET state = 'succeeded' WHERE id = ?",
@@ -399,3 +400,123 @@ def test_it_keeps_the_prompt_when_the_pending_cap_refuses_it(make_app, signin):
     html = resp.get_data(as_text=True)
     assert "Keep me</textarea>" in html and "tasks are waiting" in html
     assert one(app, "SELECT count(*) FROM tasks")[0] == 1
+
+
+# --- attempts in the log, times, errors (issue 16) -----------------------------------
+
+
+def add_attempt_lines(app, task_id: int, lines: list[tuple[int, int, str, str, float]]) -> None:
+    """Insert (seq, attempt, stream, text, ts) log lines."""
+    db.write(lambda conn: conn.executemany(
+        "INSERT INTO task_logs (task_id, seq, attempt, stream, text, ts) VALUES (?, ?, ?, ?, ?, ?)",
+        [(task_id, *line) for line in lines]), app.config["DATABASE"])  # fmt: skip
+
+
+def test_it_opens_each_attempts_lines_with_a_divider_and_shows_each_lines_time(app, viewer, echo):
+    task_id = add_task(app, state="dead", attempts=[{"state": "failed"}, {"state": "failed"}])
+    t = 1764590467.0  # 12:01:07 UTC
+    db.write(lambda conn: conn.execute(
+        "UPDATE attempts SET started_at = ?, resumed_session = ? WHERE task_id = ? AND number = 2",
+        (t, "5b1e-aa", task_id)), app.config["DATABASE"])  # fmt: skip
+    add_attempt_lines(app, task_id, [(1, 1, "stdout", "first try", t - 60),
+                                     (2, 2, "stdout", "second try", t + 1),
+                                     (3, 2, "stdout", "still second", t + 2)])  # fmt: skip
+    html = viewer.get(f"/tasks/{task_id}").get_data(as_text=True)
+    dividers = re.findall(r'<div class="attempt-divider"[^>]*>(.*?)</div>', html)
+    assert len(dividers) == 2 and dividers[0].startswith("Attempt 1 · started ")
+    assert dividers[1] == (
+        "Attempt 2 · started 12:01:07 UTC · resumed session <code>5b1e-aa</code>"
+    )
+    assert html.index("first try") < html.index("Attempt 2 ·") < html.index("second try")
+    assert '<time class="ts" datetime="2025-12-01T12:01:08+00:00">12:01:08</time>second try' in html
+
+
+def test_it_streams_a_divider_before_a_new_attempts_first_line(app, echo):
+    task_id = add_task(
+        app, state="running", logs=["one"], attempts=[{"state": "failed"}, {"state": "running"}]
+    )
+    path = app.config["DATABASE"]
+    with app.test_request_context(f"/tasks/{task_id}/stream"):
+        from flask import g
+
+        g.key = None
+        stream = log_stream(task_id, 1, "shell", False, path)
+        assert next(stream).startswith("retry:")
+        assert next(stream).startswith("event: state\n")
+        line = {"id": 2, "kind": "log", "seq": 2, "attempt": 2, "stream": "stdout",
+                "text": "again", "ts": 1764590467.0}  # fmt: skip
+        events.broker.publish(f"task:{task_id}", line)
+        frame = next(stream)
+        assert frame.startswith("id: 2\nevent: log\n")
+        assert 'data-attempt="2">Attempt 2 · started ' in frame
+        assert frame.index("Attempt 2") < frame.index("again")
+        following = dict(line, id=3, seq=3, text="more")
+        events.broker.publish(f"task:{task_id}", following)
+        assert "attempt-divider" not in next(stream)  # once per attempt
+
+
+def test_it_says_the_error_once_with_the_failed_attempts_last_stderr_lines(app, viewer, echo):
+    task_id = add_task(
+        app,
+        state="dead",
+        attempts=[{"state": "failed", "exit_code": 3, "error": "exited with status 3"}],
+    )
+    db.write(lambda conn: conn.execute(
+        "UPDATE tasks SET last_error = 'exited with status 3', exit_code = 3 WHERE id = ?",
+        (task_id,)), app.config["DATABASE"])  # fmt: skip
+    lines = [(n, 1, "stderr", f"\x1b[31mtrace {n}\x1b[0m", 0.0) for n in range(1, 13)]
+    add_attempt_lines(app, task_id, [*lines, (13, 1, "stdout", "not an error", 0.0)])
+    html = viewer.get(f"/tasks/{task_id}").get_data(as_text=True)
+    head = html[html.index('id="task-error"') :]
+    head = head[: head.index("</dd>")]
+    assert "exited with status 3" in head and "(exit status 3)" not in head
+    tail = re.search(r'<pre class="stderr-tail"[^>]*>(.*?)</pre>', head, re.S).group(1)
+    assert tail.split("\n") == [f"trace {n}" for n in range(5, 13)]  # the last 8, plain
+    assert html.count('class="stderr-tail"') == 1  # not again in the attempts table
+
+
+def test_it_marks_a_running_attempts_duration_to_tick(app, viewer, echo):
+    task_id = add_task(app, state="running", attempts=[{"state": "running"}])
+    db.write(lambda conn: conn.execute("UPDATE attempts SET finished_at = NULL WHERE task_id = ?",
+                                       (task_id,)), app.config["DATABASE"])  # fmt: skip
+    html = viewer.get(f"/tasks/{task_id}").get_data(as_text=True)
+    assert re.search(r'<span data-tick="[0-9.]+">[^<]+</span> so far', html)
+
+
+def test_it_asks_before_cancelling(app, client, dave, signin, echo):
+    task_id = add_task(app, state="running")
+    signin(client, dave)
+    html = client.get(f"/tasks/{task_id}").get_data(as_text=True)
+    form = re.search(r'<form[^>]*action="/tasks/\d+/cancel"[^>]*>', html).group(0)
+    assert f'data-confirm="Cancel task #{task_id}? Its running attempt is stopped."' in form
+
+
+def test_it_says_a_task_from_the_new_task_form_came_from_the_dashboard(app, developer, echo):
+    resp = post(developer, "/tasks/new", developer.token, agent="echo", prompt="hi")
+    task_id = int(resp.headers["Location"].rsplit("/", 1)[1])
+    html = developer.get(f"/tasks/{task_id}").get_data(as_text=True)
+    assert "<dt>Source</dt><dd>Dashboard</dd>" in html and "Started from the dashboard" in html
+    assert one(app, "SELECT origin FROM tasks WHERE id = ?", (task_id,))[0] == (
+        '{"kind": "dashboard"}'
+    )
+    replayed = post(developer, f"/tasks/{task_id}/replay", developer.token)
+    copy = int(replayed.headers["Location"].rsplit("/", 1)[1])
+    assert "<dd>Dashboard</dd>" in developer.get(f"/tasks/{copy}").get_data(as_text=True)
+    api_task = add_task(app)  # no origin: sent through the API
+    assert "<dt>Source</dt><dd>API</dd>" in developer.get(f"/tasks/{api_task}").get_data(
+        as_text=True
+    )
+
+
+def test_it_states_the_prompt_limit_and_answers_an_oversized_form_with_the_form(app, developer):
+    add_agent(app)
+    page = developer.get("/tasks/new").get_data(as_text=True)
+    assert 'data-max-chars="262144"' in page and "256 KiB at most" in page
+    assert f'data-max-body="{app.config["MAX_CONTENT_LENGTH"]}"' in page
+    big = "x" * (app.config["MAX_CONTENT_LENGTH"] + 10)
+    resp = post(developer, "/tasks/new", developer.token, agent="echo", prompt=big)
+    assert resp.status_code == 413
+    html = resp.get_data(as_text=True)
+    assert 'id="prompt-error"' in html and "1 MiB" in html and "256 KiB at most" in html
+    assert "data-restore-draft" in html  # app.js puts back the copy it kept
+    assert one(app, "SELECT count(*) FROM tasks")[0] == 0

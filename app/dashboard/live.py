@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import closing
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import render_template
@@ -25,6 +26,8 @@ from app.streams import sse, task_feed, wait_event
 
 LOG_PAGE = 2000  # lines shown (and replayed on connect) at most; the API has the rest
 STEP_BACKENDS = ("claude", "codex", "gemini", "opencode")
+STDERR_TAIL = 8  # a failed attempt's last stderr lines, shown with its error
+FAILED_ATTEMPTS = ("failed", "timed_out", "crashed")
 
 
 # --- the Tasks page's rows ----------------------------------------------------------------
@@ -112,19 +115,67 @@ def parse_step(backend: str | None, stream: str, text: str) -> dict | None:
     return step if isinstance(step, dict) and step.get("kind") else None
 
 
+def clock(ts: float | None) -> str:
+    """A log line's time: HH:MM:SS in UTC (the page's other times say UTC on hover)."""
+    if ts is None:
+        return ""
+    moment = datetime.fromtimestamp(ts, UTC)
+    return (
+        f'<time class="ts" datetime="{moment.isoformat(timespec="seconds")}">'
+        f"{moment:%H:%M:%S}</time>"
+    )
+
+
 def line_html(backend: str | None, row: Any, raw: bool = False) -> str:
-    """Render one log line; a recognised CLI step becomes a labelled, readable line."""
+    """Render one log line with its time; a recognised CLI step becomes a labelled line."""
     seq, stream, text = row["seq"], row["stream"], row["text"]
+    ts = clock(row.get("ts"))
     step = None if raw else parse_step(backend, stream, text)
     if step is not None:
         kind = escape(str(step["kind"]))
         label = kind.replace("_", " ")
         body = escape(str(step.get("text") or ""))
         return (
-            f'<div class="ln step step-{kind}" data-seq="{seq}"><span class="tag">{label}</span>'
-            f" {body}</div>"
+            f'<div class="ln step step-{kind}" data-seq="{seq}">{ts}<span class="tag">{label}'
+            f"</span> {body}</div>"
         )
-    return f'<div class="ln s-{escape(stream)}" data-seq="{seq}">{ansi.to_html(text)}</div>'
+    return f'<div class="ln s-{escape(stream)}" data-seq="{seq}">{ts}{ansi.to_html(text)}</div>'
+
+
+def divider_html(attempt: dict | None, number: int) -> str:
+    """The line that opens an attempt's part of the log: its number, start and resumed session."""
+    parts = [f"Attempt {number}"]
+    if attempt is not None:
+        started = datetime.fromtimestamp(attempt["started_at"], UTC)
+        parts.append(f"started {started:%H:%M:%S} UTC")
+        if attempt.get("resumed_session"):
+            parts.append(f"resumed session <code>{escape(attempt['resumed_session'])}</code>")
+    return (
+        f'<div class="attempt-divider" role="separator" data-attempt="{number}">'
+        f"{' · '.join(parts)}</div>"
+    )
+
+
+def attempt_starts(conn: Any, task_id: int) -> dict[int, dict]:
+    """Each attempt's number, start and resumed session, for the log's dividers."""
+    rows = conn.execute(
+        "SELECT number, started_at, resumed_session FROM attempts WHERE task_id = ?", (task_id,)
+    ).fetchall()
+    return {r["number"]: dict(r) for r in rows}
+
+
+def lines_html(
+    backend: str | None, rows: list, raw: bool, starts: dict[int, dict], shown: int | None
+) -> tuple[str, int | None]:
+    """Render lines with a divider wherever a new attempt begins; return it and the last attempt."""
+    out = []
+    for row in rows:
+        number = row.get("attempt")
+        if number is not None and number != shown:
+            out.append(divider_html(starts.get(number), number))
+            shown = number
+        out.append(line_html(backend, row, raw))
+    return "".join(out), shown
 
 
 def attempt_rows(task_id: int, conn: Any = None) -> list[dict]:
@@ -143,9 +194,22 @@ def attempt_rows(task_id: int, conn: Any = None) -> list[dict]:
         out.append(
             {**dict(row), "usage": {k: v for k, v in usage.items() if v is not None},
              "tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost,
-             "duration": end - row["started_at"], **cli_refusals(usage)}
+             "duration": end - row["started_at"], **cli_refusals(usage),
+             "stderr_tail": stderr_tail(conn or db.get_db(), row)}
         )  # fmt: skip
     return out
+
+
+def stderr_tail(conn: Any, attempt: Any) -> list[str]:
+    """The last lines a failed attempt wrote on stderr (colours taken out), oldest first."""
+    if attempt["state"] not in FAILED_ATTEMPTS:
+        return []
+    rows = conn.execute(
+        "SELECT text FROM task_logs WHERE task_id = ? AND attempt = ? AND stream = 'stderr'"
+        " ORDER BY seq DESC LIMIT ?",
+        (attempt["task_id"], attempt["number"], STDERR_TAIL),
+    ).fetchall()
+    return [ansi.strip_escapes(r["text"]) for r in reversed(rows)]
 
 
 def cli_refusals(usage: dict) -> dict:
@@ -165,14 +229,29 @@ def head_context(task) -> dict:
 
 
 def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: str):
-    """Yield the last LOG_PAGE lines after `after` as HTML, then live lines and the header."""
+    """Yield the last LOG_PAGE lines after `after` as HTML, then live lines and the header.
+
+    It follows the task across attempts (automatic retries, a resumed session): a
+    divider opens each attempt's lines. It ends once the task has finished; the
+    page connects again when a Retry puts the task back in the queue.
+    """
     cache_key = "_html_raw" if raw else "_html"
     with closing(task_feed(task_id, after, path, stopping, last=LOG_PAGE)) as feed:
         backlog, task = next(feed)
+        with db.reading(path) as conn:
+            starts = attempt_starts(conn, task_id)
+            # The attempt of the last line the page has: no divider again for it.
+            before = conn.execute(
+                "SELECT attempt FROM task_logs WHERE task_id = ? AND seq <= ?"
+                " ORDER BY seq DESC LIMIT 1",
+                (task_id, after),
+            ).fetchone()
+        shown = before["attempt"] if before else None
         yield "retry: 2000\n\n"
         for start in range(0, len(backlog), 200):
             chunk = backlog[start : start + 200]
-            yield sse("".join(line_html(backend, r, raw) for r in chunk), "log", chunk[-1]["seq"])
+            html, shown = lines_html(backend, chunk, raw, starts, shown)
+            yield sse(html, "log", chunk[-1]["seq"])
         # The state may have changed between the page's render and this connect.
         yield _head_event(task_id, path)
         if task["state"] in FINISHED:
@@ -185,6 +264,12 @@ def log_stream(task_id: int, after: int, backend: str | None, raw: bool, path: s
             frames: list[str] = []
             for ev in batch:
                 if ev["kind"] == "log":
+                    if ev["attempt"] != shown:  # a new attempt's first line: its divider first
+                        with db.reading(path) as conn:
+                            starts = attempt_starts(conn, task_id)
+                        html, shown = lines_html(backend, [ev], raw, starts, shown)
+                        frames.append(sse(html, "log", ev["seq"]))
+                        continue
                     frames.append(_line_frame(ev, backend, raw, cache_key))
                     continue
                 if frames:

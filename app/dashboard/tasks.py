@@ -7,8 +7,10 @@ import secrets
 import sqlite3
 from typing import Any
 
+from annotated_types import MaxLen
 from flask import current_app, flash, g, redirect, render_template, request, url_for
 from markupsafe import Markup
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app import db, executions
 from app.api import decode_cursor, encode_cursor, loads, validate
@@ -26,7 +28,7 @@ from app.dashboard.live import (
     LOG_PAGE,
     STEP_BACKENDS,
     head_context,
-    line_html,
+    lines_html,
     live_rows,
     log_stream,
 )
@@ -40,6 +42,11 @@ SHIFT = 4294967296  # task_search rowid = task_id * 2^32 + seq (migrations/0006_
 STATES = ("queued", "assigned", "accepted", "running", "succeeded", "failed", "timed_out",
           "cancelled", "dead")  # fmt: skip
 NEW_TASK_FIELDS = ("agent", "prompt", "priority", "max_attempts", "timeout_s", "concurrency_key")
+# A task the dashboard started says so (tasks.origin), without a column of its own.
+DASHBOARD = {"kind": "dashboard"}
+# The API's own limit on a prompt, for the form to check before it sends one.
+PROMPT_MAX = min(m.max_length for m in TaskIn.model_fields["prompt"].metadata
+                 if isinstance(m, MaxLen))  # fmt: skip
 
 
 # --- finding tasks --------------------------------------------------------------------
@@ -114,12 +121,36 @@ def tasks_get():
 # --- starting one -------------------------------------------------------------------
 
 
-def new_task_page(form: dict, errors: dict, status: int = 200, headers: dict | None = None):
+def new_task_page(
+    form: dict, errors: dict, status: int = 200, headers: dict | None = None, restore: bool = False
+):
     agents = db.query_all(
         "SELECT name, backend, enabled, state FROM agents WHERE backend != 'external' ORDER BY name"
     )
-    page = render_template("tasks/new.html", form=form, errors=errors, agents=agents)
+    page = render_template(
+        "tasks/new.html", form=form, errors=errors, agents=agents, prompt_max=PROMPT_MAX,
+        body_max=current_app.config["MAX_CONTENT_LENGTH"], restore=restore,
+    )  # fmt: skip
     return page, status, headers or {}
+
+
+def kib(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n % (1024 * 1024) == 0 else f"{n // 1024} KiB"
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def too_large(exc: RequestEntityTooLarge):
+    """A body over the request limit: New task shows its form again, other pages say why."""
+    limit = kib(current_app.config["MAX_CONTENT_LENGTH"])
+    if request.endpoint != "dashboard.task_new_post":
+        message = f"The form sent more than the {limit} the hub takes in one request."
+        return render_template("error.html", status=413, message=message), 413
+    # The body was never read, so nothing typed came back: app.js puts the prompt back
+    # from the copy it kept when the form was sent (restore).
+    form = dict.fromkeys(NEW_TASK_FIELDS, "") | {"form_id": secrets.token_urlsafe(16)}
+    why = (f"The form was over the {limit} the hub takes in one request, so it was not read."
+           f" A prompt may be {kib(PROMPT_MAX)} at most.")  # fmt: skip
+    return new_task_page(form, {"prompt": why}, 413, restore=True)
 
 
 @bp.get("/tasks/new")
@@ -152,7 +183,7 @@ def task_new_post():
                 errors[name] = "Enter a whole number."
     if not errors:
         try:
-            plan = plan_task(validate(TaskIn, data))
+            plan = plan_task(validate(TaskIn, data)) | {"origin": DASHBOARD}
         except ApiError as exc:
             field_errors(exc, errors)
             if not exc.details:
@@ -263,12 +294,16 @@ def task_get(task_id: int):
     raw = request.args.get("raw") == "1"
     backend = agent_backend(task["agent"])
     # The last LOG_PAGE lines by count, not by number: seq has gaps after a crash.
-    lines = db.query_all(
-        "SELECT seq, stream, text FROM task_logs WHERE task_id = ? ORDER BY seq DESC LIMIT ?",
+    rows = db.query_all(
+        "SELECT seq, attempt, stream, text, ts FROM task_logs WHERE task_id = ?"
+        " ORDER BY seq DESC LIMIT ?",
         (task_id, LOG_PAGE + 1),
     )[::-1]
-    log_cut = len(lines) > LOG_PAGE
-    lines = lines[1:] if log_cut else lines
+    log_cut = len(rows) > LOG_PAGE
+    lines = [dict(r) for r in (rows[1:] if log_cut else rows)]
+    head = head_context(task)
+    starts = {a["number"]: a for a in head["attempts"]}
+    log_html, _ = lines_html(backend, lines, raw, starts, None)
     delivery = None
     payload = None
     if task["delivery_id"]:
@@ -284,8 +319,8 @@ def task_get(task_id: int):
                 payload = None
     return render_template(
         "tasks/detail.html",
-        **head_context(task),
-        log_html=Markup("".join(line_html(backend, r, raw) for r in lines)),
+        **head,
+        log_html=Markup(log_html),
         log_cut=log_cut,
         last_seq=lines[-1]["seq"] if lines else task["log_seq"],
         finished=task["state"] in FINISHED,
@@ -363,6 +398,7 @@ def task_replay_post(task_id: int):
         "concurrency_limit": task["concurrency_limit"],
         "max_attempts": task["max_attempts"],
         "timeout_s": task["timeout_s"],
+        "origin": DASHBOARD,
     }
     new_id = queue_task(fields, g.key["id"])
     return done(f"Replayed task #{task_id} as task #{new_id}.", f"/tasks/{new_id}")
