@@ -15,9 +15,18 @@ from app.ops import alerts
 AUDIT_PAGE = 100
 
 
+# What a number field of a rule means, for its error message.
+RULE_FIELDS = {"threshold": "a number", "window_s": "whole seconds", "cooldown_s": "whole seconds"}
+
+
 @bp.get("/alerts")
 @requires("viewer")
 def alerts_get():
+    return alerts_page()
+
+
+def alerts_page(typed: dict | None = None, errors: dict | None = None, status: int = 200):
+    """The alerts page; `typed` and `errors` hold one rule's form as sent, and what is wrong."""
     conn = db.get_db()
     open_rows = conn.execute(
         "SELECT * FROM alerts WHERE state != 'resolved' ORDER BY id DESC"
@@ -25,12 +34,22 @@ def alerts_get():
     recent = conn.execute(
         "SELECT * FROM alerts WHERE state = 'resolved' ORDER BY id DESC LIMIT 50"
     ).fetchall()
+    rules = list(alerts.rules(conn).values())
+    if typed:
+        rules = [r | typed if r["name"] == typed["name"] else r for r in rules]
     return render_template(
         "ops/alerts.html",
-        open_alerts=open_rows,
-        recent=recent,
-        rules=list(alerts.rules(conn).values()),
-    )
+        open_alerts=[dict(a) | {"what": what(a)} for a in open_rows],
+        recent=[dict(a) | {"what": what(a)} for a in recent],
+        rules=rules,
+        errors=errors or {},
+        failed=typed["name"] if typed else None,
+    ), status
+
+
+def what(alert) -> str:
+    """The alert's message without its rule's name in front: the page shows that beside it."""
+    return alert["message"].removeprefix(f"{alert['rule']}: ")
 
 
 @bp.post("/alerts/<int:alert_id>/ack")
@@ -50,20 +69,36 @@ def alert_resolve_post(alert_id: int):
 @bp.post("/alerts/rules/<name>")
 @requires("operator")
 def alert_rule_post(name: str):
+    if name not in alerts.RULES:
+        raise ApiError(404, "no alert rule with this name")
     form = request.form
     raw = {
         "enabled": form.get("enabled") == "on",
-        "threshold": form.get("threshold") or None,
-        "window_s": form.get("window_s") or None,
-        "cooldown_s": form.get("cooldown_s") or None,
+        "threshold": form.get("threshold", "").strip() or None,
+        "window_s": form.get("window_s", "").strip() or None,
+        "cooldown_s": form.get("cooldown_s", "").strip() or None,
         "severity": form.get("severity") or None,
     }
+    errors: dict[str, str] = {}
     try:
         changes = alerts.RuleUpdate.model_validate(raw).model_dump(exclude_none=True)
+        alerts.save_rule(name, changes)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        raise ApiError(422, f"{first['loc'][0]}: {first['msg']}") from None
-    alerts.save_rule(name, changes)
+        for err in exc.errors(include_url=False, include_input=False):
+            field = str(err["loc"][0])
+            wanted = RULE_FIELDS.get(field)
+            message = err["msg"]
+            if wanted and ("parse" in message or "valid" in message):
+                message = f"Enter {wanted}."  # "unable to parse string as a number" and kin
+            errors.setdefault(field, message[:1].upper() + message[1:])
+    except ApiError as exc:
+        errors["threshold" if "threshold" in exc.message else "form"] = (
+            exc.message[:1].upper() + exc.message[1:]
+        )
+    if errors:
+        # The page again, with the rule as typed and each error beside its field.
+        typed = {"name": name, **{k: v for k, v in raw.items() if v is not None}}
+        return alerts_page(typed, errors, 422)
     return done(f"Rule {name} saved; it applies at the next evaluation.", "/alerts")
 
 

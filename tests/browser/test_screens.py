@@ -370,3 +370,32 @@ def test_it_shows_where_a_task_reported(page, hub):
     assert "xyz123" not in page.content()
     shot(page, "trigger-report-back")
     assert not page.errors, page.errors
+
+
+def test_it_edits_alert_rules_at_390_px(browser, hub):
+    hub.api("PATCH", "/api/v1/alerts/rules/disk_low", {"threshold": 1e9})  # always below
+    hub.api("POST", "/api/v1/alerts/evaluate")
+    context = browser.new_context(viewport={"width": 390, "height": 844}, base_url=hub.url)
+    page = context.new_page()
+    try:
+        sign_in(page, hub.admin, "/alerts")
+        expect(page.locator("#open-h")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 392
+        # Every rule's Save is in view without scrolling sideways, and no name breaks.
+        saves = page.get_by_role("button", name=re.compile(r"^Save "))
+        assert saves.count() >= 10
+        for i in range(saves.count()):
+            box = saves.nth(i).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+        lines = page.evaluate(
+            "[...document.querySelectorAll('.rule-name code')].map(c => c.getClientRects().length)"
+        )
+        assert lines and set(lines) == {1}, lines
+        shot(page, "alerts-mobile")
+        page.locator("#rule-disk_low-threshold").fill("lots")
+        page.get_by_role("button", name="Save disk_low").click()
+        expect(page.locator("#rule-disk_low-threshold-error")).to_have_text("Enter a number.")
+        expect(page.locator("h1")).to_have_text("Alerts")
+        shot(page, "alerts-mobile-error")
+    finally:
+        context.close()
