@@ -277,6 +277,8 @@ def github_settings() -> dict:
         "GITHUB_TOKEN": env_str("AGENTED_GITHUB_TOKEN", ""),
         "GITHUB_APP_ID": app_id,
         "GITHUB_APP_PRIVATE_KEY": private_key,
+        # Its path too: runs must not see it (app/sandbox.py hides it).
+        "GITHUB_APP_PRIVATE_KEY_FILE": key_file,
         "GITHUB_API_URL": api,
     }
 

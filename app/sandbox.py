@@ -80,9 +80,12 @@ def hidden_paths(cfg: dict) -> list[str]:
     return out
 
 
-def _env_files() -> list[str]:
-    files = [os.environ.get("AGENTED_ENV_FILE") or ".env", "/etc/agented.env"]
-    return [os.path.realpath(f) for f in files if os.path.isfile(f)]
+def _secret_files(cfg: dict) -> list[str]:
+    """Files outside the hidden places that hold the hub's secrets: its env files and
+    the GitHub App's private key (with it a run could mint tokens for every repository)."""
+    files = [os.environ.get("AGENTED_ENV_FILE") or ".env", "/etc/agented.env",
+             cfg.get("GITHUB_APP_PRIVATE_KEY_FILE") or ""]  # fmt: skip
+    return [os.path.realpath(f) for f in files if f and os.path.isfile(f)]
 
 
 def visible_again(cfg: dict) -> list[str]:
@@ -133,7 +136,7 @@ def bwrap_argv(
     hidden = sorted(hidden_paths(cfg), key=len)
     for path in hidden:
         args += ["--tmpfs", path]
-    for path in _env_files():
+    for path in _secret_files(cfg):
         args += ["--ro-bind", "/dev/null", path]
     masked = ["/tmp", *hidden]
     for path in visible_again(cfg):

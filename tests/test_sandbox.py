@@ -307,3 +307,29 @@ def test_it_sweeps_empty_run_cgroups_a_killed_hub_left_behind():
         sleeper.kill()
         sleeper.wait()
         busy.kill_and_remove()
+
+
+@pytest.fixture
+def outside_dir():
+    """A folder outside every place a run cannot see (a run has its own /tmp)."""
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(dir="/var/tmp", prefix="agented-test-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_it_hides_the_github_app_key_from_a_run(live_server, outside_dir):
+    from pathlib import Path
+
+    from tests.fakes.github_api import make_app_key
+
+    key = Path(outside_dir) / "app.pem"
+    key.write_bytes(make_app_key()[0])
+    srv = live_server({**FAST, "AGENTED_GITHUB_APP_ID": "1",
+                       "AGENTED_GITHUB_APP_PRIVATE_KEY_FILE": str(key)})  # fmt: skip
+    srv.keys["admin"] = srv.make_key("admin")
+    done, out = run_sh(srv, f"cat {key}; echo read")
+    assert done["state"] == "succeeded", out
+    assert "PRIVATE KEY" not in out and "read" in out.splitlines()

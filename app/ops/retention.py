@@ -158,15 +158,6 @@ def _scan_workspaces(base: Path) -> dict[Path, tuple[int, float]]:
         except FileNotFoundError:
             continue  # removed while we looked
     return found
-    for entry in entries:
-        match = _WORKSPACE.fullmatch(entry.name)
-        try:
-            if match and entry.is_dir(follow_symlinks=False):
-                mtime = entry.stat(follow_symlinks=False).st_mtime
-                found[(int(match[1]), int(match[2]))] = (Path(entry.path), mtime)
-        except FileNotFoundError:
-            continue  # removed while we looked
-    return found
 
 
 def _remove_workspace(path: Path) -> None:
