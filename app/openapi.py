@@ -794,3 +794,65 @@ class Accepted(Answer):
     duplicate: bool = Field(description="the delivery id was seen within the dedupe window")
     tasks: list[TaskBrief]
     verdicts: list[Any] | None = Field(None, description="each trigger's verdict, when new")
+
+
+class Preview(Answer):
+    """The prompt the trigger would give an agent for that payload, and whether it matches."""
+
+    ok: bool
+    prompt: str
+    flags: list[Any]
+    concurrency_key: str | None
+    matched: bool
+    reason: str | None = Field(description="why it would not match")
+
+
+class Evaluation(Answer):
+    """Every rule's measured value, and the alert notifications sent."""
+
+    values: dict[str, float | None]
+    notified: list[dict[str, Any]]
+
+
+class Leased(Answer):
+    """Messages leased to this agent: ack them before their visibility runs out."""
+
+    messages: list[dict[str, Any]]
+
+
+class Acked(Answer):
+    """Which ids were acked, which are dead letters, which are not this mailbox's."""
+
+    acked: list[int]
+    dead: list[int]
+    missing: list[int]
+
+
+class Delivered(Answer):
+    id: int
+    receiver: str
+
+
+class Sent(Answer):
+    """Where a message went (200, not 201, when every one was a duplicate)."""
+
+    message_id: str
+    conversation_id: str | None = None
+    duplicate: bool
+    deliveries: list[Delivered] | None = None
+    same_as: int | None = Field(None, description="a repeat inside one batch: its first index")
+
+
+class SentBatch(Answer):
+    messages: list[Sent]
+
+
+class Sending(RootModel[Sent | SentBatch]):
+    """The message, or each message of a batch, and where it went."""
+
+
+class Requeued(Answer):
+    """The dead letters put back in a mailbox."""
+
+    requeued: list[int]
+    count: int

@@ -348,6 +348,7 @@ def rotate_secret(row) -> str:
 @bp.post("/api/v1/triggers/<slug>/preview")
 @requires("developer")
 @body_model(PreviewIn)
+@answer_model(openapi.Preview)
 def triggers_preview(slug: str):
     """Render the trigger's prompt against a sample payload or a past delivery."""
     row = dict(get_trigger(slug))

@@ -76,11 +76,19 @@ def world(app, client, alice, bob):
     )
     delivery_id = call(client, alice, "GET", "/api/v1/deliveries")[1]["deliveries"][0]["id"]
     # A conversation whose one message expired unread: a dead letter.
-    alpha, _ = register(client, alice, "alpha"), register(client, alice, "beta")
+    alpha, beta = register(client, alice, "alpha"), register(client, alice, "beta")
     sent = send(client, alpha, performative="inform", receiver="beta", content="hi", ttl=10)
     sweep_now(app, time.time() + 20)
-    return {"task_id": task_id, "name": "echo", "slug": "hook", "alert_id": alert_id,
-            "delivery_id": delivery_id, "conversation_id": sent["conversation_id"]}  # fmt: skip
+    return {
+        "task_id": task_id,
+        "name": "echo",
+        "slug": "hook",
+        "alert_id": alert_id,
+        "delivery_id": delivery_id,
+        "conversation_id": sent["conversation_id"],
+        "alpha": alpha,
+        "beta": beta,
+    }
 
 
 def declared(app, attr: str):
@@ -221,7 +229,12 @@ def test_it_answers_changes_as_declared(app, client, alice, world):
     as_declared(app, client, alice, "POST", f"/api/v1/alerts/{world['alert_id']}/ack")
     as_declared(app, client, alice, "POST", f"/api/v1/alerts/{world['alert_id']}/resolve")
     as_declared(app, client, alice, "POST", "/api/v1/backups")
-    as_declared(app, client, alice, "POST", "/api/v1/message-dead-letters/purge", {"all": True})
+    dead = {"all": True}
+    as_declared(
+        app, client, alice, "POST", "/api/v1/message-dead-letters/redirect", dead | {"to": "alpha"}
+    )
+    as_declared(app, client, alice, "POST", "/api/v1/message-dead-letters/replay", {"ids": [1]})
+    as_declared(app, client, alice, "POST", "/api/v1/message-dead-letters/purge", dead)
     as_declared(app, client, alice, "POST", f"/api/v1/tasks/{world['task_id']}/cancel")
     as_declared(app, client, alice, "POST", f"/api/v1/tasks/{world['task_id']}/retry")
     bulk = {"action": "retry", "state": ["cancelled"]}
@@ -231,3 +244,16 @@ def test_it_answers_changes_as_declared(app, client, alice, world):
     as_declared(app, client, alice, "POST", "/api/v1/tasks", {"tasks": [one, one]})
     replayed = f"/api/v1/deliveries/{world['delivery_id']}/replay"
     assert as_declared(app, client, alice, "POST", replayed)["tasks"]
+
+
+def test_it_answers_messaging_and_previews_as_declared(app, client, alice, world):
+    alpha, beta = world["alpha"], world["beta"]
+    one = {"performative": "inform", "receiver": "beta", "content": "hello"}
+    as_declared(app, client, alpha, "POST", "/api/v1/messages", one | {"message_id": "m1"})
+    as_declared(app, client, alpha, "POST", "/api/v1/messages", {"messages": [one, one]})
+    leased = as_declared(app, client, beta, "GET", "/api/v1/agents/beta/messages")["messages"]
+    ids = [m["id"] for m in leased]
+    assert as_declared(app, client, beta, "POST", "/api/v1/agents/beta/messages/ack", {"ids": ids})
+    sample = {"payload": {"title": "bug"}}
+    as_declared(app, client, alice, "POST", "/api/v1/triggers/hook/preview", sample)
+    as_declared(app, client, alice, "POST", "/api/v1/alerts/evaluate")

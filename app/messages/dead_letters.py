@@ -224,6 +224,7 @@ def _requeued(ids: list[int]):
 @bp.post("/api/v1/message-dead-letters/replay")
 @requires("operator")
 @body_model(ReplayIn)
+@answer_model(openapi.Requeued)
 def dead_letters_replay():
     """Put dead letters back in their mailboxes (fresh TTL and delivery count)."""
     body = parse_body(ReplayIn)
@@ -233,6 +234,7 @@ def dead_letters_replay():
 @bp.post("/api/v1/message-dead-letters/redirect")
 @requires("operator")
 @body_model(RedirectIn)
+@answer_model(openapi.Requeued)
 def dead_letters_redirect():
     """Deliver dead letters to another agent instead."""
     body = parse_body(RedirectIn)

@@ -20,7 +20,15 @@ from pydantic import Field
 from app import agent_lifecycle, db, events, openapi, ratelimit
 from app.agent_lifecycle import acting_as
 from app.agents import agent_scoped, key_agent_id
-from app.api import Body, arg_float, arg_int, body_model, parse_body, query_model
+from app.api import (
+    Body,
+    answer_model,
+    arg_float,
+    arg_int,
+    body_model,
+    parse_body,
+    query_model,
+)
 from app.auth import requires, streams
 from app.errors import ApiError
 from app.executions import stopping
@@ -191,6 +199,7 @@ def _own_alive(row) -> int | None:
 @requires("viewer")
 @agent_scoped
 @query_model(openapi.LeaseQuery)
+@answer_model(openapi.Leased)
 def mailbox_lease(name: str):
     """Lease messages (long-poll with ?wait=s); ack them before ?visibility=s runs out."""
     cfg = current_app.config
@@ -233,6 +242,7 @@ def mailbox_lease(name: str):
 @requires("viewer")
 @agent_scoped
 @body_model(AckIn)
+@answer_model(openapi.Acked)
 def mailbox_ack(name: str):
     """Acknowledge leased messages by id; acked messages are never delivered again."""
     row = acting_as(name)

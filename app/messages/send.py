@@ -18,9 +18,9 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from app import db, events, ratelimit
+from app import db, events, openapi, ratelimit
 from app.agents import agent_scoped
-from app.api import body_model
+from app.api import answer_model, body_model
 from app.auth import requires
 from app.errors import ApiError
 from app.messages import contract_net, delegation
@@ -63,6 +63,7 @@ def read_items() -> tuple[list[Any], bool]:
 @requires("viewer")
 @agent_scoped
 @body_model(SendIn)
+@answer_model(openapi.Sending, 201)
 def messages_send():
     """Send one message or a batch (all or none); 201 once every mailbox row is committed."""
     cfg = current_app.config

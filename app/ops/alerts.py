@@ -384,6 +384,7 @@ def alerts_resolve(alert_id: int):
 
 @bp.post("/api/v1/alerts/evaluate")
 @requires("operator")
+@answer_model(openapi.Evaluation)
 def alerts_evaluate():
     """Evaluate every rule now; return the measured values and notifications sent."""
     return jsonify(evaluate(dict(current_app.config)))
