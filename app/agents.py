@@ -26,7 +26,12 @@ from app.accounts import NAME as ACCOUNT
 from app.accounts import account_of
 from app.api import Body, answer_model, body_model, or_404, parse_body, query_model
 from app.auth import allows, create_key, requires
-from app.commands import DEFAULT_BINARIES, validate_agent_command, validate_model
+from app.commands import (
+    DEFAULT_BINARIES,
+    check_allowlist,
+    validate_agent_command,
+    validate_model,
+)
 from app.errors import ApiError
 from app.reports import NotifyTarget, shown_notify, stored_notify
 
@@ -145,6 +150,7 @@ def check_runnable(data: dict) -> None:
     try:
         validate_agent_command(data["backend"], data["command"], data["flags"])
         validate_model(data["backend"], data.get("model"))
+        check_allowlist(data["env_allow"])
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
     if data["command"] and not installed(data["command"][0]):

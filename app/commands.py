@@ -229,14 +229,28 @@ def _env_name(name: Any, what: str) -> str:
     return name
 
 
+# The hub's own settings and secrets: no allowlist passes them to a run.
+HUB_ONLY = re.compile(r"AGENTED_\w*|SECRET_KEY|GITHUB_WEBHOOK_SECRET|SENTRY_DSN")
+# Allowlisted variables whose values a run's log and answer never show.
+CREDENTIAL_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def check_allowlist(allow: Iterable[str]) -> None:
+    """Raise ValueError for a variable an agent may not take from the hub's environment."""
+    for name in allow or ():
+        if HUB_ONLY.fullmatch(_env_name(name, "allowed variable")):
+            raise ValueError(f"env_allow: {name} is the hub's own setting; a run never gets it")
+
+
 def filtered_env(
     allow: Iterable[str], secrets: Mapping[str, str], base: Mapping[str, str]
 ) -> dict[str, str]:
     """Build a child environment from a safe base, the allowlist and the agent's secrets."""
     env = {name: base[name] for name in SAFE_ENV if name in base}
     env.update(FORCED_ENV)
+    check_allowlist(allow)
     for name in allow or ():
-        if _env_name(name, "allowed variable") in base:
+        if name in base:
             env[name] = base[name]
     for name, value in (secrets or {}).items():
         if not isinstance(value, str) or "\x00" in value:

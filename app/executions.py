@@ -212,7 +212,9 @@ class Run:
             env.update(self._github_token(cfg, json.loads(task["origin"])))
         # A run printing its own credentials must not put them in the stored log.
         # (Values under 4 characters would garble every line and hide nothing.)
-        self.redact = sorted({v for v in (*secrets.values(), env.get("GH_TOKEN", ""))
+        passed = [v for k, v in env.items() if k in json.loads(agent["env_allow"])
+                  and commands.CREDENTIAL_NAME.search(k)]  # fmt: skip
+        self.redact = sorted({v for v in (*secrets.values(), *passed, env.get("GH_TOKEN", ""))
                               if len(v) >= 4}, key=len, reverse=True)  # fmt: skip
         env.update(commands.permission_env(agent["backend"], agent["permissions"]))
         env["HOME"] = home

@@ -384,3 +384,18 @@ def test_it_runs_in_its_own_clone_of_the_agents_repository(hub, tmp_path):
     assert os.path.isdir(os.path.join(workspace, ".git"))
     listed = subprocess.run([*git, "worktree", "list"], capture_output=True, text=True).stdout
     assert workspace not in listed
+
+
+def test_it_redacts_allowlisted_credentials_and_refuses_the_hubs_own(live_server):
+    srv = live_server({**FAST, "DEPLOY_API_KEY": "dk-7f3a9c2e", "LANG": "C.UTF-8"})
+    srv.keys["admin"] = srv.make_key("admin")
+    make_agent(srv, "deploy", ["sh", "-c", "echo key=$DEPLOY_API_KEY lang=$LANG"],
+               env_allow=["DEPLOY_API_KEY", "LANG"])  # fmt: skip
+    task_id = submit(srv, "deploy")
+    done = wait_state(srv, task_id, "succeeded")
+    assert [line["text"] for line in logs(srv, task_id)] == ["key=[redacted] lang=C.UTF-8"]
+    assert "dk-7f3a9c2e" not in json.dumps(done)
+    body = {"name": "greedy", "backend": "shell", "command": ["env"],
+            "env_allow": ["AGENTED_GITHUB_TOKEN"]}  # fmt: skip
+    status, out = live(srv, srv.keys["admin"], "POST", "/api/v1/agents", body)
+    assert status == 422 and "hub's own setting" in out["error"]["message"]
