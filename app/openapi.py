@@ -856,3 +856,29 @@ class Requeued(Answer):
 
     requeued: list[int]
     count: int
+
+
+class Reply(Answer):
+    id: int
+    sender: str
+    performative: Literal["propose", "refuse"]
+    content: Any
+    created_at: float
+
+
+class ContractNet(Answer):
+    """A Contract Net: who was asked, by which rule, its state and, once closed, the outcome."""
+
+    conversation_id: str
+    initiator: str
+    participants: list[str]
+    task: Any
+    rule: dict[str, str] = Field(description="by: the proposal field compared; prefer")
+    deadline_at: float
+    state: Literal["open", "awarded", "failed"]
+    winner: str | None
+    winning_message_id: str | None
+    outcome: dict[str, Any] | None
+    created_at: float
+    closed_at: float | None
+    replies: list[Reply] | None = Field(None, description="the proposals and refusals so far")

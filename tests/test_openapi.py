@@ -166,7 +166,8 @@ def test_it_answers_as_the_declared_answer_models_say(app, client, alice, world)
     checked = 0
     for rule, method, view in declared(app, "answer_model"):
         path = filled(rule, world)
-        if method != "GET" or path is None:
+        # A Contract Net's id is a conversation's too: test_it_answers_contract_nets_as_declared.
+        if method != "GET" or path is None or path.startswith("/api/v1/contract-nets/"):
             continue
         status, data = call(client, alice, "GET", path)
         assert status == view.answer_status, (path, data)
@@ -257,3 +258,12 @@ def test_it_answers_messaging_and_previews_as_declared(app, client, alice, world
     sample = {"payload": {"title": "bug"}}
     as_declared(app, client, alice, "POST", "/api/v1/triggers/hook/preview", sample)
     as_declared(app, client, alice, "POST", "/api/v1/alerts/evaluate")
+
+
+def test_it_answers_contract_nets_as_declared(app, client, alice, world):
+    register(client, alice, "t1", caps=["translate"])
+    net = {"capability": ["translate"], "task": "fr", "deadline_s": 60, "rule": {"by": "price"}}
+    net = as_declared(app, client, world["alpha"], "POST", "/api/v1/contract-nets", net)
+    path = f"/api/v1/contract-nets/{net['conversation_id']}"
+    as_declared(app, client, alice, "GET", path)
+    as_declared(app, client, world["alpha"], "POST", f"{path}/close")

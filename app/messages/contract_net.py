@@ -22,7 +22,7 @@ from typing import Any, Literal
 from flask import Blueprint, current_app, g, jsonify
 from pydantic import Field
 
-from app import db, events, ratelimit
+from app import db, events, openapi, ratelimit
 from app.agent_lifecycle import acting_as
 from app.agents import (
     NAME,
@@ -31,7 +31,7 @@ from app.agents import (
     find_by_capability,
     key_agent_id,
 )
-from app.api import Body, body_model, or_404, parse_body
+from app.api import Body, answer_model, body_model, or_404, parse_body
 from app.auth import allows, requires
 from app.errors import ApiError
 from app.messages import delegation
@@ -207,6 +207,7 @@ def close_due(cfg: dict, t: float, only: list[str] | None = None) -> None:
 @requires("viewer")
 @agent_scoped
 @body_model(ContractNetIn)
+@answer_model(openapi.ContractNet, 201)
 def contract_nets_create():
     """Open a Contract Net: send the cfp to the named agents or those with the capabilities."""
     cfg = current_app.config
@@ -305,6 +306,7 @@ def _load(conversation_id: str):
 @bp.get("/api/v1/contract-nets/<conversation_id>")
 @requires("viewer")
 @agent_scoped
+@answer_model(openapi.ContractNet)
 def contract_nets_get(conversation_id: str):
     """Show a Contract Net: its state, the answers so far and, once closed, the outcome."""
     row = _load(conversation_id)
@@ -314,6 +316,7 @@ def contract_nets_get(conversation_id: str):
 @bp.post("/api/v1/contract-nets/<conversation_id>/close")
 @requires("viewer")
 @agent_scoped
+@answer_model(openapi.ContractNet)
 def contract_nets_close(conversation_id: str):
     """Close a Contract Net now (the initiator, or a developer): award the best proposal so far."""
     row = _load(conversation_id)
