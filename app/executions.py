@@ -272,7 +272,9 @@ class Run:
         else:
             try:
                 name = repo.split("/", 1)[1]
-                return {"GH_TOKEN": github.installation_token(cfg, inst, (name,))}
+                token = github.installation_token(cfg, inst, (name,),
+                                                  permissions=github.RUN_PERMISSIONS)  # fmt: skip
+                return {"GH_TOKEN": token}
             except github.GitHubError as exc:
                 why = str(exc)
         self.log.line("system", f"no GitHub token for this run: {why}")

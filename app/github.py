@@ -65,18 +65,31 @@ def app_jwt(cfg, now: float | None = None) -> str:
     return jwt.encode(claims, cfg["GITHUB_APP_PRIVATE_KEY"], algorithm="RS256")
 
 
+# What a run's GH_TOKEN may do: push a branch, open a pull request, comment. Not
+# checks or statuses: a run must not mark the hub's own check run green.
+RUN_PERMISSIONS = {"contents": "write", "pull_requests": "write", "issues": "write"}
+
+
 def installation_token(
-    cfg, installation_id: int, repositories: tuple[str, ...] = (), now: float | None = None
+    cfg,
+    installation_id: int,
+    repositories: tuple[str, ...] = (),
+    now: float | None = None,
+    permissions: dict[str, str] | None = None,
 ) -> str:
-    """A token for one installation (optionally narrowed to some repositories), cached."""
+    """A token for one installation (optionally narrowed to some repositories and
+    permissions). The hub's own tokens are cached; a narrowed one is minted fresh,
+    so it lives its whole hour for the run it is for."""
     now = time.time() if now is None else now
     key = (int(installation_id), tuple(sorted(repositories)))
-    cached = _tokens.get(key)
+    cached = _tokens.get(key) if permissions is None else None
     if cached is not None and cached[1] - RENEW_BEFORE_S > now:
         return cached[0]
-    body = {"repositories": list(key[1])} if key[1] else None
+    body: dict[str, Any] = {"repositories": list(key[1])} if key[1] else {}
+    if permissions:
+        body["permissions"] = permissions
     data = _send(cfg, "POST", f"/app/installations/{key[0]}/access_tokens",
-                 f"Bearer {app_jwt(cfg)}", body)  # fmt: skip
+                 f"Bearer {app_jwt(cfg)}", body or None)  # fmt: skip
     token = data.get("token") if isinstance(data, dict) else None
     if not isinstance(token, str) or not token:
         raise GitHubError("GitHub minted no installation token", retryable=True)
@@ -84,7 +97,8 @@ def installation_token(
         expires = datetime.fromisoformat(str(data.get("expires_at"))).timestamp()
     except ValueError:
         expires = now + 3600  # GitHub's documented lifetime
-    _tokens[key] = (token, expires)
+    if permissions is None:
+        _tokens[key] = (token, expires)
     return token
 
 

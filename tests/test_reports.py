@@ -34,7 +34,10 @@ def standin():
 @pytest.fixture
 def app_standin():
     private, public = make_app_key()
-    with GitHubStandIn(app_id=APP_ID, app_public_key=public) as gh:
+    granted = {"checks": "write", "issues": "write", "pull_requests": "write",
+               "statuses": "write", "contents": "write", "metadata": "read"}  # fmt: skip
+    with GitHubStandIn(app_id=APP_ID, app_public_key=public,
+                       installation_permissions=granted) as gh:  # fmt: skip
         gh.private_pem = private
         yield gh
 
@@ -229,6 +232,7 @@ def test_it_gives_a_run_a_repository_token_it_never_shows(live_server, app_stand
     assert done["state"] == "succeeded"
     minted = [t for t in app_standin.issued.values() if t.repositories == ["app"]]
     assert minted, app_standin.issued  # narrowed to the task's repository
+    assert "checks" not in minted[0].permissions  # it cannot turn the hub's check green
     token = minted[0].token
     lines = [line["text"] for line in logs(srv, task_id)]
     assert "has a token: [redacted]" in lines
