@@ -32,7 +32,7 @@ NAV = [
     ("dashboard.agents_get", "Agents", "agents"),
     ("dashboard.conversations_get", "Messages", "messaging"),
     ("dashboard.deliveries_get", "Deliveries", "deliveries"),
-    ("dashboard.dead_get", "Dead letters", "task_dead_letters"),
+    ("dashboard.dead_get", "Dead tasks", "task_dead_letters"),
     ("dashboard.alerts_get", "Alerts", "dashboard.alerts_get"),
     ("dashboard.audit_get", "Audit", "dashboard.audit_get"),
     ("dashboard.keys_get", "Keys", "keys"),
