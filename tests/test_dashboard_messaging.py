@@ -149,12 +149,71 @@ def test_it_lists_recent_conversations_with_participants_and_last_performative(
     signin(client, vera)
     html = client.get("/conversations").get_data(as_text=True)
     assert 'aria-current="page">Messages</a>' in html
-    rows = re.findall(r"<tr>\s*<td><a class=\"mono\" href=\"/conversations/([^\"]+)\"", html)
+    rows = re.findall(r'<tr>\s*<td class="subject"><a href="/conversations/([^"]+)"', html)
     assert rows == ["conv-2", "conv-1"]  # most recently active first
     conv1 = html[html.index('href="/conversations/conv-1"') :]
     assert '<span class="tag">alpha</span><span class="tag">beta</span>' in conv1
     assert '<td class="num">3' in conv1
     assert '<span class="perf">inform</span>' in conv1 and "from beta" in conv1
+
+
+def test_it_lists_conversations_by_what_their_first_message_is_about(client, talk, vera, signin):
+    signin(client, vera)
+    html = client.get("/conversations").get_data(as_text=True)
+    # The first message's "task" for conv-1, the text itself for conv-2; the id stays, small.
+    assert '<a href="/conversations/conv-1">sum</a>' in html
+    assert '<a href="/conversations/conv-2">who can build?</a>' in html
+    assert '<span class="perf">request</span> · <code class="wrap-id" title="conv-1">' in html
+
+
+def test_it_sends_messages_to_the_conversations_page(client, vera, signin):
+    signin(client, vera)
+    resp = client.get("/messages?agent=beta")
+    assert resp.status_code == 302 and resp.headers["Location"] == "/conversations?agent=beta"
+
+
+def test_it_names_task_and_message_dead_letters_apart(client, vera, signin):
+    signin(client, vera)
+    html = client.get("/messages/dead").get_data(as_text=True)
+    assert '<a href="/dead">Dead tasks</a>' in html  # the nav
+    assert ">Message dead letters" in html and ">Dead letters<" not in html
+    page = client.get("/dead").get_data(as_text=True)
+    assert "<h1>Dead tasks</h1>" in page and 'aria-current="page">Dead tasks</a>' in page
+
+
+def test_it_links_a_reply_that_names_the_message_id_it_answers(app, client, talk, vera, signin):
+    asked = send(talk["api"], talk["keys"]["gamma"], performative="query-ref", receiver="beta",
+                 conversation_id="conv-3", content={"question": "status?"})  # fmt: skip
+    send(talk["api"], talk["keys"]["beta"], performative="inform", receiver="gamma",
+         conversation_id="conv-3", in_reply_to=asked["message_id"], content="green")  # fmt: skip
+    signin(client, vera)
+    html = client.get("/conversations/conv-3").get_data(as_text=True)
+    question = re.search(r'<li id="(m-\d+)">', html).group(1)
+    assert f'<a href="#{question}"><code>{asked["message_id"]}</code></a>' in html
+    assert "not in this conversation" not in html
+    # A reply to something never sent in the conversation still says so.
+    send(talk["api"], talk["keys"]["beta"], performative="inform", receiver="gamma",
+         conversation_id="conv-3", in_reply_to="elsewhere", content="?")  # fmt: skip
+    html = client.get("/conversations/conv-3").get_data(as_text=True)
+    assert '<code>elsewhere</code> <span class="muted">(not in this conversation)</span>' in html
+
+
+def test_it_links_a_reply_to_a_question_on_an_earlier_page(
+    app, client, talk, vera, signin, monkeypatch
+):
+    from app.dashboard import messaging
+
+    monkeypatch.setattr(messaging, "THREAD_PAGE", 1)
+    signin(client, vera)
+    first = client.get("/conversations/conv-1").get_data(as_text=True)
+    cursor = re.search(r'\?cursor=([^"]+)">Show later messages', first).group(1)
+    second = client.get(f"/conversations/conv-1?cursor={cursor}").get_data(as_text=True)
+    later = client.get(
+        "/conversations/conv-1?cursor="
+        + re.search(r'\?cursor=([^"]+)">Show later messages', second).group(1)
+    ).get_data(as_text=True)
+    assert "(earlier in this conversation)" in later  # beta's answer to q1, two pages on
+    assert "not in this conversation" not in later
 
 
 def test_it_refreshes_the_first_page_of_conversations_when_a_message_arrives(

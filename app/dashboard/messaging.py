@@ -53,6 +53,13 @@ def agent_names() -> list[str]:
 # --- conversations -------------------------------------------------------------------------
 
 
+@bp.get("/messages")
+@requires("viewer")
+def messages_get():
+    """Messages live under Conversations: send a guessed /messages there (issue 16)."""
+    return redirect(url_for("dashboard.conversations_get", **request.args), 302)
+
+
 @bp.get("/conversations")
 @requires("viewer")
 def conversations_get():
@@ -83,13 +90,16 @@ def conversations_get():
     having = "HAVING max(id) < ?" if before is not None else ""
     params += [before] if before is not None else []
     rows = read_slow(
-        "SELECT c.*, m.performative AS last_performative, m.sender AS last_sender FROM ("
+        "SELECT c.*, m.performative AS last_performative, m.sender AS last_sender,"
+        " f.content AS first_content, f.performative AS first_performative FROM ("
         "  SELECT conversation_id, count(DISTINCT sender || char(0) || message_id) AS messages,"
-        "  max(created_at) AS last_at, max(id) AS last_id, sum(state = 'dead') AS dead,"
+        "  max(created_at) AS last_at, max(id) AS last_id, min(id) AS first_id,"
+        "  sum(state = 'dead') AS dead,"
         "  group_concat(DISTINCT sender) AS senders, group_concat(DISTINCT receiver) AS receivers"
         f"  FROM messages WHERE {' AND '.join(where)} GROUP BY conversation_id {having}"
         "  ORDER BY last_id DESC LIMIT ?"
-        ") c JOIN messages m ON m.id = c.last_id ORDER BY c.last_id DESC",
+        ") c JOIN messages m ON m.id = c.last_id JOIN messages f ON f.id = c.first_id"
+        " ORDER BY c.last_id DESC",
         [*params, PAGE + 1],
     )
     more = len(rows) > PAGE
@@ -97,6 +107,7 @@ def conversations_get():
     for r in rows:
         names = (r.pop("senders") or "").split(",") + (r.pop("receivers") or "").split(",")
         r["participants"] = sorted(set(filter(None, names)))
+        r["subject"] = subject_of(r.pop("first_content"))
     filters = {"agent": agent} if agent else {}
     context = {
         "conversations": rows,
@@ -111,6 +122,25 @@ def conversations_get():
     return render_template(
         "messages/conversations.html", agents=agent_names(), dead_total=dead_total(), **context
     )
+
+
+# Content keys that read as a conversation's subject, in the order they are looked for.
+SUBJECT_KEYS = ("subject", "title", "task", "summary", "text", "question", "message", "goal")
+
+
+def subject_of(content: str) -> str:
+    """What a conversation is about: its first message's subject-like field, or its content."""
+    value = json.loads(content)
+    if isinstance(value, dict):
+        for key in SUBJECT_KEYS:
+            if isinstance(value.get(key), str) and value[key].strip():
+                return shorten(value[key].strip())
+    return compact_content(content)
+
+
+def shorten(text: str, most: int = 80) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= most else line[: most - 1] + "…"
 
 
 def delivery_state(row, now: float) -> str:
@@ -149,7 +179,12 @@ def thread_of(rows, now: float) -> list[dict]:
                 "original_receiver": row["original_receiver"],
             }
         )
-    asked = {m["reply_with"]: m for m in thread if m["reply_with"]}
+    # A reply names what it answers by the asker's reply_with or, as many agents do, by
+    # its message id: either links it (issue 16: an answer showed "not in this conversation"
+    # right under the message it answered).
+    asked = {m["message_id"]: m for m in thread} | {
+        m["reply_with"]: m for m in thread if m["reply_with"]
+    }
     for m in thread:
         parent = asked.get(m["in_reply_to"]) if m["in_reply_to"] else None
         m["parent"] = parent["anchor"] if parent else None
@@ -158,6 +193,19 @@ def thread_of(rows, now: float) -> list[dict]:
                 {"anchor": m["anchor"], "label": f"{m['performative']} from {m['sender']}"}
             )
     return thread
+
+
+def earlier_parents(conversation_id: str, after: int, thread: list[dict]) -> None:
+    """Link replies to what they answer on an earlier page of the same conversation."""
+    for m in thread:
+        if m["parent"] is None and m["in_reply_to"]:
+            row = db.query_one(
+                "SELECT id FROM messages WHERE conversation_id = ? AND id <= ?"
+                " AND (reply_with = ? OR message_id = ?) ORDER BY id LIMIT 1",
+                (conversation_id, after, m["in_reply_to"], m["in_reply_to"]),
+            )
+            if row is not None:
+                m["earlier"] = f"m-{row['id']}"
 
 
 def thread_version(conversation_id: str, after: int, now: float) -> str:
@@ -192,6 +240,8 @@ def conversation_get(conversation_id: str):
     more = len(rows) > THREAD_PAGE
     rows = rows[:THREAD_PAGE]
     thread = thread_of(rows, now)
+    if after:
+        earlier_parents(conversation_id, after, thread)
     names = {m["sender"] for m in thread} | {r["name"] for m in thread for r in m["receivers"]}
     context = {
         "conversation_id": conversation_id,
@@ -289,8 +339,7 @@ def dead_context(args) -> dict[str, Any]:
 
 def compact_content(text: str) -> str:
     value = json.loads(text)
-    line = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return line if len(line) <= 80 else line[:79] + "…"
+    return shorten(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
 
 
 @bp.get("/messages/dead")
