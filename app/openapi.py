@@ -162,9 +162,21 @@ def build_spec() -> dict:
     }
 
 
+def cached() -> dict:
+    """The spec and the /docs operations, built once per app: routes do not change after start.
+
+    Building takes ~150 ms of pydantic schema work, which would hold up the event loop.
+    """
+    store = current_app.extensions.setdefault("agented.openapi", {})
+    if "spec" not in store:
+        store["spec"] = build_spec()
+        store["ops"] = rendered(store["spec"])
+    return store
+
+
 @bp.get("/openapi.json")
 def openapi_json():
-    return jsonify(build_spec())
+    return jsonify(cached()["spec"])
 
 
 # --- the /docs page ---------------------------------------------------------------------
@@ -290,7 +302,7 @@ def rendered(spec: dict) -> list[dict]:
 
 @bp.get("/docs")
 def docs():
-    return render_template("docs.html", ops=rendered(build_spec()))
+    return render_template("docs.html", ops=cached()["ops"])
 
 
 # --- query parameters and answers the routes declare ------------------------------------
