@@ -156,13 +156,17 @@ def slugify(name: str) -> str:
 
 
 # Here, not in app/matching.py: it looks the trigger up (404) and answers in HTTP terms.
-def plan_from_trigger(slug: str, params: dict) -> dict:
-    """Plan a task for an API submission naming a trigger."""
+def plan_from_trigger(slug: str, params: dict, payload: Any = None) -> dict:
+    """Plan a task for an API submission naming a trigger.
+
+    `payload`: what the template sees as `payload` (the dashboard's Run now sends one,
+    so a template written for its events can be run by hand); none is `{}`.
+    """
     row = get_trigger(slug)
     if not row["enabled"]:
         raise ApiError(409, "the trigger is disabled")
     try:
-        return plan(row, "api", {}, params)
+        return plan(row, "api", {} if payload is None else payload, params)
     except prompts.PromptError as exc:
         raise render_error(exc) from None
 
