@@ -171,7 +171,7 @@ def test_it_answers_as_the_declared_answer_models_say(app, client, alice, world)
             continue
         status, data = call(client, alice, "GET", path)
         assert status == view.answer_status, (path, data)
-        view.answer_model.model_validate(data)
+        view.answer_model.model_validate(data, strict=True)
         schema = {"$ref": f"#/components/schemas/{view.answer_model.__name__}"}
         assert undeclared(schema, data, schemas) == [], path
         checked += 1
@@ -207,7 +207,7 @@ def as_declared(app, client, key: str, method: str, path: str, body=None):
         assert resp.get_data() == b""
         return None
     data = resp.get_json()
-    view.answer_model.model_validate(data)
+    view.answer_model.model_validate(data, strict=True)
     with app.test_request_context():
         from app.openapi import build_spec
 
