@@ -37,10 +37,13 @@ BACKOFF_MAX_S = 3600
 PROBE_S = 60
 
 
-def account_of(agent) -> str:
-    """The account an agent row runs on."""
+def account_of(agent) -> str | None:
+    """The account an agent row runs on; None for a shell command that names none
+    (what it calls is its own business: one script's 429 must not stop the others)."""
     if agent["account"]:
         return agent["account"]
+    if agent["backend"] == "shell":
+        return None
     if agent["secrets_enc"]:
         return f"agent:{agent['name']}"
     return agent["backend"]
@@ -114,6 +117,8 @@ def waiting_reason(conn, agent_name: str | None, now: float) -> str | None:
     if agent is None or agent["backend"] == "external":
         return None
     account = account_of(agent)
+    if account is None:
+        return None
     row = conn.execute(
         "SELECT * FROM accounts WHERE name = ? AND paused_until > ?", (account, now)
     ).fetchone()
@@ -127,7 +132,8 @@ def accounts_json(conn, now: float) -> list[dict]:
         "SELECT name, backend, account, secrets_enc FROM agents WHERE backend != 'external'"
         " ORDER BY name"
     ):
-        agents.setdefault(account_of(agent), []).append(agent["name"])
+        if (name := account_of(agent)) is not None:
+            agents.setdefault(name, []).append(agent["name"])
     rows = {r["name"]: r for r in conn.execute("SELECT * FROM accounts")}
     found = []
     for name in sorted(set(agents) | set(rows)):
@@ -185,8 +191,7 @@ def active_per_account(conn, agents: dict) -> dict[str, int]:
     marks = ", ".join("?" * len(ACTIVE))
     for row in conn.execute(f"SELECT agent FROM tasks WHERE state IN ({marks})", ACTIVE):
         agent = agents.get(row["agent"])
-        if agent is not None:
-            name = account_of(agent)
+        if agent is not None and (name := account_of(agent)) is not None:
             counts[name] = counts.get(name, 0) + 1
     return counts
 

@@ -565,7 +565,7 @@ class Run:
                 evs.append(paused)
                 shown = time.strftime("%H:%M", time.localtime(until))
                 reason = f"{what}: account {self.account} paused until {shown}; resumes then"
-            elif self.account is not None and outcome in ("succeeded", "failed"):
+            elif self.account is not None and limit is None and outcome in ("succeeded", "failed"):
                 evs += accounts.settle(conn, self.account, self.started_at)
             conn.execute(
                 "UPDATE attempts SET state = ?, exit_code = ?, error = ?, retryable = ?,"
@@ -585,7 +585,8 @@ class Run:
                                       reason=reason))  # fmt: skip
             elif retryable and task["attempts"] < task["max_attempts"]:
                 state = "queued"
-                next_at = t + backoff(task["attempts"], cfg)
+                # A limit that paused no account (a shell command's) still says when.
+                next_at = max((limit or (None,))[0] or 0, t + backoff(task["attempts"], cfg))
                 evs.append(transition(conn, self.task_id, "queued", next_attempt_at=next_at))
             else:
                 state, next_at = "dead", None

@@ -89,7 +89,7 @@ def transition(conn, task_id: int, state: str, **data: Any) -> dict:
     """
     reports.touch(conn, task_id)
     if state in FINISHED:
-        reports.notify_task(conn, task_id, state)
+        reports.notify_task(conn, task_id, state, data.get("reason"))
     return events.record(
         conn, f"task.{state}", f"task:{task_id}", {"task_id": task_id, "state": state, **data}
     )

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.pool
 import httpx
 from flask import Flask
 from pydantic import Field, model_validator
@@ -49,6 +50,8 @@ BACKOFF_CAP_S = 900.0
 LEASE_S = 120.0
 POLL_S = 1.0
 BATCH = 20
+SENDERS_AT_ONCE = 8
+SEND_TIMEOUT_S = 60.0
 RESULT_CHARS = 4000
 # GitHub's check-run conclusions and commit-status states per final task state.
 CONCLUSION = {"succeeded": "success", "dead": "failure", "cancelled": "cancelled"}
@@ -171,8 +174,11 @@ def shown_notify(text: str | None) -> list[dict]:
     return [{k: t[k] for k in ("kind", "on", "hint")} for t in json.loads(text or "[]")]
 
 
-def notify_task(conn, task_id: int, state: str) -> None:
-    """Queue the notifications a finished task owes (the caller's transaction)."""
+def notify_task(conn, task_id: int, state: str, reason: str | None = None) -> None:
+    """Queue the notifications a finished task owes (the caller's transaction).
+
+    `reason` is why it died, given by the caller: the task row may not hold it yet.
+    """
     row = conn.execute(
         "SELECT t.id, t.state, t.agent, t.trigger_slug, t.last_error, t.attempts,"
         " tr.notify AS trigger_notify, a.notify AS agent_notify FROM tasks t"
@@ -185,7 +191,7 @@ def notify_task(conn, task_id: int, state: str) -> None:
     targets = [*json.loads(row["trigger_notify"] or "[]"), *json.loads(row["agent_notify"] or "[]")]
     data = {"task_id": task_id, "state": state, "agent": row["agent"],
             "trigger": row["trigger_slug"], "attempts": row["attempts"],
-            "error": row["last_error"] if state != "succeeded" else None}  # fmt: skip
+            "error": reason or (row["last_error"] if state == "dead" else None)}  # fmt: skip
     _queue(conn, task_id, [t for t in targets if state in t["on"]], f"task.{state}", data)
 
 
@@ -256,13 +262,13 @@ def send_due(cfg, now: float | None = None) -> int:
             " LIMIT ?",
             (now, BATCH),
         ).fetchall()
-    tried = 0
-    for row in due:
-        if not _lease(cfg, row, now):
-            continue  # another worker took it
-        tried += 1
-        _send_one(cfg, row)
-    return tried
+    # Side by side, each within SEND_TIMEOUT_S: one slow receiver holds up no other.
+    leased = [row for row in due if _lease(cfg, row, now)]  # others: another worker's
+    pool = gevent.pool.Pool(SENDERS_AT_ONCE)
+    for row in leased:
+        pool.spawn(_send_one, cfg, row)
+    pool.join()
+    return len(leased)
 
 
 def _lease(cfg, row, now: float) -> bool:
@@ -283,7 +289,10 @@ def _send_one(cfg, row) -> None:
     try:
         with db.reading(cfg["DATABASE"]) as conn:
             facts = task_facts(conn, row["task_id"]) if row["task_id"] else None
-        remote_id = SENDERS[row["channel"]](cfg, row, target, facts)
+        # httpx times each read, not the whole call: a receiver trickling bytes
+        # would hold the send for ever without this.
+        with gevent.Timeout(SEND_TIMEOUT_S, SendError(f"no answer in {SEND_TIMEOUT_S:g} s")):
+            remote_id = SENDERS[row["channel"]](cfg, row, target, facts)
     except (github.GitHubError, SendError) as exc:
         return _failed(cfg, row, str(exc), exc.retryable, exc.retry_at)
     except Exception as exc:  # a bug in rendering must not stop the other reports

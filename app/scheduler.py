@@ -49,7 +49,7 @@ def claim_ready(cfg) -> list[dict]:
         # A paused account takes nothing; a probing one, one run at a time.
         agents = {}
         for name, r in local.items():
-            hold = held.get(accounts.account_of(r))
+            hold = held.get(accounts.account_of(r) or "")
             if hold is None or (hold["probing"] and not per_account.get(hold["name"])):
                 agents[name] = r
         # Work named for a held agent may go to its fallback.
@@ -83,7 +83,7 @@ def claim_ready(cfg) -> list[dict]:
             continue  # waits until its agent has room (or exists again)
         running += 1
         per_agent[agent] = per_agent.get(agent, 0) + 1
-        hold = held.get(accounts.account_of(agents[agent]))
+        hold = held.get(accounts.account_of(agents[agent]) or "")
         if hold is not None:  # probing: this run is the account's one
             per_account[hold["name"]] = 1
             agents = {n: r for n, r in agents.items() if accounts.account_of(r) != hold["name"]}

@@ -144,3 +144,19 @@ def test_it_shows_what_the_cli_was_not_allowed_to_do(hub):
     assert denials and denials[0]["tool"] == "Bash"
     assert "permission_denials" not in allowed["attempt_list"][0]["usage"]
     assert "--dangerously-skip-permissions" in allowed["attempt_list"][0]["argv"]
+
+
+def test_it_pauses_nothing_for_a_shell_commands_rate_limit(hub):
+    script = "echo 'API rate limit exceeded; retry after 30 seconds' >&2; exit 1"
+    for name, command in (("gh-script", ["sh", "-c", script]), ("other", ["true"])):
+        status, out = live(hub, hub.keys["admin"], "POST", "/api/v1/agents",
+                           {"name": name, "backend": "shell", "command": command})  # fmt: skip
+        assert status == 201, out
+    limited_task = submit(hub, "gh-script", "go")
+    queued = limited(hub, limited_task)
+
+    # Its own retry waits for the time it was given; other shell agents run on.
+    assert queued["next_attempt_at"] >= queued["attempt_list"][0]["finished_at"] + 20
+    wait_state(hub, submit(hub, "other", "go"), "succeeded")
+    assert all(not a["paused"] for a in live(hub, hub.keys["admin"], "GET",
+                                             "/api/v1/accounts")[1]["accounts"])  # fmt: skip

@@ -149,3 +149,19 @@ def test_it_warns_that_a_run_token_needs_a_github_app(hub):
     body = {"name": "pusher", "backend": "shell", "command": ["true"], "github_token": True}
     status, out = live(hub, hub.keys["admin"], "POST", "/api/v1/agents", body)
     assert status == 201 and any("GitHub App" in w for w in out["warnings"])
+
+
+def test_it_says_why_a_task_died(hub, receiver):
+    body = {
+        "name": "breaker",
+        "backend": "shell",
+        "command": ["sh", "-c", "exit 3"],
+        "notify": [{"kind": "webhook", "url": f"{receiver.url}/hook", "secret": SECRET}],
+    }
+    assert live(hub, hub.keys["admin"], "POST", "/api/v1/agents", body)[0] == 201
+    submit(hub, "breaker", "go", max_attempts=1)
+
+    payload = verified(wait_for(lambda: receiver.at("/hook"), timeout=60)[0])
+
+    assert payload["type"] == "task.dead"
+    assert payload["data"]["error"] == "exited with status 3"
