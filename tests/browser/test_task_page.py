@@ -8,6 +8,7 @@ task form refusing a prompt over the limit without losing it.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from playwright.sync_api import expect
 
@@ -140,6 +141,27 @@ def test_it_follows_an_automatic_retry_and_shows_the_failed_attempts_stderr(page
     release(hub, task_id, "end")
     expect(badge(page)).to_have_text("succeeded")
     expect(page.locator("#log-lines")).to_contain_text("fixed")
+    assert not page.errors, page.errors
+
+
+def test_it_follows_a_task_through_a_usage_limit_to_its_resumed_session(page, hub):
+    fake = Path(__file__).resolve().parents[1] / "fakes" / "fake-claude"
+    body = {"name": "coder", "backend": "claude", "command": [str(fake)],
+            "permissions": "workspace-write"}  # fmt: skip
+    assert hub.api("POST", "/api/v1/agents", body)[0] == 201
+    task = {"agent": "coder", "prompt": "FAKE:limit_once=3600 write notes.txt"}
+    task_id = hub.api("POST", "/api/v1/tasks", task)[1]["id"]
+    sign_in(page, hub.admin, f"/tasks/{task_id}")
+    # The first attempt hits the limit: the task waits for its account, the page stays live.
+    expect(page.locator("#task-waiting")).to_contain_text("paused")
+    expect(badge(page)).to_have_text("queued")
+    session = hub.task(task_id)["attempt_list"][0]["usage"]["session_id"]
+    assert hub.api("POST", "/api/v1/accounts/claude/resume")[0] == 200
+    expect(badge(page)).to_have_text("succeeded", timeout=30_000)
+    dividers = page.locator(".attempt-divider")
+    expect(dividers).to_have_count(2)
+    expect(dividers.nth(1)).to_contain_text("Attempt 2 · started ")
+    expect(dividers.nth(1)).to_contain_text(f"resumed session {session}")
     assert not page.errors, page.errors
 
 
