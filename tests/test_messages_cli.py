@@ -34,8 +34,29 @@ def test_it_registers_lists_and_drains_agents(live_server):
     assert ok_json(srv, admin, "agent", "drain", "scout")["state"] == "draining"
     code, out, err = run(srv, admin, "agent", "register", "scout", "--json")
     assert code == 1 and json.loads(out)["status"] == 409 and "409" in err
-    code, _out, err = run(srv, None, "agent", "list")
+    # No key: this machine's hub, read through its data dir, shows the same registry.
+    code, out, err = run(srv, None, "agent", "list")
+    assert code == 0 and "scout" in out and "other" in out, err
+    code, _out, err = run(srv, None, "agent", "list", "--url", srv.url)
     assert code == 2 and "API key" in err
+
+
+def test_it_creates_edits_shows_and_deletes_a_local_agent_over_http(live_server):
+    srv = start(live_server)
+    admin, viewer = srv.make_key("admin"), srv.make_key("viewer", "vera")
+    made = ok_json(srv, admin, "agent", "create", "echo", "--backend", "shell", "--command", "cat")
+    assert made["command"] == ["cat"] and made["warnings"] == []
+    code, out, err = run(srv, viewer, "agent", "create", "other", "--backend", "shell",
+                         "--command", "cat")  # fmt: skip
+    assert code == 1 and "(403 forbidden)" in err, (out, err)
+    saved = ok_json(srv, admin, "agent", "edit", "echo", "-c", "sample")
+    assert saved["capabilities"] == ["sample"]
+    code, out, err = run(srv, admin, "agent", "edit", "echo", "--concurrency", "0")
+    assert code == 1 and "  concurrency: Input should be greater than or equal to 1" in err
+    assert ok_json(srv, viewer, "agent", "show", "echo")["mailbox_depth"] == 0
+    assert ok_json(srv, admin, "agent", "delete", "echo", "--yes")["deleted"] is True
+    code, _out, err = run(srv, admin, "agent", "show", "echo")
+    assert code == 1 and "(404 not_found)" in err
 
 
 def test_it_sends_tails_and_acks_messages(live_server):

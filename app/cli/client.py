@@ -70,15 +70,34 @@ def default_url() -> str:
 def api_options(fn):
     """--url, --key and --json for every command; they build `api` for it."""
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
-    fn = click.option("--key", envvar="AGENTED_API_KEY", help="API key (AGENTED_API_KEY).")(fn)
-    fn = click.option("--url", envvar="AGENTED_URL", help="Service URL (AGENTED_URL).")(fn)
+    fn = click.option(
+        "--key", envvar="AGENTED_API_KEY", help="API key for the HTTP API (AGENTED_API_KEY)."
+    )(fn)
+    fn = click.option(
+        "--url",
+        envvar="AGENTED_URL",
+        help="The hub's address (AGENTED_URL; default this machine's AGENTED_BIND).",
+    )(fn)
     return fn
 
 
 def make_api(url: str | None, key: str | None, as_json: bool) -> Api:
     if not key:
-        raise click.UsageError("give an API key with --key or AGENTED_API_KEY")
+        raise click.UsageError(
+            "this goes over the hub's HTTP API: give an API key with --key or AGENTED_API_KEY"
+        )
     return Api(url or default_url(), key, as_json)
+
+
+def remote(url: str | None, key: str | None, as_json: bool) -> Api | None:
+    """The HTTP client when --url or --key is given (or set in the environment), else None.
+
+    None means: work on this machine's hub through its data dir, where no key is
+    needed (whoever can open the database already has every role).
+    """
+    if not url and not key:
+        return None
+    return make_api(url, key, as_json)
 
 
 def parse_json(value: str | None, what: str) -> Any:

@@ -10,16 +10,23 @@ this module imports none of them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any, NoReturn
 
 import click
 from dotenv import load_dotenv
+from flask import Flask
 
-from app import config, db
+from app import config, create_app, db
+from app.api import loads
 from app.auth import create_key, key_json
+from app.errors import ApiError, DomainError, as_api_error
 from app.ops import audit, restore
 
 # A command whose last word is one of these only reads: it leaves no audit row.
@@ -81,6 +88,56 @@ def error_text(message: str, status: int | str | None, details: object) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def app_context() -> Iterator[Flask]:
+    """Push an app context so the feature functions see their configuration."""
+    require_hub()  # create_app would start an empty hub wherever the command runs
+    try:
+        app = create_app()
+    except (config.ConfigError, db.MigrationError) as exc:
+        raise click.ClickException(str(exc)) from None
+    # The service's INFO lines (one per event) are noise on a terminal.
+    logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+    with app.app_context(), app.test_request_context():
+        yield app
+
+
+def api_error(exc: ApiError | DomainError) -> click.ClickException:
+    """The API's refusal in words: its message and status, then each field and its limit."""
+    if isinstance(exc, DomainError):
+        exc = as_api_error(exc)  # the status the API would answer, for the same words
+    return click.ClickException(error_text(exc.message, exc.status, exc.details))
+
+
+def body_from(file: IO[str] | None, fields: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object in --file (the API's fields) with the flags given on top of it.
+
+    A flag left out (None, or an empty repeatable one) keeps the file's value.
+    """
+    body: dict[str, Any] = {}
+    if file is not None:
+        try:
+            body = loads(file.read())
+        except ValueError as exc:
+            raise click.ClickException(f"{file.name} is not JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise click.ClickException(f"{file.name} must hold a JSON object (the API's fields)")
+    for name, value in fields.items():
+        if value is not None and value != ():
+            body[name] = list(value) if isinstance(value, tuple) else value
+    return body
+
+
+def refuse(exc: ApiError | DomainError, as_json: bool) -> NoReturn:
+    """Stop with the API's refusal; with --json also print the body the API would answer."""
+    if isinstance(exc, DomainError):
+        exc = as_api_error(exc)
+    if as_json:
+        error = {"code": exc.code, "message": exc.message, "details": exc.details}
+        click.echo(json.dumps({"status": exc.status, "error": error}, indent=2, default=str))
+    raise api_error(exc) from None
+
+
 def open_db(cfg: dict, migrate: bool = True):
     try:
         if migrate:
@@ -101,7 +158,23 @@ class RootGroup(click.Group):
 
 @click.group(cls=RootGroup)
 def main() -> None:
-    """Agented: run and watch autonomous agent work."""
+    """Agented: run and watch autonomous agent work.
+
+    \b
+    Where a command acts, and when it needs an API key:
+    - By default on this machine's hub, through its data dir (AGENTED_DATA_DIR,
+      default ./var; the checkout's .env is read), with no API key: whoever can
+      open that database already has every role. The service may be up or down.
+      Where there is no hub the command stops; `db migrate` starts one.
+    - agent commands given --url or --key (or AGENTED_URL / AGENTED_API_KEY)
+      send the same request to the hub's HTTP API instead, with that key's role
+      (an external agent on another machine registers itself this way).
+    - msg and dlq always use the HTTP API, so they always need a key: a message
+      must wake its receiver inside the running service.
+
+    Exit codes: 0 done, 1 failed or refused (the message says why, field by
+    field), 2 bad usage.
+    """
 
 
 @main.result_callback()

@@ -1,11 +1,11 @@
-"""`agented agent|msg|dlq ...`: the registry, messages and message dead letters from a shell.
+"""`agented msg|dlq ...`: messages and message dead letters from a shell.
 
-These commands talk to the running service over its HTTP API rather than to
-the database: agents usually run on other machines, a send must wake the
-receiver's long-poll in the service's process (a row written from here would
-wait for the next sweep), and agent-scoped keys and rate limits apply the
-same way as for any client. Set AGENTED_URL and AGENTED_API_KEY (or pass
---url and --key). Exit codes: 0 done, 1 refused or failed (the message says
+These commands always talk to the running service over its HTTP API rather
+than to the database: a send must wake the receiver's long-poll in the
+service's process (a row written from here would wait for the next sweep),
+and agent-scoped keys and rate limits apply the same way as for any client.
+Set AGENTED_API_KEY (and AGENTED_URL for a hub elsewhere), or pass --key and
+--url. Exit codes: 0 done, 1 refused or failed (the message says
 why; with --json the error body is printed), 2 bad usage.
 """
 
@@ -21,61 +21,6 @@ import click
 
 from app.cli.client import api_options, make_api, parse_json, q
 from app.cli.main import emit
-
-# --- agent ------------------------------------------------------------------------------
-
-
-@click.group("agent")
-def agent_group() -> None:
-    """The agent registry."""
-
-
-@agent_group.command("list")
-@click.option("--capability", help="Only agents with all these tags (comma-separated).")
-@click.option("--state", help="Only agents in these states (comma-separated).")
-@api_options
-def agent_list(capability, state, url, key, as_json) -> None:
-    """List agents with their state and heartbeat age."""
-    api = make_api(url, key, as_json)
-    query = urllib.parse.urlencode(
-        {k: v for k, v in (("capability", capability), ("state", state)) if v}
-    )
-    agents = api.call("GET", f"/api/v1/agents?{query}")["agents"]
-    lines = [
-        f"{a['name']:<24} {a['backend']:<9} {a['state']:<10} "
-        f"{'-' if a['heartbeat_age_s'] is None else str(a['heartbeat_age_s']) + 's':>8}  "
-        + ",".join(a["capabilities"])
-        for a in agents
-    ]
-    emit(as_json, {"agents": agents}, "\n".join(lines) or "no agents")
-
-
-@agent_group.command("register")
-@click.argument("name")
-@click.option("--capability", "-c", "caps", multiple=True, help="A capability tag (repeatable).")
-@click.option("--metadata", help="Metadata as a JSON object.")
-@click.option("--rate-tier", help="Rate tier (operator keys only).")
-@api_options
-def agent_register(name, caps, metadata, rate_tier, url, key, as_json) -> None:
-    """Register an external agent and print its agent-scoped key (shown only now)."""
-    api = make_api(url, key, as_json)
-    body: dict[str, Any] = {"name": name, "backend": "external", "capabilities": list(caps)}
-    if metadata is not None:
-        body["metadata"] = parse_json(metadata, "--metadata")
-    if rate_tier:
-        body["rate_tier"] = rate_tier
-    agent = api.call("POST", "/api/v1/agents", body)
-    emit(as_json, agent, f"{agent['key']}\n(agent {name}'s key; shown only now, store it safely)")
-
-
-@agent_group.command("drain")
-@click.argument("name")
-@api_options
-def agent_drain(name, url, key, as_json) -> None:
-    """Drain an agent: it finishes what it holds, takes nothing new, then stops."""
-    agent = make_api(url, key, as_json).call("POST", f"/api/v1/agents/{q(name)}/drain")
-    emit(as_json, agent, f"{name}: {agent['state']}")
-
 
 # --- msg -----------------------------------------------------------------------------------
 
@@ -305,4 +250,4 @@ def dlq_purge(ids, reason, receiver, everything, url, key, as_json) -> None:
     emit(as_json, data, f"purged {data['purged']}")
 
 
-COMMANDS = (agent_group, msg_group, dlq_group)
+COMMANDS = (msg_group, dlq_group)

@@ -1,4 +1,4 @@
-"""CLI for the pipeline: `agented task|trigger|delivery <verb>`, `--json` everywhere.
+"""CLI for the pipeline: `agented task|delivery <verb>`, `--json` everywhere.
 
 The commands work on the database directly (through the same functions the API
 uses), so they work with the service up or down; a running service's scheduler
@@ -8,17 +8,14 @@ picks up new work within half a second and sees cancels within a second.
 from __future__ import annotations
 
 import json
-import logging
 import time
-from contextlib import contextmanager
-from pathlib import Path
 
 import click
 
-from app import config, create_app, db, events, executions
+from app import db, events, executions
 from app.api import loads, validate
-from app.cli.main import emit, error_text, require_hub
-from app.errors import ApiError, DomainError, as_api_error
+from app.cli.main import api_error, app_context, emit
+from app.errors import ApiError, DomainError
 from app.ops.counters import TASK_STATES
 from app.queue import FINISHED, create_task, create_tasks
 from app.tasks import (
@@ -30,37 +27,7 @@ from app.tasks import (
     task_json,
     tasks_by_id,
 )
-from app.triggers import (
-    TriggerIn,
-    check_trigger,
-    get_trigger,
-    insert_trigger,
-    trigger_json,
-    update_trigger,
-)
 from app.webhooks import delivery_json, replay
-
-
-@contextmanager
-def app_context():
-    """Push an app context so the feature functions see their configuration."""
-    require_hub()  # create_app would start an empty hub wherever the command runs
-    try:
-        app = create_app()
-    except (config.ConfigError, db.MigrationError) as exc:
-        raise click.ClickException(str(exc)) from None
-    # The service's INFO lines (one per event) are noise on a terminal.
-    logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
-    with app.app_context(), app.test_request_context():
-        yield app
-
-
-def api_error(exc: ApiError | DomainError) -> click.ClickException:
-    """The API's refusal in words: its message and status, then each field and its limit."""
-    if isinstance(exc, DomainError):
-        exc = as_api_error(exc)  # the status the API would answer, for the same words
-    return click.ClickException(error_text(exc.message, exc.status, exc.details))
-
 
 # --- tasks --------------------------------------------------------------------
 
@@ -239,78 +206,6 @@ def task_retry(task_id, as_json):
         emit(as_json, {"id": task_id, "queued": True}, f"task {task_id} queued again")
 
 
-# --- triggers -------------------------------------------------------------------
-
-
-@click.group("trigger")
-def trigger_group() -> None:
-    """Triggers: list, show, create from a JSON file, enable, disable."""
-
-
-@trigger_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def trigger_list(as_json):
-    """List triggers."""
-    with app_context():
-        rows = [trigger_json(r) for r in db.query_all("SELECT * FROM triggers ORDER BY slug")]
-        lines = [
-            f"{t['slug']:<24} {t['kind']:<8} {'on ' if t['enabled'] else 'off'} "
-            f"-> {t['agent'] or t['selector']}"
-            for t in rows
-        ]
-        emit(as_json, {"triggers": rows}, "\n".join(lines) or "no triggers")
-
-
-@trigger_group.command("create")
-@click.option("--file", "path", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def trigger_create(path, as_json):
-    """Create a trigger from a JSON file (the API's fields); prints a webhook secret once."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except ValueError as exc:
-        raise click.ClickException(f"{path} is not JSON: {exc}") from None
-    with app_context():
-        try:
-            fields = validate(TriggerIn, data).model_dump()
-            check_trigger(fields)
-            slug, secret = insert_trigger(fields)
-        except (ApiError, DomainError) as exc:
-            raise api_error(exc) from None
-        body = trigger_json(get_trigger(slug)) | ({"secret": secret} if secret else {})
-        text = f"trigger {body['slug']} created"
-        if body.get("secret"):
-            text += (
-                f"\n  webhook URL: {body['webhook_url']}\n  secret (shown once): {body['secret']}"
-            )
-        emit(as_json, body, text)
-
-
-@trigger_group.command("enable")
-@click.argument("slug")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def trigger_enable(slug, as_json):
-    """Turn a trigger on."""
-    set_enabled(slug, True, as_json)
-
-
-@trigger_group.command("disable")
-@click.argument("slug")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def trigger_disable(slug, as_json):
-    """Turn a trigger off (its webhooks are recorded but start nothing)."""
-    set_enabled(slug, False, as_json)
-
-
-def set_enabled(slug: str, on: bool, as_json: bool) -> None:
-    with app_context():
-        row = db.query_one("SELECT * FROM triggers WHERE slug = ?", (slug,))
-        if row is None:
-            raise click.ClickException(f"no trigger {slug!r}")
-        update_trigger(row, {"enabled": on})  # as the API and the pages do
-        emit(as_json, {"slug": slug, "enabled": on}, f"trigger {slug} {'on' if on else 'off'}")
-
-
 # --- deliveries -----------------------------------------------------------------
 
 
@@ -347,4 +242,4 @@ def delivery_replay(delivery_id, as_json):
         emit(as_json, body, f"delivery {body['delivery_id']}: {len(body['tasks'])} task(s)")
 
 
-COMMANDS = (task_group, trigger_group, delivery_group)
+COMMANDS = (task_group, delivery_group)
