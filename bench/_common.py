@@ -82,6 +82,8 @@ class Server:
             AGENTED_RATE_LIMIT="100000000/minute",
             # A first backup would start 30 s into the run; upkeep is not what we measure.
             AGENTED_BACKUP_INTERVAL_S="0",
+            # The app of the tree this file is in, for the CLI too (not the editable install's).
+            PYTHONPATH=str(ROOT),
         )
         self.env.update(env)
         self.proc: subprocess.Popen | None = None
