@@ -119,7 +119,7 @@ class TaskBatchIn(Body):
 
 
 class SubmitIn(RootModel[TaskIn | TaskBatchIn]):
-    """The body of POST /api/v1/tasks as /openapi.json describes it: one task, or a batch.
+    """One task, or a batch of them as {"tasks": [...]}.
 
     The view validates TaskIn or TaskBatchIn itself, by whether "tasks" is there,
     so that an error points into the shape the client meant.
