@@ -499,6 +499,9 @@ def test_it_says_a_task_from_the_new_task_form_came_from_the_dashboard(app, deve
     assert one(app, "SELECT origin FROM tasks WHERE id = ?", (task_id,))[0] == (
         '{"kind": "dashboard"}'
     )
+    row = re.search(rf'<tr id="task-{task_id}".*?</tr>', developer.get("/tasks").get_data(
+        as_text=True), re.S).group(0)  # fmt: skip
+    assert '<span class="muted">dashboard</span>' in row
     replayed = post(developer, f"/tasks/{task_id}/replay", developer.token)
     copy = int(replayed.headers["Location"].rsplit("/", 1)[1])
     assert "<dd>Dashboard</dd>" in developer.get(f"/tasks/{copy}").get_data(as_text=True)
