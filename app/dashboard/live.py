@@ -151,7 +151,7 @@ def divider_html(attempt: dict | None, number: int) -> str:
         if attempt.get("resumed_session"):
             parts.append(f"resumed session <code>{escape(attempt['resumed_session'])}</code>")
     return (
-        f'<div class="attempt-divider" role="separator" data-attempt="{number}">'
+        f'<div class="attempt-divider" data-attempt="{number}">'
         f"{' · '.join(parts)}</div>"
     )
 
