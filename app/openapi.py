@@ -894,3 +894,77 @@ class ContractNet(Answer):
     created_at: float
     closed_at: float | None
     replies: list[Reply] | None = Field(None, description="the proposals and refusals so far")
+
+
+# Ready for routes in app/auth.py, app/accounts.py and app/agent_lifecycle.py, whose
+# files others were changing: tests/test_openapi.py checks their answers against
+# these already, so declaring them there is one decorator line per route.
+
+
+class Key(Answer):
+    """An API key (never the key itself)."""
+
+    id: int
+    name: str
+    role: Literal["viewer", "developer", "operator", "admin"]
+    prefix: str
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+
+class KeyList(Answer):
+    """The API keys."""
+
+    keys: list[Key]
+
+
+class KeyCreated(Answer):
+    """The new key, shown this once."""
+
+    id: int
+    name: str
+    role: str
+    key: str
+
+
+class StreamToken(Answer):
+    """A short-lived token for `?token=` on a stream route."""
+
+    token: str
+    expires_in: float = Field(description="seconds")
+
+
+class AgentKey(Answer):
+    """An external agent's new key, shown this once (its old keys stop working)."""
+
+    agent: str
+    key_id: int
+    key: str
+
+
+class Heartbeat(Answer):
+    """The agent's state, and how often to beat before it counts as offline."""
+
+    agent: str
+    state: str
+    heartbeat_at: float
+    heartbeat_interval_s: float
+    offline_after_s: float
+
+
+class Account(Partial):
+    """An account local agents run on, and whether a usage limit holds it back."""
+
+    name: str
+    agents: list[str]
+    paused: bool
+    probing: bool = Field(description="the pause is over and one run checks the limit")
+    paused_until: float | None
+    reason: str | None
+
+
+class AccountList(Answer):
+    """The accounts."""
+
+    accounts: list[Account]

@@ -267,3 +267,26 @@ def test_it_answers_contract_nets_as_declared(app, client, alice, world):
     path = f"/api/v1/contract-nets/{net['conversation_id']}"
     as_declared(app, client, alice, "GET", path)
     as_declared(app, client, world["alpha"], "POST", f"{path}/close")
+
+
+def test_it_has_answer_models_ready_for_the_routes_that_declare_none_yet(app, client, alice, world):
+    from app import openapi
+
+    def check(model, status: int, method: str, path: str, body=None, key: str = alice):
+        resp = client.open(path, method=method, json=body, headers={"X-API-Key": key})
+        assert resp.status_code == status, (path, resp.get_json(silent=True))
+        model.model_validate(resp.get_json(), strict=True)
+        schemas: dict = {}
+        schema = openapi._component(model, schemas)
+        assert undeclared(schema, resp.get_json(), schemas) == [], path
+
+    check(openapi.KeyList, 200, "GET", "/api/v1/keys")
+    made = client.post("/api/v1/keys", json={"name": "x"}, headers={"X-API-Key": alice})
+    openapi.KeyCreated.model_validate(made.get_json(), strict=True)
+    check(openapi.Key, 200, "DELETE", f"/api/v1/keys/{made.get_json()['id']}")
+    check(openapi.StreamToken, 201, "POST", "/api/v1/stream-tokens")
+    check(openapi.AccountList, 200, "GET", "/api/v1/accounts")
+    check(openapi.Heartbeat, 200, "POST", "/api/v1/agents/alpha/heartbeat", {}, world["alpha"])
+    for action in ("drain", "stop", "start"):
+        check(openapi.Agent, 200, "POST", f"/api/v1/agents/alpha/{action}")
+    check(openapi.AgentKey, 201, "POST", "/api/v1/agents/alpha/key")
