@@ -236,3 +236,133 @@ def test_it_shows_the_stored_trigger_settings_in_the_form(app, operator):
     html = operator.get("/triggers/issue-triage").get_data(as_text=True)
     assert 'value="issues, push"' in html
     assert "&#34;opened&#34;" in html or "&quot;opened&quot;" in html
+
+
+# --- the form follows the kind; preview by the template; samples that fit ---------------
+
+
+def fields(html: str) -> set[str]:
+    return set(re.findall(r'<(?:input|textarea|select) id="([a-z_]+)"', html))
+
+
+@pytest.mark.parametrize(
+    ("kind", "wanted", "unwanted"),
+    [
+        ("webhook", {"events", "match"}, {"schedule", "timezone", "actions", "labels", "report"}),
+        ("github", {"events", "actions", "repositories", "labels", "branches", "match", "report"},
+         {"schedule", "timezone"}),
+        ("cron", {"schedule", "timezone"}, {"events", "match", "labels", "report"}),
+        ("manual", set(), {"schedule", "timezone", "events", "match", "report"}),
+    ],
+)  # fmt: skip
+def test_it_shows_only_the_fields_of_the_chosen_kind(operator, kind, wanted, unwanted):
+    html = operator.get(f"/triggers/new?kind={kind}").get_data(as_text=True)
+    shown = fields(html)
+    assert wanted <= shown and not unwanted & shown
+    # A change of kind fetches its fields (htmx); without JS, links do.
+    assert 'hx-get="/triggers/new" hx-target="#kind-fields" hx-select="#kind-fields"' in html
+    assert "<noscript>" in html and f'href="/triggers/new?kind={kind}"' not in html
+
+
+def test_it_keeps_a_field_of_another_kind_that_holds_a_value(app, operator):
+    create(operator, labels="bug")  # a webhook trigger filtering on labels, as the API allows
+    html = operator.get("/triggers/issue-triage").get_data(as_text=True)
+    assert 'id="labels"' in html and 'value="bug"' in html
+    assert 'id="schedule"' not in html and 'id="actions"' not in html
+
+
+def test_it_puts_the_preview_beside_the_template(operator):
+    create(operator)
+    html = operator.get("/triggers/issue-triage").get_data(as_text=True)
+    template = html.index('id="prompt_template"')
+    assert template < html.index("Preview prompt") < html.index("<legend>Limits</legend>")
+    assert 'form="preview-form"' in html and '<form id="preview-form"' in html
+    # A trigger not saved yet previews too, from the form as typed.
+    new = operator.get("/triggers/new").get_data(as_text=True)
+    assert "Preview prompt" in new and 'action="/triggers/new/preview"' in new
+    resp = post(operator, "/triggers/new/preview", operator.token, kind="webhook",
+                prompt_template="New: {{ payload.title }}", payload='{"title": "x"}',
+                match='{"title": "y"}')  # fmt: skip
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and "New: " in page and "would not match" in page
+
+
+def test_it_fills_the_sample_to_fit_the_template_and_filters(operator):
+    create(operator, kind="github", events="pull_request", actions="closed", labels="ship",
+           prompt_template="Review {{ payload.pull_request.title }} by {{ sender }}",
+           match=json.dumps({"pull_request.merged": True}))  # fmt: skip
+    html = operator.get("/triggers/issue-triage").get_data(as_text=True)
+    sample = json.loads(
+        re.search(r'<textarea id="payload"[^>]*>([^<]*)</textarea>', html).group(1)
+        .replace("&#34;", '"')
+    )  # fmt: skip
+    assert sample["action"] == "closed" and sample["pull_request"]["merged"] is True
+    assert sample["pull_request"]["labels"] == [{"name": "ship"}]
+    assert 'id="event" name="event" form="preview-form" value="pull_request"' in html
+    resp = post(operator, "/triggers/issue-triage/preview", operator.token,
+                payload=json.dumps(sample), event="pull_request")  # fmt: skip
+    assert "would match" in resp.get_data(as_text=True)
+
+
+def test_it_shows_the_real_secret_and_a_body_that_fits_in_the_example(app, operator):
+    resp = create(operator, prompt_template="Fix {{ payload.issue.title }}",
+                  match=json.dumps({"kind": "bug"}), events="issue")  # fmt: skip
+    html = resp.get_data(as_text=True).replace("&#39;", "'").replace("&#34;", '"')
+    secret = re.search(r'<code id="hook-secret">([^<]+)</code>', html).group(1)
+    assert "'SECRET'" not in html
+    assert f"-hmac '{secret}'" in html and f"printf %s '{secret}' | base64" in html
+    body = re.search(r"body='([^']+)'", html).group(1)
+    assert '-H "X-Event: issue"' in html
+    # Doing what the example does starts a task.
+    from tests.pipeline_helpers import sign
+
+    sent = operator.post("/hooks/issue-triage", data=body.encode(), headers={
+        "Content-Type": "application/json", "X-Event": "issue",
+        "X-Signature-256": sign(secret, body.encode())})  # fmt: skip
+    assert sent.status_code == 202 and len(sent.get_json()["tasks"]) == 1
+    assert one(app, "SELECT prompt FROM tasks")[0].startswith("Fix ")
+
+
+def test_it_suggests_params_and_sends_a_payload_when_run_now(app, operator):
+    create(operator, name="Deploy", kind="manual",
+           prompt_template="Deploy {{ params.env }} at {{ payload.ref }}")  # fmt: skip
+    html = operator.get("/triggers/deploy").get_data(as_text=True)
+    assert "this template reads <code>params.env</code>" in html
+    assert re.search(r'<textarea id="run-params"[^>]*>\s*env=\s*</textarea>', html)
+    assert "&#34;ref&#34;: &#34;example ref&#34;" in html  # the payload it reads
+    resp = post(operator, "/triggers/deploy/run", operator.token, params="env=prod",
+                payload="{oops")  # fmt: skip
+    assert resp.status_code == 422 and "payload is not valid JSON" in resp.get_data(as_text=True)
+    assert "{oops</textarea>" in resp.get_data(as_text=True)
+    resp = post(operator, "/triggers/deploy/run", operator.token, params="env=prod",
+                payload='{"ref": "v1.2"}')  # fmt: skip
+    assert resp.status_code == 303
+    assert one(app, "SELECT prompt FROM tasks")[0] == "Deploy prod at v1.2"
+
+
+def test_it_shows_a_cron_triggers_last_error_and_next_run(app, operator):
+    import time
+
+    from app import db
+    from app.triggers import fire_due_cron
+
+    create(operator, name="Nightly", kind="cron", schedule="0 3 * * *",
+           prompt_template="Nightly run for {{ payload.scheduled_at }}")  # fmt: skip
+    html = operator.get("/triggers/nightly").get_data(as_text=True)
+    assert "Next run" in html and "0 3 * * *, UTC" in html and "Could not start" not in html
+
+    def broken(conn):  # as a template saved before saves were checked could be
+        conn.execute("UPDATE triggers SET next_run_at = ?, prompt_template = ?",
+                     (time.time() - 1, "Fix {{ payload.issue.title }}"))  # fmt: skip
+
+    db.write(broken, app.config["DATABASE"])
+    with app.app_context():
+        assert fire_due_cron() == []
+    html = operator.get("/triggers/nightly").get_data(as_text=True)
+    assert '<section class="card trigger-status failing"' in html
+    error = re.search(r'role="alert" id="trigger-error">(.*?)</p>', html, re.S)
+    assert error and "Could not start work" in error.group(1) and "cannot render" in error.group(1)
+    assert '<dd class="bad-text">' in html  # the error's time, in red
+    assert "Last fired</dt><dd>—" in html
+    listed = operator.get("/triggers").get_data(as_text=True)
+    assert 'class="badge bad" href="/triggers/nightly"' in listed and ">failing</a>" in listed

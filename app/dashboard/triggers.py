@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import shlex
 import time
 from typing import Any
 
@@ -16,15 +17,17 @@ from app.api import loads, validate
 from app.auth import requires, same_site_path
 from app.dashboard import bp, notify
 from app.dashboard.common import done, field_errors, secret_page
+from app.dashboard.trigger_samples import sample_for, template_reads
 from app.errors import ApiError, Busy, Conflict, as_api_error
 from app.matching import LIST_FIELDS, match, plan
-from app.tasks import TaskIn, plan_task, queue_task
+from app.tasks import TaskIn, queue_task
 from app.triggers import (
     TriggerIn,
     check_for_kind,
     check_trigger,
     get_trigger,
     insert_trigger,
+    plan_from_trigger,
     rotate_secret,
     trigger_json,
     update_trigger,
@@ -54,15 +57,31 @@ CONNECTION = {
     "app": "The hub talks to GitHub as a GitHub App: it posts comments and check runs, through"
            " the App's installation named by each event.",
 }  # fmt: skip
-SAMPLES = {
-    "webhook": {"title": "Example event", "name": "world"},
-    "github": {
-        "action": "opened",
-        "issue": {"number": 1, "title": "Example issue", "labels": [{"name": "agent"}]},
-        "repository": {"full_name": "octo/example"},
-        "sender": {"login": "octocat"},
-    },
+
+
+# The fields each kind of trigger uses; the form shows only these (and any stored value).
+KIND_FIELDS = {
+    "webhook": ("events", "match"),
+    "github": ("events", "actions", "repositories", "labels", "branches", "match", "report"),
+    "cron": ("schedule", "timezone"),
+    "manual": (),
 }
+KIND_LABELS = {"webhook": "webhook (signed POST)", "github": "GitHub event",
+               "cron": "schedule (cron)", "manual": "manual (Run now / API)"}  # fmt: skip
+
+
+# --- samples that fit the trigger --------------------------------------------------------
+
+
+def form_sample(form: dict) -> tuple[Any, str | None]:
+    """sample_for the form as typed (a stored trigger's form is the trigger)."""
+    lists = {f: [i.strip() for i in str(form.get(f, "")).split(",") if i.strip()]
+             for f in LIST_FIELDS}  # fmt: skip
+    try:
+        wanted = loads(form.get("match") or "{}")
+    except ValueError:
+        wanted = {}
+    return sample_for(form["kind"], form["prompt_template"], lists, wanted)
 
 
 # --- the form ---------------------------------------------------------------------------
@@ -184,30 +203,52 @@ def form_page(form: dict, errors: dict, trigger=None, status: int = 200, run: di
     typed = form["notify"]
     shown = notify.view(trigger["notify"] if trigger is not None else None, typed["removed"],
                         typed["new"])  # fmt: skip
+    kind = form["kind"] if form["kind"] in KINDS else "webhook"
+    # A field another kind uses shows only when it holds something (set through the API):
+    # hidden, saving the form would drop it.
+    used = {f for f in (*LIST_FIELDS, "schedule", "match") if form.get(f) not in ("", "{}")}
+    used |= set(errors)  # a field with an error shows, whatever the kind
+    payload, event = form_sample(form)
+    _read, params = template_reads(form["prompt_template"])
     return render_template(
         "triggers/form.html", form=form, errors=errors, trigger=trigger, agents=agents,
-        kinds=KINDS, hook_url=hook_url, run=run or {"params": "", "error": None},
-        report_modes=REPORT_MODES, connection_mode=how, connection=CONNECTION[how], notify=shown,
-        **preview_choices(trigger),
+        kinds=KINDS, kind_labels=KIND_LABELS, shown=set(KIND_FIELDS[kind]) | used,
+        hook_url=hook_url, report_modes=REPORT_MODES, connection_mode=how,
+        connection=CONNECTION[how], notify=shown,
+        run=run or {"params": "".join(f"{p}=\n" for p in params),
+                    "payload": json.dumps(payload, indent=2), "error": None},
+        reads=params, recent=recent_deliveries(trigger), sample=json.dumps(payload, indent=2),
+        sample_event=event or "", trigger_status=status_of(trigger),
     ), status  # fmt: skip
 
 
-def preview_choices(trigger) -> dict:
+def recent_deliveries(trigger) -> list:
     if trigger is None:
-        return {"recent": [], "sample": json.dumps(SAMPLES["webhook"], indent=2)}
+        return []
     if trigger["kind"] == "github":
-        recent = db.query_all(
+        return db.query_all(
             "SELECT id, event, received_at FROM deliveries WHERE source = 'github'"
             " AND signature = 'valid' ORDER BY id DESC LIMIT 20"
         )
-    else:
-        recent = db.query_all(
-            "SELECT id, event, received_at FROM deliveries WHERE trigger_slug = ?"
-            " AND signature = 'valid' ORDER BY id DESC LIMIT 20",
-            (trigger["slug"],),
-        )
-    sample = SAMPLES.get(trigger["kind"], {})
-    return {"recent": recent, "sample": json.dumps(sample, indent=2)}
+    return db.query_all(
+        "SELECT id, event, received_at FROM deliveries WHERE trigger_slug = ?"
+        " AND signature = 'valid' ORDER BY id DESC LIMIT 20",
+        (trigger["slug"],),
+    )
+
+
+def status_of(trigger) -> dict | None:
+    """When it last started work, why it last could not, and (cron) when it runs next."""
+    if trigger is None:
+        return None
+    last_task = db.query_value(
+        "SELECT max(created_at) FROM tasks WHERE trigger_slug = ?", (trigger["slug"],)
+    )
+    return {
+        "error": trigger["last_error"], "error_at": trigger["last_error_at"],
+        "fired_at": trigger["last_fired_at"], "last_task_at": last_task,
+        "next_run_at": trigger["next_run_at"] if trigger["kind"] == "cron" else None,
+    }  # fmt: skip
 
 
 # --- pages ------------------------------------------------------------------------------
@@ -252,9 +293,10 @@ def trigger_new_post():
         return form_page(form, refused_field(exc), status=exc.status)
     if secret is None:
         return done(f"Trigger {slug} created.", url_for("dashboard.trigger_get", slug=slug))
+    row = get_trigger(slug)
     return secret_page(
-        "triggers/secret.html", 201, trigger=get_trigger(slug), secret=secret,
-        url=webhook_url(slug), created=True,
+        "triggers/secret.html", 201, trigger=row, secret=secret, url=webhook_url(slug),
+        created=True, example=hook_example(row),
     )  # fmt: skip
 
 
@@ -311,8 +353,14 @@ def trigger_secret_post(slug: str):
     secret = rotate_secret(row)
     return secret_page(
         "triggers/secret.html", 200, trigger=row, secret=secret, url=webhook_url(slug),
-        created=False,
+        created=False, example=hook_example(row),
     )  # fmt: skip
+
+
+def hook_example(row) -> dict[str, str | None]:
+    """A body for the curl example that the trigger matches and its template renders."""
+    payload, event = form_sample(form_of(row))
+    return {"body": shlex.quote(json.dumps(payload)), "event": event}
 
 
 # --- preview, test event, run now ----------------------------------------------------------
@@ -339,13 +387,51 @@ def sample_from_form() -> tuple[Any, str | None, str | None]:
     return payload, event, None
 
 
+@bp.post("/triggers/new/preview")
+@requires("developer")
+def trigger_new_preview_post():
+    """Preview a trigger not saved yet, from the form as typed."""
+    return preview(None)
+
+
 @bp.post("/triggers/<slug>/preview")
 @requires("developer")
 def trigger_preview_post(slug: str):
-    """Render the prompt (as currently typed in the form) against a sample or a past delivery."""
-    row = dict(get_trigger(slug))
-    if request.form.get("prompt_template"):
-        row["prompt_template"] = request.form["prompt_template"]
+    return preview(get_trigger(slug))
+
+
+# What a trigger not saved yet is, before the form's fields go over it.
+BLANK_ROW = {"slug": "new", "name": "", "kind": "webhook", "enabled": 1, "agent": None,
+             "prompt_template": "", "injection_policy": "flag", "concurrency_key": None,
+             "match": "{}", "report": "auto", "priority": 0, "max_attempts": None,
+             "timeout_s": None, "concurrency_limit": None,
+             **{f: "[]" for f in LIST_FIELDS}}  # fmt: skip
+
+
+def typed_row(stored) -> dict:
+    """The trigger as the form has it now: what was typed over what is stored."""
+    f = request.form
+    row = dict(stored) if stored is not None else dict(BLANK_ROW)
+    if stored is None and f.get("kind") in KINDS:
+        row["kind"] = f["kind"]
+    for name in ("prompt_template", "injection_policy", "concurrency_key"):
+        if f.get(name):
+            row[name] = f[name]
+    for name in LIST_FIELDS:
+        if name in f:
+            row[name] = json.dumps([i.strip() for i in f[name].split(",") if i.strip()])
+    try:
+        typed = loads(f.get("match", "").strip() or "null")
+        if isinstance(typed, dict):
+            row["match"] = json.dumps(typed)
+    except ValueError:
+        pass  # the form says so when saved; the preview keeps the stored filter
+    return row
+
+
+def preview(stored):
+    """Render the prompt as typed in the form (saved or not) against a sample or a delivery."""
+    row = typed_row(stored)
     payload, event, error = sample_from_form()
     result: dict[str, Any] = {"error": error}
     if error is None:
@@ -407,20 +493,35 @@ def send_test_event(row, payload: Any, event: str | None) -> tuple[int, dict]:
 @bp.post("/triggers/<slug>/run")
 @requires("developer")
 def trigger_run_post(slug: str):
-    """Start one task from the trigger now, as `POST /api/v1/tasks {"trigger": slug}` does."""
+    """Start one task from the trigger now, as `POST /api/v1/tasks {"trigger": slug}` does.
+
+    With a payload too, when one is typed: the template sees it as `payload`.
+    """
     row = get_trigger(slug)
     typed = request.form.get("params", "")
+    typed_payload = request.form.get("payload", "")
     try:
         params = read_params(typed)
-        task_id = queue_task(plan_task(validate(TaskIn, {"trigger": slug, "params": params})),
-                             g.key["id"])  # fmt: skip
+        payload = read_payload(typed_payload)
+        body = validate(TaskIn, {"trigger": slug, "params": params})  # the API's limits
+        task_id = queue_task(plan_from_trigger(slug, body.params, payload), g.key["id"])
     except (ApiError, Busy) as refusal:
         exc = as_api_error(refusal) if isinstance(refusal, Busy) else refusal
         details = exc.details if isinstance(exc.details, list) else []
         error = "; ".join([exc.message, *(d["message"] for d in details)])
-        run = {"params": typed, "error": error}
+        run = {"params": typed, "payload": typed_payload, "error": error}
         return form_page(form_of(row), {}, trigger=row, status=exc.status, run=run)
     return redirect(url_for("dashboard.task_get", task_id=task_id), 303)
+
+
+def read_payload(text: str) -> Any:
+    """The Run now payload: JSON, or None when left blank."""
+    if not text.strip():
+        return None
+    try:
+        return loads(text)
+    except ValueError as exc:
+        raise ApiError(422, f"the payload is not valid JSON: {exc}") from None
 
 
 def read_params(text: str) -> dict[str, str]:
