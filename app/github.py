@@ -13,6 +13,7 @@ to retry at. Tokens never appear in an error, a log line or an answer.
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,7 @@ _client: httpx.Client | None = None
 # (installation id, repositories) -> (token, expires at); per process, never stored.
 _tokens: dict[tuple[int, tuple[str, ...]], tuple[str, float]] = {}
 _identity: dict[str, str] = {}
+_minting = threading.Lock()  # cooperative once gevent has patched threading
 
 
 class GitHubError(Exception):
@@ -82,9 +84,17 @@ def installation_token(
     so it lives its whole hour for the run it is for."""
     now = time.time() if now is None else now
     key = (int(installation_id), tuple(sorted(repositories)))
-    cached = _tokens.get(key) if permissions is None else None
-    if cached is not None and cached[1] - RENEW_BEFORE_S > now:
-        return cached[0]
+    if permissions is not None:
+        return _mint(cfg, key, now, permissions)
+    # One mint at a time: reports sent side by side would each mint their own.
+    with _minting:
+        cached = _tokens.get(key)
+        if cached is not None and cached[1] - RENEW_BEFORE_S > now:
+            return cached[0]
+        return _mint(cfg, key, now, None)
+
+
+def _mint(cfg, key: tuple[int, tuple[str, ...]], now: float, permissions) -> str:
     body: dict[str, Any] = {"repositories": list(key[1])} if key[1] else {}
     if permissions:
         body["permissions"] = permissions

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any, Literal
@@ -100,7 +101,11 @@ def channels(cfg, mode: str, origin: dict | None) -> list[str]:
         return []  # an App reports per installation; the event named none
     found = ["github_comment"] if mode in ("auto", "comment") else []
     if origin.get("pull_request") and mode in ("auto", "check"):
-        found.append("github_check" if how == "app" else "github_status")
+        # Check runs are for Apps, through the event's installation; a token gets statuses.
+        if how == "app" and origin.get("installation_id"):
+            found.append("github_check")
+        elif cfg.get("GITHUB_TOKEN"):
+            found.append("github_status")
     return found
 
 
@@ -401,7 +406,7 @@ def defused(text: str) -> str:
     (one could carry the hub's marker), and no way out of the Result block.
     """
     text = text.replace("@", "@\u200b").replace("<!--", "&lt;!--")
-    return text.replace("</details>", "&lt;/details>")
+    return re.sub(r"<(/?\s*details)", r"&lt;\1", text, flags=re.IGNORECASE)
 
 
 def comment_body(cfg, task_id: int, facts: dict | None) -> str:
@@ -433,7 +438,7 @@ def _send_comment(cfg, row, target: dict, facts: dict | None) -> str:
     remote = row["remote_id"]
     if remote is None and row["attempts"] > 0:
         # An earlier try may have posted it and lost the answer: look before posting again.
-        remote = _find_comment(cfg, repo, number, inst, row["task_id"])
+        remote = _find_comment(cfg, repo, number, inst, row["task_id"], row["created_at"])
     if remote is not None:
         try:
             github.call(cfg, "PATCH", f"/repos/{repo}/issues/comments/{remote}", inst, body)
@@ -447,9 +452,12 @@ def _send_comment(cfg, row, target: dict, facts: dict | None) -> str:
     return str(made["id"])
 
 
-def _find_comment(cfg, repo: str, number: int, inst, task_id: int) -> str | None:
+def _find_comment(cfg, repo: str, number: int, inst, task_id: int, since: float) -> str | None:
     mark = f"{MARKER}{task_id} -->"
-    found = github.call(cfg, "GET", f"/repos/{repo}/issues/{number}/comments?per_page=100",
+    # Only comments since the report was owed: on a long thread ours is not in the first 100.
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since - 60))
+    found = github.call(cfg, "GET",
+                        f"/repos/{repo}/issues/{number}/comments?per_page=100&since={stamp}",
                         inst)  # fmt: skip
     for comment in found if isinstance(found, list) else []:
         if isinstance(comment, dict) and mark in str(comment.get("body", "")):
@@ -489,13 +497,26 @@ def _send_check(cfg, row, target: dict, facts: dict | None) -> str:
     if facts is not None:
         summary = comment_body(cfg, row["task_id"], facts).split("\n", 1)[1]
         body["output"] = {"title": headline(facts)[:200], "summary": summary[:60000]}
-    if row["remote_id"] is None:
+    remote = row["remote_id"]
+    if remote is None and row["attempts"] > 0:
+        remote = _find_check(cfg, repo, _head_sha(cfg, target), inst, row["task_id"])
+    if remote is None:
         body |= {"name": _check_name(facts), "head_sha": _head_sha(cfg, target),
                  "external_id": str(row["task_id"])}  # fmt: skip
         made = github.call(cfg, "POST", f"/repos/{repo}/check-runs", inst, body)
         return str(made["id"])
-    github.call(cfg, "PATCH", f"/repos/{repo}/check-runs/{row['remote_id']}", inst, body)
-    return str(row["remote_id"])
+    github.call(cfg, "PATCH", f"/repos/{repo}/check-runs/{remote}", inst, body)
+    return str(remote)
+
+
+def _find_check(cfg, repo: str, sha: str, inst, task_id: int) -> str | None:
+    """The check run an earlier try made and lost the answer of (its external_id)."""
+    found = github.call(cfg, "GET", f"/repos/{repo}/commits/{sha}/check-runs?per_page=100",
+                        inst)  # fmt: skip
+    for run in (found or {}).get("check_runs", []) if isinstance(found, dict) else []:
+        if isinstance(run, dict) and run.get("external_id") == str(task_id):
+            return str(run["id"])
+    return None
 
 
 def _send_status(cfg, row, target: dict, facts: dict | None) -> str:

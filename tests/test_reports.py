@@ -294,3 +294,21 @@ def test_it_defuses_what_an_injected_answer_could_do_in_a_comment():
     assert "@octocat" not in body and "@\u200bocto" in body
     assert body.count("<!-- agented:task:") == 1  # only the hub's own marker
     assert body.count("</details>") == 1
+
+
+def test_it_finds_the_comment_an_earlier_try_posted_instead_of_posting_again(standin):
+    from app import reports
+
+    cfg = {"GITHUB_TOKEN": TOKEN, "GITHUB_API_URL": standin.url, "GITHUB_APP_ID": "",
+           "GITHUB_APP_PRIVATE_KEY": "", "PUBLIC_URL": "https://hub"}  # fmt: skip
+    github.forget()
+    # The first try's POST reached GitHub but its answer was lost.
+    posted = github.call(cfg, "POST", "/repos/acme/app/issues/7/comments", None,
+                         {"body": f"{reports.MARKER}5 --> queued"})  # fmt: skip
+    row = {"task_id": 5, "remote_id": None, "attempts": 1, "created_at": time.time() - 5}
+
+    remote = reports._send_comment(cfg, row, {"repo": "acme/app", "number": 7}, None)
+
+    assert remote == str(posted["id"])
+    assert len(standin.comments("acme", "app", 7)) == 1
+    github.forget()
