@@ -399,3 +399,59 @@ def test_it_edits_alert_rules_at_390_px(browser, hub):
         shot(page, "alerts-mobile-error")
     finally:
         context.close()
+
+
+def test_it_follows_the_kind_and_previews_beside_the_template(page, hub):
+    hub.agent("echo")
+    sign_in(page, hub.admin, "/triggers/new")
+    expect(page.locator("#events")).to_be_visible()
+    expect(page.locator("#schedule")).to_have_count(0)
+    page.locator("#kind").select_option("cron")
+    expect(page.locator("#schedule")).to_be_visible()
+    expect(page.locator("#events")).to_have_count(0)
+    expect(page).to_have_url(re.compile(r"/triggers/new\?kind=cron$"))
+    page.locator("#kind").select_option("github")
+    expect(page.locator("#report")).to_be_visible()
+    expect(page.locator("#labels")).to_be_visible()
+    expect(page.locator("#schedule")).to_have_count(0)
+    page.locator("#kind").select_option("webhook")
+    # Preview sits under the template and renders it as typed, before saving.
+    page.locator("#name").fill("Triage")
+    page.locator("#agent").select_option("echo")
+    page.locator("#prompt_template").fill("Triage: {{ payload.title }}")
+    page.locator("#payload").fill('{"title": "Disk full"}')
+    page.get_by_role("button", name="Preview prompt").click()
+    expect(page.locator("#preview-result pre")).to_have_text("Triage: Disk full")
+    shot(page, "trigger-new-preview")
+    # Enter in a field still saves the trigger (Preview belongs to its own form).
+    page.locator("#name").press("Enter")
+    expect(page.locator("#hook-secret")).to_be_visible()
+    page.get_by_role("link", name="Continue to the trigger").click()
+    page.locator("#prompt_template").fill("Urgent: {{ payload.title }}")
+    page.get_by_role("button", name="Send test event").click()
+    expect(page.locator("#preview-result")).to_contain_text("answered 202")
+    expect(page.locator("#preview-result")).to_contain_text("task #")
+    assert not page.errors, page.errors
+
+
+def test_it_shows_why_a_cron_trigger_did_not_run(page, hub):
+    from app import db
+    from tests.pipeline_helpers import wait_for
+
+    hub.agent("echo")
+    hub.trigger("nightly", "echo", kind="cron", schedule="* * * * *",
+                prompt_template="Nightly {{ payload.scheduled_at }}")  # fmt: skip
+
+    def broken(conn):  # a template saved before saves were checked; due now
+        conn.execute("UPDATE triggers SET prompt_template = ?, next_run_at = 1",
+                     ("Fix {{ payload.issue.title }}",))  # fmt: skip
+
+    db.write(broken, hub.srv.data_dir / "agented.db")
+    # The hub's clock finds it due within a second or two, and cannot render it.
+    wait_for(lambda: hub.api("GET", "/api/v1/triggers/nightly")[1]["last_error"])
+    sign_in(page, hub.admin, "/triggers/nightly")
+    error = page.locator("#trigger-error")
+    expect(error).to_contain_text("cannot render")
+    assert error.evaluate("e => getComputedStyle(e).borderLeftColor") != "rgba(0, 0, 0, 0)"
+    expect(page.locator(".trigger-status")).to_contain_text("Next run")
+    shot(page, "trigger-cron-error")
