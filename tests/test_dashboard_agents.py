@@ -436,6 +436,8 @@ def test_it_gives_an_example_that_keeps_a_new_agent_online(app, client, dave, si
     from app.ops import alerts
 
     token = signin(client, dave)
+    form = client.get("/agents/register").get_data(as_text=True)
+    assert "Until its first heartbeat it stays <em>registered</em> (never offline" in form
     resp = post(client, "/agents/register", token, name="remote", rate_tier="standard")
     page = resp.get_data(as_text=True)
     key = shown_key(page)
