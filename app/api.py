@@ -96,6 +96,16 @@ def query_model(model: type[BaseModel]) -> Callable:
     return mark
 
 
+def header_model(model: type[BaseModel]) -> Callable:
+    """Record the request headers a view reads, for /openapi.json (aliases are their names)."""
+
+    def mark(view: Callable) -> Callable:
+        view.header_model = model  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
 def answer_model(model: type[BaseModel] | None, status: int = 200) -> Callable:
     """Record what a view answers with on success, for /openapi.json (tests check answers).
 

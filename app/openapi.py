@@ -77,14 +77,15 @@ def _unwrap(schema: dict) -> dict:
     return schema
 
 
-def query_params(model: type[BaseModel]) -> list[dict]:
+def model_params(model: type[BaseModel], where: str = "query") -> list[dict]:
+    """A model's fields as parameters in the query or the headers (named by their aliases)."""
     schema = model.model_json_schema()
     params = []
     for name, prop in schema.get("properties", {}).items():
         prop = _unwrap({k: v for k, v in prop.items() if k != "title"})
         if prop.get("default", 0) is None:
             del prop["default"]
-        param = {"name": name, "in": "query", "required": name in schema.get("required", [])}
+        param = {"name": name, "in": where, "required": name in schema.get("required", [])}
         if "description" in prop:
             param["description"] = prop.pop("description")
         params.append({**param, "schema": prop})
@@ -96,7 +97,10 @@ def operation(rule: Any, method: str, view: Any, schemas: dict) -> dict:
     _, params = _path(rule.rule)
     query = getattr(view, "query_model", None)
     if query is not None:
-        params = params + query_params(query)
+        params = params + model_params(query)
+    headers = getattr(view, "header_model", None)
+    if headers is not None:
+        params = params + model_params(headers, "header")
     if getattr(view, "accepts_token", False):
         params = [*params, TOKEN_PARAM]
     answer = getattr(view, "answer_model", None)
@@ -343,6 +347,45 @@ class TaskQuery(Page):
 class LogQuery(Query):
     after: int = Field(0, ge=0, le=2**62, description="lines after this sequence number")
     limit: int = Field(1000, ge=1, le=10000, description="at most this many lines")
+
+
+class IdempotencyHeader(BaseModel):
+    key: str | None = Field(
+        None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="the same key and body again, within the dedupe window, returns the first"
+        " answer instead of queuing again",
+    )
+
+
+class ResumeHeader(BaseModel):
+    last: int | None = Field(None, alias="Last-Event-ID", description="resume after this id")
+
+
+class HookHeaders(BaseModel):
+    signature: str | None = Field(
+        None,
+        alias="X-Signature-256",
+        description="sha256= and the hex HMAC-SHA256 of the body, keyed with the trigger's"
+        " secret; or sign with Standard Webhooks instead",
+    )
+    webhook_id: str | None = Field(None, alias="webhook-id", description="Standard Webhooks")
+    webhook_timestamp: str | None = Field(None, alias="webhook-timestamp")
+    webhook_signature: str | None = Field(None, alias="webhook-signature")
+    delivery: str | None = Field(
+        None, alias="X-Delivery-Id", description="repeats of one id start no second task"
+    )
+    event: str | None = Field(None, alias="X-Event", description="for the trigger's event filter")
+
+
+class GithubHeaders(BaseModel):
+    signature: str = Field(
+        alias="X-Hub-Signature-256", description="keyed with GITHUB_WEBHOOK_SECRET"
+    )
+    event: str = Field(alias="X-GitHub-Event", max_length=100)
+    delivery: str = Field(alias="X-GitHub-Delivery", max_length=200)
 
 
 class StreamQuery(Query):

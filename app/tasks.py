@@ -16,6 +16,7 @@ from app.api import (
     answer_model,
     arg_int,
     body_model,
+    header_model,
     json_body,
     newest_first,
     or_404,
@@ -28,8 +29,10 @@ from app.dedupe import body_hash, find, first_tasks, remember
 from app.errors import ApiError
 from app.openapi import (
     BulkDone,
+    IdempotencyHeader,
     LogLines,
     LogQuery,
+    ResumeHeader,
     StreamQuery,
     Submitted,
     TaskDetail,
@@ -167,6 +170,7 @@ def plan_batch(bodies: list[TaskIn]) -> list[dict]:
 @requires("developer")
 @body_model(SubmitIn)
 @answer_model(Submitted, 202)
+@header_model(IdempotencyHeader)
 def tasks_create():
     """Submit work: an agent and a prompt, or a trigger and params; or {"tasks": [...]}.
 
@@ -382,6 +386,7 @@ def tasks_retry(task_id: int):
 @requires("viewer")
 @streams
 @query_model(StreamQuery)
+@header_model(ResumeHeader)
 def tasks_stream(task_id: int):
     """Stream log lines and state changes as SSE; resumes after Last-Event-ID."""
     get_task(task_id)

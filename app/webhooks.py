@@ -22,7 +22,7 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request
 
 from app import auth, crypto, db, dedupe, events, openapi, prompts, reports
-from app.api import answer_model, loads, newest_first, or_404, query_model
+from app.api import answer_model, header_model, loads, newest_first, or_404, query_model
 from app.auth import requires
 from app.errors import ApiError, Conflict, Refused
 from app.github import known_identity
@@ -282,6 +282,7 @@ def tasks_brief(ids: list[int]) -> list[dict]:
 
 @bp.post("/hooks/<slug>")
 @answer_model(openapi.Accepted, 202)
+@header_model(openapi.HookHeaders)
 def hook(slug: str):
     """Receive a generic webhook: X-Signature-256 over the body, or Standard Webhooks."""
     # Before anything is read: an address refused for failed signatures costs nothing.
@@ -355,6 +356,7 @@ def own_event(payload: dict) -> str | None:
 
 @bp.post("/api/webhooks/github/")
 @answer_model(openapi.Accepted, 202)
+@header_model(openapi.GithubHeaders)
 def github():
     """Receive a GitHub webhook (X-Hub-Signature-256 with GITHUB_WEBHOOK_SECRET)."""
     auth.check_fail_limit()

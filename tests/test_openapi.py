@@ -143,6 +143,23 @@ def test_it_describes_query_parameters_and_answers_of_list_routes(client):
     assert "202" in spec["paths"]["/api/v1/tasks"]["post"]["responses"]
 
 
+def test_it_describes_the_headers_a_route_reads(client):
+    paths = client.get("/openapi.json").get_json()["paths"]
+
+    def headers(path: str, method: str) -> dict:
+        params = paths[path][method]["parameters"]
+        return {p["name"]: p for p in params if p["in"] == "header"}
+
+    assert headers("/api/v1/tasks", "post")["Idempotency-Key"]["schema"]["maxLength"] == 200
+    assert "Last-Event-ID" in headers("/api/v1/tasks/{task_id}/stream", "get")
+    hook = headers("/hooks/{slug}", "post")
+    assert {"X-Signature-256", "webhook-signature", "X-Delivery-Id"} <= set(hook)
+    assert "sha256=" in hook["X-Signature-256"]["description"]
+    assert headers("/api/webhooks/github/", "post")["X-Hub-Signature-256"]["required"] is True
+    html = client.get("/docs").get_data(as_text=True)
+    assert "<code>X-Signature-256</code>" in html
+
+
 def test_it_keeps_internal_comments_out_of_the_spec_and_docs(client):
     spec = client.get("/openapi.json").get_json()
     assert "The view validates" not in json.dumps(spec)

@@ -26,6 +26,7 @@ from app.api import (
     arg_float,
     arg_int,
     body_model,
+    header_model,
     parse_body,
     query_model,
 )
@@ -289,6 +290,7 @@ def mailbox_ack(name: str):
 @agent_scoped
 @streams
 @query_model(openapi.MailboxStreamQuery)
+@header_model(openapi.ResumeHeader)
 def mailbox_stream(name: str):
     """Stream leased messages as SSE (`id:` is the message id); resumes after Last-Event-ID."""
     cfg = current_app.config
