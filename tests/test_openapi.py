@@ -157,7 +157,7 @@ def test_it_describes_the_headers_a_route_reads(client):
     assert "sha256=" in hook["X-Signature-256"]["description"]
     assert headers("/api/webhooks/github/", "post")["X-Hub-Signature-256"]["required"] is True
     html = client.get("/docs").get_data(as_text=True)
-    assert "<code>X-Signature-256</code>" in html
+    assert '<span class="mono">X-Signature-256</span>' in html
 
 
 def test_it_keeps_internal_comments_out_of_the_spec_and_docs(client):
@@ -174,7 +174,7 @@ def test_it_resolves_refs_and_shows_backticks_as_code_on_the_docs_page(client):
     assert "<code>q</code>" in html  # from the summary of GET /api/v1/tasks
     # POST /api/v1/tasks: one of a task or a batch, each with its fields.
     assert "<code>TaskIn</code>" in html and "<code>TaskBatchIn</code>" in html
-    assert "<code>prompt</code>" in html and "at most 262144 characters" in html
+    assert '<span class="mono">prompt</span>' in html and "at most 262144 characters" in html
 
 
 def test_it_answers_as_the_declared_answer_models_say(app, client, alice, world):
