@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 from flask import Blueprint, jsonify
 
@@ -72,12 +72,7 @@ def pause(
     )
     data = {"account": account, "paused_until": until, "reason": reason, "task_id": task_id}
     if row is None or row["paused_until"] <= now:  # a new pause, not one more run seeing it
-        on_it = [
-            a["name"]
-            for a in conn.execute("SELECT name, backend, account, secrets_enc FROM agents")
-            if account_of(a) == account
-        ]
-        reports.notify_account(conn, on_it, data)
+        reports.notify_account(conn, agents_on(conn, account), data)
     return until, events.record(conn, "account.paused", f"account:{account}", data)
 
 
@@ -99,14 +94,24 @@ def paused(conn, now: float) -> dict[str, dict]:
     return found
 
 
+def clock(epoch: float, now: float) -> str:
+    """A time as pages, reasons and notifications all say it: UTC, with the day if not today."""
+    when, today = datetime.fromtimestamp(epoch, UTC), datetime.fromtimestamp(now, UTC)
+    return when.strftime("%H:%M UTC" if when.date() == today.date() else "%b %d %H:%M UTC")
+
+
 def describe(row, now: float | None = None) -> str:
-    """ "paused until 15:00 (claude five-hour limit)", for pages and reasons."""
+    """ "paused until 15:00 UTC (claude five-hour limit)", for pages and reasons."""
     now = time.time() if now is None else now
-    until = datetime.fromtimestamp(row["paused_until"])
-    shown = until.strftime("%H:%M" if row["paused_until"] - now < 20 * 3600 else "%b %d %H:%M")
     if row["paused_until"] <= now:
         return f"probing after a pause ({row['reason']})"
-    return f"paused until {shown} ({row['reason']})"
+    return f"paused until {clock(row['paused_until'], now)} ({row['reason']})"
+
+
+def agents_on(conn, account: str) -> list[str]:
+    """The local agents that run on an account."""
+    rows = conn.execute("SELECT name, backend, account, secrets_enc FROM agents ORDER BY name")
+    return [a["name"] for a in rows if account_of(a) == account]
 
 
 def waiting_reason(conn, agent_name: str | None, now: float) -> str | None:
@@ -158,17 +163,19 @@ def accounts_json(conn, now: float) -> list[dict]:
 def resume_now(name: str) -> dict:
     """End an account's pause at once: its limited tasks are due now, one run probes."""
     t = time.time()
+    paused_now = "SELECT 1 FROM accounts WHERE name = ? AND paused_until > ?"
+    if db.query_one(paused_now, (name, t)) is None:
+        raise ApiError(404, f"account {name!r} is not paused")
 
     def resume(conn):
-        row = conn.execute("SELECT * FROM accounts WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise ApiError(404, f"account {name!r} is not paused")
-        conn.execute("UPDATE accounts SET paused_until = ? WHERE name = ?", (t, name))
-        agents = [
-            a["name"]
-            for a in conn.execute("SELECT name, backend, account, secrets_enc FROM agents")
-            if account_of(a) == name
-        ]
+        # Conditional: a pause that ended meanwhile stays ended (no new probe window).
+        cur = conn.execute(
+            "UPDATE accounts SET paused_until = ? WHERE name = ? AND paused_until > ?",
+            (t, name, t),
+        )
+        if cur.rowcount != 1:
+            return []
+        agents = agents_on(conn, name)
         # The tasks this pause sent back to the queue wait for its end: it is now.
         conn.execute(
             "UPDATE tasks SET next_attempt_at = ? WHERE state = 'queued' AND next_attempt_at > ?"
@@ -177,10 +184,10 @@ def resume_now(name: str) -> dict:
             " AND a.rate_limited_until IS NOT NULL)",
             (t, t, json.dumps(agents)),
         )
-        return events.record(conn, "account.resumed", f"account:{name}",
-                             {"account": name, "by": "operator"})  # fmt: skip
+        return [events.record(conn, "account.resumed", f"account:{name}",
+                              {"account": name, "by": "operator"})]  # fmt: skip
 
-    events.publish_all([db.write(resume)])
+    events.publish_all(db.write(resume))
     wake()
     return next(a for a in accounts_json(db.get_db(), time.time()) if a["name"] == name)
 

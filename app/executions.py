@@ -155,6 +155,7 @@ class Run:
         self.session_missing = False
         self.started_at = time.time()
         self.redact: list[str] = []
+        self.deadline: float | None = None
 
     # The entry point: never raises; every outcome ends in one final transaction.
     def main(self) -> None:
@@ -364,7 +365,8 @@ class Run:
         ]
         self.log.start_flushing()
         watcher = gevent.spawn(guard.watch)
-        deadline = time.monotonic() + task["timeout_s"]
+        # One deadline per attempt, also across a restart after a failed resume.
+        deadline = self.deadline = self.deadline or time.monotonic() + task["timeout_s"]
         waiter = gevent.spawn(self.proc.wait)
         outcome = None
         while outcome is None:
@@ -563,7 +565,7 @@ class Run:
                 what = f"{self.backend} {limit[1]}"
                 until, paused = accounts.pause(conn, self.account, limit[0], what, self.task_id, t)
                 evs.append(paused)
-                shown = time.strftime("%H:%M", time.localtime(until))
+                shown = accounts.clock(until, t)
                 reason = f"{what}: account {self.account} paused until {shown}; resumes then"
             elif self.account is not None and limit is None and outcome in ("succeeded", "failed"):
                 evs += accounts.settle(conn, self.account, self.started_at)

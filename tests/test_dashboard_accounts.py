@@ -131,7 +131,7 @@ def test_it_shows_the_account_on_the_agent_page(app, operator, coder):
     assert "Account claude: working" in page and not resume_forms(page)
     pause(app)
     page = text(operator.get("/agents/coder/settings"))
-    assert re.search(rf"Account claude: paused until \d\d:\d\d \({REASON}\)", page)
+    assert re.search(rf"Account claude: paused until \d\d:\d\d UTC \({REASON}\)", page)
     assert resume_forms(page) == ["/accounts/claude/resume"]
 
 
@@ -140,7 +140,7 @@ def test_it_says_why_a_queued_task_waits_with_resume_now(app, operator, coder):
     assert "account claude paused" not in text(operator.get(f"/tasks/{task_id}")).lower()
     pause(app)
     page = text(operator.get(f"/tasks/{task_id}"))
-    assert re.search(rf"Account claude paused until \d\d:\d\d \({REASON}\)", page)
+    assert re.search(rf"Account claude paused until \d\d:\d\d UTC \({REASON}\)", page)
     assert resume_forms(page) == ["/accounts/claude/resume"]
     assert f'name="next" value="/tasks/{task_id}"' in page
 
