@@ -263,7 +263,7 @@ def test_it_replays_a_message_dead_letter_from_its_page(page, hub):
     expect(page.get_by_text("No dead letter matches these filters")).to_be_visible()
     # Back in coder's mailbox with a fresh TTL: the thread shows it queued again.
     page.get_by_role("link", name="Messages", exact=True).click()
-    page.get_by_role("link", name="build-42").click()
+    page.locator('a[href="/conversations/build-42"]').click()  # listed by its subject now
     expect(page.locator(".thread > li")).to_have_count(3)
     expect(page.locator(".thread > li").last.locator(".badge")).to_have_text("queued")
     status, got = hub.api("GET", "/api/v1/agents/coder/messages", None, keys["coder"])
