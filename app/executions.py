@@ -322,7 +322,14 @@ class Run:
         if agent["workdir_policy"] == "worktree":
             # The task's own clone (objects shared read-only through alternates): a
             # run can change its clone's hooks and config, never the repository's.
-            gitcmd.run(["clone", "--quiet", "--shared", "--", agent["repository"], str(path)])
+            # Made aside and renamed: a clone cut short is never taken for a workspace.
+            partial = base / f".task-{self.task_id}-{os.urandom(4).hex()}"
+            try:
+                gitcmd.run(["clone", "--quiet", "--shared", "--", agent["repository"],
+                            str(partial)])  # fmt: skip
+                partial.rename(path)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
         else:
             path.mkdir()
         return str(path)

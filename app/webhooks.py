@@ -351,6 +351,12 @@ def own_event(payload: dict) -> str | None:
     comment = payload.get("comment")
     if isinstance(comment, dict) and reports.MARKER in str(comment.get("body", "")):
         return "the comment is one of the hub's own reports"
+    # The App's own doing, known without asking GitHub who the hub is.
+    app_id = current_app.config["GITHUB_APP_ID"]
+    for item in (comment, payload.get("issue"), payload.get("pull_request")):
+        via = item.get("performed_via_github_app") if isinstance(item, dict) else None
+        if app_id and isinstance(via, dict) and str(via.get("id")) == app_id:
+            return "made by the hub's own GitHub App"
     return None
 
 
