@@ -17,3 +17,11 @@ def test_it_counts_queued_tasks_with_a_failed_attempt(app, client, alice):
         assert overview_data()["retrying"] == 2
     metrics = client.get("/api/v1/metrics", headers={"X-API-Key": alice}).get_json()
     assert metrics["queue"]["failed_retrying"] == 2
+
+
+def test_it_shows_queued_tasks_with_a_failed_attempt_on_the_overview(app, client, alice, signin):
+    add_agent(app)
+    add_task(app, state="queued", attempts=[{"state": "failed"}])
+    signin(client, alice)
+    page = client.get("/overview/stats").get_data(as_text=True)
+    assert 'Failed, retrying</dt><dd><a href="/tasks?state=queued">1</a>' in page
