@@ -7,10 +7,12 @@ API refuses, with the same words, and what it saves the API reads back.
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
 from app.cli import main
+from tests.conftest import _venv_bin
 from tests.pipeline_helpers import call
 
 
@@ -182,3 +184,46 @@ def test_it_deletes_a_trigger_and_keeps_its_tasks(app, client, alice, cli_runner
     assert call(client, alice, "GET", f"/api/v1/tasks/{task['id']}")[0] == 200
     code, out = run(cli_runner, "trigger", "delete", "manual-one", "--yes")
     assert code == 1 and "no trigger 'manual-one'" in out
+
+
+# --- the same commands over HTTP -----------------------------------------------------------
+
+
+def test_it_sends_the_same_commands_to_a_hub_over_http_with_a_key(live_server, tmp_path):
+    srv = live_server()
+    admin, viewer = srv.make_key("admin"), srv.make_key("viewer", "vera")
+    elsewhere = {**srv.env, "AGENTED_DATA_DIR": str(tmp_path / "no-hub-here")}
+
+    def cli(*args: str, key: str = admin, stdin: str | None = None) -> tuple[int, str, str]:
+        # Another machine: no data dir, only the hub's address and a key.
+        argv = [str(_venv_bin("agented")), *args, "--url", srv.url, "--key", key]
+        done = subprocess.run(argv, env=elsewhere, input=stdin, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        return done.returncode, done.stdout, done.stderr
+
+    def ok(*args: str, key: str = admin) -> dict:
+        code, out, err = cli(*args, "--json", key=key)
+        assert code == 0, (args, out, err)
+        return json.loads(out)
+
+    assert ok("agent", "create", "echo", "--backend", "shell", "--command", "cat")["name"] == "echo"
+    made = ok("trigger", "create", "--name", "hook", "--kind", "webhook", "--agent", "echo",
+              "--template", "{{ payload }}")  # fmt: skip
+    assert made["secret"] and made["webhook_url"].endswith("/hooks/hook")
+    assert ok("trigger", "edit", "hook", "--priority", "3")["priority"] == 3
+    assert ok("trigger", "show", "hook", key=viewer)["priority"] == 3
+    code, _out, err = cli("trigger", "edit", "hook", "--priority", "4", key=viewer)
+    assert code == 1 and "(403 forbidden)" in err
+    code, _out, err = cli("trigger", "edit", "hook", "--template", "{{ payload.x | nope }}")
+    assert code == 1 and "  prompt_template: " in err and "nope" in err
+    task = ok("task", "submit", "--agent", "echo", "--prompt", "over http")
+    code, out, err = cli("task", "logs", str(task["id"]), "--follow")
+    assert code == 0 and "over http" in out, err
+    assert ok("task", "show", str(task["id"]))["state"] == "succeeded"
+    assert [t["id"] for t in ok("task", "list", "--state", "succeeded")["tasks"]] == [task["id"]]
+    code, _out, err = cli("task", "submit", "--agent", "echo", "--prompt", "-", stdin="x" * 300_000)
+    assert code == 1 and "  prompt: String should have at most 262144 characters" in err
+    assert ok("delivery", "list")["deliveries"] == []
+    assert ok("trigger", "delete", "hook", "--yes")["deleted"] is True
+    assert ok("trigger", "list")["triggers"] == []
+    assert not (tmp_path / "no-hub-here").exists()

@@ -36,7 +36,11 @@ from app.errors import ApiError, DomainError
 
 @click.group("agent")
 def agent_group() -> None:
-    """The agent registry: list, show, create, register, edit, delete, drain."""
+    """The agent registry: list, show, create, register, edit, delete, drain.
+
+    On this machine's hub with no key; with --url/--key over the HTTP API (how
+    an external agent on another machine registers itself).
+    """
 
 
 def load(name: str, as_json: bool):

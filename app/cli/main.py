@@ -166,11 +166,13 @@ def main() -> None:
       default ./var; the checkout's .env is read), with no API key: whoever can
       open that database already has every role. The service may be up or down.
       Where there is no hub the command stops; `db migrate` starts one.
-    - agent commands given --url or --key (or AGENTED_URL / AGENTED_API_KEY)
-      send the same request to the hub's HTTP API instead, with that key's role
-      (an external agent on another machine registers itself this way).
+    - task, trigger, delivery and agent commands given --url or --key (or
+      AGENTED_URL / AGENTED_API_KEY) send the same request to a hub's HTTP API
+      instead, with that key's role; --url defaults to this machine's hub.
     - msg and dlq always use the HTTP API, so they always need a key: a message
       must wake its receiver inside the running service.
+    - db, keys, backup, restore, audit, alerts, retention, compact and diagnose
+      look after the hub's own files, so they run only on its machine.
 
     Exit codes: 0 done, 1 failed or refused (the message says why, field by
     field), 2 bad usage.

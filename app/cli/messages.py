@@ -27,7 +27,7 @@ from app.cli.main import emit
 
 @click.group("msg")
 def msg_group() -> None:
-    """FIPA-ACL messages between agents."""
+    """FIPA-ACL messages between agents (always over the HTTP API: needs --key)."""
 
 
 @msg_group.command("send")
@@ -158,7 +158,7 @@ def msg_cfp(
 
 @click.group("dlq")
 def dlq_group() -> None:
-    """Message dead letters."""
+    """Message dead letters (always over the HTTP API: needs --key)."""
 
 
 def selection(ids, reason, receiver, everything) -> dict:

@@ -2,7 +2,8 @@
 
 Like `task`, these work on this machine's hub through the same functions the
 API uses (TriggerIn/TriggerPatch, check_trigger, insert_trigger, update_trigger),
-so a trigger the CLI saves passes the checks the API and the pages apply.
+so a trigger the CLI saves passes the checks the API and the pages apply; given
+--url or --key they send the same request to a hub's HTTP API instead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import click
 
 from app import db
 from app.api import validate
+from app.cli.client import Api, api_options, q, remote
 from app.cli.main import app_context, body_from, emit, refuse
 from app.errors import ApiError, DomainError
 from app.triggers import (
@@ -25,12 +27,13 @@ from app.triggers import (
     update_trigger,
 )
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
 
 @click.group("trigger")
 def trigger_group() -> None:
-    """Triggers: list, show, create, edit, delete, enable, disable (on this machine's hub)."""
+    """Triggers: list, show, create, edit, delete, enable, disable.
+
+    On this machine's hub with no key; with --url/--key over the HTTP API.
+    """
 
 
 def field_options(fn):
@@ -98,35 +101,43 @@ def shown(data: dict) -> str:
 
 
 @trigger_group.command("list")
-@json_option
-def trigger_list(as_json):
+@api_options
+def trigger_list(url, key, as_json):
     """List triggers."""
-    with app_context():
-        rows = [trigger_json(r) for r in db.query_all("SELECT * FROM triggers ORDER BY slug")]
-        lines = [
-            f"{t['slug']:<24} {t['kind']:<8} {'on ' if t['enabled'] else 'off'} "
-            f"-> {t['agent'] or t['selector']}"
-            for t in rows
-        ]
-        emit(as_json, {"triggers": rows}, "\n".join(lines) or "no triggers")
+    api = remote(url, key, as_json)
+    if api is not None:
+        found = api.call("GET", "/api/v1/triggers")["triggers"]
+    else:
+        with app_context():
+            found = [trigger_json(r) for r in db.query_all("SELECT * FROM triggers ORDER BY slug")]
+    lines = [
+        f"{t['slug']:<24} {t['kind']:<8} {'on ' if t['enabled'] else 'off'} "
+        f"-> {t['agent'] or t['selector']}"
+        for t in found
+    ]
+    emit(as_json, {"triggers": found}, "\n".join(lines) or "no triggers")
 
 
 @trigger_group.command("show")
 @click.argument("slug")
-@json_option
-def trigger_show(slug, as_json):
+@api_options
+def trigger_show(slug, url, key, as_json):
     """Show one trigger with its template (never its secret)."""
-    with app_context():
-        data = trigger_json(load(slug, as_json))
-        emit(as_json, data, shown(data))
+    api = remote(url, key, as_json)
+    if api is not None:
+        data = api.call("GET", f"/api/v1/triggers/{q(slug)}")
+    else:
+        with app_context():
+            data = trigger_json(load(slug, as_json))
+    emit(as_json, data, shown(data))
 
 
 @trigger_group.command("create")
 @click.option("--slug", help="Its address (default: from the name).")
 @click.option("--kind", type=click.Choice(["webhook", "github", "cron", "manual"]))
 @field_options
-@json_option
-def trigger_create(file, template_file, as_json, **fields):
+@api_options
+def trigger_create(file, template_file, url, key, as_json, **fields):
     """Create a trigger from flags and/or a JSON file; prints a webhook secret once.
 
     \b
@@ -135,84 +146,103 @@ def trigger_create(file, template_file, as_json, **fields):
     agented trigger create --file trigger.json     # any of the API's fields
     """
     body = template_body(file, template_file, fields)
-    with app_context():
-        try:
-            checked = validate(TriggerIn, body).model_dump()
-            check_trigger(checked)
-            slug, secret = insert_trigger(checked)
-        except (ApiError, DomainError) as exc:
-            refuse(exc, as_json)
-        data = trigger_json(get_trigger(slug)) | ({"secret": secret} if secret else {})
-        text = f"trigger {slug} created"
-        if secret:
-            text += f"\n  webhook URL: {data['webhook_url']}\n  secret (shown once): {secret}"
-        emit(as_json, data, text)
+    api = remote(url, key, as_json)
+    if api is not None:
+        data = api.call("POST", "/api/v1/triggers", body)
+    else:
+        with app_context():
+            try:
+                checked = validate(TriggerIn, body).model_dump()
+                check_trigger(checked)
+                slug, secret = insert_trigger(checked)
+            except (ApiError, DomainError) as exc:
+                refuse(exc, as_json)
+            data = trigger_json(get_trigger(slug)) | ({"secret": secret} if secret else {})
+    text = f"trigger {data['slug']} created"
+    if data.get("secret"):
+        text += f"\n  webhook URL: {data['webhook_url']}\n  secret (shown once): {data['secret']}"
+    emit(as_json, data, text)
 
 
 @trigger_group.command("edit")
 @click.argument("slug")
 @field_options
-@json_option
-def trigger_edit(slug, file, template_file, as_json, **fields):
+@api_options
+def trigger_edit(slug, file, template_file, url, key, as_json, **fields):
     """Change a trigger's fields (those not given keep their value); slug and kind stay."""
-    changes_in = template_body(file, template_file, fields)
-    if not changes_in:
+    body = template_body(file, template_file, fields)
+    if not body:
         raise click.UsageError("nothing to change: give a field (see --help) or --file")
-    with app_context():
-        row = load(slug, as_json)
-        try:
-            changes = validate(TriggerPatch, changes_in).model_dump(exclude_unset=True)
-            # The same refusals as PATCH /api/v1/triggers/<slug> makes before update_trigger.
-            if "slug" in changes or "kind" in changes:
-                raise ApiError(422, "slug and kind cannot change; create a new trigger instead")
-            nulls = [k for k in ("name", "prompt_template", "timezone") if
-                     k in changes and changes[k] is None]  # fmt: skip
-            if nulls:
-                details = [{"field": k, "message": "cannot be null"} for k in nulls]
-                raise ApiError(422, "the body does not match the schema", details=details)
-            check_trigger(trigger_json(row) | changes)
-            update_trigger(row, changes)
-        except (ApiError, DomainError) as exc:
-            refuse(exc, as_json)
-        data = trigger_json(get_trigger(slug))
-        emit(as_json, data, f"trigger {slug} saved: {', '.join(sorted(changes))}")
+    api = remote(url, key, as_json)
+    if api is not None:
+        data = api.call("PATCH", f"/api/v1/triggers/{q(slug)}", body)
+    else:
+        with app_context():
+            data = edit_here(slug, body, as_json)
+    emit(as_json, data, f"trigger {slug} saved: {', '.join(sorted(body))}")
+
+
+def edit_here(slug: str, body: dict, as_json: bool) -> dict:
+    row = load(slug, as_json)
+    try:
+        changes = validate(TriggerPatch, body).model_dump(exclude_unset=True)
+        # The same refusals as PATCH /api/v1/triggers/<slug> makes before update_trigger.
+        if "slug" in changes or "kind" in changes:
+            raise ApiError(422, "slug and kind cannot change; create a new trigger instead")
+        nulls = [k for k in ("name", "prompt_template", "timezone") if
+                 k in changes and changes[k] is None]  # fmt: skip
+        if nulls:
+            details = [{"field": k, "message": "cannot be null"} for k in nulls]
+            raise ApiError(422, "the body does not match the schema", details=details)
+        check_trigger(trigger_json(row) | changes)
+        update_trigger(row, changes)
+    except (ApiError, DomainError) as exc:
+        refuse(exc, as_json)
+    return trigger_json(get_trigger(slug))
 
 
 @trigger_group.command("delete")
 @click.argument("slug")
 @click.option("--yes", is_flag=True, help="Do not ask first.")
-@json_option
-def trigger_delete(slug, yes, as_json):
+@api_options
+def trigger_delete(slug, yes, url, key, as_json):
     """Delete a trigger; its tasks and deliveries stay."""
-    with app_context():
-        row = load(slug, as_json)
-        if not yes:
-            click.confirm(f"Delete trigger {slug}? Its webhook URL stops working", abort=True)
-        # The one statement DELETE /api/v1/triggers/<slug> runs.
-        db.write(lambda conn: conn.execute("DELETE FROM triggers WHERE id = ?", (row["id"],)))
-        emit(as_json, {"slug": slug, "deleted": True}, f"trigger {slug} deleted")
+    if not yes:
+        click.confirm(f"Delete trigger {slug}? Its webhook URL stops working", abort=True)
+    api = remote(url, key, as_json)
+    if api is not None:
+        api.call("DELETE", f"/api/v1/triggers/{q(slug)}")
+    else:
+        with app_context():
+            row = load(slug, as_json)
+            # The one statement DELETE /api/v1/triggers/<slug> runs.
+            db.write(lambda conn: conn.execute("DELETE FROM triggers WHERE id = ?", (row["id"],)))
+    emit(as_json, {"slug": slug, "deleted": True}, f"trigger {slug} deleted")
 
 
 @trigger_group.command("enable")
 @click.argument("slug")
-@json_option
-def trigger_enable(slug, as_json):
+@api_options
+def trigger_enable(slug, url, key, as_json):
     """Turn a trigger on."""
-    set_enabled(slug, True, as_json)
+    set_enabled(slug, True, remote(url, key, as_json), as_json)
 
 
 @trigger_group.command("disable")
 @click.argument("slug")
-@json_option
-def trigger_disable(slug, as_json):
+@api_options
+def trigger_disable(slug, url, key, as_json):
     """Turn a trigger off (its webhooks are recorded but start nothing)."""
-    set_enabled(slug, False, as_json)
+    set_enabled(slug, False, remote(url, key, as_json), as_json)
 
 
-def set_enabled(slug: str, on: bool, as_json: bool) -> None:
-    with app_context():
-        update_trigger(load(slug, as_json), {"enabled": on})  # as the API and the pages do
-        emit(as_json, {"slug": slug, "enabled": on}, f"trigger {slug} {'on' if on else 'off'}")
+def set_enabled(slug: str, on: bool, api: Api | None, as_json: bool) -> None:
+    if api is not None:
+        api.call("PATCH", f"/api/v1/triggers/{q(slug)}", {"enabled": on})
+    else:
+        with app_context():
+            update_trigger(load(slug, as_json), {"enabled": on})  # as the API and the pages do
+    emit(as_json, {"slug": slug, "enabled": on}, f"trigger {slug} {'on' if on else 'off'}")
 
 
 COMMANDS = (trigger_group,)
