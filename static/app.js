@@ -185,7 +185,8 @@
 
   // --- New task: a prompt over the limit is refused here, before it is sent and lost ------
   function kib(n) {
-    return n >= 1048576 ? (n / 1048576).toFixed(1) + " MiB" : Math.ceil(n / 1024) + " KiB";
+    if (n < 1048576) return Math.ceil(n / 1024) + " KiB";
+    return (n / 1048576).toFixed(1).replace(/\.0$/, "") + " MiB";
   }
   function fieldError(field, message) {
     var id = field.id + "-error";
@@ -193,6 +194,7 @@
     if (!message) {
       if (box) box.remove();
       field.removeAttribute("aria-invalid");
+      field.removeAttribute("aria-describedby");
       return;
     }
     if (!box) {
@@ -237,12 +239,20 @@
     // Kept for this tab in case the hub still refuses the request unread (413).
     try { if (prompt) sessionStorage.setItem("draft:" + form.action, prompt.value); } catch (e) {}
   });
+  // The copy is put back on the page that says the hub refused it, and dropped anywhere else.
   function restoreDraft(root) {
-    root.querySelectorAll("textarea[data-restore-draft]").forEach(function (field) {
+    var fields = root.querySelectorAll("textarea[data-restore-draft]");
+    fields.forEach(function (field) {
       var key = "draft:" + field.form.action, text = null;
       try { text = sessionStorage.getItem(key); sessionStorage.removeItem(key); } catch (e) {}
       if (text && !field.value.trim()) field.value = text;
     });
+    if (fields.length || root !== document) return;
+    try {
+      Object.keys(sessionStorage).forEach(function (key) {
+        if (key.indexOf("draft:") === 0) sessionStorage.removeItem(key);
+      });
+    } catch (e) {}
   }
 
   // --- filter forms submit themselves when a select changes --------------------------------
