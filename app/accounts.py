@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, jsonify
 
-from app import db, events, reports
+from app import db, events, openapi, reports
+from app.api import answer_model
 from app.auth import requires
 from app.errors import ApiError
 from app.queue import ACTIVE, wake
@@ -208,6 +209,7 @@ def active_per_account(conn, agents: dict) -> dict[str, int]:
 
 @bp.get("/api/v1/accounts")
 @requires("viewer")
+@answer_model(openapi.AccountList)
 def accounts_list():
     """The accounts local agents run on: which agents, and whether it is paused and why."""
     return jsonify({"accounts": accounts_json(db.get_db(), time.time())})
@@ -215,6 +217,7 @@ def accounts_list():
 
 @bp.post("/api/v1/accounts/<name>/resume")
 @requires("operator")
+@answer_model(openapi.Account)
 def accounts_resume(name: str):
     """End a pause now (Resume now): limited tasks are due at once; one run probes first."""
     return jsonify(resume_now(name))
