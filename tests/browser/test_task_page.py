@@ -43,7 +43,8 @@ while not os.path.exists("end"):
     time.sleep(0.05)
 print("fixed", flush=True)
 """
-FAILER = "import sys\nprint('cannot do it', file=sys.stderr)\nsys.exit(3)\n"
+# One long stderr line (a path, a hash): it must wrap, not widen the page.
+FAILER = "import sys\nprint('cannot do it: ' + 'x' * 300, file=sys.stderr)\nsys.exit(3)\n"
 SLEEPER = "import time\nprint('started, now sleeping', flush=True)\ntime.sleep(120)\n"
 
 
@@ -174,7 +175,11 @@ def test_it_shows_a_dead_tasks_error_once_with_stderr(page, hub):
     error = page.locator("#task-error")
     expect(error).to_contain_text("exited with status 3")
     assert "exit status 3" not in error.inner_text()
-    expect(error.locator(".stderr-tail")).to_have_text("cannot do it")
+    expect(error.locator(".stderr-tail")).to_have_text("cannot do it: " + "x" * 300)
+    # Times, the divider and the stderr tail still fit a phone.
+    page.set_viewport_size({"width": 360, "height": 740})
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 362, f"the task page is {width}px wide at 360px"
     assert not page.errors, page.errors
 
 
