@@ -523,3 +523,10 @@ def test_it_states_the_prompt_limit_and_answers_an_oversized_form_with_the_form(
     assert 'id="prompt-error"' in html and "1 MiB" in html and "256 KiB at most" in html
     assert "data-restore-draft" in html  # app.js puts back the copy it kept
     assert one(app, "SELECT count(*) FROM tasks")[0] == 0
+
+
+def test_it_says_why_when_another_form_is_over_the_request_limit(app, developer):
+    big = "x" * (app.config["MAX_CONTENT_LENGTH"] + 10)
+    resp = post(developer, "/triggers/new", developer.token, name="t", prompt_template=big)
+    assert resp.status_code == 413
+    assert "more than the 1 MiB the hub takes in one request" in resp.get_data(as_text=True)
