@@ -74,6 +74,9 @@ def info_line(logger: logging.Logger, message: str, fields: dict[str, Any]) -> N
     A LogRecord, the filter and the formatter took about 4 % of a webhook's time
     (issue 18). When logging is set up otherwise (another handler, a filter,
     Sentry, tests with caplog), the line goes through `logger.info` as before.
+    Inside a request the line waits for the request's own line and both go out
+    in one write before the answer does (each write can cost the event loop a
+    wait for the GIL while the writer thread runs).
     """
     if not _plain(logger):
         logger.info(message, extra=fields)
@@ -83,12 +86,20 @@ def info_line(logger: logging.Logger, message: str, fields: dict[str, Any]) -> N
     line: dict[str, Any] = {"ts": _stamp(time.time()), "level": "INFO", "logger": logger.name}
     line["message"] = message
     line.update(fields)
-    if "request_id" not in fields:  # what RequestIdFilter adds to every record
-        try:
-            line["request_id"] = g.get("request_id")
-        except RuntimeError:
-            line["request_id"] = None
+    try:
+        pending = g.get("log_pending")
+        request_id = g.get("request_id")
+    except RuntimeError:  # outside a request: the scheduler, the writer thread
+        pending = request_id = None
+    line.setdefault("request_id", request_id)  # what RequestIdFilter adds to every record
     text = json.dumps(line, default=str) + "\n"
+    if pending is not None:
+        pending.append(text)
+    else:
+        _write(text, message)
+
+
+def _write(text: str, message: str) -> None:
     handler = _handler[0]
     handler.acquire()
     try:
@@ -98,6 +109,13 @@ def info_line(logger: logging.Logger, message: str, fields: dict[str, Any]) -> N
         handler.handleError(logging.makeLogRecord({"msg": message, "args": None}))
     finally:
         handler.release()
+
+
+def _flush_pending() -> None:
+    """Write the lines a request held back, if any (the request line's write, or teardown)."""
+    pending = g.pop("log_pending", None)
+    if pending and _handler:
+        _write("".join(pending), "request")
 
 
 def _scrub(event: Any, _hint: dict[str, Any]) -> Any:
@@ -135,6 +153,8 @@ def register(app: Flask) -> None:
         sent = request.headers.get("X-Request-ID", "")
         g.request_id = sent if REQUEST_ID.match(sent) else uuid.uuid4().hex
         g.started = time.perf_counter()
+        if _handler:
+            g.log_pending = []  # lines logged by this request, written with its own
 
     @app.after_request
     def finish(resp: Response) -> Response:
@@ -152,4 +172,11 @@ def register(app: Flask) -> None:
                 "remote_addr": request.remote_addr,
             },
         )
+        # Before the answer leaves; a streamed body's later lines are written at once.
+        _flush_pending()
         return resp
+
+    @app.teardown_request
+    def flush_log(_exc: BaseException | None = None) -> None:
+        # A request that never reached `finish` (an error in another hook) still logs.
+        _flush_pending()

@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from app.telemetry import _scrub
+from app import telemetry
+from app.telemetry import _scrub, info_line
 
 
 @pytest.fixture
@@ -80,3 +81,47 @@ def test_it_scrubs_secrets_before_they_reach_sentry():
     assert req["cookies"] == {"agented_session": "[scrubbed]"}
     assert req["data"] == "[scrubbed]"
     assert req["query_string"] == "[scrubbed]"
+
+
+@pytest.fixture
+def fast_path(app, monkeypatch):
+    """Call in a test: only the app's handler on the root logger, so info_line writes itself.
+
+    pytest adds its capture handler when the test starts, after the fixtures ran.
+    """
+    return lambda: monkeypatch.setattr(logging.root, "handlers", list(telemetry._handler))
+
+
+def test_it_writes_the_line_the_formatter_wrote(app, log_lines, fast_path):
+    fast_path()
+    logger = logging.getLogger("agented.test")
+    logger.info("same", extra={"n": 1, "path": "/é"})
+    info_line(logger, "same", {"n": 1, "path": "/é"})
+    formatted, direct = log_lines()[-2:]
+    assert list(direct) == list(formatted)
+    assert {**direct, "ts": None} == {**formatted, "ts": None}
+
+
+def test_it_writes_a_requests_lines_together_before_the_answer(app, log_lines, fast_path):
+    # Issue 18: one write per request; the lines a request logs wait for its own line.
+    fast_path()
+    seen_inside = []
+
+    @app.get("/test-log-lines")
+    def log_inside():
+        info_line(logging.getLogger("agented.test"), "inside", {"n": 1})
+        seen_inside.append(len(log_lines()))
+        return "ok"
+
+    app.test_client().get("/test-log-lines", headers={"X-Request-ID": "req-lines-0001"})
+    assert seen_inside == [0]
+    lines = [x for x in log_lines() if x.get("request_id") == "req-lines-0001"]
+    assert [x["message"] for x in lines] == ["inside", "request"]
+    assert lines[0]["n"] == 1 and lines[0]["logger"] == "agented.test"
+
+
+def test_it_writes_lines_outside_a_request_at_once(app, log_lines, fast_path):
+    fast_path()
+    info_line(logging.getLogger("agented.test"), "alone", {"n": 2})
+    last = log_lines()[-1]
+    assert (last["message"], last["n"], last["request_id"]) == ("alone", 2, None)
