@@ -227,3 +227,15 @@ def test_it_sends_the_same_commands_to_a_hub_over_http_with_a_key(live_server, t
     assert ok("trigger", "delete", "hook", "--yes")["deleted"] is True
     assert ok("trigger", "list")["triggers"] == []
     assert not (tmp_path / "no-hub-here").exists()
+
+
+def test_it_prints_the_webhook_url_on_the_hubs_own_address(make_app, cli_runner, data_dir):
+    make_app()
+    env = {"AGENTED_PUBLIC_URL": "https://hub.example"}
+    assert cli_runner.invoke(main, ["agent", "create", "echo", "--backend", "shell",
+                                    "--command", "cat"]).exit_code == 0  # fmt: skip
+    made = cli_runner.invoke(main, ["trigger", "create", "--name", "hook", "--kind", "webhook",
+                                    "--agent", "echo", "--template", "x"], env=env)  # fmt: skip
+    assert "webhook URL: https://hub.example/hooks/hook" in made.output
+    shown = cli_runner.invoke(main, ["trigger", "show", "hook"], env={"AGENTED_BIND": "0.0.0.0:9"})
+    assert "webhook:   http://127.0.0.1:9/hooks/hook" in shown.output

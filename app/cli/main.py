@@ -98,7 +98,10 @@ def app_context() -> Iterator[Flask]:
         raise click.ClickException(str(exc)) from None
     # The service's INFO lines (one per event) are noise on a terminal.
     logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
-    with app.app_context(), app.test_request_context():
+    # A request on the hub's own address, so a webhook URL printed here is the real one.
+    host, _, port = app.config["BIND"].rpartition(":")
+    local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
+    with app.app_context(), app.test_request_context(base_url=app.config["PUBLIC_URL"] or local):
         yield app
 
 
