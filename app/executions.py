@@ -209,8 +209,10 @@ class Run:
             home = agent_home(cfg, agent["name"])
         except Exception as exc:
             return self._finish("failed", None, f"cannot prepare the run: {exc}", retryable=False)
-        if agent["github_token"] and task["origin"]:
-            env.update(self._github_token(cfg, json.loads(task["origin"])))
+        # A GitHub issue's or pull request's task only (a dashboard task has an origin too).
+        origin = json.loads(task["origin"]) if task["origin"] else {}
+        if agent["github_token"] and origin.get("kind") == "github":
+            env.update(self._github_token(cfg, origin))
         # A run printing its own credentials must not put them in the stored log.
         # (Values under 4 characters would garble every line and hide nothing.)
         passed = [v for k, v in env.items() if k in json.loads(agent["env_allow"])

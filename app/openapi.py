@@ -444,7 +444,10 @@ class Task(Answer):
     created_at: float
     updated_at: float
     finished_at: float | None
-    origin: dict[str, Any] | None = Field(description="the GitHub issue or pull request")
+    origin: dict[str, Any] | None = Field(
+        description="where it came from: kind github (the issue or pull request) or kind"
+        " dashboard (New task or Replay); null otherwise (the API, other triggers)"
+    )
     waiting_reason: str | None = Field(None, description="why a queued task cannot start yet")
 
 
