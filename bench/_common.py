@@ -1,16 +1,14 @@
-"""Shared pieces of bench/ingest.py and bench/dispatch.py.
+"""Shared pieces of bench/ingest.py, bench/dispatch.py and bench/sse_fanout.py.
 
 - `Server`: the real service under gunicorn (gunicorn.conf.py: one gevent worker)
   serving bench/_wsgi_bench.py (app.wsgi's application plus GET /bench/hello),
   on a free 127.0.0.1 port with a temporary data dir; stopped with its whole
   process group, whatever happens.
-- `LoadGen`: bench/_loadgen.py in its own process (gevent, raw keep-alive sockets).
 - small helpers: JSON calls, percentiles, a read-only look at the SQLite file.
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
@@ -20,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from array import array
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,41 +233,3 @@ def loop_times(pid: int | None) -> tuple[float, float]:
     except (OSError, ValueError):
         return 0.0, 0.0
     return int(run_ns) / 1e9, int(wait_ns) / 1e9
-
-
-class LoadGen:
-    """bench/_loadgen.py in its own process; `phase(...)` runs one timed phase."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH / "_loadgen.py"), "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-
-    def phase(self, **cmd) -> dict:
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the load generator died")
-        result = json.loads(line)
-        lat = array("d")
-        lat.frombytes(base64.b64decode(result["lat"]))
-        result["lat"] = lat
-        return result
-
-    def __enter__(self) -> LoadGen:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        stop_group(self.proc, wait=5)

@@ -2,7 +2,8 @@
 
 Both are Debian packages written in C and Go (`just bench` installs them): the
 load then costs far less CPU than the server it measures, unlike the Python
-load generator (bench/_loadgen.py), which is kept for what these cannot send.
+load generator they replace (issue 18). Python clients remain only where the
+protocol needs state: bench/messages.py and bench/sse_fanout.py.
 
 - `wrk(...)`: closed loop, N keep-alive connections as fast as answers come; a
   Lua `done()` prints one JSON line (requests, seconds, latency percentiles,
