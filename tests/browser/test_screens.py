@@ -36,7 +36,8 @@ def busy_hub(hub):
     hub.agent("echo", capabilities=["sample"])
     hub.agent("failer", FAILER, capabilities=["python", "flaky"])
     secret = hub.trigger("hello", "echo")
-    hub.trigger("nightly-report", "failer", kind="cron", schedule="0 3 * * *")
+    hub.trigger("nightly-report", "failer", kind="cron", schedule="0 3 * * *",
+                prompt_template="Nightly report for {{ payload.scheduled_at }}")  # fmt: skip
     done = [hub.hook("hello", secret, {"title": f"event {i}"})["tasks"][0]["id"] for i in range(3)]
     dead = hub.api("POST", "/api/v1/tasks", {"agent": "failer", "prompt": "Flaky job",
                                              "max_attempts": 2})[1]["id"]  # fmt: skip
@@ -220,11 +221,11 @@ def test_it_shows_a_paused_account_and_resumes_it(page, hub):
     import json
     import time
 
-    from app import db
+    from app import accounts, db
 
     t = time.time()
     until = t + 2 * 3600
-    shown = time.strftime("%H:%M", time.localtime(until))
+    shown = accounts.clock(until, t)
     usage = {"session_id": "5b1e0c2a-7f44-4c1e-9d55-0e6f4c2b1a90", "errors": [
         "Claude AI usage limit reached|" + str(int(until))]}  # fmt: skip
 
