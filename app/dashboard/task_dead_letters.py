@@ -1,4 +1,4 @@
-"""Dead letters: tasks that used up their attempts. Filter, then retry or purge in bulk."""
+"""Dead tasks (task dead letters): tasks that used up their attempts. Retry or purge in bulk."""
 
 from __future__ import annotations
 
