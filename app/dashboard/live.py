@@ -150,10 +150,7 @@ def divider_html(attempt: dict | None, number: int) -> str:
         parts.append(f"started {started:%H:%M:%S} UTC")
         if attempt.get("resumed_session"):
             parts.append(f"resumed session <code>{escape(attempt['resumed_session'])}</code>")
-    return (
-        f'<div class="attempt-divider" data-attempt="{number}">'
-        f"{' · '.join(parts)}</div>"
-    )
+    return f'<div class="attempt-divider" data-attempt="{number}">{" · ".join(parts)}</div>'
 
 
 def attempt_starts(conn: Any, task_id: int) -> dict[int, dict]:
