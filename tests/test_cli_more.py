@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from app import db
 from app.cli import main
 from tests.conftest import _venv_bin
 from tests.pipeline_helpers import call
@@ -116,6 +117,24 @@ def test_it_registers_an_external_agent_locally_and_prints_its_key_once(app, cli
     assert ok_json(cli_runner, "agent", "drain", "scout")["state"] == "draining"
     code, out = run(cli_runner, "agent", "drain", "ghost")
     assert code == 1 and "no agent 'ghost' (404)" in out
+
+
+def test_it_refuses_an_unknown_agent_state(app, cli_runner, echo):
+    code, out = run(cli_runner, "agent", "list", "--state", "asleep")
+    assert code == 2 and "unknown state 'asleep'" in out and "draining" in out
+    assert ok_json(cli_runner, "agent", "list", "--state", "registered")["agents"][0]["name"] == (
+        "echo"
+    )
+
+
+def test_it_audits_local_changes_once_and_leaves_http_ones_to_the_hub(app, cli_runner, echo):
+    assert run(cli_runner, "agent", "edit", "echo", "--concurrency", "2")[0] == 0
+    assert run(cli_runner, "agent", "show", "echo")[0] == 0  # a read: no row
+    rows = db.connect(app.config["DATABASE"]).execute("SELECT * FROM audit_log").fetchall()
+    assert [(r["via"], r["action"]) for r in rows] == [
+        ("cli", "agent create"),
+        ("cli", "agent edit"),
+    ]
 
 
 def test_it_needs_a_key_only_to_go_over_http(app, cli_runner):

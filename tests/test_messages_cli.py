@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import time
 
@@ -57,6 +58,12 @@ def test_it_creates_edits_shows_and_deletes_a_local_agent_over_http(live_server)
     assert ok_json(srv, admin, "agent", "delete", "echo", "--yes")["deleted"] is True
     code, _out, err = run(srv, admin, "agent", "show", "echo")
     assert code == 1 and "(404 not_found)" in err
+    # Each change is audited once, by the hub as an API request, not again as a CLI command.
+    conn = sqlite3.connect(srv.data_dir / "agented.db")
+    rows = conn.execute("SELECT via, action FROM audit_log WHERE action NOT LIKE 'keys %'")
+    rows = rows.fetchall()
+    conn.close()
+    assert rows and all(via == "api" for via, _action in rows), rows
 
 
 def test_it_sends_tails_and_acks_messages(live_server):

@@ -30,8 +30,9 @@ from app.agents import (
 )
 from app.api import validate
 from app.cli.client import api_options, parse_json, q, remote
-from app.cli.main import app_context, body_from, emit, refuse
+from app.cli.main import app_context, body_from, emit, known, refuse
 from app.errors import ApiError, DomainError
+from app.ops.counters import AGENT_STATES
 
 
 @click.group("agent")
@@ -82,7 +83,9 @@ def with_warnings(name: str) -> dict:
 
 @agent_group.command("list")
 @click.option("--capability", help="Only agents with all these tags (comma-separated).")
-@click.option("--state", help="Only agents in these states (comma-separated).")
+@click.option(
+    "--state", callback=known(AGENT_STATES), help="Only agents in these states (comma-separated)."
+)
 @click.option("--backend", help="Only agents with this backend.")
 @api_options
 def agent_list(capability, state, backend, url, key, as_json) -> None:

@@ -97,7 +97,10 @@ def remote(url: str | None, key: str | None, as_json: bool) -> Api | None:
     """
     if not url and not key:
         return None
-    return make_api(url, key, as_json)
+    api = make_api(url, key, as_json)
+    # The hub audits the request itself; no local audit row for it (app/cli/main.py).
+    click.get_current_context().meta["agented.remote"] = True
+    return api
 
 
 def parse_json(value: str | None, what: str) -> Any:

@@ -72,6 +72,21 @@ def emit(as_json: bool, data: object, text: str) -> None:
     click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
 
 
+def known(states: tuple[str, ...]):
+    """A --state check: refuse a state nothing can be in (it would list nothing, exit 0)."""
+
+    def check(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+        unknown = [s for s in (value or "").split(",") if s and s not in states]
+        if unknown:
+            raise click.BadParameter(
+                f"unknown state {', '.join(map(repr, unknown))}; the states are: "
+                + ", ".join(states)
+            )
+        return value
+
+    return check
+
+
 def error_text(message: str, status: int | str | None, details: object) -> str:
     """One refusal in words: the message, then each field with what is wrong (its limit)."""
     lines = [f"{message} ({status})" if status else message]
@@ -196,8 +211,8 @@ def _audit_command(*_args: object, **_kwargs: object) -> None:
         group = sub
     if not words or words[-1] in READ_ONLY:
         return
-    if not hub_database().is_file():
-        return  # a command that went over HTTP from another machine: the service audits it
+    if ctx.meta.get("agented.remote") or not hub_database().is_file():
+        return  # it went over HTTP, and the service audits its requests itself
     try:
         audit.record_cli(settings(), " ".join(words))
     except Exception as exc:  # e.g. a database older than the audit table

@@ -17,7 +17,7 @@ import click
 from app import db, events, executions
 from app.api import loads, validate
 from app.cli.client import Api, api_options, remote
-from app.cli.main import app_context, emit, refuse
+from app.cli.main import app_context, emit, known, refuse
 from app.errors import ApiError, DomainError
 from app.ops.counters import TASK_STATES
 from app.queue import FINISHED, create_task, create_tasks
@@ -113,19 +113,8 @@ def submit_batch(raw: bytes, api: Api | None, as_json: bool) -> None:
     emit(as_json, {"tasks": tasks}, said)
 
 
-def check_states(_ctx, _param, value: str | None) -> str | None:
-    """Refuse a state no task can be in (it would list nothing and look like no tasks)."""
-    unknown = [s for s in (value or "").split(",") if s and s not in TASK_STATES]
-    if unknown:
-        raise click.BadParameter(
-            f"unknown state {', '.join(map(repr, unknown))}; the states are: "
-            + ", ".join(TASK_STATES)
-        )
-    return value
-
-
 @task_group.command("list")
-@click.option("--state", callback=check_states, help="Only these states (comma-separated).")
+@click.option("--state", callback=known(TASK_STATES), help="Only these states (comma-separated).")
 @click.option("--agent")
 @click.option("--trigger")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, help="At most 500 over HTTP.")
