@@ -14,7 +14,7 @@ import pytest
 from app import db
 from app.cli import main
 from tests.conftest import _venv_bin
-from tests.pipeline_helpers import call
+from tests.pipeline_helpers import call, post_hook
 
 
 def run(cli_runner, *args, stdin: str | None = None):
@@ -258,3 +258,19 @@ def test_it_prints_the_webhook_url_on_the_hubs_own_address(make_app, cli_runner,
     assert "webhook URL: https://hub.example/hooks/hook" in made.output
     shown = cli_runner.invoke(main, ["trigger", "show", "hook"], env={"AGENTED_BIND": "0.0.0.0:9"})
     assert "webhook:   http://127.0.0.1:9/hooks/hook" in shown.output
+
+
+def test_it_shows_and_replays_a_delivery(app, client, cli_runner, echo):
+    made = ok_json(cli_runner, "trigger", "create", "--name", "hook", "--kind", "webhook",
+                   "--agent", "echo", "--template", "Hi {{ payload.name }}")  # fmt: skip
+    sent = post_hook(lambda path, data, headers: client.post(path, data=data, headers=headers),
+                     "hook", made["secret"], {"name": "ada"})  # fmt: skip
+    assert sent.status_code == 202, sent.data
+    [delivery] = ok_json(cli_runner, "delivery", "list")["deliveries"]
+    code, out = run(cli_runner, "delivery", "show", str(delivery["id"]))
+    assert code == 0 and f"delivery {delivery['id']} (hook) for hook: status 202" in out
+    assert "signature valid" in out and '{"name": "ada"}' in out and "(echo)" in out
+    again = ok_json(cli_runner, "delivery", "replay", str(delivery["id"]))
+    assert len(again["tasks"]) == 1
+    code, out = run(cli_runner, "delivery", "show", "999")
+    assert code == 1 and "no delivery 999 (404)" in out

@@ -290,11 +290,21 @@ def delivery_show(delivery_id, url, key, as_json):
             if row is None:
                 refuse(ApiError(404, f"no delivery {delivery_id}"), as_json)
             data = delivery_json(row, full=True)
-    lines = [f"{k}: {v}" for k, v in data.items() if k not in ("headers", "body")]
-    lines += ["headers:", *(f"  {k}: {v}" for k, v in (data.get("headers") or {}).items())]
-    if data.get("body") is not None:
-        lines += ["body:", str(data["body"])]
-    emit(as_json, data, "\n".join(lines))
+    emit(as_json, data, delivery_text(data))
+
+
+def delivery_text(d: dict) -> str:
+    lines = [
+        f"delivery {d['id']} ({d['source']}) for {d['trigger_slug'] or 'no trigger'}:"
+        f" status {d['status']},"
+        f" signature {d['signature']}, {d['dedupe']}"
+        + (f", replay of {d['replay_of']}" if d.get("replay_of") else "")
+    ]
+    lines += [f"  verdict: {json.dumps(v)}" for v in d.get("verdicts") or []]
+    lines += [f"  task {t['id']}: {t['state']} ({t['agent']})" for t in d.get("tasks") or []]
+    lines += ["headers:", *(f"  {k}: {v}" for k, v in (d.get("headers") or {}).items())]
+    cut = " (truncated)" if d.get("body_truncated") else ""
+    return "\n".join([*lines, f"body{cut}:", d.get("body") or ""])
 
 
 @delivery_group.command("replay")
