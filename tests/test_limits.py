@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 
@@ -117,18 +115,3 @@ def test_it_refuses_unknown_fields_with_422(client, alice):
 def test_it_refuses_a_json_body_that_is_not_an_object_with_422(client, alice):
     resp = client.post("/api/v1/keys", json=["x"], headers={"X-API-Key": alice})
     assert_error(resp, 422, "validation_failed")
-
-
-def test_it_counts_each_endpoint_apart_and_forgets_ended_windows(make_app, alice):
-    # flask-limiter's default, kept when it was replaced (issue 18): one window per
-    # caller and endpoint, started by its first request.
-    app = make_app({"AGENTED_RATE_LIMIT": "2/minute"})
-    client = app.test_client()
-    for _ in range(2):
-        assert client.get("/api/v1/keys", headers={"X-API-Key": alice}).status_code == 200
-    assert client.get("/api/v1/keys", headers={"X-API-Key": alice}).status_code == 429
-    assert client.get("/api/v1/agents", headers={"X-API-Key": alice}).status_code == 200
-    limiter = app.extensions["agented.limiter"]
-    limiter.sweep(time.time() + 61)
-    assert limiter.counts == {}
-    assert client.get("/api/v1/keys", headers={"X-API-Key": alice}).status_code == 200
