@@ -46,14 +46,15 @@ def hub_database() -> Path:
     return Path(config.env_str("AGENTED_DATA_DIR", "var")).resolve() / "agented.db"
 
 
-def require_hub() -> None:
+def require_hub(remote_ok: bool = False) -> None:
     """Refuse to run outside a hub instead of starting an empty one in ./var (issue 16)."""
     database = hub_database()
     if not database.is_file():
+        elsewhere = ", or use --url/--key for a remote hub" if remote_ok else ""
         raise click.ClickException(
             f"no data dir found at {database.parent} (no agented.db there): set"
-            " AGENTED_DATA_DIR or run from the hub's directory, or use --url/--key for a"
-            " remote hub; `agented db migrate` starts a new hub here"
+            f" AGENTED_DATA_DIR or run from the hub's directory{elsewhere};"
+            " `agented db migrate` starts a new hub here"
         )
 
 
@@ -106,7 +107,9 @@ def error_text(message: str, status: int | str | None, details: object) -> str:
 @contextmanager
 def app_context() -> Iterator[Flask]:
     """Push an app context so the feature functions see their configuration."""
-    require_hub()  # create_app would start an empty hub wherever the command runs
+    # create_app would start an empty hub wherever the command runs. Every command
+    # that gets here also takes --url/--key.
+    require_hub(remote_ok=True)
     try:
         app = create_app()
     except (config.ConfigError, db.MigrationError) as exc:
