@@ -27,8 +27,8 @@ from limits import parse as parse_limit
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from app import db
-from app.api import Body, body_model, or_404, parse_body
+from app import db, openapi
+from app.api import Body, answer_model, body_model, or_404, parse_body
 from app.errors import ApiError
 
 ROLES = ("viewer", "developer", "operator", "admin")
@@ -288,6 +288,7 @@ class KeyCreate(Body):
 
 @bp.get("/api/v1/keys")
 @requires("admin")
+@answer_model(openapi.KeyList)
 def keys_list():
     """List API keys (never the keys themselves)."""
     rows = db.query_all("SELECT * FROM api_keys ORDER BY id")
@@ -297,6 +298,7 @@ def keys_list():
 @bp.post("/api/v1/keys")
 @requires("admin")
 @body_model(KeyCreate)
+@answer_model(openapi.KeyCreated, 201)
 def keys_create():
     """Create an API key; the key is in this answer only."""
     body = parse_body(KeyCreate)
@@ -308,6 +310,7 @@ def keys_create():
 
 @bp.delete("/api/v1/keys/<int:key_id>")
 @requires("admin")
+@answer_model(openapi.Key)
 def keys_revoke(key_id: int):
     """Revoke an API key; it stops working at once."""
     or_404(db.query_one("SELECT id FROM api_keys WHERE id = ?", (key_id,)), "key")
@@ -323,6 +326,7 @@ def keys_revoke(key_id: int):
 
 @bp.post("/api/v1/stream-tokens")
 @requires("viewer")
+@answer_model(openapi.StreamToken, 201)
 def stream_tokens_create():
     """Mint a short-lived token for an SSE stream (`?token=`)."""
     ttl = current_app.config["SSE_TOKEN_TTL_S"]

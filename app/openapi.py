@@ -975,7 +975,7 @@ class KeyCreated(Answer):
 
 
 class StreamToken(Answer):
-    """A short-lived token for `?token=` on a stream route."""
+    """A short-lived token for ?token= on a stream route."""
 
     token: str
     expires_in: float = Field(description="seconds")
