@@ -10,7 +10,7 @@ import pytest
 from app import db, events
 from app.dashboard import ansi
 from app.dashboard.live import live_rows, log_stream
-from app.dashboard.tasks import fts_query
+from app.tasks import search_words
 from tests.dashboard_helpers import add_agent, add_delivery, add_task, one, post
 
 
@@ -61,8 +61,8 @@ def test_it_takes_search_syntax_literally_and_never_fails(app, viewer, echo, tex
 
 
 def test_it_quotes_every_search_word():
-    assert fts_query('fix "the" parser') == '"fix" "the" "parser"*'
-    assert fts_query("!!! ...") is None
+    assert search_words('fix "the" parser') == '"fix" "the" "parser"*'
+    assert search_words("!!! ...") is None
 
 
 def test_it_keeps_the_search_index_in_step_with_deletes(app, viewer, echo):

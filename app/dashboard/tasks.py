@@ -38,7 +38,6 @@ from app.streams import sse_response
 from app.tasks import TaskIn, filters_sql, get_task, plan_task, queue_task, task_reports
 
 PAGE = 50
-SHIFT = 4294967296  # task_search rowid = task_id * 2^32 + seq (migrations/0006_search.sql)
 STATES = ("queued", "assigned", "accepted", "running", "succeeded", "failed", "timed_out",
           "cancelled", "dead")  # fmt: skip
 NEW_TASK_FIELDS = ("agent", "prompt", "priority", "max_attempts", "timeout_s", "concurrency_key")
@@ -52,30 +51,9 @@ PROMPT_MAX = min(m.max_length for m in TaskIn.model_fields["prompt"].metadata
 # --- finding tasks --------------------------------------------------------------------
 
 
-def fts_query(text: str) -> str | None:
-    """Quote each word so FTS5 syntax in the input is taken literally; prefix-match the last."""
-    words = [w.replace('"', "") for w in text.split()]
-    words = [w for w in words if any(c.isalnum() for c in w)][:20]
-    if not words:
-        return None
-    quoted = [f'"{w}"' for w in words]
-    quoted[-1] += "*"
-    return " ".join(quoted)
-
-
-def task_filters(args) -> tuple[list[str], list[Any]]:
-    """WHERE parts for the page's filters: the API's, plus `q` (full-text search)."""
-    where, params = filters_sql(args)
-    match = fts_query(args.get("q", ""))
-    if match:
-        where.append(f"id IN (SELECT rowid / {SHIFT} FROM task_search WHERE task_search MATCH ?)")
-        params.append(match)
-    return where, params
-
-
 def find_tasks(args) -> tuple[list[sqlite3.Row], str | None]:
     """Return one page of tasks, newest first, and the cursor of the next page."""
-    where, params = task_filters(args)
+    where, params = filters_sql(args)
     cursor = decode_cursor(args.get("cursor"))
     if cursor is not None:
         where.append("id < ?")
@@ -213,7 +191,7 @@ def tasks_rows_get():
 @requires("viewer")
 def tasks_live_get():
     """Stream changed rows as rendered HTML (event `task-<id>`, or `task-new` for new ones)."""
-    where, params = task_filters(request.args)  # a bad filter fails here, before streaming
+    where, params = filters_sql(request.args)  # a bad filter fails here, before streaming
     with_new = request.args.get("new", "1") == "1"
     return sse_response(live_rows(where, params, with_new, last_event_id(), db_path()))
 
