@@ -49,8 +49,14 @@ log = logging.getLogger("agented.executions")
 
 USAGE_LINE_MAX = 8 * 1024 * 1024
 
-# The longest a reader keeps the event loop while its pipe stays full.
+# The longest a reader keeps the event loop while its pipe stays full, and how
+# long it then rests. A rest, not just a turn (sleep(0)): while a reader is
+# runnable the loop never blocks, so the main thread never lets go of the GIL
+# and the writer thread, which needs it between SQLite steps, waits up to the
+# switch interval (5 ms) per row: a flooding run then held every write, a
+# cancel too, for minutes.
 READ_TURN_S = 0.005
+READ_REST_S = 0.002
 # Attempts of one task that may end at a usage limit without using up an attempt.
 MAX_LIMITED = 24
 # How often the sandbox is probed again while it cannot start runs.
@@ -454,9 +460,9 @@ class Run:
         turn = time.monotonic()
         while True:
             # A child that keeps its pipe full never makes readline wait, so this
-            # loop would never yield: give the other greenlets a turn every few ms.
+            # loop would never yield: rest every few ms (the pipe then holds the child).
             if time.monotonic() - turn > READ_TURN_S:
-                gevent.sleep(0)
+                gevent.sleep(READ_REST_S)
                 turn = time.monotonic()
             raw = stream.readline(max_line + 1)
             if not raw:
