@@ -32,14 +32,21 @@ sandbox-deps:
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bubblewrap >/dev/null
     fi
 
-# Install what the tests need (bubblewrap, Debian's Chromium) when missing.
+# Install what the tests need (bubblewrap, Debian's Chromium, PostgreSQL) when missing.
 test-deps: sandbox-deps
     #!/usr/bin/env bash
     set -euo pipefail
-    if ! command -v chromium >/dev/null; then
+    missing=""
+    command -v chromium >/dev/null || missing="$missing chromium"
+    # Debian keeps the server binaries off PATH, in /usr/lib/postgresql/<version>/bin;
+    # tests/pg.py looks in both places and starts its own throwaway server.
+    if ! command -v initdb >/dev/null && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+        missing="$missing postgresql"
+    fi
+    if [ -n "$missing" ]; then
         sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
         $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
     fi
 
 # Run every test; "no tests ran" (pytest exit 5) is a failure.

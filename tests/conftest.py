@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,39 @@ def signin() -> Callable:
             return sess["csrf"]
 
     return sign_in
+
+
+# --- a throwaway PostgreSQL server -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator:
+    """One PostgreSQL server (tests/pg.py) for the session, started by the first test that asks.
+
+    Its data dir and socket live in a fresh /tmp dir, removed at the end; tests get their
+    own database from `pg_url`. Without the binaries this errors: run `just test-deps`.
+    """
+    from tests.pg import PgServer
+
+    server = PgServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> Iterator[str]:
+    """Create an empty database for this test; yield its psycopg URL; drop it afterwards."""
+    from tests.pg import create_database, drop_database
+
+    # Random, not the test's id: ids are long and hold any character; names stop at 63 bytes.
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = pg_server.url("postgres")
+    create_database(admin, name)
+    yield pg_server.url(name)
+    # FORCE: a hub process or pool the test left running still holds connections.
+    drop_database(admin, name, force=True)
 
 
 # --- the real service under gunicorn ------------------------------------------------
