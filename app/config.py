@@ -18,6 +18,26 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agented")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def database(data_dir: Path) -> str | Path:
+    """AGENTED_DATABASE_URL (PostgreSQL) when set, else the SQLite file in the data dir."""
+    url = os.environ.get("AGENTED_DATABASE_URL") or ""
+    if not url:
+        return data_dir / "agented.db"
+    if not url.startswith(("postgresql://", "postgres://")):
+        # Never echo the value: a URL carries its password.
+        raise ConfigError("AGENTED_DATABASE_URL must be a postgresql:// URL")
+    return url
+
+
 def env_int(name: str, default: int, minimum: int = 0) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -104,7 +124,7 @@ def load() -> dict:
     files.private_dir(data_dir)
     return {
         "DATA_DIR": data_dir,
-        "DATABASE": data_dir / "agented.db",
+        "DATABASE": database(data_dir),
         "BIND": env_bind("AGENTED_BIND", "127.0.0.1:8080"),
         "PUBLIC_URL": env_str("AGENTED_PUBLIC_URL", ""),
         "SECRET_KEY": secret_key(data_dir),
@@ -134,6 +154,13 @@ def load() -> dict:
         "MAX_LOG_BYTES": env_int("AGENTED_MAX_LOG_BYTES", 10 * 1024 * 1024, minimum=1024),
         "WORKSPACES_DIR": Path(env_str("AGENTED_WORKSPACES_DIR", str(data_dir / "workspaces"))),
         "SCHEDULER": env_bool("AGENTED_SCHEDULER", True),
+        # What this instance does: serve the API and pages (web), run tasks (worker),
+        # or both. Several instances need PostgreSQL (docs/scale-out.md).
+        "ROLE": env_choice("AGENTED_ROLE", "both", ("both", "web", "worker")),
+        # An attempt's lease: another instance recovers it this long after its
+        # instance's last heartbeat (every LEASE_S / 6).
+        "LEASE_S": env_float("AGENTED_LEASE_S", 30.0, minimum=3.0),
+        "VERSION": _version(),
         **sandbox_settings(data_dir),
         **ops_settings(),
         **messaging_settings(),

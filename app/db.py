@@ -1,5 +1,7 @@
-"""SQLite connections, migrations and the one write path.
+"""Database connections, migrations and the one write path.
 
+SQLite by default; PostgreSQL when AGENTED_DATABASE_URL names one (app/pgsql.py
+makes its connections answer like sqlite3's, so feature SQL is written once).
 Reads use a connection per request (WAL lets them run beside the writer).
 Writes go through `write(fn)`: under the gevent worker one writer greenlet
 collects every request's pending write and commits them together in a real
@@ -28,7 +30,30 @@ class MigrationError(Exception):
     """The database's recorded migrations disagree with the files on disk."""
 
 
-def connect(path: str | Path, *, check_same_thread: bool = True) -> sqlite3.Connection:
+def is_postgres(target: object) -> bool:
+    return str(target).startswith(("postgresql://", "postgres://"))
+
+
+def postgres(conn: Any) -> bool:
+    """Whether `conn` is a PostgreSQL connection (for the few statements spelled twice)."""
+    return getattr(conn, "dialect", None) == "postgresql"
+
+
+def pg_errors() -> type[Exception]:
+    """psycopg's base error, for `except` clauses on PostgreSQL-only paths."""
+    from app import pgsql
+
+    return pgsql.Error
+
+
+def connect(path: str | Path, *, check_same_thread: bool = True) -> Any:
+    """A connection to the database `path` names: a SQLite file or a postgresql:// URL."""
+    if is_postgres(path):
+        # Imported here, never at start-up: psycopg picks its way of waiting for
+        # the socket when first imported, and must see gevent's patches by then.
+        from app import pgsql
+
+        return pgsql.connect(str(path))
     conn = sqlite3.connect(
         path, timeout=10, isolation_level=None, check_same_thread=check_same_thread
     )
@@ -61,6 +86,9 @@ def acquire(path: str | Path) -> sqlite3.Connection:
 
 
 def release(path: str | Path, conn: sqlite3.Connection) -> None:
+    if getattr(conn, "broken", False):  # a PostgreSQL connection the server dropped
+        conn.close()
+        return
     if conn.in_transaction:
         conn.rollback()
     idle = _idle.setdefault(str(path), [])
@@ -227,22 +255,29 @@ class GroupWriter:
         import gevent
 
         pool = gevent.get_hub().threadpool
+        # The transaction runs in a real thread so SQLite's fsync and lock waits
+        # never stall the greenlets serving requests. PostgreSQL's waits are on a
+        # socket, which gevent already shares out, so its batches run right here.
+        commit = self._commit if is_postgres(self.path) else self._commit_in(pool)
         while True:
             self.wake.wait()
             self.wake.clear()
             while self.pending:
                 batch = self.pending[: self.MAX_BATCH]
                 del self.pending[: self.MAX_BATCH]
-                # The transaction runs in a real thread so SQLite's fsync and
-                # lock waits never stall the greenlets serving requests.
-                pool.apply(self._commit, (batch,))
+                commit(batch)
                 self.batches += 1
                 self.jobs += len(batch)
                 for job in batch:
                     job.done.set()
 
+    def _commit_in(self, pool: Any) -> Callable[[list[_Job]], None]:
+        return lambda batch: pool.apply(self._commit, (batch,))
+
     def _commit(self, batch: list[_Job]) -> None:
         conn = self.conn
+        if getattr(conn, "broken", False):  # PostgreSQL restarted: connect again
+            conn = self.conn = connect(self.path)
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
@@ -265,11 +300,14 @@ class GroupWriter:
 
 # --- migrations ---------------------------------------------------------------
 
+MIGRATE_LOCK = 0x6D696772  # "migr": pg_advisory_lock's key while migrating
 
-def migration_files() -> list[tuple[int, str, str, str]]:
-    """Return (version, name, sql, checksum) for every file in migrations/."""
+
+def migration_files(postgres: bool = False) -> list[tuple[int, str, str, str]]:
+    """Return (version, name, sql, checksum) for every migration of one engine."""
     found = []
-    for path in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+    folder = MIGRATIONS_DIR / "postgresql" if postgres else MIGRATIONS_DIR
+    for path in sorted(folder.glob("[0-9][0-9][0-9][0-9]_*.sql")):
         sql = path.read_text()
         checksum = hashlib.sha256(sql.encode()).hexdigest()
         found.append((int(path.name[:4]), path.name, sql, checksum))
@@ -287,7 +325,7 @@ def migration_status(conn: sqlite3.Connection) -> list[dict]:
         row["version"]: row for row in conn.execute("SELECT * FROM schema_version").fetchall()
     }
     status = []
-    for version, name, _sql, checksum in migration_files():
+    for version, name, _sql, checksum in migration_files(postgres(conn)):
         row = applied.pop(version, None)
         if row is not None and row["checksum"] != checksum:
             raise MigrationError(
@@ -308,9 +346,11 @@ def migrate(path: str | Path) -> list[str]:
     """Apply pending migrations in order; return the names applied."""
     conn = connect(path)
     try:
+        if is_postgres(path):  # instances starting together migrate one after another
+            conn.execute("SELECT pg_advisory_lock(?)", (MIGRATE_LOCK,))
         done = []
         pending = {s["version"] for s in migration_status(conn) if s["applied_at"] is None}
-        for version, name, sql, checksum in migration_files():
+        for version, name, sql, checksum in migration_files(is_postgres(path)):
             if version not in pending:
                 continue
             # executescript commits first, so the BEGIN/COMMIT wrap keeps each

@@ -45,8 +45,10 @@ def remember(
 ) -> None:
     """Record the key's first use in the caller's transaction; an expired entry is replaced."""
     conn.execute(
-        "INSERT OR REPLACE INTO dedupe_keys (scope, key, body_hash, delivery_id, task_ids,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO dedupe_keys (scope, key, body_hash, delivery_id, task_ids, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET"
+        " body_hash = excluded.body_hash, delivery_id = excluded.delivery_id,"
+        " task_ids = excluded.task_ids, created_at = excluded.created_at",
         (scope, key, digest, delivery_id, json.dumps(task_ids), time.time()),
     )
 
@@ -59,8 +61,8 @@ def clean(now: float | None = None, batch: int = 500) -> int:
         n = db.write(
             lambda conn: (
                 conn.execute(
-                    "DELETE FROM dedupe_keys WHERE rowid IN"
-                    " (SELECT rowid FROM dedupe_keys WHERE created_at < ? LIMIT ?)",
+                    "DELETE FROM dedupe_keys WHERE (scope, key) IN"
+                    " (SELECT scope, key FROM dedupe_keys WHERE created_at < ? LIMIT ?)",
                     (cutoff, batch),
                 ).rowcount
             )

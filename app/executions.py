@@ -36,6 +36,7 @@ from app import (
     events,
     gitcmd,
     github,
+    instances,
     run_limits,
     runlog,
     sandbox,
@@ -95,8 +96,10 @@ def start(app: Flask) -> None:
     sandbox.note_enforcement(sandbox.enforcement(app.config, _cgroups))
     log.info("run isolation: %s", sandbox.enforced())
     with app.app_context():
-        recover()
-    if app.config["SCHEDULER"]:
+        if instances.runs_tasks(app.config):
+            recover()
+        instances.start(app.config, recover_attempts, stop_lost)
+    if app.config["SCHEDULER"] and instances.runs_tasks(app.config):
         gevent.spawn(_scheduler_loop)
 
 
@@ -186,7 +189,8 @@ class Run:
             # A crashed attempt may have left no session id: the latest one known.
             earlier = conn.execute(
                 "SELECT json_extract(usage, '$.session_id') AS session FROM attempts"
-                " WHERE task_id = ? AND number < ? AND agent = ? AND session IS NOT NULL"
+                " WHERE task_id = ? AND number < ? AND agent = ?"
+                " AND json_extract(usage, '$.session_id') IS NOT NULL"
                 " ORDER BY number DESC LIMIT 1",
                 (self.task_id, self.attempt, self.agent_name),
             ).fetchone()
@@ -687,18 +691,36 @@ def _ours(pid: int, marker: str) -> bool:
 
 
 def recover() -> None:
-    """Treat attempts left running by a previous process as crashed; kill their orphans."""
+    """Treat attempts no instance runs any more as crashed (at start-up).
+
+    On SQLite this process is the only one, so every attempt left running is a
+    previous process's. On PostgreSQL only those whose lease ran out are, and
+    those of an instance on this machine whose process is gone (a restart need
+    not wait for the lease): the others belong to live instances.
+    """
     cfg = _app.config
     with db.reading(cfg["DATABASE"]) as conn:
+        gone = instances.gone_here(conn)
         stale = conn.execute(
             "SELECT a.task_id, a.number, a.pgid FROM attempts a JOIN tasks t ON t.id = a.task_id"
             " WHERE a.state IN ('starting', 'running') AND t.attempts = a.number"
+            " AND (? = 1 OR a.lease_until IS NULL OR a.lease_until < ?"
+            "      OR a.instance IN (SELECT value FROM json_each(?)))",
+            (int(not db.is_postgres(cfg["DATABASE"])), time.time(), json.dumps(gone)),
         ).fetchall()
-    if stale:
-        # Lines a crashed run published live may never have been stored: the next
-        # attempt numbers its lines past any of them (see runlog.PUBLISH_AHEAD).
-        ids = [row["task_id"] for row in stale]
-        db.write(lambda conn: runlog.skip_ahead(conn, ids), cfg["DATABASE"])
+    recover_attempts(stale)
+    log.info("recovery done", extra={"crashed_attempts": len(stale)})
+
+
+def recover_attempts(stale: list) -> None:
+    """Finish attempts as crashed (the retry policy applies); kill their orphans here."""
+    if not stale:
+        return
+    cfg = _app.config
+    # Lines a crashed run published live may never have been stored: the next
+    # attempt numbers its lines past any of them (see runlog.PUBLISH_AHEAD).
+    ids = [row["task_id"] for row in stale]
+    db.write(lambda conn: runlog.skip_ahead(conn, ids), cfg["DATABASE"])
     for row in stale:
         if row["pgid"] and _ours(row["pgid"], f"{row['task_id']}:{row['number']}"):
             try:
@@ -706,8 +728,16 @@ def recover() -> None:
             except OSError:
                 pass
         run = Run({"task_id": row["task_id"], "attempt": row["number"], "agent": ""})
-        run._finish("crashed", None, "the service stopped while this attempt ran")
-    log.info("recovery done", extra={"crashed_attempts": len(stale)})
+        run._finish("crashed", None, "the instance running this attempt stopped")
+
+
+def stop_lost(still_mine: set[int], since: float) -> None:
+    """Stop local runs whose attempt is no longer this instance's (another recovered
+    it while this one could not renew); runs claimed after `since` are not counted yet."""
+    for task_id, run in list(RUNS.items()):
+        if task_id not in still_mine and run.started_at < since:
+            log.warning("attempt lost its lease: stopping it", extra={"task_id": task_id})
+            run.cancel.set()
 
 
 def begin_shutdown() -> None:

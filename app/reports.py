@@ -37,7 +37,7 @@ import httpx
 from flask import Flask
 from pydantic import Field, model_validator
 
-from app import crypto, db, github
+from app import crypto, db, github, instances
 from app.api import Body
 
 log = logging.getLogger("agented.reports")
@@ -250,6 +250,9 @@ def _learn_identity() -> None:
 
 def _loop() -> None:
     while True:
+        if not instances.leads():  # one outbox worker across instances
+            gevent.sleep(POLL_S)
+            continue
         try:
             sent = send_due(_app.config)
         except Exception:

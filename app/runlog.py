@@ -144,6 +144,7 @@ class RunLog:
                         rows,
                     )
                     conn.execute("UPDATE tasks SET log_seq = ? WHERE id = ?", (last, self.task_id))
+                    events.notify_lines(conn, self.task_id, rows[0][1], last)
                     conn.execute(
                         "UPDATE attempts SET log_bytes = ? WHERE task_id = ? AND number = ?",
                         (log_bytes, self.task_id, self.attempt),

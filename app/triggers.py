@@ -23,7 +23,7 @@ from croniter import croniter
 from flask import Blueprint, Flask, current_app, jsonify
 from pydantic import Field, field_validator
 
-from app import crypto, db, dedupe, events, openapi, prompts
+from app import crypto, db, dedupe, events, instances, openapi, prompts
 from app.api import (
     Body,
     answer_model,
@@ -396,9 +396,15 @@ def start_clock(app: Flask, stopping: Callable[[], bool]) -> None:
 
 
 def _clock_loop(app: Flask, stopping: Callable[[], bool]) -> None:
-    """Fire due cron triggers every second; forget expired dedupe keys every 10 minutes."""
+    """Fire due cron triggers every second; forget expired dedupe keys every 10 minutes.
+
+    With several instances only the leader keeps the clock (a cron slot's UPDATE is
+    conditional too, so even two clocks would fire it once)."""
     last_clean = 0.0
     while not stopping():
+        gevent.sleep(1)
+        if not instances.leads():
+            continue
         try:
             with app.app_context():
                 if fire_due_cron():
@@ -408,7 +414,6 @@ def _clock_loop(app: Flask, stopping: Callable[[], bool]) -> None:
                     last_clean = time.time()
         except Exception:
             log.exception("clock pass failed")
-        gevent.sleep(1)
 
 
 def fire_due_cron(now: float | None = None) -> list[int]:

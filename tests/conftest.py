@@ -33,12 +33,21 @@ def _venv_bin(name: str) -> Path:
     return beside if beside.exists() else ROOT / ".venv" / "bin" / name
 
 
+# `AGENTED_TEST_ENGINE=postgresql` runs the suite on PostgreSQL (`just test` does,
+# after SQLite): every test gets a database of its own, which the service it
+# starts, in process or under gunicorn, uses instead of the SQLite file.
+ENGINE = os.environ.get("AGENTED_TEST_ENGINE", "sqlite")
+_test_database: list[str] = []
+
+
 def clean_env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Return os.environ without the service's settings, pointed at `data_dir`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
     # A missing file: load_dotenv() then reads nothing, whatever the checkout's .env says.
     env["AGENTED_ENV_FILE"] = str(data_dir.parent / "no-such.env")
     env["AGENTED_DATA_DIR"] = str(data_dir)
+    if _test_database:
+        env["AGENTED_DATABASE_URL"] = _test_database[0]
     env.update(extra or {})
     return env
 
@@ -50,6 +59,21 @@ def free_port() -> int:
 
 
 # --- the app, in process ---------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _engine(request: pytest.FixtureRequest) -> Iterator[None]:
+    """On the PostgreSQL pass, give the test its own database (see ENGINE)."""
+    if ENGINE != "postgresql":
+        yield
+        return
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("reads or writes the SQLite file itself")
+    _test_database[:] = [request.getfixturevalue("pg_url")]
+    try:
+        yield
+    finally:
+        _test_database.clear()
 
 
 @pytest.fixture(autouse=True)

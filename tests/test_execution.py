@@ -299,6 +299,7 @@ def test_it_re_runs_an_attempt_cut_short_by_a_crash(live_server):
     assert [a["state"] for a in final["attempt_list"]] == ["crashed", "cancelled"]
 
 
+@pytest.mark.sqlite_only
 def test_it_runs_a_schedule_missed_while_down_once(live_server):
     srv = live_server(dict(FAST))
     key = srv.make_key("admin")

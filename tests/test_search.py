@@ -97,7 +97,9 @@ def test_it_strips_escapes_in_sql_as_the_dashboard_does(app, echo, text):
 def test_it_reindexes_coloured_lines_indexed_before_the_migration(tmp_path, monkeypatch):
     path = tmp_path / "old.db"
     files = db.migration_files()
-    monkeypatch.setattr(db, "migration_files", lambda: [m for m in files if m[0] < 15])
+    monkeypatch.setattr(
+        db, "migration_files", lambda postgres=False: [m for m in files if m[0] < 15]
+    )
     db.migrate(path)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA foreign_keys=ON")

@@ -24,7 +24,7 @@ from typing import Any
 
 from flask import Flask, g
 
-from app import db, events
+from app import db, events, instances
 from app.errors import ApiError
 from app.messages.model import Draft, Problem
 from app.messages.store import hub_reply
@@ -212,10 +212,15 @@ def start(app: Flask) -> None:
             event = sub.get(timeout=60)
             if sub.dropped:
                 sub = events.broker.subscribe("task", maxsize=10000)
-            if event is None or event["kind"] not in (
-                "task.succeeded",
-                "task.dead",
-                "task.cancelled",
+            if (
+                event is None
+                or not instances.leads()
+                or event["kind"]
+                not in (
+                    "task.succeeded",
+                    "task.dead",
+                    "task.cancelled",
+                )
             ):
                 continue
             try:

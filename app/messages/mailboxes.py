@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import Field
 
-from app import agent_lifecycle, db, events, openapi, ratelimit
+from app import agent_lifecycle, db, events, instances, openapi, ratelimit
 from app.agent_lifecycle import acting_as
 from app.agents import agent_scoped, key_agent_id
 from app.api import (
@@ -106,7 +106,20 @@ PICK_AGAIN = (
     "SELECT json_group_array(id) FROM (SELECT id FROM messages WHERE receiver = ?"
     " AND state = 'queued' AND id > ? AND visible_at > ? AND deliveries > 0 ORDER BY id LIMIT ?)"
 )
-IDS = "SELECT value FROM json_each(?)"
+IDS = "SELECT CAST(value AS INTEGER) FROM json_each(?)"
+PICK_PG, PICK_AGAIN_PG = (
+    sql.replace("SELECT json_group_array(id) FROM (", "SELECT coalesce(json_agg(id), '[]') FROM (")
+    + " AS picked"
+    for sql in (PICK, PICK_AGAIN)
+)
+# The same in PostgreSQL, whose json_build_object writes every float digit as it is.
+LEASED_PG = (
+    "json_build_object('id', id, 'message_id', message_id, 'performative', performative,"
+    " 'sender', sender, 'receiver', receiver, 'conversation_id', conversation_id,"
+    " 'reply_with', reply_with, 'in_reply_to', in_reply_to, 'protocol', protocol,"
+    " 'created_at', created_at, 'expires_at', expires_at, 'deliveries', deliveries,"
+    " 'state', 'leased', 'lease_expires_at', ?::float8, 'content', content::json)::text"
+)
 
 
 def lease(
@@ -129,9 +142,11 @@ def lease(
     """
     evs = expire(conn, receiver, t)
     until = t + visibility
-    ids = conn.execute(PICK, (receiver, t, receiver, t, limit)).fetchone()[0]
+    pg = db.postgres(conn)
+    pick, pick_again = (PICK_PG, PICK_AGAIN_PG) if pg else (PICK, PICK_AGAIN)
+    ids = conn.execute(pick, (receiver, t, receiver, t, limit)).fetchone()[0]
     if after is not None:
-        again = json.loads(conn.execute(PICK_AGAIN, (receiver, after, t, limit)).fetchone()[0])
+        again = json.loads(conn.execute(pick_again, (receiver, after, t, limit)).fetchone()[0])
         ids = compact((again + json.loads(ids))[:limit])
     result = {"text": "", "rows": [], "count": 0, "events": evs, "until": until,
               "next_visible": None}  # fmt: skip
@@ -148,9 +163,10 @@ def lease(
         (until, t, ids),
     ).rowcount
     # The rows come in id order (the delivery order): the IN list is walked sorted.
-    inner = f"SELECT {LEASED} AS j, id FROM messages WHERE id IN ({IDS}) ORDER BY id"
+    leased = LEASED_PG if pg else LEASED
+    inner = f"SELECT {leased} AS j, id FROM messages WHERE id IN ({IDS}) ORDER BY id"
     if not rows:
-        sql = f"SELECT group_concat(j, ',') FROM ({inner})"
+        sql = f"SELECT group_concat(j, ',') FROM ({inner}) AS leased"
         result["text"] = conn.execute(sql, (repr(until), ids)).fetchone()[0]
     else:
         result["rows"] = conn.execute(inner, (repr(until), ids)).fetchall()
@@ -257,7 +273,7 @@ def mailbox_ack(name: str):
         done = conn.execute(
             "UPDATE messages SET state = 'acked', acked_at = ? WHERE receiver = ?"
             " AND state = 'queued' AND deliveries > 0"
-            " AND id IN (SELECT value FROM json_each(?))",
+            " AND id IN (SELECT CAST(value AS INTEGER) FROM json_each(?))",
             (t, name, listed),
         ).rowcount
         if done == len(ids):
@@ -266,7 +282,7 @@ def mailbox_ack(name: str):
         return dict(
             conn.execute(
                 "SELECT id, state FROM messages"
-                " WHERE receiver = ? AND id IN (SELECT value FROM json_each(?))",
+                " WHERE receiver = ? AND id IN (SELECT CAST(value AS INTEGER) FROM json_each(?))",
                 (name, listed),
             ).fetchall()
         )
@@ -382,6 +398,8 @@ def start(app: Flask) -> None:
     def loop() -> None:
         while True:
             gevent.sleep(app.config["MESSAGE_SWEEP_S"])
+            if not instances.leads():  # one sweep across instances
+                continue
             try:
                 sweep_now(app)
             except Exception:

@@ -29,7 +29,8 @@ def readiness() -> dict[str, dict]:
     """Check what serving needs; each check says ok and why not."""
     checks: dict[str, dict] = {}
     try:
-        db.write(lambda conn: conn.execute("CREATE TEMP TABLE IF NOT EXISTS ready_probe (x)"))
+        probe = "CREATE TEMP TABLE IF NOT EXISTS ready_probe (x INTEGER)"
+        db.write(lambda conn: conn.execute(probe))
         checks["database"] = {"ok": True}
     except Exception as exc:  # any failure here means "not ready", never a 500
         checks["database"] = {"ok": False, "error": str(exc)}

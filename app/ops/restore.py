@@ -203,6 +203,8 @@ def startup_check(cfg: dict) -> None:
     """Run quick_check before serving; on corruption stop, or restore when configured."""
     # An install from before file modes were enforced.
     files.tighten(Path(cfg["DATA_DIR"]), backup_dir(cfg))
+    if db.is_postgres(cfg["DATABASE"]):
+        return  # PostgreSQL checks its own pages
     path = Path(cfg["DATABASE"])
     if not path.exists() or path.stat().st_size == 0:
         path.parent.mkdir(parents=True, exist_ok=True)

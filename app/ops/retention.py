@@ -124,7 +124,8 @@ def remove_workspaces(cfg: dict, now: float) -> int:
         return 0
     with db.reading(cfg["DATABASE"]) as conn:
         rows = conn.execute(
-            "SELECT id, finished_at FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
+            "SELECT id, finished_at FROM tasks"
+            " WHERE id IN (SELECT CAST(value AS INTEGER) FROM json_each(?))",
             (json.dumps(sorted({task for task, _ in found.values()})),),
         ).fetchall()
     finished = {r["id"]: r["finished_at"] for r in rows}

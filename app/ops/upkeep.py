@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from app import db, instances
 from app.background import every
 from app.ops import alerts, backup, counters, metrics, retention
 
@@ -17,16 +18,21 @@ from app.ops import alerts, backup, counters, metrics, retention
 def start(app: Flask) -> None:
     """Start the service's upkeep greenlets; call once, in the serving process."""
     cfg = app.config
-    backup.hold_service_lock(cfg)
+    sqlite = not db.is_postgres(cfg["DATABASE"])
+    if sqlite:  # PostgreSQL serves any number of instances; its backups are pg_dump's job
+        backup.hold_service_lock(cfg)
     metrics.start(cfg)
     counters.start_loop_monitor()
-    if cfg["BACKUP_INTERVAL_S"] > 0:
+    if sqlite and cfg["BACKUP_INTERVAL_S"] > 0:
         backup.start_schedule(cfg)
     # First runs wait a little (never slow down start-up), or one interval if shorter.
-    for name, interval, job, first in (
+    jobs = [
         ("retention", cfg["RETENTION_INTERVAL_S"], lambda: retention.run(cfg), 60),
-        ("compaction", cfg["COMPACT_INTERVAL_S"], lambda: retention.compact(cfg), 300),
         ("alerts", cfg["ALERT_INTERVAL_S"], lambda: alerts.evaluate(cfg), 10),
-    ):
+    ]
+    if sqlite:  # PostgreSQL's autovacuum does what compaction does for the SQLite file
+        jobs.append(("compaction", cfg["COMPACT_INTERVAL_S"], lambda: retention.compact(cfg), 300))
+    for name, interval, job, first in jobs:
         if interval > 0:
-            every(name, interval, job, min(first, interval))
+            # Only the leading instance runs them (always the one, on SQLite).
+            every(name, interval, lambda job=job: instances.leads() and job(), min(first, interval))
