@@ -1,13 +1,16 @@
 """Gunicorn settings for Agented.
 
-workers = 1 is a requirement, not a tuning choice: the hub keeps its event
-broker (SSE fan-out to every browser), its scheduler and the one SQLite writer
-in one process. A second worker would get its own broker and scheduler, so
-browsers connected to it would miss events, two schedulers would race for
-tasks and two writers would fight over the database lock. Concurrency comes
-from gevent: thousands of greenlets (requests, SSE streams, process readers)
-in that one worker. Work that needs more machines goes to external agents,
-which run elsewhere and take requests from their mailboxes.
+On SQLite, workers = 1 is a requirement, not a tuning choice: the hub keeps its
+event broker (SSE fan-out to every browser), its scheduler and the one SQLite
+writer in one process. A second worker would get its own broker and scheduler,
+so browsers connected to it would miss events, and two writers would fight over
+the file's lock. Concurrency comes from gevent: thousands of greenlets
+(requests, SSE streams, process readers) in that one worker.
+
+On PostgreSQL each worker is an instance like any other (app/instances.py):
+events reach every worker through LISTEN/NOTIFY, claims and the once-only jobs
+are coordinated in the database, so AGENTED_WORKERS defaults to the number of
+cores (docs/scale-out.md).
 """
 
 import os
@@ -23,14 +26,18 @@ from app import config as app_config  # "config" is a gunicorn setting name
 # start-up with one clear line instead of a worker traceback and a boot loop.
 load_dotenv(os.environ.get("AGENTED_ENV_FILE", Path(__file__).resolve().parent / ".env"))
 try:
-    bind = app_config.load()["BIND"]
+    _settings = app_config.load()
+    bind = _settings["BIND"]
+    _postgres = str(_settings["DATABASE"]).startswith("postgres")
+    workers = app_config.env_int("AGENTED_WORKERS", (os.cpu_count() or 1) if _postgres else 1, 1)
+    if workers > 1 and not _postgres:
+        raise app_config.ConfigError("AGENTED_WORKERS above 1 needs AGENTED_DATABASE_URL")
     worker_connections = app_config.env_int("AGENTED_WORKER_CONNECTIONS", 2000, minimum=1)
     # Seconds a stopping worker gets to finish requests (SSE streams are closed sooner).
     graceful_timeout = app_config.env_int("AGENTED_GRACEFUL_TIMEOUT", 20, minimum=1)
 except app_config.ConfigError as exc:
     sys.exit(f"agented: configuration: {exc}")
 
-workers = 1
 worker_class = "gevent"
 wsgi_app = "app.wsgi:application"
 # Gunicorn >= 25.1 opens a control socket in $HOME by default: every instance on

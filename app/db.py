@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,11 +40,25 @@ def postgres(conn: Any) -> bool:
     return getattr(conn, "dialect", None) == "postgresql"
 
 
-def pg_errors() -> type[Exception]:
-    """psycopg's base error, for `except` clauses on PostgreSQL-only paths."""
-    from app import pgsql
+def shown(target: object) -> str:
+    """The database as pages and answers may show it: a URL without its password."""
+    text = str(target)
+    if is_postgres(text):
+        from urllib.parse import urlsplit, urlunsplit
 
-    return pgsql.Error
+        parts = urlsplit(text)
+        if parts.password is not None:
+            host = parts.netloc.rsplit("@", 1)[1]
+            parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+        return urlunsplit(parts)
+    return text
+
+
+def error_types() -> tuple[type[Exception], ...]:
+    """The database errors to catch: sqlite3's, and psycopg's once PostgreSQL is in use
+    (looked up, not imported: see connect)."""
+    pg = sys.modules.get("psycopg")
+    return (sqlite3.Error, pg.Error) if pg is not None else (sqlite3.Error,)
 
 
 def connect(path: str | Path, *, check_same_thread: bool = True) -> Any:

@@ -9,6 +9,8 @@ import time
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from app import db
+
 log = logging.getLogger("agented.errors")
 
 CODES = {
@@ -126,6 +128,10 @@ def register(app: Flask) -> None:
         return handle_api_error(as_api_error(exc))
 
     app.register_error_handler(sqlite3.OperationalError, storage_error)
+    if db.is_postgres(app.config["DATABASE"]):
+        from app import pgsql  # now: gevent has patched by the time the app is made
+
+        app.register_error_handler(pgsql.OperationalError, storage_error)
 
     @app.errorhandler(HTTPException)
     def handle_http_error(exc: HTTPException) -> Response:
@@ -156,20 +162,20 @@ def register(app: Flask) -> None:
         )
 
 
-def storage_error(exc: sqlite3.OperationalError) -> Response:
-    """Answer a full or failing disk with a clear 503: the request stored nothing."""
+def storage_error(exc: Exception) -> Response:
+    """Answer a full or failing disk, or an unreachable PostgreSQL, with a clear 503:
+    the request stored nothing."""
     text = str(exc)
-    if "full" not in text and "disk I/O" not in text:
+    unreachable = not isinstance(exc, sqlite3.Error)  # psycopg's OperationalError
+    if not unreachable and "full" not in text and "disk I/O" not in text:
         log.exception("unhandled database error")
         if wants_json():
             return error(500, "internal error; the request id is in the logs")
         return Response(render_template("error.html", status=500, message="Something went wrong."),
                         status=500)  # fmt: skip
     log.error("storage failure: the request was not stored", extra={"error": text})
-    message = (
-        "the database cannot write (disk full or failing); nothing from this request was "
-        "stored: retry later"
-    )
+    cause = "is unreachable" if unreachable else "cannot write (disk full or failing)"
+    message = f"the database {cause}; nothing from this request was stored: retry later"
     if wants_json():
         resp = error(503, message, code="storage_unavailable")
     else:

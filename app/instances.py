@@ -141,7 +141,7 @@ def _lead(cfg: dict) -> None:
             if got:
                 log.info("this instance now runs the once-only jobs", extra={"instance": ID})
             _state["leader"] = bool(got)
-    except db.pg_errors() as exc:
+    except db.error_types() as exc:
         log.warning("leader lock lost", extra={"error": str(exc)})
         _state["leader"] = False
         _state["conn"] = None

@@ -414,6 +414,8 @@ class Attempt(Answer):
     started_at: float
     finished_at: float | None
     resumed_session: str | None
+    instance: str | None = Field(description="the hub instance that ran it (GET /api/v1/instances)")
+    lease_until: float | None = Field(description="until when that instance's claim holds")
 
 
 class Task(Answer):
@@ -828,6 +830,27 @@ class Health(Partial):
     storage: dict[str, Any]
     uptime_s: float
     database: str
+
+
+class Instance(Partial):
+    """One hub instance (a gunicorn worker) sharing the database."""
+
+    id: str = Field(description="host-pid-random, new at each start")
+    host: str
+    pid: int
+    role: Literal["both", "web", "worker"]
+    version: str
+    started_at: float
+    heartbeat_at: float
+    running: int = Field(description="attempts it runs now")
+    alive: bool = Field(description="heartbeat within the lease (AGENTED_LEASE_S)")
+    this: bool = Field(description="the instance that answered")
+
+
+class Instances(Answer):
+    """The instances seen in the last day, oldest first."""
+
+    instances: list[Instance]
 
 
 class Thread(Answer):

@@ -124,7 +124,8 @@ class Cursor:
     @property
     def lastrowid(self) -> int | None:
         """The id the last INSERT made: every table's id has its own identity sequence."""
-        return self._conn.raw.execute("SELECT lastval()").fetchone()[0]
+        row = self._conn.raw.execute("SELECT lastval()").fetchone()
+        return row[0] if row is not None else None
 
 
 class Connection:
@@ -148,7 +149,7 @@ class Connection:
 
     def executescript(self, sql: str) -> None:
         """Several statements without parameters (migrations), sent as written."""
-        self.raw.execute(sql.replace("BEGIN IMMEDIATE;", "BEGIN;", 1))  # type: ignore[arg-type]
+        self.raw.execute(sql.replace("BEGIN IMMEDIATE;", "BEGIN;", 1))
 
     @property
     def in_transaction(self) -> bool:

@@ -82,7 +82,8 @@ def _claim(conn, cfg) -> tuple[list[dict], list[dict]]:
         " ORDER BY priority DESC, id LIMIT ?",
         (now, json.dumps(open_agents), json.dumps(full_keys), min(200, 10 * free)),
     ).fetchall()
-    claimed, evs = [], []
+    claimed: list[dict] = []
+    evs: list[dict] = []
     for task in due:
         if len(claimed) >= free:
             break

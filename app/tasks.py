@@ -257,6 +257,16 @@ def search_words(text: str) -> str | None:
     return " ".join(quoted)
 
 
+# The same search on PostgreSQL: the GIN indexes of migrations/postgresql/0001, whose
+# agented_tsquery reads the FTS5 match string search_words() makes.
+PG_SEARCH = (
+    "id IN (SELECT id FROM tasks"
+    " WHERE to_tsvector('simple', agented_words(agented_plain(prompt))) @@ agented_tsquery(?)"
+    " UNION SELECT task_id FROM task_logs"
+    " WHERE to_tsvector('simple', agented_words(agented_plain(text))) @@ agented_tsquery(?))"
+)
+
+
 def filters_sql(args) -> tuple[list[str], list[Any]]:
     """Build WHERE parts from query args; every value is a bound parameter.
 
@@ -266,7 +276,10 @@ def filters_sql(args) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
     match = search_words(args.get("q", ""))
-    if match:
+    if match and db.is_postgres(current_app.config["DATABASE"]):
+        where.append(PG_SEARCH)
+        params += [match, match]
+    elif match:
         # task_search rowid = task_id * 2^32 + seq.
         where.append("id IN (SELECT rowid / 4294967296 FROM task_search WHERE task_search MATCH ?)")
         params.append(match)

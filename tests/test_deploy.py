@@ -54,6 +54,7 @@ def test_it_passes_systemd_analyze_verify(tmp_path):
     assert done.returncode == 0 and not problems, done.stdout + done.stderr
 
 
+@pytest.mark.sqlite_only
 def test_it_runs_one_gevent_worker_and_says_why(data_dir):
     settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert settings["workers"] == 1
@@ -91,3 +92,17 @@ def test_it_documents_every_setting_in_env_example():
     read -= {"AGENTED_ENV_FILE", "PATH"}
     missing = sorted(read - documented)
     assert not missing, "settings missing from .env.example: " + ", ".join(missing)
+
+
+def test_it_runs_a_worker_per_core_on_postgresql(data_dir, monkeypatch):
+    monkeypatch.setenv("AGENTED_DATABASE_URL", "postgresql://hub@db.internal/agented")
+    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert settings["workers"] == (os.cpu_count() or 1)
+    monkeypatch.setenv("AGENTED_WORKERS", "3")
+    assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["workers"] == 3
+
+
+def test_it_refuses_more_workers_on_sqlite(data_dir, monkeypatch):
+    monkeypatch.setenv("AGENTED_WORKERS", "2")
+    with pytest.raises(SystemExit, match="AGENTED_WORKERS above 1 needs AGENTED_DATABASE_URL"):
+        runpy.run_path(str(ROOT / "gunicorn.conf.py"))

@@ -1,25 +1,192 @@
-"""Several hub instances on one PostgreSQL database (issue 17), as real gunicorn processes."""
+"""Several hub instances on one PostgreSQL database (issue 17), as real gunicorn processes.
+
+Each instance has its own data dir (workspaces, agent homes), as on its own
+machine; they share the database and the SECRET_KEY.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import threading
+import time
+
 import pytest
 
-from tests.test_execution import FAST, logs, make_agent, submit, wait_state
+from tests.pipeline_helpers import live, sign, wait_for, webhook_trigger
+from tests.test_execution import FAST, make_agent, read_sse, submit, task, wait_state
+
+SHARED = {**FAST, "SECRET_KEY": "s" * 48, "AGENTED_LEASE_S": "6"}
 
 
 @pytest.fixture
-def pg_hub(live_server, pg_url):
+def instances(live_server, pg_url):
+    """Start instances on one database: `a = instances()`, `b = instances(AGENTED_ROLE="web")`."""
+    started = []
+
     def start(**env):
-        srv = live_server({**FAST, "AGENTED_DATABASE_URL": pg_url, **env})
-        srv.keys["admin"] = srv.make_key("admin")
+        srv = live_server({**SHARED, "AGENTED_DATABASE_URL": pg_url, **env})
+        # API keys live in the database: the first instance's key works on all.
+        srv.keys["admin"] = started[0].keys["admin"] if started else srv.make_key("admin")
+        started.append(srv)
         return srv
 
     return start
 
 
-def test_it_runs_a_task_on_postgresql(pg_hub):
-    srv = pg_hub()
-    make_agent(srv, "echo", ["sh", "-c", "echo hello from $AGENTED_TASK_ID"])
-    task_id = submit(srv, "echo")
-    assert wait_state(srv, task_id, "succeeded", "dead")["state"] == "succeeded"
-    assert any("hello from" in line["text"] for line in logs(srv, task_id))
+def both(fn, *args_per_call):
+    """Call fn(*args) for each args at the same moment (threads); return the results."""
+    results: list = [None] * len(args_per_call)
+    gate = threading.Barrier(len(args_per_call))
+
+    def call(i, args):
+        gate.wait()
+        results[i] = fn(*args)
+
+    threads = [threading.Thread(target=call, args=(i, a)) for i, a in enumerate(args_per_call)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def sql(url: str, statement: str, params: tuple = ()) -> list:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+
+def test_it_runs_each_task_once_across_two_instances(instances):
+    a = instances()
+    b = instances()
+    make_agent(a, "work", ["sh", "-c", "sleep 0.2; echo done $AGENTED_TASK_ID"], concurrency=20)
+    ids = both(
+        lambda srv: [submit(srv, "work") for _ in range(15)], (a,), (b,)
+    )  # 30 tasks, half to each
+    finished = [
+        wait_state(a, task_id, "succeeded", "dead", timeout=90) for task_id in ids[0] + ids[1]
+    ]
+    assert {t["state"] for t in finished} == {"succeeded"}
+    assert all(len(t["attempt_list"]) == 1 for t in finished)  # each ran once
+    ran_on = {t["attempt_list"][0]["instance"] for t in finished}
+    assert len(ran_on) >= 2  # both took work (each runs a worker per core, each one an instance)
+
+
+def test_it_makes_one_task_for_one_idempotency_key_sent_to_both(instances, pg_url):
+    a = instances()
+    b = instances()
+    make_agent(a, "echo", ["cat"])
+    body = {"agent": "echo", "prompt": "once"}
+
+    def send(srv):
+        return live(
+            srv, srv.keys["admin"], "POST", "/api/v1/tasks", body, {"Idempotency-Key": "k-1"}
+        )
+
+    answers = both(send, (a,), (b,))
+    assert sorted(status for status, _ in answers) in ([200, 202], [202, 202])
+    assert len({answer["id"] for _, answer in answers}) == 1
+    assert sql(pg_url, "SELECT count(*) FROM tasks")[0][0] == 1
+
+
+def test_it_makes_one_task_for_one_delivery_sent_to_both(instances, pg_url):
+    a = instances()
+    b = instances()
+    make_agent(a, "echo", ["cat"])
+    status, hook = live(a, a.keys["admin"], "POST", "/api/v1/triggers", webhook_trigger("echo"))
+    assert status == 201, hook
+    raw = json.dumps({"title": "bug"}).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Signature-256": sign(hook["secret"], raw),
+        "X-Delivery-Id": "d-42",
+    }
+    answers = both(
+        lambda srv: srv.request("POST", f"/hooks/{hook['slug']}", raw, headers), (a,), (b,)
+    )
+    assert sorted(answer[0] for answer in answers) == [200, 202], answers
+    assert sql(pg_url, "SELECT count(*) FROM tasks")[0][0] == 1
+
+
+def test_it_streams_on_one_instance_a_run_on_the_other(instances):
+    web = instances(AGENTED_ROLE="web")  # runs nothing: the worker below runs the task
+    worker = instances(AGENTED_ROLE="worker")
+    script = "for i in $(seq 1 40); do echo line $i; sleep 0.05; done"
+    make_agent(web, "talk", ["sh", "-c", script])
+    task_id = submit(web, "talk")
+    wait_state(web, task_id, "running")
+    events = read_sse(web, f"/api/v1/tasks/{task_id}/stream")
+    lines = [data["text"] for event, _, data in events if event == "log"]
+    assert [line for line in lines if line.startswith("line ")] == [
+        f"line {i}" for i in range(1, 41)
+    ]
+    done = task(web, task_id)
+    assert done["state"] == "succeeded"
+    assert done["attempt_list"][0]["instance"] != web_instance(web)
+    # Resuming after a Last-Event-ID on the other instance sends the rest, once.
+    cut = next(
+        ident for event, ident, data in events if event == "log" and data["text"] == "line 30"
+    )
+    rest = read_sse(worker, f"/api/v1/tasks/{task_id}/stream", {"Last-Event-ID": str(cut)})
+    assert [d["text"] for e, _, d in rest if e == "log"] == [f"line {i}" for i in range(31, 41)]
+
+
+def web_instance(srv) -> str:
+    found = live(srv, srv.keys["admin"], "GET", "/api/v1/instances")[1]["instances"]
+    return next(i["id"] for i in found if i["this"])
+
+
+def test_it_finishes_every_task_when_an_instance_is_killed(instances):
+    a = instances()
+    b = instances()
+    make_agent(a, "work", ["sh", "-c", "sleep 1; echo done"], concurrency=20)
+    ids = [submit(srv, "work", max_attempts=3) for srv in (a, b) * 10]
+    wait_for(lambda: any(t["state"] == "running" for t in map(lambda i: task(b, i), ids)))
+    os.killpg(a.proc.pid, signal.SIGKILL)  # the instance and its runs die at once
+    a.proc.wait(timeout=10)
+    killed_at = time.monotonic()
+    finished = [wait_state(b, task_id, "succeeded", "dead", timeout=120) for task_id in ids]
+    assert {t["state"] for t in finished} == {"succeeded"}
+    crashed = [t for t in finished if t["attempt_list"][0]["state"] == "crashed"]
+    # Recovered within the lease (6 s here) and its heartbeat, not at some later sweep.
+    assert time.monotonic() - killed_at < 60
+    assert all(len(t["attempt_list"]) == 2 for t in crashed)
+
+
+def test_it_fires_a_cron_slot_once_and_hands_the_clock_over(instances, pg_url):
+    a = instances()
+    b = instances()
+    make_agent(a, "echo", ["cat"])
+    trigger = {"name": "tick", "kind": "cron", "agent": "echo", "schedule": "0 3 * * *",
+               "prompt_template": "tick"}  # fmt: skip
+    status, made = live(a, a.keys["admin"], "POST", "/api/v1/triggers", trigger)
+    assert status == 201, made
+
+    def due_now():
+        sql(
+            pg_url,
+            "UPDATE triggers SET next_run_at = %s WHERE slug = %s",
+            (time.time(), made["slug"]),
+        )
+
+    def fired():
+        return sql(pg_url, "SELECT count(*) FROM tasks WHERE trigger_slug = %s", (made["slug"],))[
+            0
+        ][0]
+
+    due_now()
+    wait_for(lambda: fired() == 1)
+    time.sleep(3)  # both clocks tick every second: a second fire would show by now
+    assert fired() == 1
+    # The leader dies; the other instance takes the clock over at its next heartbeat.
+    leader = next(srv for srv in (a, b) if "now runs the once-only jobs" in srv.log_tail(400))
+    other = b if leader is a else a
+    os.killpg(leader.proc.pid, signal.SIGKILL)
+    leader.proc.wait(timeout=10)
+    due_now()
+    wait_for(lambda: fired() == 2, timeout=30)
+    assert "now runs the once-only jobs" in other.log_tail(400)

@@ -7,7 +7,7 @@ import time
 
 from flask import current_app, render_template
 
-from app import db, events, executions
+from app import db, events, executions, instances
 from app.auth import requires
 from app.background import offload
 from app.dashboard import bp
@@ -46,6 +46,7 @@ def health_get():
         ok=all(c["ok"] for c in checks.values()),
         storage=storage,
         migrations=db.migration_status(db.get_db()),
+        instances=instances.listing(db.get_db(), time.time()),
         uptime=time.time() - STARTED,
         pid=os.getpid(),
         rss=rss_bytes(),

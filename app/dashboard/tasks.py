@@ -61,7 +61,7 @@ def find_tasks(args) -> tuple[list[sqlite3.Row], str | None]:
     sql = "SELECT * FROM tasks" + (" WHERE " + " AND ".join(where) if where else "")
     try:
         rows = db.query_all(sql + " ORDER BY id DESC LIMIT ?", [*params, PAGE + 1])
-    except sqlite3.OperationalError as exc:  # an FTS5 query it still cannot parse
+    except db.error_types() as exc:  # a search query the engine still cannot parse
         raise ApiError(400, f"cannot search for that: {exc}") from None
     more = len(rows) > PAGE
     rows = rows[:PAGE]

@@ -207,6 +207,14 @@ def start_schedule(cfg: dict) -> None:
 
 def storage_facts(cfg: dict) -> dict:
     """Sizes, free pages and the newest backup, for /api/v1/health and /metrics."""
+    if db.is_postgres(cfg["DATABASE"]):
+        conn = db.connect(cfg["DATABASE"])
+        try:
+            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        finally:
+            conn.close()
+        # Backups are the database's job there (pg_dump): the hub keeps none.
+        return {"engine": "postgresql", "db_bytes": size}
     path = Path(cfg["DATABASE"])
     wal = Path(f"{path}-wal")
     conn = db.connect(path)

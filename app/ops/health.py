@@ -9,12 +9,11 @@ name "ops" so endpoint and OpenAPI operation ids stay as they were.
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import time
 
 from flask import Blueprint, current_app, jsonify
 
-from app import db, openapi
+from app import db, instances, openapi
 from app.api import answer_model
 from app.auth import requires
 from app.background import offload
@@ -48,11 +47,14 @@ def readiness() -> dict[str, dict]:
 def table_bytes(cfg: dict) -> dict[str, int]:
     """Bytes on disk per table and index (dbstat reads every page: admins only, threadpool)."""
     conn = db.connect(cfg["DATABASE"])
+    if db.postgres(conn):
+        sizes = "SELECT relname, pg_relation_size(oid) FROM pg_class"
+        sizes += " WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'i')"
+    else:
+        sizes = "SELECT name, sum(pgsize) FROM dbstat GROUP BY name"
     try:
-        rows = conn.execute(
-            "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC"
-        ).fetchall()
-    except sqlite3.Error:  # a build without the dbstat table: leave the sizes out
+        rows = conn.execute(sizes + " ORDER BY 2 DESC").fetchall()
+    except db.error_types():  # a SQLite build without the dbstat table: leave the sizes out
         return {}
     finally:
         conn.close()
@@ -84,9 +86,17 @@ def health_detail():
             "checks": checks,
             "storage": {**offload(backup.storage_facts, cfg), "tables": offload(table_bytes, cfg)},
             "uptime_s": round(time.time() - STARTED, 1),
-            "database": str(current_app.config["DATABASE"]),
+            "database": db.shown(current_app.config["DATABASE"]),
         }
     )
+
+
+@bp.get("/api/v1/instances")
+@requires("operator")
+@answer_model(openapi.Instances)
+def instance_list():
+    """The hub's instances seen in the last day: role, version, heartbeat, running attempts."""
+    return jsonify({"instances": instances.listing(db.get_db(), time.time())})
 
 
 @bp.get("/api/v1/backups")

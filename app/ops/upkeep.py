@@ -8,6 +8,9 @@ gevent's threadpool, never on the loop that serves requests.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from flask import Flask
 
 from app import db, instances
@@ -34,5 +37,9 @@ def start(app: Flask) -> None:
         jobs.append(("compaction", cfg["COMPACT_INTERVAL_S"], lambda: retention.compact(cfg), 300))
     for name, interval, job, first in jobs:
         if interval > 0:
-            # Only the leading instance runs them (always the one, on SQLite).
-            every(name, interval, lambda job=job: instances.leads() and job(), min(first, interval))
+            every(name, interval, _when_leading(job), min(first, interval))
+
+
+def _when_leading(job: Callable[[], Any]) -> Callable[[], Any]:
+    """Run `job` only on the leading instance (always the one, on SQLite)."""
+    return lambda: job() if instances.leads() else None
