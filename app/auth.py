@@ -25,7 +25,7 @@ from flask import (
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from limits import parse as parse_limit
 from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
 from app import db, openapi
 from app.api import Body, answer_model, body_model, or_404, parse_body
@@ -405,9 +405,19 @@ def signout_post():
     return redirect(url_for("auth.signin_get"))
 
 
+def _fail_limiter(cfg: dict) -> Any:
+    """Failed sign-ins per address: a moving window in memory on SQLite; on PostgreSQL
+    fixed windows in the database, so every instance counts the same failures."""
+    if not db.is_postgres(cfg["DATABASE"]):
+        return MovingWindowRateLimiter(MemoryStorage())
+    from app import pgsql
+
+    return FixedWindowRateLimiter(pgsql.WindowStorage(database=str(cfg["DATABASE"])))
+
+
 def register(app: Flask) -> None:
     app.extensions["agented.auth"] = {
-        "fail": MovingWindowRateLimiter(MemoryStorage()),
+        "fail": _fail_limiter(app.config),
         "last_used": {},  # key id -> when last_used_at was last written
     }
     app.before_request(guard)

@@ -23,10 +23,12 @@ the PostgreSQL schema itself (migrations/postgresql), so they need no rewriting.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+from limits.storage import Storage
 from psycopg import pq
 from psycopg.adapt import Loader
 
@@ -169,6 +171,73 @@ class Connection:
 
     def close(self) -> None:
         self.raw.close()
+
+
+class WindowStorage(Storage):
+    """Fixed-window rate-limit counters in PostgreSQL, for the `limits` package:
+    flask-limiter's per-key limits and the failed sign-in limit then hold across
+    every instance and worker, where its memory storage would give each its own."""
+
+    STORAGE_SCHEME = ["agented+postgresql"]
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: Any):
+        super().__init__(uri, wrap_exceptions)
+        self.url = str(options["database"])
+        self.calls = 0
+
+    @property
+    def base_exceptions(self) -> type[Exception]:
+        return psycopg.Error
+
+    def _one(self, sql: str, params: tuple) -> Any:
+        from app import db  # db imports this module lazily; no cycle at import time
+
+        conn = db.acquire(self.url)
+        try:
+            return conn.execute(sql, params).fetchone()
+        finally:
+            db.release(self.url, conn)
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        now = time.time()
+        self.calls += 1
+        if self.calls % 1000 == 0:  # windows long over: keep the table small
+            self._one("DELETE FROM rate_windows WHERE expires_at < ?", (now - 3600,))
+        row = self._one(
+            "INSERT INTO rate_windows (key, hits, expires_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET"
+            " hits = CASE WHEN rate_windows.expires_at <= ? THEN excluded.hits"
+            "        ELSE rate_windows.hits + excluded.hits END,"
+            " expires_at = CASE WHEN rate_windows.expires_at <= ? THEN excluded.expires_at"
+            "        ELSE rate_windows.expires_at END"
+            " RETURNING hits",
+            (key, amount, now + expiry, now, now),
+        )
+        return int(row[0])
+
+    def get(self, key: str) -> int:
+        row = self._one(
+            "SELECT hits FROM rate_windows WHERE key = ? AND expires_at > ?", (key, time.time())
+        )
+        return int(row[0]) if row else 0
+
+    def get_expiry(self, key: str) -> float:
+        row = self._one("SELECT expires_at FROM rate_windows WHERE key = ?", (key,))
+        return float(row[0]) if row else time.time()
+
+    def check(self) -> bool:
+        try:
+            self._one("SELECT 1", ())
+        except psycopg.Error:
+            return False
+        return True
+
+    def reset(self) -> int | None:
+        self._one("DELETE FROM rate_windows", ())
+        return None
+
+    def clear(self, key: str) -> None:
+        self._one("DELETE FROM rate_windows WHERE key = ?", (key,))
 
 
 def connect(url: str) -> Connection:

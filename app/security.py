@@ -12,10 +12,23 @@ from flask_cors import CORS
 from flask_limiter import Limiter
 from flask_talisman import Talisman
 
+from app import db
+
 
 def _limit_key() -> str:
     key = g.get("key")
     return f"key:{key['id']}" if key is not None else f"addr:{request.remote_addr}"
+
+
+def limit_storage(cfg: dict) -> dict:
+    """Where rate-limit counters live: this process's memory on SQLite (one process),
+    PostgreSQL when several instances share the work."""
+    if not db.is_postgres(cfg["DATABASE"]):
+        return {"storage_uri": "memory://"}
+    from app import pgsql  # registers its storage scheme with `limits`
+
+    return {"storage_uri": f"{pgsql.WindowStorage.STORAGE_SCHEME[0]}://",
+            "storage_options": {"database": str(cfg["DATABASE"])}}  # fmt: skip
 
 
 def register(app: Flask) -> None:
@@ -53,7 +66,8 @@ def register(app: Flask) -> None:
         key_func=_limit_key,
         app=app,
         default_limits=[app.config["RATE_LIMIT_DEFAULT"]],
-        storage_uri="memory://",
+        # On PostgreSQL the counters are shared by every instance (app/pgsql.py).
+        **limit_storage(app.config),
         # X-RateLimit-* on every answer cost ~0.1 ms each; a 429 still carries
         # Retry-After, set by the error handler.
         headers_enabled=False,

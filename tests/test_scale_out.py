@@ -190,3 +190,13 @@ def test_it_fires_a_cron_slot_once_and_hands_the_clock_over(instances, pg_url):
     due_now()
     wait_for(lambda: fired() == 2, timeout=30)
     assert "now runs the once-only jobs" in other.log_tail(400)
+
+
+def test_it_counts_a_keys_rate_limit_across_instances(instances):
+    limit = {"AGENTED_RATE_LIMIT": "6/minute"}
+    a = instances(**limit)
+    b = instances(**limit)
+    key = a.keys["admin"]
+    answers = [live(srv, key, "GET", "/api/v1/agents")[0] for srv in (a, b) * 4]
+    # Six in the key's window, whichever instance (and worker) answered; then 429s.
+    assert answers[:6] == [200] * 6 and answers[6:] == [429, 429]

@@ -213,8 +213,11 @@ def storage_facts(cfg: dict) -> dict:
             size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
         finally:
             conn.close()
-        # Backups are the database's job there (pg_dump): the hub keeps none.
-        return {"engine": "postgresql", "db_bytes": size}
+        # The file's facts do not apply, and backups are the database's job (pg_dump).
+        return {"engine": "postgresql", "db_bytes": size, "wal_bytes": 0, "pages": 0,
+                "free_pages": 0, "fragmentation": 0.0, "auto_vacuum": "none", "backups": 0,
+                "last_backup_at": None, "last_backup_file": None,
+                "last_backup_bytes": None}  # fmt: skip
     path = Path(cfg["DATABASE"])
     wal = Path(f"{path}-wal")
     conn = db.connect(path)
