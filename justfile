@@ -99,6 +99,11 @@ bench-deps:
     set -euo pipefail
     missing=""
     for tool in wrk hey redis-server; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
+    # bench/ingest.py and bench/dispatch.py also measure the hub on PostgreSQL (bench/_pg.py
+    # starts a throwaway server); Debian keeps its binaries in /usr/lib/postgresql/<version>/bin.
+    if ! command -v initdb >/dev/null && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+        missing="$missing postgresql"
+    fi
     if [ -n "$missing" ]; then
         sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
         $sudo apt-get update -qq

@@ -1,10 +1,12 @@
 """Shared pieces of bench/ingest.py, bench/dispatch.py and bench/sse_fanout.py.
 
-- `Server`: the real service under gunicorn (gunicorn.conf.py: one gevent worker)
-  serving bench/_wsgi_bench.py (app.wsgi's application plus GET /bench/hello),
-  on a free 127.0.0.1 port with a temporary data dir; stopped with its whole
-  process group, whatever happens.
-- small helpers: JSON calls, percentiles, a read-only look at the SQLite file.
+- `Server`: the real service under gunicorn (gunicorn.conf.py, gevent workers:
+  one on SQLite, `workers=N` with `database_url=` a PostgreSQL database, see
+  bench/_pg.py) serving bench/_wsgi_bench.py (app.wsgi's application plus GET
+  /bench/hello), on a free 127.0.0.1 port with a temporary data dir; stopped
+  with its whole process group, whatever happens.
+- small helpers: JSON calls, percentiles, a look at the hub's database (the
+  SQLite file read-only, or the PostgreSQL database).
 """
 
 from __future__ import annotations
@@ -65,8 +67,12 @@ def stop_group(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, wait: f
 class Server:
     """gunicorn + the real app, with bench settings; use as a context manager."""
 
-    def __init__(self, data: Path, **env: str) -> None:
+    def __init__(
+        self, data: Path, *, database_url: str | None = None, workers: int = 1, **env: str
+    ) -> None:
         self.data = data
+        self.database_url = database_url
+        self.workers = workers
         self.port = free_port()
         self.log_path = data.parent / f"gunicorn-{self.port}.log"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTED_", "CORS_"))}
@@ -81,7 +87,12 @@ class Server:
             AGENTED_BACKUP_INTERVAL_S="0",
             # The app of the tree this file is in, for the CLI too (not the editable install's).
             PYTHONPATH=str(ROOT),
+            # gunicorn.conf.py's worker count (1 on SQLite; the cores by default on
+            # PostgreSQL): always explicit here, so a figure says what it ran with.
+            AGENTED_WORKERS=str(workers),
         )
+        if database_url:
+            self.env["AGENTED_DATABASE_URL"] = database_url
         self.env.update(env)
         self.proc: subprocess.Popen | None = None
         data.mkdir(parents=True, exist_ok=True)
@@ -119,6 +130,7 @@ class Server:
                     str(BIN / "gunicorn"),
                     "-c",
                     str(ROOT / "gunicorn.conf.py"),
+                    *self._workers_flag(),
                     "--pythonpath",
                     str(BENCH),
                     "_wsgi_bench:application",
@@ -136,14 +148,47 @@ class Server:
                 conn.request("GET", "/health/ready")
                 if conn.getresponse().status == 200:
                     conn.close()
+                    self._wait_workers(deadline)
                     return
             except OSError:
                 pass
             time.sleep(0.1)
         raise RuntimeError("gunicorn did not become ready (its log is above)")
 
+    def _workers_flag(self) -> list[str]:
+        """`--workers N` when gunicorn.conf.py does not read AGENTED_WORKERS (it did
+        not before PostgreSQL); the command line overrides the config file."""
+        conf = (ROOT / "gunicorn.conf.py").read_text()
+        return [] if "AGENTED_WORKERS" in conf else ["--workers", str(self.workers)]
+
+    def _wait_workers(self, deadline: float) -> None:
+        """Until every worker is up: one answered /health/ready, and gunicorn forks the
+        others in turn, each importing the app on its own. On PostgreSQL each worker
+        registers itself in `instances` once started (app/instances.py)."""
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if len(self.worker_pids()) >= self.workers and self._instances() >= self.workers:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"gunicorn started {len(self.worker_pids())} of {self.workers} workers,"
+            f" {self._instances()} registered (its log is above)"
+        )
+
+    def _instances(self) -> int:
+        if not self.database_url:
+            return 1  # SQLite: one worker, no `instances` rows to count on
+        conn = self.db()
+        try:
+            return conn.execute("SELECT count(*) FROM instances").fetchone()[0]
+        finally:
+            conn.close()
+
     def stop(self) -> None:
         stop_group(self.proc)
+
+    @property
+    def engine(self) -> str:
+        return "postgresql" if self.database_url else "sqlite"
 
     def log_tail(self, n: int = 3000) -> str:
         try:
@@ -151,21 +196,53 @@ class Server:
         except OSError:
             return ""
 
+    def log_errors(self, most: int = 5) -> list[str]:
+        """The gunicorn log's error lines (tracebacks, 5xx answers), the first few."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        marks = ('"level": "ERROR"', '"level": "CRITICAL"', '"status": 5')
+        bad = [line for line in lines if any(m in line for m in marks)]
+        return bad[:most] + ([f"... {len(bad) - most} more"] if len(bad) > most else [])
+
     def worker_pid(self) -> int | None:
-        """The gunicorn worker's pid (the master's only child)."""
+        """The first gunicorn worker's pid (with one worker, the master's only child)."""
+        pids = self.worker_pids()
+        return pids[0] if pids else None
+
+    def worker_pids(self) -> list[int]:
+        """Every gunicorn worker's pid (the master's children)."""
+        if self.proc is None:
+            return []
         try:
             kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
         except OSError:
-            return None
-        pids = [int(p) for p in kids.split()]
-        return pids[0] if pids else None
+            return []
+        return [int(p) for p in kids.split()]
 
-    def db(self) -> sqlite3.Connection:
-        """A read-only connection to the service's database (WAL: readers never block it)."""
+    def workers_cpu(self, children: bool = False) -> float:
+        """cpu_seconds summed over every worker (see cpu_seconds)."""
+        return sum(cpu_seconds(pid, children) for pid in self.worker_pids())
+
+    def db(self):
+        """A connection to the service's database that reads like sqlite3's (rows by
+        name, `?` placeholders): the SQLite file read-only (WAL: readers never block
+        it), or on PostgreSQL the same database through app/pgsql.py (autocommit)."""
+        if self.database_url:
+            if str(ROOT) not in sys.path:
+                sys.path.insert(0, str(ROOT))
+            from app import pgsql
+
+            return pgsql.connect(self.database_url)
         uri = f"file:{self.data / 'agented.db'}?mode=ro"
         conn = sqlite3.connect(uri, uri=True, timeout=10)
         conn.row_factory = sqlite3.Row
         return conn
+
+    def snapshot(self, conn) -> None:
+        """Start a transaction whose reads all see one snapshot, on either engine."""
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ" if self.database_url else "BEGIN")
 
 
 class HttpError(RuntimeError):

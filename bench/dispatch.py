@@ -41,12 +41,27 @@ runs beside it. Then:
     Throughput is the sandboxed (default) hub's; the AGENTED_SANDBOX=off hub is
     stopped before it starts.
 
+Engines (`--engines`, default sqlite,postgresql): all of the above runs on
+SQLite, its lines as they always were. Then, for PostgreSQL (bench/_pg.py: one
+throwaway server for the run, on a unix socket, a fresh database per hub), a
+sandboxed hub with 1 and then 2 gunicorn workers (`--pg-workers`,
+AGENTED_WORKERS) gets (a) the same `date` latency, LAT_SAMPLES tasks, and (b)
+the same throughput rounds, each alternating with a round of huey's threads,
+the reference its ratio is to. The sandbox's cost, the Python child and huey's
+greenlets do not depend on the engine and run on SQLite only. PostgreSQL's
+lines carry "[postgresql, N workers]", its table adds the server's CPU, and a
+last block puts every hub side by side. PostgreSQL commits reach the OS before
+the answer, as SQLite's do (`--pg-durability disk` flushes each one instead).
+
 Targets (issue 4): submit -> child started p95 < 25 ms; tasks/s >= 1.0 x huey.
-Run: `.venv/bin/python bench/dispatch.py` (or `just bench`); about a minute.
+Run: `.venv/bin/python bench/dispatch.py` (or `just bench`); a minute or more
+per hub on a busy machine (`--engines sqlite` for SQLite alone).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -60,6 +75,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import BENCH, Api, Server, cpu_seconds, pct, stop_group  # noqa: E402
+from _pg import Postgres, add_options, configs, tag  # noqa: E402
 from _tools import hey  # noqa: E402
 
 N = 500  # tasks per throughput run
@@ -131,11 +147,10 @@ def sandbox_latency(hubs: dict[str, tuple[Server, Api]], samples: int, blocks: i
     for i, n in enumerate(per_block):
         for name in names if i % 2 == 0 else names[::-1]:
             server, api = hubs[name]
-            pid = server.worker_pid()
-            cpu0, child0 = cpu_seconds(pid), cpu_seconds(pid, children=True)
+            cpu0, child0 = server.workers_cpu(), server.workers_cpu(children=True)
             lat = latency(server, api, "stamp", n, warmup=5 if i == 0 else 2)
-            out[name]["cpu"] += cpu_seconds(pid) - cpu0
-            out[name]["child_cpu"] += cpu_seconds(pid, children=True) - child0
+            out[name]["cpu"] += server.workers_cpu() - cpu0
+            out[name]["child_cpu"] += server.workers_cpu(children=True) - child0
             for k in ("total", "ingest", "claim", "spawn"):
                 out[name][k] += lat[k]
     for name in names:
@@ -177,11 +192,10 @@ def python_start_cost(python: str, samples: int) -> list[float]:
     return out
 
 
-def hub_throughput(server: Server, key: str, n: int) -> dict:
+def hub_throughput(server: Server, key: str, n: int, pg: Postgres | None = None) -> dict:
     """N tasks, one POST /api/v1/tasks each (hey, 10 connections), until the last finished."""
     before = last_task_id(server)
-    pid = server.worker_pid()
-    cpu0 = cpu_seconds(pid)
+    cpu0 = cpu_now(server, pg)
     start = time.time()
     res = hey(
         f"http://127.0.0.1:{server.port}/api/v1/tasks",
@@ -194,14 +208,13 @@ def hub_throughput(server: Server, key: str, n: int) -> dict:
     ok = sum(v for k, v in res["statuses"].items() if k.startswith("2"))
     if ok != n:
         raise RuntimeError(f"{n - ok} submissions failed: {res['statuses']} {res['errors']}")
-    return finished(server, before, n, start, time.time() - start, pid, cpu0)
+    return finished(server, before, n, start, time.time() - start, pg, cpu0)
 
 
-def hub_batch_throughput(server: Server, api: Api, n: int) -> dict:
+def hub_batch_throughput(server: Server, api: Api, n: int, pg: Postgres | None = None) -> dict:
     """N tasks in batches of BATCH ({"tasks": [...]}), as huey's producer enqueues many."""
     before = last_task_id(server)
-    pid = server.worker_pid()
-    cpu0 = cpu_seconds(pid)
+    cpu0 = cpu_now(server, pg)
     bodies = [
         {"tasks": [{"agent": "noop", "prompt": f"b{j}"} for j in range(i, min(i + BATCH, n))]}
         for i in range(0, n, BATCH)
@@ -212,7 +225,12 @@ def hub_batch_throughput(server: Server, api: Api, n: int) -> dict:
     start = time.time()
     for body in bodies:
         api.call("POST", "/api/v1/tasks", body)
-    return finished(server, before, n, start, time.time() - start, pid, cpu0)
+    return finished(server, before, n, start, time.time() - start, pg, cpu0)
+
+
+def cpu_now(server: Server, pg: Postgres | None) -> tuple[float, float]:
+    """CPU seconds so far of the hub's workers, and of the PostgreSQL server (0 on SQLite)."""
+    return server.workers_cpu(), pg.cpu_seconds() if pg else 0.0
 
 
 def last_task_id(server: Server) -> int:
@@ -223,7 +241,7 @@ def last_task_id(server: Server) -> int:
         conn.close()
 
 
-def finished(server, before: int, n: int, start: float, submit_s: float, pid, cpu0) -> dict:
+def finished(server, before: int, n: int, start: float, submit_s: float, pg, cpu0) -> dict:
     """Wait for the n tasks after id `before` to finish; time from `start` to the last one."""
     conn = server.db()
     try:
@@ -243,12 +261,14 @@ def finished(server, before: int, n: int, start: float, submit_s: float, pid, cp
     finally:
         conn.close()
     wall = last - start
+    hub_cpu, pg_cpu = cpu_now(server, pg)
     return {
         "rate": n / wall,
         "wall": wall,
         "submit_s": submit_s,
         "failed": failed,
-        "server_cpu": (cpu_seconds(pid) - cpu0) / wall,
+        "server_cpu": (hub_cpu - cpu0[0]) / wall,
+        "pg_cpu": (pg_cpu - cpu0[1]) / wall,
     }
 
 
@@ -321,12 +341,9 @@ def cost(off: float, on: float) -> str:
     return f"{on - off:+.1f} ms, {ratio}"
 
 
-def main() -> int:
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="agented-bench-dispatch-"))
-    os.environ["BENCH_HUEY_DB"] = str(tmp / "huey.db")
-    import _huey_tasks as tasks  # after BENCH_HUEY_DB is set: the producer's database
-
+def measure_sqlite(tmp: Path, tasks) -> dict:
+    """Every figure bench/dispatch.py has always printed: SQLite, one worker, with the
+    sandbox's cost (a second hub, AGENTED_SANDBOX=off) and huey's two worker kinds."""
     python = sys.executable
     date = shutil.which("date") or "/bin/date"
     server = Server(tmp / "data", AGENTED_SCHEDULER="true")
@@ -351,7 +368,6 @@ def main() -> int:
                 sand = sandbox_latency(hubs, LAT_SAMPLES, LAT_BLOCKS)
                 api_off.close()
                 said = {"off": isolation(server_off), "bwrap": isolation(server)}
-            lat = sand["bwrap"]
             pylat = latency(server, api, "pystamp", PY_SAMPLES, warmup=2)
             pystart = python_start_cost(python, PY_SAMPLES)
 
@@ -363,13 +379,89 @@ def main() -> int:
                     r = huey_throughput(tasks, kind, N, tmp / "huey.log")
                     runs[f"huey {kind}"].append(r)
             api.close()
+            errors = server.log_errors()
     except Exception:
         print(server.log_tail(), file=sys.stderr)
         print(server_off.log_tail(), file=sys.stderr)
         raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "engine": "sqlite",
+        "workers": 1,
+        "sand": sand,
+        "said": said,
+        "pylat": pylat,
+        "pystart": pystart,
+        "runs": runs,
+        "errors": errors,
+    }
 
+
+def measure_pg(tmp: Path, tasks, workers: int, pg: Postgres) -> dict:
+    """The hub on PostgreSQL with `workers` gunicorn workers, sandboxed as SQLite's main
+    hub: (a) the `date` latency and (b) throughput in rounds alternating with huey's
+    threads (the reference). The sandbox's cost and the Python child do not depend on
+    the engine: they are measured on SQLite only, and so is huey's greenlet variant."""
+    python = sys.executable
+    date = shutil.which("date") or "/bin/date"
+    url = pg.database(f"dispatch_{workers}w")
+    server = Server(
+        tmp / f"data-pg-{workers}w", database_url=url, workers=workers, AGENTED_SCHEDULER="true"
+    )
+    runs: dict[str, list[dict]] = {"hub": [], f"hub, batches of {BATCH}": [], "huey thread": []}
+    try:
+        key = server.make_key()
+        with server:
+            api = Api(server.port, key)
+            add_agents(api, python, date)
+            sand = sandbox_latency({"bwrap": (server, api)}, LAT_SAMPLES, LAT_BLOCKS)
+            said = isolation(server)
+            hub_throughput(server, key, 40, pg)  # warm up
+            for _ in range(ROUNDS):
+                runs["hub"].append(hub_throughput(server, key, N, pg))
+                runs[f"hub, batches of {BATCH}"].append(hub_batch_throughput(server, api, N, pg))
+                runs["huey thread"].append(huey_throughput(tasks, "thread", N, tmp / "huey.log"))
+            api.close()
+            errors = server.log_errors()
+    except Exception:
+        print(server.log_tail(), file=sys.stderr)
+        print(f"--- PostgreSQL log ---\n{pg.log_tail()}", file=sys.stderr)
+        raise
+    return {
+        "engine": "postgresql",
+        "workers": workers,
+        "pg": f"{pg.label()} ({pg.settings()})",
+        "sand": sand,
+        "said": {"bwrap": said},
+        "runs": runs,
+        "errors": errors,
+    }
+
+
+def medians(runs: dict[str, list[dict]]) -> dict[str, float]:
+    return {name: statistics.median(r["rate"] for r in rs) for name, rs in runs.items()}
+
+
+def show_table(runs: dict[str, list[dict]], pg: bool) -> None:
+    extra = f"{'pg cpu':>8}" if pg else ""
+    head = f"{'system':<22}{'tasks/s':>9}{'wall s':>8}{'submit s':>10}{'cpu':>7}{extra}"
+    print(f"   {head}   per round")
+    means = medians(runs)  # the median of the rounds (called means for brevity of the lines)
+    for name, rs in runs.items():
+        per = ", ".join(f"{r['rate']:.0f}" for r in rs)
+        wall = sum(r["wall"] for r in rs) / len(rs)
+        sub = sum(r["submit_s"] for r in rs) / len(rs)
+        cpu = sum(r["server_cpu"] for r in rs) / len(rs)
+        pgc = sum(r.get("pg_cpu", 0.0) for r in rs) / len(rs)
+        col = (f"{pgc:>8.0%}" if name.startswith("hub") else f"{'':>8}") if pg else ""
+        failed = sum(r["failed"] for r in rs)
+        note = f"  ({failed} failed)" if failed else ""
+        row = f"{name:<22}{means[name]:>9.0f}{wall:>8.2f}{sub:>10.2f}{cpu:>7.0%}{col}"
+        print(f"   {row}   {per}{note}")
+
+
+def show_sqlite(res: dict) -> None:
+    sand, said, runs = res["sand"], res["said"], res["runs"]
+    lat, pylat, pystart = sand["bwrap"], res["pylat"], res["pystart"]
     print(f"-- (a) submit -> child started, {LAT_SAMPLES} tasks one at a time (queue empty)")
     print(show_lat("send -> child's own clock (date)", lat["total"]))
     print(show_lat("  send -> task row written", lat["ingest"]))
@@ -396,24 +488,13 @@ def main() -> int:
             f" children {sand[name]['child_cpu_ms']:.2f} ms ({kids[name]}, reaped by the worker)"
         )
     print(f"-- (b) {N} trivial tasks (`true`) end to end, {WORKERS} at once, median of {ROUNDS}")
-    print(f"   {'system':<22}{'tasks/s':>9}{'wall s':>8}{'submit s':>10}{'cpu':>7}   per round")
-    means = {}
-    for name, rs in runs.items():
-        # The median of the rounds (called means below for brevity of the lines).
-        means[name] = statistics.median(r["rate"] for r in rs)
-        per = ", ".join(f"{r['rate']:.0f}" for r in rs)
-        wall = sum(r["wall"] for r in rs) / len(rs)
-        sub = sum(r["submit_s"] for r in rs) / len(rs)
-        cpu = sum(r["server_cpu"] for r in rs) / len(rs)
-        failed = sum(r["failed"] for r in rs)
-        note = f"  ({failed} failed)" if failed else ""
-        print(f"   {name:<22}{means[name]:>9.0f}{wall:>8.2f}{sub:>10.2f}{cpu:>7.0%}   {per}{note}")
+    show_table(runs, pg=False)
+    means = medians(runs)
     p50, p95 = pct(lat["total"], 50), pct(lat["total"], 95)
     ratio = means["hub"] / means["huey thread"]
     ratio_g = means["hub"] / means["huey greenlet"]
     lat_met = "met" if p95 < TARGET_P95_MS else "NOT met"
     rate_met = "met" if ratio >= TARGET_RATIO else "NOT met"
-    print(f"bench time: {time.monotonic() - started:.0f} s")
     off, on = sand["off"], sand["bwrap"]
     for label, k in (("submit -> child started", "total"), ("claimed -> child running", "spawn")):
         o50, o95, b50, b95 = (pct(d[k], q) for d in (off, on) for q in (50, 95))
@@ -440,6 +521,103 @@ def main() -> int:
         f"dispatch throughput, batched submit: hub {batched:.0f} tasks/s | ratio to huey"
         f" (20 threads) {batched / means['huey thread']:.2f}"
     )
+    for line in res["errors"]:
+        print(f"   gunicorn log: {line}")
+
+
+def show_pg(res: dict) -> None:
+    t = tag(res["engine"], res["workers"])
+    w = res["workers"]
+    lat, runs = res["sand"]["bwrap"], res["runs"]
+    print(
+        f"-- (a){t} {res['pg']}, gunicorn {w} gevent worker{'s' if w > 1 else ''}:"
+        f" submit -> child started, {LAT_SAMPLES} tasks one at a time (queue empty)"
+    )
+    print(f"   bwrap: {res['said']['bwrap']}")
+    print(show_lat("send -> child's own clock (date)", lat["total"]))
+    print(show_lat("  send -> task row written", lat["ingest"]))
+    print(show_lat("  task written -> claimed by the scheduler", lat["claim"]))
+    print(show_lat("  claimed -> child running", lat["spawn"]))
+    print(
+        f"   hub CPU per task {lat['cpu_ms']:.2f} ms (gunicorn worker{'s' if w > 1 else ''}),"
+        f" children {lat['child_cpu_ms']:.2f} ms (reaped by the worker{'s' if w > 1 else ''})"
+    )
+    print(
+        f"-- (b){t} {N} trivial tasks (`true`) end to end, {WORKERS} at once, median of"
+        f" {ROUNDS}, rounds alternating with huey's threads (cpu: the hub's workers; pg cpu:"
+        " the PostgreSQL server's, both in cores)"
+    )
+    show_table(runs, pg=True)
+    means = medians(runs)
+    p50, p95 = pct(lat["total"], 50), pct(lat["total"], 95)
+    ratio = means["hub"] / means["huey thread"]
+    lat_met = "met" if p95 < TARGET_P95_MS else "NOT met"
+    rate_met = "met" if ratio >= TARGET_RATIO else "NOT met"
+    print(
+        f"dispatch latency{t}: submit -> child started p50 {p50:.1f} ms p95 {p95:.1f} ms"
+        f" (target p95 < {TARGET_P95_MS:.0f} ms): {lat_met}"
+    )
+    print(
+        f"dispatch throughput{t}: hub {means['hub']:.0f} tasks/s | huey (20 threads)"
+        f" {means['huey thread']:.0f} tasks/s | ratio {ratio:.2f} (target >= {TARGET_RATIO}):"
+        f" {rate_met}"
+    )
+    batched = means[f"hub, batches of {BATCH}"]
+    print(
+        f"dispatch throughput, batched submit{t}: hub {batched:.0f} tasks/s | ratio to huey"
+        f" (20 threads) {batched / means['huey thread']:.2f}"
+    )
+    for line in res["errors"]:
+        print(f"   gunicorn log: {line}")
+
+
+def compare(results: list[dict]) -> None:
+    """Every hub side by side, each with its ratio to the huey rounds it alternated with."""
+    print("-- engines side by side (sandboxed hubs; huey: the rounds each alternated with)")
+    for res in results:
+        w = res["workers"]
+        lat = res["sand"]["bwrap"]["total"]
+        means = medians(res["runs"])
+        batched = means[f"hub, batches of {BATCH}"]
+        print(
+            f"   {res['engine']:<11}{w} worker{'s' if w > 1 else ' '}"
+            f"  latency p50 {pct(lat, 50):5.1f} p95 {pct(lat, 95):5.1f} ms"
+            f"  hub {means['hub']:4.0f} tasks/s ({means['hub'] / means['huey thread']:.2f}x huey)"
+            f"  batched {batched:4.0f} ({batched / means['huey thread']:.2f}x)"
+            f"  huey threads {means['huey thread']:.0f}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    add_options(parser)
+    opts = parser.parse_args()
+    todo = configs(opts.engines, opts.pg_workers)
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="agented-bench-dispatch-"))
+    os.environ["BENCH_HUEY_DB"] = str(tmp / "huey.db")
+    import _huey_tasks as tasks  # after BENCH_HUEY_DB is set: the producer's database
+
+    results = []
+    try:
+        with contextlib.ExitStack() as stack:
+            pg = None
+            if any(engine == "postgresql" for engine, _ in todo):
+                pg = stack.enter_context(Postgres(opts.pg_durability))
+            for engine, workers in todo:
+                if engine == "sqlite":
+                    res = measure_sqlite(tmp, tasks)
+                    show_sqlite(res)
+                else:
+                    res = measure_pg(tmp, tasks, workers, pg)
+                    show_pg(res)
+                sys.stdout.flush()
+                results.append(res)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if len(results) > 1:
+        compare(results)
+    print(f"bench time: {time.monotonic() - started:.0f} s")
     return 0
 
 

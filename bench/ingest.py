@@ -1,4 +1,4 @@
-"""Webhook ingest: signed webhooks beside a hello-world route on one gunicorn gevent worker.
+"""Webhook ingest: signed webhooks beside a hello-world route, per engine and worker count.
 
 Starts the production app (app.wsgi, via bench/_wsgi_bench.py, which only adds
 GET /bench/hello) under gunicorn.conf.py on a free 127.0.0.1 port with a fresh
@@ -23,19 +23,33 @@ ROUNDS rounds of each; the median is the figure and the min-max is printed.
 `--profile PATH` also records the worker with py-spy during one more wrk run
 of webhooks and prints where the samples fall (PATH keeps the raw stacks).
 
-Correctness at the end, from the SQLite file opened read-only: every delivery
+Correctness at the end, from the SQLite file opened read-only (on PostgreSQL, the
+hub's database, in one REPEATABLE READ snapshot): every delivery
 stored as accepted has exactly one task, no task lacks one, and at least as many
 were accepted as wrk and hey counted 2xx answers (wrk stops with up to 50
 requests in flight; those are committed but not counted).
 
+Engines (`--engines`, default sqlite,postgresql): all of the above first on
+SQLite (one worker, the lines as they always were), then on PostgreSQL
+(bench/_pg.py: one throwaway server for the run, on a unix socket, a fresh
+database per hub) with 1 and then 2 gunicorn workers (`--pg-workers`,
+AGENTED_WORKERS). Each hub's ratio is to its own hello, measured in the same
+alternating rounds; its lines carry "[postgresql, N workers]", its wrk rows add
+the PostgreSQL server's CPU per request, and its check reads the same counts
+from its database. A last block puts the hubs side by side. PostgreSQL commits
+reach the OS before the answer, as SQLite's do (`--pg-durability disk` flushes
+each one instead).
+
 Targets (issue 18): webhook req/s >= 0.6 x hello's, webhook p99 at 1,000 req/s
 offered <= max(50 ms, 2 x hello's p99 at that rate).
-Run: `.venv/bin/python bench/ingest.py` (or `just bench`); about 90 s.
+Run: `.venv/bin/python bench/ingest.py` (or `just bench`); about 70 s per hub
+(`--engines sqlite` for SQLite alone). `--profile` records the first hub only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import json
@@ -48,7 +62,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Api, Server, cpu_seconds  # noqa: E402
+from _common import Api, Server  # noqa: E402
+from _pg import Postgres, add_options, configs, tag  # noqa: E402
 from _tools import HOOK_LUA, hey, profile, spread, top_frames, wrk  # noqa: E402
 
 CONNS = 50
@@ -103,7 +118,7 @@ def verify(server: Server, counted_2xx: int) -> dict:
     time.sleep(1.0)  # what wrk left in flight when it stopped commits in the meantime
     conn = server.db()
     try:
-        conn.execute("BEGIN")  # one snapshot for every count below
+        server.snapshot(conn)  # one snapshot for every count below
         tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
         orphans = conn.execute(
             "SELECT count(*) FROM tasks WHERE delivery_id IS NULL"
@@ -114,7 +129,7 @@ def verify(server: Server, counted_2xx: int) -> dict:
         ).fetchone()[0]
         doubled = conn.execute(
             "SELECT count(*) FROM (SELECT delivery_id FROM tasks GROUP BY delivery_id"
-            " HAVING count(*) > 1)"
+            " HAVING count(*) > 1) AS d"
         ).fetchone()[0]
     finally:
         conn.close()
@@ -130,89 +145,137 @@ def verify(server: Server, counted_2xx: int) -> dict:
     return {"ok": not problems, "accepted": accepted, "counted": counted_2xx, "problems": problems}
 
 
+def measure(tmp: Path, opts, engine: str, workers: int, pg: Postgres | None, profile_to) -> dict:
+    """Every figure of one hub (engine, workers): wrk and hey rounds, then the check."""
+    runs: dict[str, list[dict]] = {"hello": [], "hook": [], "hello@": [], "hook@": []}
+    counted = 0
+    url = pg.database(f"ingest_{workers}w") if pg else None
+    # With the scheduler off every task stays queued: lift the cap on waiting tasks
+    # (10,000 by default, answered 429) so it is not what a run measures.
+    server = Server(
+        tmp / f"data-{engine}-{workers}w",
+        database_url=url,
+        workers=workers,
+        AGENTED_SCHEDULER="false",
+        AGENTED_MAX_PENDING_TASKS="100000000",
+    )
+    key = server.make_key()
+    try:
+        with server:
+            trig = setup(server, key)
+            pid = server.worker_pid()
+            base = f"http://127.0.0.1:{server.port}"
+            hello_url, hook_url = f"{base}/bench/hello", f"{base}/hooks/{trig['slug']}"
+            mac = hmac.new(trig["secret"].encode(), BODY, hashlib.sha256)
+            sig = "sha256=" + mac.hexdigest()
+            signed = {"Content-Type": "application/json", "X-Signature-256": sig}
+            prefix = uuid.uuid4().hex[:12]
+
+            def wrk_hook(tag: str, secs: float) -> dict:
+                return wrk(hook_url, conns=CONNS, seconds=secs, script=HOOK_LUA,
+                           args=(f"{prefix}-{tag}", sig), body=BODY, method="POST")  # fmt: skip
+
+            # Warm up: connections, imports, caches, the prompt template compile.
+            wrk(hello_url, conns=CONNS, seconds=1)
+            counted += wrk_hook("w", 1)["requests"]
+            for n in range(opts.rounds):
+                for kind in ("hello", "hook"):
+                    cpu0 = server.workers_cpu()
+                    pg0 = pg.cpu_seconds() if pg else 0.0
+                    res = wrk(hello_url, conns=CONNS, seconds=WRK_S) if kind == "hello" \
+                        else wrk_hook(str(n), WRK_S)  # fmt: skip
+                    per = 1000 / max(1, res["requests"])
+                    res["cpu_ms"] = (server.workers_cpu() - cpu0) * per
+                    if pg:
+                        res["pg_cpu_ms"] = (pg.cpu_seconds() - pg0) * per
+                    runs[kind].append(res)
+                    if kind == "hook":
+                        counted += res["requests"] - res["errors"].get("status", 0)
+            for _n in range(opts.rounds):
+                runs["hello@"].append(hey(hello_url, rate=RATE, conns=CONNS, seconds=HEY_S))
+                res = hey(hook_url, rate=RATE, conns=CONNS, seconds=HEY_S, method="POST",
+                          body=BODY, headers=signed)  # fmt: skip
+                runs["hook@"].append(res)
+                counted += res["statuses"].get("202", 0)
+            shares = None
+            if profile_to:
+                secs = 8.0
+                spy = profile(pid, secs + 1, profile_to)
+                time.sleep(1.0)  # py-spy attaches
+                res = wrk_hook("p", secs)
+                counted += res["requests"] - res["errors"].get("status", 0)
+                spy.wait(timeout=60)
+                shares = top_frames(profile_to, MARKERS)
+                shares = (*shares, res["rps"])
+            check = verify(server, counted)
+            errors = server.log_errors()
+    except Exception:
+        print(server.log_tail(), file=sys.stderr)
+        raise
+    return {
+        "engine": engine,
+        "workers": workers,
+        "pg": f"{pg.label()} ({pg.settings()})" if pg else None,
+        "runs": runs,
+        "check": check,
+        "shares": shares,
+        "errors": errors,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--profile", type=Path, help="also record the worker with py-spy")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    add_options(parser)
     opts = parser.parse_args()
+    todo = configs(opts.engines, opts.pg_workers)
     started = time.monotonic()
-    runs: dict[str, list[dict]] = {"hello": [], "hook": [], "hello@": [], "hook@": []}
-    counted = 0
-    with tempfile.TemporaryDirectory(prefix="agented-bench-ingest-") as tmp:
-        # With the scheduler off every task stays queued: lift the cap on waiting tasks
-        # (10,000 by default, answered 429) so it is not what a run measures.
-        server = Server(
-            Path(tmp) / "data", AGENTED_SCHEDULER="false", AGENTED_MAX_PENDING_TASKS="100000000"
-        )
-        key = server.make_key()
-        try:
-            with server:
-                trig = setup(server, key)
-                pid = server.worker_pid()
-                base = f"http://127.0.0.1:{server.port}"
-                hello_url, hook_url = f"{base}/bench/hello", f"{base}/hooks/{trig['slug']}"
-                mac = hmac.new(trig["secret"].encode(), BODY, hashlib.sha256)
-                sig = "sha256=" + mac.hexdigest()
-                signed = {"Content-Type": "application/json", "X-Signature-256": sig}
-                prefix = uuid.uuid4().hex[:12]
-
-                def wrk_hook(tag: str, secs: float) -> dict:
-                    return wrk(hook_url, conns=CONNS, seconds=secs, script=HOOK_LUA,
-                               args=(f"{prefix}-{tag}", sig), body=BODY, method="POST")  # fmt: skip
-
-                # Warm up: connections, imports, caches, the prompt template compile.
-                wrk(hello_url, conns=CONNS, seconds=1)
-                counted += wrk_hook("w", 1)["requests"]
-                for n in range(opts.rounds):
-                    for kind in ("hello", "hook"):
-                        cpu0 = cpu_seconds(pid)
-                        res = wrk(hello_url, conns=CONNS, seconds=WRK_S) if kind == "hello" \
-                            else wrk_hook(str(n), WRK_S)  # fmt: skip
-                        res["cpu_ms"] = (cpu_seconds(pid) - cpu0) * 1000 / max(1, res["requests"])
-                        runs[kind].append(res)
-                        if kind == "hook":
-                            counted += res["requests"] - res["errors"].get("status", 0)
-                for _n in range(opts.rounds):
-                    runs["hello@"].append(hey(hello_url, rate=RATE, conns=CONNS, seconds=HEY_S))
-                    res = hey(hook_url, rate=RATE, conns=CONNS, seconds=HEY_S, method="POST",
-                              body=BODY, headers=signed)  # fmt: skip
-                    runs["hook@"].append(res)
-                    counted += res["statuses"].get("202", 0)
-                shares = None
-                if opts.profile:
-                    secs = 8.0
-                    spy = profile(pid, secs + 1, opts.profile)
-                    time.sleep(1.0)  # py-spy attaches
-                    res = wrk_hook("p", secs)
-                    counted += res["requests"] - res["errors"].get("status", 0)
-                    spy.wait(timeout=60)
-                    shares = top_frames(opts.profile, MARKERS)
-                    shares = (*shares, res["rps"])
-                check = verify(server, counted)
-        except Exception:
-            print(server.log_tail(), file=sys.stderr)
-            raise
-    show(runs, check, shares)
+    results = []
+    with contextlib.ExitStack() as stack:
+        pg = None
+        if any(engine == "postgresql" for engine, _ in todo):
+            pg = stack.enter_context(Postgres(opts.pg_durability))
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agented-bench-ingest-")))
+        for i, (engine, workers) in enumerate(todo):
+            try:
+                res = measure(tmp, opts, engine, workers, pg if engine == "postgresql" else None,
+                              opts.profile if i == 0 else None)  # fmt: skip
+            except Exception:
+                if pg and engine == "postgresql":
+                    print(f"--- PostgreSQL log ---\n{pg.log_tail()}", file=sys.stderr)
+                raise
+            show(res)
+            sys.stdout.flush()
+            results.append(res)
+    if len(results) > 1:
+        compare(results)
     print(f"bench time: {time.monotonic() - started:.0f} s")
-    return 0 if check["ok"] else 1
+    return 0 if all(r["check"]["ok"] for r in results) else 1
 
 
 def med(rows: list[dict], field: str) -> float:
     return statistics.median(r[field] for r in rows)
 
 
-def show(runs: dict[str, list[dict]], check: dict, shares) -> None:
+def show(res: dict) -> None:
+    runs, check, shares = res["runs"], res["check"], res["shares"]
     n = len(runs["hello"])
-    print(f"-- gunicorn, 1 gevent worker, scheduler off; median of {n} runs (min-max)")
+    w = res["workers"]
+    workers = f"{w} gevent worker{'s' if w > 1 else ''}"
+    engine = f", {res['pg']}" if res["pg"] else ""
+    print(f"-- gunicorn, {workers}{engine}, scheduler off; median of {n} runs (min-max)")
     print(f"   wrk, {CONNS} connections, {WRK_S:g} s each:")
     for kind, label in (("hello", "GET /bench/hello"), ("hook", "POST /hooks/<slug>")):
         rows = runs[kind]
         rps = [r["rps"] for r in rows]
         errs = [r["errors"] for r in rows if r["errors"]]
+        pg_cpu = f"  postgres cpu {med(rows, 'pg_cpu_ms'):.2f} ms/req" if res["pg"] else ""
         print(
             f"   {label:<20} {med(rows, 'rps'):>6.0f} req/s ({spread(rps)})"
             f"  p50 {med(rows, 'p50'):.1f} ms  p99 {med(rows, 'p99'):.1f} ms"
-            f"  worker cpu {med(rows, 'cpu_ms'):.2f} ms/req" + (f"  errors {errs}" if errs else "")
+            f"  worker{'s' if w > 1 else ''} cpu {med(rows, 'cpu_ms'):.2f} ms/req{pg_cpu}"
+            + (f"  errors {errs}" if errs else "")
         )
     offered = f"{RATE} req/s offered ({CONNS} connections x {RATE // CONNS})"
     print(f"   hey, {offered}, {HEY_S:g} s each:")
@@ -239,19 +302,40 @@ def show(runs: dict[str, list[dict]], check: dict, shares) -> None:
     ratio = hook / hello
     hook99, hello99 = med(runs["hook@"], "p99"), med(runs["hello@"], "p99")
     bound = max(TARGET_P99_MS, 2 * hello99)
+    t = tag(res["engine"], res["workers"])
     print(
-        f"ingest: webhook {hook:.0f} req/s vs hello {hello:.0f} req/s: {ratio:.2f}x"
+        f"ingest{t}: webhook {hook:.0f} req/s vs hello {hello:.0f} req/s: {ratio:.2f}x"
         f" (target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})"
     )
     print(
-        f"ingest: webhook p99 {hook99:.1f} ms at {RATE} req/s offered, hello's {hello99:.1f} ms"
-        f" (target <= {bound:.0f} ms: {'met' if hook99 <= bound else 'NOT met'})"
+        f"ingest{t}: webhook p99 {hook99:.1f} ms at {RATE} req/s offered,"
+        f" hello's {hello99:.1f} ms (target <= {bound:.0f} ms:"
+        f" {'met' if hook99 <= bound else 'NOT met'})"
     )
     verdict = "OK" if check["ok"] else "FAILED: " + "; ".join(check["problems"])
     print(
-        f"correctness: {check['accepted']} deliveries accepted, each with one task,"
+        f"correctness{t}: {check['accepted']} deliveries accepted, each with one task,"
         f" {check['counted']} 2xx counted by the clients: {verdict}"
     )
+    for line in res["errors"]:
+        print(f"   gunicorn log: {line}")
+
+
+def compare(results: list[dict]) -> None:
+    """The engines side by side: each hub's webhook figures and ratio to its own hello."""
+    base = results[0]
+    b_hook = med(base["runs"]["hook"], "rps")
+    name = f"{base['engine']} {base['workers']}w"
+    print(f"-- engines side by side (ratios to {name}'s webhook req/s, measured above):")
+    for res in results:
+        hook, hello = med(res["runs"]["hook"], "rps"), med(res["runs"]["hello"], "rps")
+        hook99 = med(res["runs"]["hook@"], "p99")
+        print(
+            f"   {res['engine']:<11}{res['workers']} worker{'s' if res['workers'] > 1 else ' '}"
+            f"  webhook {hook:>5.0f} req/s ({hook / b_hook:.2f}x {name})"
+            f"  vs its hello {hello:>5.0f} req/s: {hook / hello:.2f}x"
+            f"  webhook p99 at {RATE} req/s {hook99:.1f} ms"
+        )
 
 
 if __name__ == "__main__":
