@@ -37,7 +37,13 @@ def _venv_bin(name: str) -> Path:
 # after SQLite): every test gets a database of its own, which the service it
 # starts, in process or under gunicorn, uses instead of the SQLite file.
 ENGINE = os.environ.get("AGENTED_TEST_ENGINE", "sqlite")
-_test_database: list[str] = []
+# The test's PostgreSQL URL, in the environment (not a global): helpers reach this
+# module under two names (conftest, tests.conftest), and the prefix is not cleared.
+TEST_DATABASE = "PYTEST_AGENTED_DATABASE_URL"
+
+
+def test_database() -> str | None:
+    return os.environ.get(TEST_DATABASE)
 
 
 def clean_env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -46,8 +52,8 @@ def clean_env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, 
     # A missing file: load_dotenv() then reads nothing, whatever the checkout's .env says.
     env["AGENTED_ENV_FILE"] = str(data_dir.parent / "no-such.env")
     env["AGENTED_DATA_DIR"] = str(data_dir)
-    if _test_database:
-        env["AGENTED_DATABASE_URL"] = _test_database[0]
+    if test_database():
+        env["AGENTED_DATABASE_URL"] = test_database()
     env.update(extra or {})
     return env
 
@@ -69,11 +75,11 @@ def _engine(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     if request.node.get_closest_marker("sqlite_only"):
         pytest.skip("reads or writes the SQLite file itself")
-    _test_database[:] = [request.getfixturevalue("pg_url")]
+    os.environ[TEST_DATABASE] = request.getfixturevalue("pg_url")
     try:
         yield
     finally:
-        _test_database.clear()
+        del os.environ[TEST_DATABASE]
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,14 @@ from pathlib import Path
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
+    """The test's database: the SQLite file at `path`, or on the PostgreSQL pass the
+    test's own database, through the same sqlite3-like connection the app uses."""
+    from tests.conftest import test_database
+
+    if test_database():
+        from app import db
+
+        return db.connect(test_database())
     conn = sqlite3.connect(path, isolation_level=None, timeout=10)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys=ON")

@@ -20,6 +20,9 @@ from tests.ops_helpers import add_task, connect
 from tests.pipeline_helpers import live, post_hook, shell_agent, wait_for, webhook_trigger
 from tests.test_files_modes import hook_sender
 
+# The SQLite file itself (its backups, pages, modes, disk): nothing to run on PostgreSQL.
+pytestmark = pytest.mark.sqlite_only
+
 
 def corrupt(path: Path) -> None:
     """Overwrite pages in the middle of a database file with garbage."""

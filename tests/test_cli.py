@@ -6,6 +6,7 @@ import json
 import subprocess
 
 import click
+import pytest
 
 from app.cli import main
 from tests.conftest import ROOT, _venv_bin, clean_env
@@ -62,6 +63,7 @@ def test_it_runs_as_the_installed_console_script(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.sqlite_only
 def test_it_refuses_to_run_where_there_is_no_hub_instead_of_starting_one(cli_runner, data_dir):
     for args in (["task", "list"], ["trigger", "list"], ["agent", "list"], ["delivery", "list"],
                  ["keys", "list"], ["backup", "list"], ["audit", "list"]):  # fmt: skip
@@ -78,6 +80,7 @@ def test_it_refuses_to_run_where_there_is_no_hub_instead_of_starting_one(cli_run
     assert result.exit_code == 0 and result.output.strip() == "no tasks"
 
 
+@pytest.mark.sqlite_only
 def test_it_leaves_the_current_directory_alone_when_run_outside_the_checkout(tmp_path):
     env = clean_env(tmp_path / "unused")
     del env["AGENTED_DATA_DIR"]  # the default, ./var, as for a newcomer in another directory

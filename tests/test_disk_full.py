@@ -21,6 +21,9 @@ import pytest
 from app import db
 from tests.pipeline_helpers import live, shell_agent, sign, webhook_trigger
 
+# The SQLite file itself (its backups, pages, modes, disk): nothing to run on PostgreSQL.
+pytestmark = pytest.mark.sqlite_only
+
 
 def test_it_answers_503_when_the_database_cannot_write(client, alice, monkeypatch):
     def full(_fn, _path=None):

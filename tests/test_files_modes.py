@@ -20,6 +20,9 @@ import pytest
 from tests.conftest import ROOT, _venv_bin, clean_env
 from tests.pipeline_helpers import live, post_hook, shell_agent, webhook_trigger
 
+# The SQLite file itself (its backups, pages, modes, disk): nothing to run on PostgreSQL.
+pytestmark = pytest.mark.sqlite_only
+
 PASSPHRASE = "correct horse battery staple"
 
 

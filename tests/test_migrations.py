@@ -12,6 +12,9 @@ import pytest
 from app import db
 from app.cli import main
 
+# The SQLite file itself (its backups, pages, modes, disk): nothing to run on PostgreSQL.
+pytestmark = pytest.mark.sqlite_only
+
 
 @pytest.fixture
 def migrations(tmp_path, monkeypatch):

@@ -46,10 +46,16 @@ def hub_database() -> Path:
     return Path(config.env_str("AGENTED_DATA_DIR", "var")).resolve() / "agented.db"
 
 
+def hub_exists() -> bool:
+    """Whether this machine has a hub: its SQLite file, or a PostgreSQL database named."""
+    database = hub_database()  # loads .env first
+    return bool(os.environ.get("AGENTED_DATABASE_URL")) or database.is_file()
+
+
 def require_hub(remote_ok: bool = False) -> None:
     """Refuse to run outside a hub instead of starting an empty one in ./var (issue 16)."""
     database = hub_database()
-    if not database.is_file():
+    if not hub_exists():
         elsewhere = ", or use --url/--key for a remote hub" if remote_ok else ""
         raise click.ClickException(
             f"no data dir found at {database.parent} (no agented.db there): set"
@@ -214,7 +220,7 @@ def _audit_command(*_args: object, **_kwargs: object) -> None:
         group = sub
     if not words or words[-1] in READ_ONLY:
         return
-    if ctx.meta.get("agented.remote") or not hub_database().is_file():
+    if ctx.meta.get("agented.remote") or not hub_exists():
         return  # it went over HTTP, and the service audits its requests itself
     try:
         audit.record_cli(settings(), " ".join(words))

@@ -92,7 +92,7 @@ def conversations_get():
     rows = read_slow(
         "SELECT c.*, m.performative AS last_performative, m.sender AS last_sender,"
         " f.content AS first_content, f.performative AS first_performative FROM ("
-        "  SELECT conversation_id, count(DISTINCT sender || char(0) || message_id) AS messages,"
+        "  SELECT conversation_id, count(DISTINCT sender || ':' || message_id) AS messages,"
         "  max(created_at) AS last_at, max(id) AS last_id, min(id) AS first_id,"
         "  sum(state = 'dead') AS dead,"
         "  group_concat(DISTINCT sender) AS senders, group_concat(DISTINCT receiver) AS receivers"
@@ -288,7 +288,7 @@ def dead_stats(chosen: dict, where: str, params: list, now: float) -> dict[str, 
         by[name] = [r | {"href": url_for(link, **(chosen | {name: r["key"]}))} for r in rows]
     hour_now = int(now // 3600)
     hours = read_slow(
-        "SELECT CAST(dead_at / 3600 AS INTEGER) AS hour, dead_reason AS reason, count(*) AS count"
+        "SELECT CAST(floor(dead_at / 3600) AS INTEGER) AS hour, dead_reason AS reason, count(*) AS count"
         f" FROM messages WHERE {where} AND dead_at >= ? GROUP BY hour, reason",
         [*params, (hour_now - 23) * 3600],
     )

@@ -92,7 +92,7 @@ def charts_data() -> dict:
     now = time.time()
     start = (int(now) // HOUR - 23) * HOUR
     rows = db.query_all(
-        "SELECT CAST((finished_at - ?) / 3600 AS INTEGER) AS hour,"
+        "SELECT CAST(floor((finished_at - ?) / 3600) AS INTEGER) AS hour,"
         " sum(state = 'succeeded') AS ok, sum(state = 'cancelled') AS cancelled,"
         " sum(state IN ('failed', 'timed_out', 'crashed')) AS bad,"
         " avg(finished_at - started_at) AS mean, max(finished_at - started_at) AS longest"

@@ -108,7 +108,9 @@ PICK_AGAIN = (
 )
 IDS = "SELECT CAST(value AS INTEGER) FROM json_each(?)"
 PICK_PG, PICK_AGAIN_PG = (
-    sql.replace("SELECT json_group_array(id) FROM (", "SELECT coalesce(json_agg(id), '[]') FROM (")
+    sql.replace(
+        "SELECT json_group_array(id) FROM (", "SELECT coalesce(json_agg(id)::text, '[]') FROM ("
+    )
     + " AS picked"
     for sql in (PICK, PICK_AGAIN)
 )

@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Response
 
-from app import events
+from app import db, events
 
 HUB = "hub"  # the sender of the hub's own messages (not-understood, results)
 
@@ -85,8 +85,11 @@ def insert_rows(conn, rows: list[tuple]) -> list[int]:
     if not rows:
         return []
     conn.executemany(INSERT, rows)
-    # One writer and AUTOINCREMENT: the rows just inserted hold the last len(rows) ids.
-    last = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()[0]
+    # One writer at a time and AUTOINCREMENT (an identity sequence on PostgreSQL):
+    # the rows just inserted hold the last len(rows) ids.
+    last_id = "SELECT lastval()" if db.postgres(conn) else (
+        "SELECT seq FROM sqlite_sequence WHERE name = 'messages'")  # fmt: skip
+    last = conn.execute(last_id).fetchone()[0]
     return list(range(last - len(rows) + 1, last + 1))
 
 

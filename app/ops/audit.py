@@ -86,18 +86,23 @@ def digest(prev_hash: str, row: Any, key: bytes | None = None) -> str:
 
 def _insert(conn, key: bytes, prev: str, row: dict) -> tuple[int, str]:
     row_hash = digest(prev, row, key)
-    cur = conn.execute(
-        "INSERT INTO audit_log (ts, actor, key_id, via, action, target, status, request_id,"
-        " detail, prev_hash, hash, chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    # The id is the head's next, not a sequence's: a PostgreSQL sequence skips the
+    # numbers of rolled-back inserts, and verify() reads any gap as a deletion.
+    # Write transactions run one at a time, so no two appends take the same id.
+    row_id = conn.execute(
+        "INSERT INTO audit_log (id, ts, actor, key_id, via, action, target, status, request_id,"
+        " detail, prev_hash, hash, chain) VALUES (coalesce((SELECT last_id FROM audit_head"
+        " WHERE one = 1), (SELECT max(id) FROM audit_log), 0) + 1,"
+        " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (*(row[f] for f in FIELDS), prev, row_hash, CHAIN_KEYED),
-    )
+    ).fetchone()[0]
     conn.execute(
         "INSERT INTO audit_head (one, last_id, last_hash) VALUES (1, ?, ?)"
         " ON CONFLICT (one) DO UPDATE SET last_id = excluded.last_id,"
         " last_hash = excluded.last_hash",
-        (cur.lastrowid, row_hash),
+        (row_id, row_hash),
     )
-    return cur.lastrowid, row_hash
+    return row_id, row_hash
 
 
 def _entry(actor: str, via: str, action: str, **fields: Any) -> dict:
@@ -209,7 +214,8 @@ def verify(conn, secret_key: str | None = None) -> dict:
             " write the database can recompute, and no keyed row seals them",
         )
     head = conn.execute("SELECT last_id, last_hash FROM audit_head WHERE one = 1").fetchone()
-    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchone()
+    seq = None if db.postgres(conn) else conn.execute(
+        "SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchone()  # fmt: skip
     last_known = max(head[0] if head else 0, seq[0] if seq else 0)
     if last_known > prev_id:
         return bad(prev_id + 1, f"rows after {prev_id} deleted (the log had reached {last_known})")

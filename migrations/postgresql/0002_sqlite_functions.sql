@@ -10,6 +10,10 @@ LANGUAGE sql IMMUTABLE AS $$
 $$;
 CREATE AGGREGATE sum(boolean) (SFUNC = agented_count_true, STYPE = bigint);
 
+-- max(condition) and min(condition): whether any (all) of them hold.
+CREATE AGGREGATE max(boolean) (SFUNC = boolor_statefunc, STYPE = boolean);
+CREATE AGGREGATE min(boolean) (SFUNC = booland_statefunc, STYPE = boolean);
+
 -- total(x): sum() that gives 0.0 instead of NULL.
 CREATE AGGREGATE total(double precision) (SFUNC = float8pl, STYPE = float8, INITCOND = '0');
 
