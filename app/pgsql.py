@@ -208,6 +208,16 @@ class Connection:
     def close(self) -> None:
         self.raw.close()
 
+    # `with conn:` commits or rolls back an open transaction, as sqlite3's does.
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.rollback()
+
 
 class WindowStorage(Storage):
     """Fixed-window rate-limit counters in PostgreSQL, for the `limits` package:
@@ -277,7 +287,11 @@ class WindowStorage(Storage):
 
 
 def connect(url: str) -> Connection:
-    raw = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    # TCP keepalives: a machine that vanished mid-transaction must not hold the write
+    # lock or the leader lock for the kernel's default two hours.
+    raw = psycopg.connect(url, autocommit=True, connect_timeout=10, keepalives=1,
+                          keepalives_idle=10, keepalives_interval=5,
+                          keepalives_count=3)  # fmt: skip
     raw.adapters.register_loader("numeric", _NumericLoader)
     return Connection(raw)
 

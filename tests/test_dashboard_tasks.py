@@ -65,6 +65,7 @@ def test_it_quotes_every_search_word():
     assert search_words("!!! ...") is None
 
 
+@pytest.mark.sqlite_only
 def test_it_keeps_the_search_index_in_step_with_deletes(app, viewer, echo):
     task_id = add_task(app, prompt="ephemeral zebra", logs=["quagga line"])
     db.write(lambda conn: conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,)),

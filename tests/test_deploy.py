@@ -102,6 +102,7 @@ def test_it_runs_a_worker_per_core_on_postgresql(data_dir, monkeypatch):
     assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["workers"] == 3
 
 
+@pytest.mark.sqlite_only
 def test_it_refuses_more_workers_on_sqlite(data_dir, monkeypatch):
     monkeypatch.setenv("AGENTED_WORKERS", "2")
     with pytest.raises(SystemExit, match="AGENTED_WORKERS above 1 needs AGENTED_DATABASE_URL"):

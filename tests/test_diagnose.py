@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
+
 from app.cli import main
 from tests.conftest import free_port
 from tests.ops_helpers import connect
@@ -19,6 +21,7 @@ def by_name(report: dict) -> dict[str, dict]:
     return {c["name"]: c for c in report["checks"]}
 
 
+@pytest.mark.sqlite_only
 def test_it_passes_a_healthy_install(app, cli_runner):
     code, report = diagnose(cli_runner, AGENTED_BIND=f"127.0.0.1:{free_port()}")
     checks = by_name(report)

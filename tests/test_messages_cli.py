@@ -7,6 +7,8 @@ import sqlite3
 import subprocess
 import time
 
+import pytest
+
 from tests.conftest import _venv_bin
 from tests.test_messages_live import PATIENCE_S, call, start
 
@@ -42,6 +44,7 @@ def test_it_registers_lists_and_drains_agents(live_server):
     assert code == 2 and "API key" in err
 
 
+@pytest.mark.sqlite_only
 def test_it_creates_edits_shows_and_deletes_a_local_agent_over_http(live_server):
     srv = start(live_server)
     admin, viewer = srv.make_key("admin"), srv.make_key("viewer", "vera")

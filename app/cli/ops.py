@@ -42,6 +42,15 @@ def read_passphrase(cfg: dict, file) -> str:
     return value
 
 
+def sqlite_only(cfg: dict, command: str) -> None:
+    """Refuse a command about the SQLite file on a PostgreSQL hub, saying what to use."""
+    if db.is_postgres(cfg["DATABASE"]):
+        raise click.ClickException(
+            f"agented {command} works on the SQLite file; this hub uses PostgreSQL: use"
+            " pg_dump / pg_restore and PostgreSQL's own VACUUM (docs/scale-out.md)"
+        )
+
+
 @click.group("backup", invoke_without_command=True)
 @passphrase_option
 @json_option
@@ -55,6 +64,7 @@ def backup_group(ctx: click.Context, passphrase_file, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     cfg = settings()
+    sqlite_only(cfg, "backup")
     try:
         result = backup.create_backup(cfg, read_passphrase(cfg, passphrase_file))
     except (backup.BackupError, OSError) as exc:
@@ -89,6 +99,7 @@ def restore_cmd(file: str, passphrase_file, without_secrets: bool, as_json: bool
     passphrase: restore then writes the backup's key to DATA_DIR/secret_key.
     """
     cfg = settings(create=True)  # a new machine's data dir starts here
+    sqlite_only(cfg, "restore")
     try:
         result = restore.restore(cfg, file, read_passphrase(cfg, passphrase_file), without_secrets)
     except (backup.BackupError, OSError) as exc:
@@ -266,6 +277,7 @@ def retention_run(as_json: bool) -> None:
 def compact_cmd(full: bool, as_json: bool) -> None:
     """Checkpoint the WAL and give free pages back (with --full: rebuild the file)."""
     cfg = settings()
+    sqlite_only(cfg, "compact")
     open_db(cfg).close()
     if full:
         lock = backup.try_lock(cfg)

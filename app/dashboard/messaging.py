@@ -288,7 +288,8 @@ def dead_stats(chosen: dict, where: str, params: list, now: float) -> dict[str, 
         by[name] = [r | {"href": url_for(link, **(chosen | {name: r["key"]}))} for r in rows]
     hour_now = int(now // 3600)
     hours = read_slow(
-        "SELECT CAST(floor(dead_at / 3600) AS INTEGER) AS hour, dead_reason AS reason, count(*) AS count"
+        "SELECT CAST(floor(dead_at / 3600) AS INTEGER) AS hour, dead_reason AS reason,"
+        " count(*) AS count"
         f" FROM messages WHERE {where} AND dead_at >= ? GROUP BY hour, reason",
         [*params, (hour_now - 23) * 3600],
     )

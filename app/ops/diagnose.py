@@ -64,6 +64,8 @@ def _secret_key(cfg: dict) -> list[dict]:
 
 
 def _database(cfg: dict) -> list[dict]:
+    if db.is_postgres(cfg["DATABASE"]):
+        return _postgres(cfg)
     path = Path(cfg["DATABASE"])
     if not path.exists():
         return [check("database", "warn", f"{path} does not exist yet",
@@ -74,8 +76,22 @@ def _database(cfg: dict) -> list[dict]:
         fix = f"stop the service, then agented restore {newest[0]['path']}" if newest else (
             "stop the service and restore a backup with agented restore FILE")  # fmt: skip
         return [check("database", "fail", f"quick_check: {'; '.join(problems[:3])}", fix)]
-    found = [check("database", "ok", f"{path} passes quick_check")]
-    conn = db.connect(path)
+    return [check("database", "ok", f"{path} passes quick_check"), *_migrations(cfg)]
+
+
+def _postgres(cfg: dict) -> list[dict]:
+    shown = db.shown(cfg["DATABASE"])
+    try:
+        db.connect(cfg["DATABASE"]).close()
+    except db.error_types() as exc:
+        return [check("database", "fail", f"cannot connect to {shown}: {exc}",
+                      "check AGENTED_DATABASE_URL and that PostgreSQL is up")]  # fmt: skip
+    return [check("database", "ok", f"PostgreSQL at {shown} answers"), *_migrations(cfg)]
+
+
+def _migrations(cfg: dict) -> list[dict]:
+    found: list[dict] = []
+    conn = db.connect(cfg["DATABASE"])
     try:
         status = db.migration_status(conn)
     except db.MigrationError as exc:
@@ -104,6 +120,8 @@ def _disk(cfg: dict) -> list[dict]:
 
 
 def _backups(cfg: dict) -> list[dict]:
+    if db.is_postgres(cfg["DATABASE"]):
+        return [check("backups", "ok", "PostgreSQL's own (pg_dump): see docs/scale-out.md")]
     found = backup.list_backups(cfg)
     if not found:
         return [check("backups", "warn", f"none in {backup.backup_dir(cfg)}", "agented backup")]
@@ -118,7 +136,7 @@ def _backups(cfg: dict) -> list[dict]:
 def _agent_clis(cfg: dict) -> list[dict]:
     used: dict[str, list[str]] = {}
     commands: list[tuple[str, str]] = []
-    if Path(cfg["DATABASE"]).exists():
+    if db.is_postgres(cfg["DATABASE"]) or Path(cfg["DATABASE"]).exists():
         conn = db.connect(cfg["DATABASE"])
         try:
             for row in conn.execute("SELECT name, backend, command FROM agents WHERE enabled = 1"):

@@ -112,6 +112,9 @@ def backups_list():
 @answer_model(openapi.BackupMade, 201)
 def backups_create():
     """Back up the database now (online, checked with integrity_check; keeps the newest N)."""
+    if db.is_postgres(current_app.config["DATABASE"]):
+        raise ApiError(409, "the hub backs up only its SQLite file; back up PostgreSQL with"
+                       " pg_dump (docs/scale-out.md)", code="not_sqlite")  # fmt: skip
     try:
         result = offload(backup.create_backup, dict(current_app.config))
     except (backup.BackupError, OSError) as exc:
