@@ -183,8 +183,8 @@ def reject(status: int, message: str, **delivery: Any) -> ApiError:
             # Walk the partial index newest first and drop whatever lies past the cap.
             conn.execute(
                 "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
-                " WHERE signature != 'valid' ORDER BY id DESC LIMIT -1 OFFSET ?)",
-                (cap,),
+                " WHERE signature != 'valid' ORDER BY id DESC LIMIT ? OFFSET ?)",
+                (2**63 - 1, cap),  # no limit: both engines take it (SQLite's -1 is its own)
             )
 
     db.write(store)
