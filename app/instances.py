@@ -98,6 +98,11 @@ def beat(
             "UPDATE attempts SET lease_until = ? WHERE instance = ? AND state IN (?, ?)",
             (lease_until(cfg, now), ID, *RUNNING),
         )
+        if db.postgres(conn):  # this instance's open streams (app/streams.py)
+            conn.execute(
+                "UPDATE stream_slots SET lease_until = ? WHERE instance = ?",
+                (lease_until(cfg, now), ID),
+            )
         # Rows of instances silent for a day go; the Health page shows the rest.
         conn.execute("DELETE FROM instances WHERE heartbeat_at < ?", (now - 86400,))
         mine = conn.execute(

@@ -230,19 +230,18 @@ class WindowStorage(Storage):
         super().__init__(uri, wrap_exceptions)
         self.url = str(options["database"])
         self.calls = 0
+        self.conn: Connection | None = None
 
     @property
     def base_exceptions(self) -> type[Exception]:
         return psycopg.Error
 
     def _one(self, sql: str, params: tuple) -> Any:
-        from app import db  # db imports this module lazily; no cycle at import time
-
-        conn = db.acquire(self.url)
-        try:
-            return conn.execute(sql, params).fetchone()
-        finally:
-            db.release(self.url, conn)
+        # One connection per process: psycopg serialises its users (greenlets
+        # too, once gevent has patched locks), and each statement is one round trip.
+        if self.conn is None or self.conn.broken:
+            self.conn = connect(self.url)
+        return self.conn.execute(sql, params).fetchone()
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         now = time.time()

@@ -13,16 +13,20 @@ task streams both follow.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent
 from flask import Flask, Response, current_app, g, stream_with_context
+from gevent import monkey
 
-from app import db, events
+from app import db, events, instances
 from app.errors import ApiError
 from app.runlog import unstored_lines
 
@@ -67,29 +71,73 @@ def _take_slot() -> Callable[[], None]:
     state = _state()
     key = g.get("key")
     key_id = key["id"] if key is not None else None
+    if db.is_postgres(cfg["DATABASE"]):
+        return _take_shared_slot(cfg, state, key_id)
     with state["lock"]:
         held = state["per_key"].get(key_id, 0)
-        if held >= cfg["STREAMS_PER_KEY"]:
-            state["refused"]["per_key"] += 1
-            raise ApiError(
-                429,
-                f"this key already holds {held} open streams (the limit); close one first",
-                code="too_many_streams",
-                details={"open": held, "limit": cfg["STREAMS_PER_KEY"]},
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
-        if state["total"] >= cfg["STREAMS_TOTAL"]:
-            state["refused"]["total"] += 1
-            raise ApiError(
-                503,
-                "the hub holds as many open streams as it allows; try again shortly",
-                code="streams_full",
-                details={"limit": cfg["STREAMS_TOTAL"]},
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+        _check_caps(cfg, state, held, state["total"])
         state["per_key"][key_id] = held + 1
         state["total"] += 1
     return lambda: _give_back(state, key_id)
+
+
+def _check_caps(cfg: dict, state: dict, held: int, total: int) -> None:
+    if held >= cfg["STREAMS_PER_KEY"]:
+        state["refused"]["per_key"] += 1
+        raise ApiError(
+            429,
+            f"this key already holds {held} open streams (the limit); close one first",
+            code="too_many_streams",
+            details={"open": held, "limit": cfg["STREAMS_PER_KEY"]},
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    if total >= cfg["STREAMS_TOTAL"]:
+        state["refused"]["total"] += 1
+        raise ApiError(
+            503,
+            "the hub holds as many open streams as it allows; try again shortly",
+            code="streams_full",
+            details={"limit": cfg["STREAMS_TOTAL"]},
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+
+def _take_shared_slot(cfg: dict, state: dict, key_id: int | None) -> Callable[[], None]:
+    """The same caps on PostgreSQL, counted over every instance's open streams
+    (stream_slots, whose leases the instances' heartbeats renew)."""
+    slot_id = secrets.token_hex(8)
+
+    def take(conn):
+        now = time.time()
+        conn.execute("DELETE FROM stream_slots WHERE lease_until < ?", (now,))
+        held, total = conn.execute(
+            "SELECT count(*) FILTER (WHERE key_id = ?), count(*) FROM stream_slots",
+            (key_id or 0,),
+        ).fetchone()
+        _check_caps(cfg, state, held, total)
+        conn.execute(
+            "INSERT INTO stream_slots (id, key_id, instance, lease_until) VALUES (?, ?, ?, ?)",
+            (slot_id, key_id or 0, instances.ID, instances.lease_until(cfg, now)),
+        )
+
+    db.write(take, cfg["DATABASE"])
+    with state["lock"]:  # this process's own count (open_count, metrics)
+        state["per_key"][key_id] = state["per_key"].get(key_id, 0) + 1
+        state["total"] += 1
+    path = cfg["DATABASE"]
+
+    def free(conn) -> None:
+        conn.execute("DELETE FROM stream_slots WHERE id = ?", (slot_id,))
+
+    def give_back() -> None:
+        _give_back(state, key_id)
+        # It may run from a finalizer: under gevent the write waits in a greenlet of its own.
+        if monkey.is_module_patched("socket"):
+            gevent.spawn(db.write, free, path)
+        else:
+            db.write(free, path)
+
+    return give_back
 
 
 def _give_back(state: dict, key_id: int | None) -> None:

@@ -6,11 +6,13 @@ machine; they share the database and the SECRET_KEY.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import threading
 import time
+from urllib.parse import urlparse
 
 import pytest
 
@@ -200,3 +202,35 @@ def test_it_counts_a_keys_rate_limit_across_instances(instances):
     answers = [live(srv, key, "GET", "/api/v1/agents")[0] for srv in (a, b) * 4]
     # Six in the key's window, whichever instance (and worker) answered; then 429s.
     assert answers[:6] == [200] * 6 and answers[6:] == [429, 429]
+
+
+def test_it_holds_a_keys_stream_cap_across_instances(instances):
+    a = instances(AGENTED_STREAMS_PER_KEY="1")
+    b = instances(AGENTED_STREAMS_PER_KEY="1")
+    make_agent(a, "wait", ["sh", "-c", "sleep 30"])
+    task_id = submit(a, "wait")
+    url = urlparse(a.url)
+    held = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    held.request("GET", f"/api/v1/tasks/{task_id}/stream", headers={"X-API-Key": a.keys["admin"]})
+    assert held.getresponse().status == 200  # open, and kept open
+    # The key's one stream is taken, whichever instance or worker is asked next.
+    for srv in (b, a, b):
+        status, _, _ = srv.request(
+            "GET", f"/api/v1/tasks/{task_id}/stream", headers={"X-API-Key": a.keys["admin"]}
+        )
+        assert status == 429
+    held.close()
+    # Given back when it closes: another instance can open one again.
+    wait_for(lambda: b.request("GET", f"/api/v1/tasks/{task_id}", headers={
+        "X-API-Key": a.keys["admin"]})[0] == 200 and stream_opens(b, task_id))  # fmt: skip
+
+
+def stream_opens(srv, task_id: int) -> bool:
+    url = urlparse(srv.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.request("GET", f"/api/v1/tasks/{task_id}/stream",
+                     headers={"X-API-Key": srv.keys["admin"]})  # fmt: skip
+        return conn.getresponse().status == 200
+    finally:
+        conn.close()

@@ -126,6 +126,7 @@ def audit_get():
     # The newest rows are enough to offer who acted lately, without reading the whole log.
     actors = [r[0] for r in db.query_all(
         "SELECT DISTINCT actor FROM (SELECT actor FROM audit_log ORDER BY id DESC LIMIT 5000)"
+        " AS recent"
         " ORDER BY actor"
     )]  # fmt: skip
     return render_template(
