@@ -54,6 +54,9 @@ def clean_env(data_dir: Path, extra: dict[str, str] | None = None) -> dict[str, 
     env["AGENTED_DATA_DIR"] = str(data_dir)
     if test_database():
         env["AGENTED_DATABASE_URL"] = test_database()
+        # One worker, as on SQLite: these tests are about one instance (several are
+        # tests/test_scale_out.py's, which asks for them).
+        env["AGENTED_WORKERS"] = "1"
     env.update(extra or {})
     return env
 

@@ -19,7 +19,8 @@ import pytest
 from tests.pipeline_helpers import live, sign, wait_for, webhook_trigger
 from tests.test_execution import FAST, make_agent, read_sse, submit, task, wait_state
 
-SHARED = {**FAST, "SECRET_KEY": "s" * 48, "AGENTED_LEASE_S": "6"}
+# Two workers each: every worker is an instance of its own, as in production.
+SHARED = {**FAST, "SECRET_KEY": "s" * 48, "AGENTED_LEASE_S": "6", "AGENTED_WORKERS": "2"}
 
 
 @pytest.fixture
