@@ -50,12 +50,22 @@ test-deps: sandbox-deps
     fi
 
 # Run every test; "no tests ran" (pytest exit 5) is a failure.
+# Run every test on SQLite, then again on PostgreSQL (a throwaway server the tests
+# start; the browser tests and those about the SQLite file itself run once).
+# `just test tests/test_x.py` runs just those, on both engines.
 test *args: setup test-deps
     #!/usr/bin/env bash
     set -uo pipefail
     .venv/bin/pytest {{args}}
     rc=$?
     if [ "$rc" = 5 ]; then echo "no tests ran: failing"; exit 1; fi
+    if [ "$rc" != 0 ]; then exit "$rc"; fi
+    echo "== the same tests on PostgreSQL"
+    AGENTED_TEST_ENGINE=postgresql .venv/bin/pytest -m "not sqlite_only" --ignore=tests/browser {{args}}
+    rc=$?
+    # None of a chosen few may concern PostgreSQL (browser ones); the whole suite must.
+    if [ "$rc" = 5 ] && [ -n "{{args}}" ]; then exit 0; fi
+    if [ "$rc" = 5 ]; then echo "no tests ran on PostgreSQL: failing"; exit 1; fi
     exit "$rc"
 
 # Long reliability run: kill -9 the service 5 times under webhook load; every task must finish.
