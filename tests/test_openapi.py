@@ -64,7 +64,8 @@ def world(app, client, alice, bob):
     headers = {"Content-Type": "application/json", "X-Signature-256": sign(trigger["secret"], body)}
     assert client.post("/hooks/hook", data=body, headers=headers).status_code == 202
     task_id = add_task(app, logs=["one"], attempts=[{"state": "failed", "usage": {"tokens": 3}}])
-    assert call(client, alice, "POST", "/api/v1/backups")[0] < 300
+    made = call(client, alice, "POST", "/api/v1/backups")[0]  # pg_dump's job on PostgreSQL
+    assert made < 300 or (db.is_postgres(app.config["DATABASE"]) and made == 409)
     alert_id = db.write(
         lambda conn: (
             conn.execute(
@@ -246,7 +247,8 @@ def test_it_answers_changes_as_declared(app, client, alice, world):
     as_declared(app, client, alice, "PATCH", "/api/v1/alerts/rules/loop_lag", {"threshold": 2})
     as_declared(app, client, alice, "POST", f"/api/v1/alerts/{world['alert_id']}/ack")
     as_declared(app, client, alice, "POST", f"/api/v1/alerts/{world['alert_id']}/resolve")
-    as_declared(app, client, alice, "POST", "/api/v1/backups")
+    if not db.is_postgres(app.config["DATABASE"]):  # pg_dump's job there: a 409
+        as_declared(app, client, alice, "POST", "/api/v1/backups")
     dead = {"all": True}
     as_declared(
         app, client, alice, "POST", "/api/v1/message-dead-letters/redirect", dead | {"to": "alpha"}

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.ops_helpers import Receiver
 from tests.pipeline_helpers import live, wait_for
 
 
+@pytest.mark.sqlite_only
 def test_it_backs_up_on_schedule_and_keeps_the_newest(live_server):
     srv = live_server({"AGENTED_BACKUP_INTERVAL_S": "1", "AGENTED_BACKUP_KEEP": "2"})
     backups = srv.data_dir / "backups"

@@ -14,10 +14,10 @@ import http.client
 import json
 import os
 import signal
-import sqlite3
 import threading
 from urllib.parse import urlparse
 
+from tests.ops_helpers import connect
 from tests.pipeline_helpers import live, shell_agent, sign, wait_for, webhook_trigger
 
 ROUNDS = int(os.environ.get("AGENTED_CHAOS_ROUNDS", "1"))
@@ -89,7 +89,7 @@ class Load:
 
 
 def tasks_by_delivery_key(data_dir) -> dict[str, list[int]]:
-    conn = sqlite3.connect(data_dir / "agented.db")
+    conn = connect(data_dir / "agented.db")  # the PostgreSQL test database on that pass
     try:
         rows = conn.execute(
             "SELECT d.delivery_key, t.id FROM deliveries d JOIN tasks t ON t.delivery_id = d.id"
@@ -149,7 +149,7 @@ def test_it_loses_and_duplicates_nothing_across_kill_9(live_server):
 
 
 def unfinished(data_dir) -> int:
-    conn = sqlite3.connect(data_dir / "agented.db")
+    conn = connect(data_dir / "agented.db")  # the PostgreSQL test database on that pass
     try:
         return conn.execute(
             "SELECT count(*) FROM tasks WHERE state NOT IN ('succeeded', 'cancelled', 'dead')"
