@@ -18,6 +18,7 @@ import pytest
 
 from tests.pipeline_helpers import live, sign, wait_for, webhook_trigger
 from tests.test_execution import FAST, make_agent, read_sse, submit, task, wait_state
+from tests.test_messages_live import PATIENCE_S, call, register
 
 # Two workers each: every worker is an instance of its own, as in production.
 SHARED = {**FAST, "SECRET_KEY": "s" * 48, "AGENTED_LEASE_S": "6", "AGENTED_WORKERS": "2"}
@@ -235,3 +236,23 @@ def stream_opens(srv, task_id: int) -> bool:
         return conn.getresponse().status == 200
     finally:
         conn.close()
+
+
+def test_it_wakes_a_mailbox_poll_on_one_instance_for_a_message_sent_to_another(instances):
+    a = instances(AGENTED_MAILBOX_WAIT_MAX_S="600")
+    b = instances(AGENTED_MAILBOX_WAIT_MAX_S="600")
+    alpha, beta = register(a, a.keys["admin"], "alpha"), register(a, a.keys["admin"], "beta")
+    result: dict = {}
+
+    def poll():  # waits far longer than the test would: only a wake-up answers in time
+        result["answer"] = call(a, beta, "GET", "/api/v1/agents/beta/messages?wait=600", 700)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    wait_for(lambda: call(a, a.keys["admin"], "GET", "/api/v1/agents/beta")[1]["state"]
+             == "running", PATIENCE_S)  # fmt: skip
+    call(b, alpha, "POST", "/api/v1/messages", {"performative": "inform", "receiver": "beta"})
+    thread.join(timeout=PATIENCE_S)
+    assert not thread.is_alive(), "the message sent on the other instance did not wake the poll"
+    status, body = result["answer"]
+    assert status == 200 and len(body["messages"]) == 1
