@@ -95,6 +95,7 @@ def test_it_documents_every_setting_in_env_example():
 
 
 def test_it_runs_a_worker_per_core_on_postgresql(data_dir, monkeypatch):
+    monkeypatch.delenv("AGENTED_WORKERS", raising=False)  # the PostgreSQL pass sets it
     monkeypatch.setenv("AGENTED_DATABASE_URL", "postgresql://hub@db.internal/agented")
     settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     assert settings["workers"] == (os.cpu_count() or 1)
