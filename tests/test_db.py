@@ -9,6 +9,9 @@ import pytest
 
 from app import db
 
+# SQLite files of their own: the PostgreSQL path is tests/test_pgsql.py's.
+pytestmark = pytest.mark.sqlite_only
+
 
 @pytest.fixture
 def path(tmp_path):
