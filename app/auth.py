@@ -24,10 +24,9 @@ from flask import (
 )
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from limits import parse as parse_limit
-from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
-from app import db, openapi
+from app import db, openapi, security
 from app.api import Body, answer_model, body_model, or_404, parse_body
 from app.errors import ApiError
 
@@ -409,7 +408,7 @@ def _fail_limiter(cfg: dict) -> Any:
     """Failed sign-ins per address: a moving window in memory on SQLite; on PostgreSQL
     fixed windows in the database, so every instance counts the same failures."""
     if not db.is_postgres(cfg["DATABASE"]):
-        return MovingWindowRateLimiter(MemoryStorage())
+        return MovingWindowRateLimiter(security.LocalWindows())
     from app import pgsql
 
     return FixedWindowRateLimiter(pgsql.WindowStorage(database=str(cfg["DATABASE"])))

@@ -115,3 +115,35 @@ def test_it_refuses_unknown_fields_with_422(client, alice):
 def test_it_refuses_a_json_body_that_is_not_an_object_with_422(client, alice):
     resp = client.post("/api/v1/keys", json=["x"], headers={"X-API-Key": alice})
     assert_error(resp, 422, "validation_failed")
+
+
+def test_it_counts_request_limits_without_starting_a_thread_per_window():
+    import threading
+    import time
+
+    from limits import parse
+    from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+
+    from app.security import LocalWindows
+
+    storage = LocalWindows()
+    fixed, moving = FixedWindowRateLimiter(storage), MovingWindowRateLimiter(storage)
+    per_second = parse("3/second")
+    threads = threading.active_count()
+    for limiter in (fixed, moving):
+        assert [limiter.hit(per_second, "k", limiter.__class__.__name__) for _ in range(4)] == [
+            True, True, True, False,
+        ]  # fmt: skip
+    # The stock memory storage starts a Timer thread every 10 ms under load.
+    assert threading.active_count() <= threads + 1
+    deadline = time.monotonic() + 10
+    while not fixed.hit(per_second, "k", "FixedWindowRateLimiter"):
+        assert time.monotonic() < deadline, "the window never reset"
+        time.sleep(0.05)
+    while not moving.hit(per_second, "k", "MovingWindowRateLimiter"):
+        assert time.monotonic() < deadline, "the window never moved"
+        time.sleep(0.05)
+    # Expired windows are swept from memory by later hits, at most once a second.
+    time.sleep(1.1)
+    fixed.hit(per_second, "other")
+    assert not any(key.endswith("/k") or "/k/" in key for key in storage.storage)

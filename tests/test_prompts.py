@@ -157,3 +157,33 @@ def test_it_still_renders_ordinary_templates():
     ctx = {"payload": {"title": "bug", "n": 7, "labels": ["a", "b"]}}
     out = prompts.render(template, ctx).prompt
     assert out.startswith("BUG #7: a, b; a-3 1 2 {")
+
+
+@pytest.mark.parametrize(
+    ("template", "plain"),
+    [
+        ("Review {{ payload.pull_request.title }} in {{ repository }}", True),
+        ('{{ payload["n"] }}', True),
+        ("{% for i in payload.items %}{{ i }}{% endfor %}", False),
+        ("{{ payload.n | fence }}", False),
+        ('{{ "a" * 3 }}', False),
+        ("{{ payload.n.upper() }}", False),
+        ("{{ payload.n }}" + "x" * prompts.PLAIN_TEMPLATE_CHARS, False),
+    ],
+)
+def test_it_renders_only_text_and_lookups_without_the_time_limit(template, plain):
+    # A plain template over a small event renders in the caller's thread; anything
+    # that could loop, call or build goes to the threadpool under the watchdog.
+    assert prompts._plain(template) is plain
+
+
+def test_it_renders_a_plain_template_over_a_large_event_under_the_time_limit():
+    small = {"payload": {"ids": list(range(10))}}
+    large = {"payload": {"ids": list(range(prompts.PLAIN_CONTEXT_ITEMS))}}
+    text = {"payload": {"body": "x" * (prompts.PLAIN_CONTEXT_ITEMS * 1024)}}
+    assert prompts._small(small, [prompts.PLAIN_CONTEXT_ITEMS])
+    assert not prompts._small(large, [prompts.PLAIN_CONTEXT_ITEMS])
+    assert not prompts._small(text, [prompts.PLAIN_CONTEXT_ITEMS])
+    # Either way the answer is the same.
+    got = prompts.render("{{ payload.ids[3] }}", large).prompt
+    assert got == prompts.render("{{ payload.ids[3] }}", small).prompt == "3"
