@@ -116,6 +116,7 @@ FEATURES = [
     "tasks",
     "webhooks",
     "messages.send",
+    "messages.stream",
     "messages.conversations",
     "messages.mailboxes",
     "messages.contract_net",

@@ -249,6 +249,13 @@ def messaging_settings() -> dict:
             "AGENTED_MESSAGE_MAX_CONTENT_BYTES", 64 * 1024, minimum=256
         ),
         "MESSAGE_BATCH_MAX": env_int("AGENTED_MESSAGE_BATCH_MAX", 1000, minimum=1),
+        # POST /api/v1/messages/stream (issue 18): longest line (a longer one is refused
+        # and skipped), most messages per stream, and the longest wait for a line.
+        "MESSAGE_STREAM_LINE_MAX": env_int(
+            "AGENTED_MESSAGE_STREAM_LINE_MAX", 1024 * 1024, minimum=1024
+        ),
+        "MESSAGE_STREAM_MAX": env_int("AGENTED_MESSAGE_STREAM_MAX", 100_000, minimum=1),
+        "MESSAGE_STREAM_IDLE_S": env_float("AGENTED_MESSAGE_STREAM_IDLE_S", 60.0, minimum=0.1),
         "MAILBOX_WAIT_MAX_S": env_float("AGENTED_MAILBOX_WAIT_MAX_S", 30.0),
         # An SSE mailbox stream ends after this long; the client reconnects with Last-Event-ID.
         "MAILBOX_STREAM_MAX_S": env_float("AGENTED_MAILBOX_STREAM_MAX_S", 300.0, minimum=1),
