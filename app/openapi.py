@@ -115,6 +115,9 @@ def operation(rule: Any, method: str, view: Any, schemas: dict) -> dict:
             "200",
             {"description": "server-sent events", "content": {"text/event-stream": {}}},
         )
+    elif getattr(view, "ndjson_model", None) is not None:  # messages/stream.py
+        status, ok = "200", {"description": "NDJSON, one line per input line",
+                             "content": {"application/x-ndjson": {}}}  # fmt: skip
     else:
         status, ok = "2XX", {"description": "success", "content": {"application/json": {}}}
     op: dict = {
@@ -138,6 +141,12 @@ def operation(rule: Any, method: str, view: Any, schemas: dict) -> dict:
         op["requestBody"] = {
             "required": True,
             "content": {"application/json": {"schema": _component(body, schemas)}},
+        }
+    lines = getattr(view, "ndjson_model", None)
+    if lines is not None:  # the model of each line
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/x-ndjson": {"schema": _component(lines, schemas)}},
         }
     return op
 
@@ -294,7 +303,9 @@ def rendered(spec: dict) -> list[dict]:
                 p | {"type": type_of(p["schema"]), "notes": code_spans(notes(p | p["schema"]))}
                 for p in op["parameters"]
             ]
-            body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            content = op.get("requestBody", {}).get("content", {})
+            # An NDJSON body (messages/stream.py) shows the model of one line.
+            body = content.get("application/json") or content.get("application/x-ndjson") or {}
             ops.append({
                 "method": method, "path": path, "summary": code_spans(op["summary"]),
                 "role": op.get("x-required-role"), "params": params,

@@ -21,13 +21,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
 import gevent.event
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from gunicorn.http.body import ChunkedReader
+from pydantic import BaseModel
 
 from app import db, events, ratelimit
 from app.agents import agent_scoped
@@ -36,7 +37,7 @@ from app.auth import requires
 from app.errors import ApiError, DomainError, as_api_error, error_body
 from app.executions import stopping
 from app.messages.drafts import load_agents, own_agent, prepare_all
-from app.messages.model import Draft
+from app.messages.model import Draft, MessageIn
 from app.messages.send import Plan, after_send, result_text, store
 from app.messages.store import compact
 
@@ -311,9 +312,20 @@ def acks(lines: Lines, reader: gevent.Greenlet, cfg: dict) -> Iterator[str]:
         reader.kill(block=False)  # ended, or the client left: stop reading its body
 
 
+def ndjson_lines(model: type[BaseModel]) -> Callable:
+    """Record the model of each line of an NDJSON body, for /openapi.json."""
+
+    def mark(view: Callable) -> Callable:
+        view.ndjson_model = model  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
 @bp.post("/api/v1/messages/stream")
 @requires("viewer")
 @agent_scoped
+@ndjson_lines(MessageIn)
 def messages_stream():
     """Send NDJSON messages over one connection; one ack per line once it is committed."""
     if request.mimetype != MIMETYPE:
