@@ -8,6 +8,13 @@ agent-scoped keys, rate tier `unlimited`) and loops send -> lease -> ack:
 - batched:      POST {"messages": [BATCH]}, GET ?limit=BATCH, POST ack (BATCH ids)
 - per request:  one message per HTTP request: POST one, GET ?limit=1, POST ack one
 
+and sends alone over one POST /api/v1/messages/stream per client (NDJSON in,
+one ack per line once committed, issue 18), to a receiver of its own that
+nobody reads (its mailbox is emptied between phases):
+
+- streamed, one at a time:  write one line, wait for its ack, write the next
+- streamed, pipelined:      a thread writes lines continuously while acks are read
+
 The clients are Python processes, not wrk: each ack names the ids the lease
 answered, a protocol a fixed request cannot follow. The same processes drive the
 reference, so a client's own cost falls on both sides.
@@ -19,13 +26,16 @@ cut). redis-py, one stream and consumer group per client process:
 
 - batched:      a pipeline of BATCH XADDs, XREADGROUP COUNT BATCH, XACK BATCH ids
 - per request:  XADD, XREADGROUP COUNT 1, XACK: one round trip each
+- streamed, one at a time:  XADD alone, one round trip each
+- streamed, pipelined:      pipelines of BATCH XADDs, back to back
 
 Same client processes, same phase length, messages counted once acked. ROUNDS
 rounds alternate ours and Redis; the median is the figure. Also GET /health/live
 on the same worker with wrk (the floor of the per-request mode), and the
 worker's CPU time per message: other processes move it far less than msgs/s.
-Targets (issue 18): batched >= 1.0x Redis, per request >= 0.5x Redis.
-Bounded (~2 min), loopback only. Run: `.venv/bin/python bench/messages.py` (or `just bench`).
+Targets (issue 18): batched >= 1.0x Redis, per request >= 0.5x Redis; the
+streamed modes are printed with their ratio, without a target.
+Bounded (~3 min), loopback only. Run: `.venv/bin/python bench/messages.py` (or `just bench`).
 """
 
 from __future__ import annotations
@@ -56,6 +66,9 @@ BATCH = 100
 PHASE_S = 5.0
 ROUNDS = 3
 CONTENT = {"task": "resize", "image": "s3://bucket/key.png", "width": 640}
+MODES = {"batched": BATCH, "per request": 1}  # mode -> messages per send
+# Streamed modes -> whether the client pipelines (send only: see the docstring).
+STREAMED = {"streamed, one at a time": False, "streamed, pipelined": True}
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -97,6 +110,10 @@ class Server:
             AGENTED_RATE_LIMIT="100000000/minute",
             AGENTED_SCHEDULER="false",
             AGENTED_BACKUP_INTERVAL_S="0",
+            # The streamed modes send without reading: their sinks' mailboxes only grow
+            # within a phase (emptied between phases), and a stream lasts the whole phase.
+            AGENTED_MAILBOX_MAX="100000000",
+            AGENTED_MESSAGE_STREAM_MAX="100000000",
         )
         self.proc: subprocess.Popen | None = None
 
@@ -142,12 +159,21 @@ class Server:
                 total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return total
 
+    def empty_sinks(self) -> None:
+        """Delete what the streamed modes sent, so each phase starts with empty mailboxes."""
+        conn = sqlite3.connect(self.data / "agented.db", timeout=30)
+        try:
+            with conn:
+                conn.execute("DELETE FROM messages WHERE receiver LIKE 'sink%'")
+        finally:
+            conn.close()
+
     def queued(self) -> int:
         conn = sqlite3.connect(f"file:{self.data / 'agented.db'}?mode=ro", uri=True, timeout=10)
         try:
-            return conn.execute("SELECT count(*) FROM messages WHERE state = 'queued'").fetchone()[
-                0
-            ]
+            return conn.execute(
+                "SELECT count(*) FROM messages WHERE state = 'queued' AND receiver NOT LIKE 'sink%'"
+            ).fetchone()[0]
         finally:
             conn.close()
 
@@ -187,6 +213,113 @@ def ours_client(args) -> int:
     return done
 
 
+class Stream:
+    """One POST /api/v1/messages/stream over a raw socket: chunks written, the answer decoded."""
+
+    def __init__(self, port: int, key: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.sendall(
+            f"POST /api/v1/messages/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {key}\r\n"
+            "Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        self.raw = b""  # received, framing not taken off yet
+        self.body = b""  # the answer's bytes, not read yet
+        while b"\r\n\r\n" not in self.raw:
+            self._recv()
+        head, self.raw = self.raw.split(b"\r\n\r\n", 1)
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"stream: {head[:200]!r}")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def end(self) -> None:
+        self.sock.sendall(b"0\r\n\r\n")
+
+    def _recv(self) -> None:
+        data = self.sock.recv(262144)
+        if not data:
+            raise RuntimeError("the hub closed the stream")
+        self.raw += data
+
+    def lines(self) -> list[bytes]:
+        """The complete answer lines that have arrived, waiting for at least one."""
+        while b"\n" not in self.body:
+            while True:  # take every complete chunk off what was received
+                size_end = self.raw.find(b"\r\n")
+                if size_end < 0:
+                    break
+                size = int(self.raw[:size_end], 16)
+                start = size_end + 2
+                if len(self.raw) < start + size + 2:
+                    break
+                self.body += self.raw[start : start + size]
+                self.raw = self.raw[start + size + 2 :]
+            if b"\n" not in self.body:
+                self._recv()
+        done, _, self.body = self.body.rpartition(b"\n")
+        return done.split(b"\n")
+
+
+def stream_client(args) -> int:
+    """Send over one stream until `end`; return the messages acked as committed (201)."""
+    import threading
+
+    port, send_key, sink, pipelined, start_at, end = args
+    line = json.dumps({"performative": "inform", "receiver": sink, "content": CONTENT}).encode()
+    line += b"\n"
+    while time.time() < start_at:
+        time.sleep(0.001)
+    stream = Stream(port, send_key)
+    sent = 0
+    if pipelined:
+
+        def write() -> None:
+            chunk = line * BATCH
+            while time.time() < end:
+                stream.send(chunk)
+            stream.end()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        finished = False
+        while not finished:
+            for text in stream.lines():
+                if text.startswith(b'{"done"'):
+                    finished = True
+                elif b'"status":201' not in text[:40]:
+                    raise RuntimeError(f"stream refused a line: {text[:300]!r}")
+                else:
+                    sent += 1
+        writer.join()
+    else:
+        while time.time() < end:
+            stream.send(line)
+            [ack] = stream.lines()
+            if b'"status":201' not in ack[:40]:
+                raise RuntimeError(f"stream refused a line: {ack[:300]!r}")
+            sent += 1
+        stream.end()
+        stream.lines()  # the done line
+    stream.sock.close()
+    return sent
+
+
+def run_streamed(pool, server: Server, agents: list[tuple[str, str, str]], pipelined: bool):
+    """Return (msgs/s committed and acked, the worker's CPU microseconds per message)."""
+    server.empty_sinks()
+    start_at = time.time() + 0.5
+    end = start_at + PHASE_S
+    jobs = [
+        (server.port, s, f"sink{i}", pipelined, start_at, end)
+        for i, (s, _r, _n) in enumerate(agents)
+    ]
+    cpu = server.worker_cpu_s()
+    counts = pool.map(stream_client, jobs)
+    cpu = server.worker_cpu_s() - cpu
+    return sum(counts) / (time.time() - start_at), cpu / max(1, sum(counts)) * 1e6
+
+
 def run_ours(pool, server: Server, agents: list[tuple[str, str, str]], batch: int):
     """Return (msgs/s, the worker's CPU microseconds per message)."""
     start_at = time.time() + 0.5
@@ -205,7 +338,7 @@ def setup_ours(server: Server) -> list[tuple[str, str, str]]:
     agents = []
     for i in range(CLIENTS):
         keys = []
-        for role in ("send", "recv"):
+        for role in ("send", "recv", "sink"):
             body = {"name": f"{role}{i}", "backend": "external", "rate_tier": "unlimited"}
             headers = {"X-API-Key": admin, "Content-Type": "application/json"}
             conn.request("POST", "/api/v1/agents", body=json.dumps(body), headers=headers)
@@ -244,6 +377,38 @@ def redis_client(args) -> int:
         done += r.xack(stream, "g", *ids)
     r.close()
     return done
+
+
+def redis_send_client(args) -> int:
+    """XADD until `end`, alone or in pipelines of BATCH; return the entries added."""
+    import redis
+
+    port, stream, pipelined, start_at, end = args
+    r = redis.Redis(port=port)
+    fields = {"performative": "inform", "content": json.dumps(CONTENT)}
+    done = 0
+    while time.time() < start_at:
+        time.sleep(0.001)
+    while time.time() < end:
+        if pipelined:
+            pipe = r.pipeline(transaction=False)
+            for _ in range(BATCH):
+                pipe.xadd(stream, fields)
+            done += len(pipe.execute())
+        else:
+            r.xadd(stream, fields)
+            done += 1
+    r.delete(stream)
+    r.close()
+    return done
+
+
+def run_redis_sends(pool, port: int, pipelined: bool, round_no: int) -> float:
+    streams = [f"sink:{pipelined}:{round_no}:{i}" for i in range(CLIENTS)]
+    start_at = time.time() + 0.5
+    end = start_at + PHASE_S
+    counts = pool.map(redis_send_client, [(port, s, pipelined, start_at, end) for s in streams])
+    return sum(counts) / (time.time() - start_at)
 
 
 def run_redis(pool, port: int, batch: int, round_no: int = 0) -> float:
@@ -307,7 +472,7 @@ def main() -> int:
     else:
         redis_path, why = find_redis()
     runs: dict[str, list[float]] = {}
-    cpu: dict[str, list[float]] = {"batched": [], "per request": [], "hello": []}
+    cpu: dict[str, list[float]] = {mode: [] for mode in (*MODES, *STREAMED, "hello")}
     hello: list[float] = []
     ctx = multiprocessing.get_context("fork")
     with tempfile.TemporaryDirectory(prefix="agented-bench-msg-") as tmp, ctx.Pool(CLIENTS) as pool:
@@ -321,13 +486,21 @@ def main() -> int:
                     proc, port = start_redis(redis_path, tmp_path / "redis")
                 # Rounds alternate ours / Redis, so drifting load on the 2 cores hits both.
                 for n in range(ROUNDS):
-                    for mode, batch in (("batched", BATCH), ("per request", 1)):
+                    for mode, batch in MODES.items():
                         rate, per = run_ours(pool, server, agents, batch)
                         runs.setdefault(f"ours {mode}", []).append(rate)
                         cpu[mode].append(per)
                         if proc is not None:
                             rate = run_redis(pool, port, batch, n)
                             runs.setdefault(f"redis {mode}", []).append(rate)
+                    for mode, pipelined in STREAMED.items():
+                        rate, per = run_streamed(pool, server, agents, pipelined)
+                        runs.setdefault(f"ours {mode}", []).append(rate)
+                        cpu[mode].append(per)
+                        if proc is not None:
+                            rate = run_redis_sends(pool, port, pipelined, n)
+                            runs.setdefault(f"redis {mode}", []).append(rate)
+                    server.empty_sinks()
                     cpu0 = server.worker_cpu_s()
                     res = wrk(f"http://127.0.0.1:{server.port}/health/live", conns=50, seconds=3)
                     hello.append(res["rps"])
@@ -343,13 +516,18 @@ def main() -> int:
     )
     for name, values in runs.items():
         print(
-            f"  {name:<20} {med[name]:>10,.0f} msgs/s ({min(values):,.0f}-{max(values):,.0f})"
-            " send -> receive -> ack, durable"
+            f"  {name:<30} {med[name]:>10,.0f} msgs/s ({min(values):,.0f}-{max(values):,.0f})"
+            + (
+                " send, acked once durable"
+                if "streamed" in name
+                else " send -> receive -> ack, durable"
+            )
         )
     print(f"  unacked messages left in our mailboxes after the run: {left}")
-    for mode in ("batched", "per request"):
-        print(f"  worker CPU per message, ours {mode:<12} {statistics.median(cpu[mode]):>8,.1f} us")
-    print(f"  worker CPU per GET /health/live          {statistics.median(cpu['hello']):>8,.1f} us")
+    for mode in (*MODES, *STREAMED):
+        print(f"  worker CPU per message, ours {mode:<24} {statistics.median(cpu[mode]):>8,.1f} us")
+    hello_cpu = statistics.median(cpu["hello"])
+    print(f"  {'worker CPU per GET /health/live':<53} {hello_cpu:>8,.1f} us")
     floor = statistics.median(hello)
     print(
         f"  for scale: GET /health/live {floor:,.0f} requests/s on the same worker"
@@ -363,7 +541,12 @@ def main() -> int:
     for mode, want in targets.items():
         ratio = med[f"ours {mode}"] / med[f"redis {mode}"]
         met = "met" if ratio >= want else "NOT met"
-        print(f"  ratio ours/redis {mode:<12} {ratio:.2f} (target >= {want}x): {met}")
+        print(f"  ratio ours/redis {mode:<24} {ratio:.2f} (target >= {want}x): {met}")
+    for mode in STREAMED:
+        ratio = med[f"ours {mode}"] / med[f"redis {mode}"]
+        print(
+            f"  ratio ours/redis {mode:<24} {ratio:.2f} (Python clients on both sides; no target)"
+        )
     return 0
 
 
