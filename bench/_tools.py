@@ -12,7 +12,7 @@ protocol needs state: bench/messages.py and bench/sse_fanout.py.
   C x Q is the offered rate; its latency counts from when a request was sent
   (a server that falls behind lowers the rate instead: the achieved rate is
   printed beside the offered one).
-- `profile(...)`: py-spy records raw stacks of a pid for a while (installed into
+- `profile(...)`: py-spy records raw stacks of a pid's GIL holder for a while (installed into
   .venv when missing); `top_frames` folds them into shares of samples.
 """
 
@@ -218,9 +218,14 @@ def py_spy() -> Path:
 
 
 def profile(pid: int, seconds: float, out: Path, rate: int = 250) -> subprocess.Popen:
-    """Start py-spy recording raw (folded) stacks of every thread of `pid`; wait() on it."""
+    """Start py-spy recording raw (folded) stacks of `pid`; wait() on it.
+
+    Only the thread holding the GIL is sampled (--gil): the shares are where the
+    worker's Python time goes. Waiting for the GIL, a socket or a lock is not
+    counted, nor is SQLite's own work (it releases the GIL).
+    """
     argv = [str(py_spy()), "record", "--pid", str(pid), "--duration", f"{seconds:.0f}"]
-    argv += ["--rate", str(rate), "--format", "raw", "--threads", "--nonblocking"]
+    argv += ["--rate", str(rate), "--format", "raw", "--threads", "--nonblocking", "--gil"]
     argv += ["--output", str(out)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -53,6 +53,10 @@ lines carry "[postgresql, N workers]", its table adds the server's CPU, and a
 last block puts every hub side by side. PostgreSQL commits reach the OS before
 the answer, as SQLite's do (`--pg-durability disk` flushes each one instead).
 
+`--profile PATH` (SQLite) also records the hub's worker with py-spy (--gil: where
+its Python time goes) during more (b) rounds and prints where the samples fall
+(PATH keeps the raw stacks).
+
 Targets (issue 4): submit -> child started p95 < 25 ms; tasks/s >= 1.0 x huey.
 Run: `.venv/bin/python bench/dispatch.py` (or `just bench`); a minute or more
 per hub on a busy machine (`--engines sqlite` for SQLite alone).
@@ -76,11 +80,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import BENCH, Api, Server, cpu_seconds, pct, stop_group  # noqa: E402
 from _pg import Postgres, add_options, configs, tag  # noqa: E402
-from _tools import hey  # noqa: E402
+from _tools import hey, profile, top_frames  # noqa: E402
 
 N = 500  # tasks per throughput run
 BATCH = 50  # tasks per request in the batched-submit rounds
 ROUNDS = 3  # the median is the figure
+PROFILE_S = 8.0  # --profile: seconds py-spy records (b) on the hub
 WORKERS = 20
 LAT_SAMPLES = 150  # per hub (sandboxed and AGENTED_SANDBOX=off)
 LAT_BLOCKS = 6  # alternating latency blocks per hub
@@ -88,6 +93,24 @@ PY_SAMPLES = 20
 TARGET_P95_MS = 25.0
 TARGET_RATIO = 1.0
 RUN_DEADLINE_S = 60.0
+
+
+# Where the worker's Python time goes (--profile): label -> text of a frame in the stack.
+MARKERS = {
+    "submit (POST /api/v1/tasks view)": "tasks_create (app/tasks.py",
+    "  audit row": "audit_request (app/ops/audit.py",
+    "claim (scheduler)": "_claim (app/scheduler.py",
+    "run (Run._run, all of it)": "Run._run (app/executions.py",
+    "  start (Run._start)": "Run._start (app/executions.py",
+    "    sandbox argv": "command (app/sandbox.py",
+    "    posix_spawn, pipes": "spawn (app/spawn.py",
+    "  supervise (pipes, limits)": "Run._supervise (app/executions.py",
+    "  conclude (final transaction)": "Run._conclude (app/executions.py",
+    "writer thread (group commit)": "_commit (app/db.py",
+    "flask-limiter": "flask_limiter/",
+    "Talisman": "flask_talisman/",
+    "gunicorn (parse, write)": "gunicorn/http/",
+}
 
 
 def wait_finished(server: Server, task_id: int, deadline_s: float = 10.0):
@@ -341,7 +364,7 @@ def cost(off: float, on: float) -> str:
     return f"{on - off:+.1f} ms, {ratio}"
 
 
-def measure_sqlite(tmp: Path, tasks) -> dict:
+def measure_sqlite(tmp: Path, tasks, profile_to: Path | None = None) -> dict:
     """Every figure bench/dispatch.py has always printed: SQLite, one worker, with the
     sandbox's cost (a second hub, AGENTED_SANDBOX=off) and huey's two worker kinds."""
     python = sys.executable
@@ -378,6 +401,16 @@ def measure_sqlite(tmp: Path, tasks) -> dict:
                 for kind in ("thread", "greenlet"):
                     r = huey_throughput(tasks, kind, N, tmp / "huey.log")
                     runs[f"huey {kind}"].append(r)
+            shares = None
+            if profile_to:
+                spy = profile(server.worker_pid(), PROFILE_S, profile_to)
+                time.sleep(1.0)  # py-spy attaches
+                done = [hub_throughput(server, key, N)]
+                while spy.poll() is None and len(done) < 10:  # the whole recording under load
+                    done.append(hub_throughput(server, key, N))
+                spy.wait(timeout=60)
+                rate = statistics.median(r["rate"] for r in done)
+                shares = (*top_frames(profile_to, MARKERS), rate)
             api.close()
             errors = server.log_errors()
     except Exception:
@@ -392,6 +425,7 @@ def measure_sqlite(tmp: Path, tasks) -> dict:
         "pylat": pylat,
         "pystart": pystart,
         "runs": runs,
+        "shares": shares,
         "errors": errors,
     }
 
@@ -521,6 +555,12 @@ def show_sqlite(res: dict) -> None:
         f"dispatch throughput, batched submit: hub {batched:.0f} tasks/s | ratio to huey"
         f" (20 threads) {batched / means['huey thread']:.2f}"
     )
+    if res["shares"]:
+        total, share, rate = res["shares"]
+        print(f"-- py-spy --gil, the worker's Python time during (b) on the hub"
+              f" ({rate:.0f} tasks/s), {total} samples:")  # fmt: skip
+        for label, value in share.items():
+            print(f"   {label:<38}{value:>6.1%}")
     for line in res["errors"]:
         print(f"   gunicorn log: {line}")
 
@@ -590,6 +630,7 @@ def compare(results: list[dict]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--profile", type=Path, help="also record the worker with py-spy")
     add_options(parser)
     opts = parser.parse_args()
     todo = configs(opts.engines, opts.pg_workers)
@@ -606,7 +647,7 @@ def main() -> int:
                 pg = stack.enter_context(Postgres(opts.pg_durability))
             for engine, workers in todo:
                 if engine == "sqlite":
-                    res = measure_sqlite(tmp, tasks)
+                    res = measure_sqlite(tmp, tasks, opts.profile)
                     show_sqlite(res)
                 else:
                     res = measure_pg(tmp, tasks, workers, pg)

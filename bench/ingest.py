@@ -20,8 +20,9 @@ delivery id: each is still a new signed delivery with its task, committed before
 the 202, only without the dedupe key (one lookup and one row fewer).
 
 ROUNDS rounds of each; the median is the figure and the min-max is printed.
-`--profile PATH` also records the worker with py-spy during one more wrk run
-of webhooks and prints where the samples fall (PATH keeps the raw stacks).
+`--profile PATH` also records the worker with py-spy (--gil: where its Python
+time goes) during one more wrk run of webhooks and prints where the samples
+fall (PATH keeps the raw stacks).
 
 Correctness at the end, from the SQLite file opened read-only (on PostgreSQL, the
 hub's database, in one REPEATABLE READ snapshot): every delivery
@@ -89,6 +90,7 @@ MARKERS = {
     "  accept (wait + answer)": "accept (app/webhooks.py",
     "  trigger read (query_one)": "query_one (app/db.py",
     "  plan_all (match, render)": "plan_all (app/webhooks.py",
+    "  prompt render (app/prompts.py)": "render (app/prompts.py",
     "flask-limiter": "flask_limiter/",
     "Talisman": "flask_talisman/",
     "request log (telemetry.finish)": "finish (app/telemetry.py",
@@ -294,8 +296,8 @@ def show(res: dict) -> None:
         print(f"     {runs[kind][0]['argv']}")
     if shares:
         total, share, rps = shares
-        print(f"-- py-spy, raw stacks of the worker during wrk on webhooks ({rps:.0f} req/s),"
-              f" {total} samples:")  # fmt: skip
+        print(f"-- py-spy --gil, the worker's Python time during wrk on webhooks"
+              f" ({rps:.0f} req/s), {total} samples:")  # fmt: skip
         for label, value in share.items():
             print(f"   {label:<38}{value:>6.1%}")
     hook, hello = med(runs["hook"], "rps"), med(runs["hello"], "rps")
