@@ -8,6 +8,7 @@ import threading
 from urllib.parse import urlparse
 
 from app import db
+from tests.conftest import make_key
 from tests.messaging_helpers import register
 
 PATH = "/api/v1/messages/stream"
@@ -110,8 +111,6 @@ def test_it_refuses_a_reused_message_id_and_stores_the_rest_of_the_batch(app, cl
 def test_it_answers_each_line_when_a_mailbox_fills_up_mid_batch(make_app):
     app = make_app(MAILBOX_MAX=2)
     client = app.test_client()
-    from tests.conftest import make_key
-
     alice = make_key(app, "alice", "admin")
     a = register(client, alice, "alpha")
     register(client, alice, "beta")
@@ -128,8 +127,6 @@ def test_it_answers_each_line_when_a_mailbox_fills_up_mid_batch(make_app):
 def test_it_skips_a_line_over_the_cap_without_losing_the_next(make_app):
     app = make_app(MESSAGE_STREAM_LINE_MAX=1024)
     client = app.test_client()
-    from tests.conftest import make_key
-
     alice = make_key(app, "alice", "admin")
     a = register(client, alice, "alpha")
     register(client, alice, "beta")
@@ -155,8 +152,6 @@ def test_it_ignores_empty_lines_and_numbers_lines_as_sent(app, client, alice):
 def test_it_ends_with_an_error_past_the_most_messages_of_a_stream(make_app):
     app = make_app(MESSAGE_STREAM_MAX=3)
     client = app.test_client()
-    from tests.conftest import make_key
-
     alice = make_key(app, "alice", "admin")
     a = register(client, alice, "alpha")
     register(client, alice, "beta")

@@ -219,8 +219,12 @@ def send_drafts(drafts: list[Draft], agents: dict, cfg: dict, paid: set[str]) ->
     plan = Plan(drafts, cfg, t, {})
     plan, evs = db.write(lambda conn: store(conn, drafts, cfg, t, plan))
     plan.number()  # out of the write: the writer's time is everyone's
-    events.publish_all(evs)
-    after_send(plan.results, drafts)
+    try:
+        events.publish_all(evs)
+        after_send(plan.results, drafts)
+    except Exception:
+        # Stored already: raising would make answer() store these lines again.
+        log.exception("a streamed send was stored, but what follows a send failed")
     return plan.results
 
 
