@@ -9,8 +9,8 @@ when printed, and `| fence` fences anything explicitly.
 Rendering is limited in time and output and, under gevent, runs in the
 threadpool, so a hostile template costs one thread for at most the time limit
 and never stalls the loop (issue 12). Only a short template of text and plain
-lookups over a small event, whose cost those sizes bound, renders in place. Every failure is a PromptError whose
-`code` names the problem.
+lookups over a small event, whose cost those sizes bound, renders in place.
+Every failure is a PromptError whose `code` names the problem.
 """
 
 from __future__ import annotations

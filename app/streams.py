@@ -163,12 +163,18 @@ def sse_response(stream: Iterator[str]) -> Response:
     Call it before subscribing to anything the generator would have to undo:
     over a cap it raises, and the generator is never started.
     """
+    return held_response(stream, MIMETYPE)
+
+
+def held_response(stream: Iterator[str], mimetype: str) -> Response:
+    """Answer with `stream`, holding one of the stream slots while it is open (any
+    long-lived answer: SSE, the messages' streaming send); 429/503 over the caps."""
     give_back = _take_slot()
     # A stream can stay open for hours; the guard's read connection (two file
     # descriptors) must not stay open with it. Generators open their own.
     db.close_db()
     slot: list[Callable[[], object]] = []
-    resp = Response(stream_with_context(_held(stream, lambda: slot[0]())), mimetype=MIMETYPE)
+    resp = Response(stream_with_context(_held(stream, lambda: slot[0]())), mimetype=mimetype)
     # The slot goes back exactly once (finalize runs its callback at most once), by
     # whichever comes first: the generator's finally (it ran and ended), the server
     # closing the response (also when it never iterated it: the client left before
@@ -176,7 +182,7 @@ def sse_response(stream: Iterator[str]) -> Response:
     slot.append(weakref.finalize(resp, give_back))
     resp.call_on_close(slot[0])
     resp.headers["Cache-Control"] = "no-cache"
-    resp.headers["X-Accel-Buffering"] = "no"  # proxies must not hold events back
+    resp.headers["X-Accel-Buffering"] = "no"  # proxies must not hold what is sent back
     return resp
 
 

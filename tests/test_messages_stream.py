@@ -321,3 +321,23 @@ def test_it_closes_a_stream_that_stays_idle_under_gunicorn(live_server):
         s.close()
     assert done["done"] is True and done["sent"] == 1
     assert (done["status"], done["error"]["code"]) == (408, "stream_idle")
+
+
+def test_it_holds_one_of_the_keys_stream_slots_while_open(make_app):
+    app = make_app(STREAMS_PER_KEY=1)
+    client = app.test_client()
+    alice = make_key(app, "alice", "admin")
+    a = register(client, alice, "alpha")
+    register(client, alice, "beta")
+    headers = {"X-API-Key": a, "Content-Type": NDJSON}
+    # Not read yet: the first stream is still open, so it holds the key's one slot.
+    held = client.post(PATH, data=body_of([inform(1)]), headers=headers, buffered=False)
+    assert held.status_code == 200
+    refused = client.post(PATH, data=body_of([inform(2)]), headers=headers)
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["code"] == "too_many_streams"
+    assert [json.loads(x)["status"] for x in held.get_data(as_text=True).splitlines()[:1]] == [201]
+    held.close()
+    *acks, _done = stream(client, a, [inform(3)])
+    assert [x["status"] for x in acks] == [201]
+    assert receiver_rows(app, "beta") == [1, 3]

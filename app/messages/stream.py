@@ -26,11 +26,11 @@ from typing import Any
 
 import gevent
 import gevent.event
-from flask import Blueprint, Response, current_app, request, stream_with_context
+from flask import Blueprint, current_app, request
 from gunicorn.http.body import ChunkedReader
 from pydantic import BaseModel
 
-from app import db, events, ratelimit
+from app import db, events, ratelimit, streams
 from app.agents import agent_scoped
 from app.api import loads
 from app.auth import requires
@@ -341,10 +341,13 @@ def messages_stream():
     # The raw body, not request.stream: that one stops at MAX_CONTENT_LENGTH, a
     # limit meant for one request; a stream's limits are per line and per stream.
     reader = gevent.spawn(read_lines, request.environ["wsgi.input"], lines, cfg)
-    resp = Response(stream_with_context(acks(lines, reader, cfg)), mimetype=MIMETYPE)
+    try:
+        # An open stream holds one of its key's stream slots, as an SSE stream does.
+        resp = streams.held_response(acks(lines, reader, cfg), MIMETYPE)
+    except ApiError:
+        reader.kill(block=False)
+        raise
     # Also when the answer is never iterated (the client left first): the reader
     # could otherwise wait for room in `lines` for ever.
     resp.call_on_close(lambda: reader.kill(block=False))
-    resp.headers["Cache-Control"] = "no-cache"
-    resp.headers["X-Accel-Buffering"] = "no"  # proxies must not hold acks back
     return resp
