@@ -180,7 +180,7 @@ def test_it_renders_only_text_and_lookups_without_the_time_limit(template, plain
 def test_it_renders_a_plain_template_over_a_large_event_under_the_time_limit():
     small = {"payload": {"ids": list(range(10))}}
     large = {"payload": {"ids": list(range(prompts.PLAIN_CONTEXT_ITEMS))}}
-    text = {"payload": {"body": "x" * (prompts.PLAIN_CONTEXT_ITEMS * 1024)}}
+    text = {"payload": {"body": "x" * (prompts.PLAIN_CONTEXT_ITEMS * 32)}}
     assert prompts._small(small, [prompts.PLAIN_CONTEXT_ITEMS])
     assert not prompts._small(large, [prompts.PLAIN_CONTEXT_ITEMS])
     assert not prompts._small(text, [prompts.PLAIN_CONTEXT_ITEMS])
