@@ -77,6 +77,16 @@ def body_model(model: type[BaseModel]) -> Callable:
     return mark
 
 
+def ndjson_model(model: type[BaseModel]) -> Callable:
+    """Record the model of each line of a view's NDJSON request body, for /openapi.json."""
+
+    def mark(view: Callable) -> Callable:
+        view.ndjson_model = model  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
 class Query(BaseModel):
     """Base for the query parameters a route reads, as /openapi.json describes them."""
 

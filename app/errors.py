@@ -165,23 +165,29 @@ def register(app: Flask) -> None:
 def storage_error(exc: Exception) -> Response:
     """Answer a full or failing disk, or an unreachable PostgreSQL, with a clear 503:
     the request stored nothing."""
+    api = storage_api_error(exc)
+    if wants_json():
+        resp = error(api.status, api.message, api.code)
+    else:
+        shown = api.message if api.status == 503 else "Something went wrong."
+        resp = Response(render_template("error.html", status=api.status, message=shown),
+                        status=api.status)  # fmt: skip
+    resp.headers.update(api.headers)
+    return resp
+
+
+def storage_api_error(exc: Exception) -> ApiError:
+    """The answer to a database error: 503 for a full or failing disk or an unreachable
+    PostgreSQL (nothing was stored, retry later), 500 for any other."""
     text = str(exc)
     unreachable = not isinstance(exc, sqlite3.Error)  # psycopg's OperationalError
     if not unreachable and "full" not in text and "disk I/O" not in text:
         log.exception("unhandled database error")
-        if wants_json():
-            return error(500, "internal error; the request id is in the logs")
-        return Response(render_template("error.html", status=500, message="Something went wrong."),
-                        status=500)  # fmt: skip
+        return ApiError(500, "internal error; the request id is in the logs")
     log.error("storage failure: the request was not stored", extra={"error": text})
     cause = "is unreachable" if unreachable else "cannot write (disk full or failing)"
     message = f"the database {cause}; nothing from this request was stored: retry later"
-    if wants_json():
-        resp = error(503, message, code="storage_unavailable")
-    else:
-        resp = Response(render_template("error.html", status=503, message=message), status=503)
-    resp.headers["Retry-After"] = "30"
-    return resp
+    return ApiError(503, message, code="storage_unavailable", headers={"Retry-After": "30"})
 
 
 def _retry_after() -> int:

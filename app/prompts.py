@@ -264,8 +264,8 @@ def render(template: str, context: dict[str, Any], policy: str = "flag") -> Rend
 
 
 # A template of text and plain lookups ({{ payload.pull_request.title }}), this short,
-# over a context of this few items (and little text), renders in well under a
-# millisecond: on the loop.
+# over a context of this few items (and little text), renders on the loop: usually
+# well under a millisecond, at most a few (the injection check over crafted text).
 PLAIN_TEMPLATE_CHARS = 4096
 PLAIN_CONTEXT_ITEMS = 256
 _PLAIN_NODES = (
@@ -293,7 +293,9 @@ def _small(value: Any, left: list[int]) -> bool:
     if left[0] < 0:
         return False
     if isinstance(value, dict):
-        return all(_small(v, left) for v in value.values())
+        # Keys too: clean() builds each value's path from them ("payload.a.b").
+        left[0] -= sum(len(str(k)) // 32 for k in value)
+        return left[0] >= 0 and all(_small(v, left) for v in value.values())
     if isinstance(value, list):
         return all(_small(v, left) for v in value)
     return True

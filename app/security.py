@@ -38,6 +38,13 @@ class LocalWindows(MemoryStorage):
             self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
 
 
+# The private methods LocalWindows replaces and calls: a `limits` that renames them
+# must fail at start, not go back to a thread per window unnoticed.
+if not all(hasattr(MemoryStorage, f"_MemoryStorage__{name}")
+           for name in ("schedule_expiry", "expire_events")):  # fmt: skip
+    raise RuntimeError("limits.storage.MemoryStorage changed: app/security.py needs updating")
+
+
 def _limit_key() -> str:
     key = g.get("key")
     return f"key:{key['id']}" if key is not None else f"addr:{request.remote_addr}"

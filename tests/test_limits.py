@@ -117,33 +117,43 @@ def test_it_refuses_a_json_body_that_is_not_an_object_with_422(client, alice):
     assert_error(resp, 422, "validation_failed")
 
 
-def test_it_counts_request_limits_without_starting_a_thread_per_window():
+def test_it_counts_request_limits_without_starting_a_thread_per_window(monkeypatch):
     import threading
     import time
 
+    import limits.storage.memory
     from limits import parse
     from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
     from app.security import LocalWindows
 
     storage = LocalWindows()
+    started = []
+
+    class Timer(threading.Timer):
+        def start(self):
+            started.append(self)
+            super().start()
+
+    # The stock memory storage starts a Timer whenever its last one has ended.
+    monkeypatch.setattr(limits.storage.memory.threading, "Timer", Timer)
     fixed, moving = FixedWindowRateLimiter(storage), MovingWindowRateLimiter(storage)
     per_second = parse("3/second")
-    threads = threading.active_count()
-    for limiter in (fixed, moving):
-        assert [limiter.hit(per_second, "k", limiter.__class__.__name__) for _ in range(4)] == [
-            True, True, True, False,
-        ]  # fmt: skip
-    # The stock memory storage starts a Timer thread every 10 ms under load.
-    assert threading.active_count() <= threads + 1
+    for limiter, name in ((fixed, "fixed"), (moving, "moving")):
+        assert [limiter.hit(per_second, name) for _ in range(4)] == [True, True, True, False]
     deadline = time.monotonic() + 10
-    while not fixed.hit(per_second, "k", "FixedWindowRateLimiter"):
-        assert time.monotonic() < deadline, "the window never reset"
+    while not (fixed.hit(per_second, "fixed") and moving.hit(per_second, "moving")):
+        assert time.monotonic() < deadline, "a window never reset"
         time.sleep(0.05)
-    while not moving.hit(per_second, "k", "MovingWindowRateLimiter"):
-        assert time.monotonic() < deadline, "the window never moved"
+    assert started == []
+    # Windows long over are swept from memory by a later hit, at most once a second.
+    assert storage.events["LIMITER/moving/3/1/second"]
+    storage._next_sweep = 0.0
+    while storage.storage.get("LIMITER/fixed/3/1/second") or storage.events.get(
+        "LIMITER/moving/3/1/second"
+    ):
+        assert time.monotonic() < deadline, "expired windows were never swept"
         time.sleep(0.05)
-    # Expired windows are swept from memory by later hits, at most once a second.
-    time.sleep(1.1)
-    fixed.hit(per_second, "other")
-    assert not any(key.endswith("/k") or "/k/" in key for key in storage.storage)
+        storage._next_sweep = 0.0
+        fixed.hit(per_second, "other")
+    assert started == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -321,6 +322,50 @@ def test_it_closes_a_stream_that_stays_idle_under_gunicorn(live_server):
         s.close()
     assert done["done"] is True and done["sent"] == 1
     assert (done["status"], done["error"]["code"]) == (408, "stream_idle")
+
+
+def test_it_closes_the_connection_after_a_stream_cut_short_under_gunicorn(live_server):
+    srv, keys = hub(live_server, AGENTED_MESSAGE_STREAM_IDLE_S="0.5")
+    s = RawStream(srv.url, keys["alpha"])
+    try:
+        s.send(inform(0))
+        assert s.line()["status"] == 201
+        assert s.line()["error"]["code"] == "stream_idle"
+        with contextlib.suppress(EOFError):
+            s.line()  # the answer's last chunk
+        # The rest of the body was never read: these bytes are not a new request on
+        # the same connection, whatever they look like. The hub closes it instead.
+        smuggled = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        with contextlib.suppress(OSError):
+            s.sock.sendall(b"%x\r\n%s\r\n" % (len(smuggled), smuggled))
+        rest = b""
+        with contextlib.suppress(OSError):
+            while data := s.sock.recv(65536):
+                rest += data
+        assert b"HTTP/1.1" not in s.raw + rest, s.raw + rest
+    finally:
+        s.close()
+
+
+def test_it_answers_every_line_over_several_takes_when_a_sender_is_over_its_rate(make_app):
+    # Takes of two lines, alpha's and gamma's. Once gamma is over its rate, each take
+    # is sent again line by line: alpha's line is stored without being charged twice
+    # (its tier allows exactly its 20 messages), gamma's is refused with a 429.
+    tiers = {"exact": {"send": [0.001, 20]}, "tiny": {"send": [0.001, 3]}}
+    app = make_app(env={"AGENTED_RATE_TIERS": json.dumps(tiers)}, MESSAGE_BATCH_MAX=2)
+    client = app.test_client()
+    admin = make_key(app, "alice", "admin")
+    register(client, admin, "alpha", rate_tier="exact")
+    register(client, admin, "beta")
+    register(client, admin, "gamma", rate_tier="tiny")
+    lines = [inform(n, sender="gamma" if n % 2 else "alpha") for n in range(40)]
+    *acks, done = stream(client, admin, lines)
+    assert [x["line"] for x in acks] == list(range(1, 41))
+    assert [x["status"] for x in acks[0::2]] == [201] * 20
+    assert [x["status"] for x in acks[1::2]] == [201] * 3 + [429] * 17
+    assert all(x["retry_after"] >= 1 for x in acks[7::2])
+    assert (done["sent"], done["refused"]) == (23, 17)
+    assert receiver_rows(app, "beta") == [0, 1, 2, 3, 4, 5, *range(6, 40, 2)]
 
 
 def test_it_holds_one_of_the_keys_stream_slots_while_open(make_app):

@@ -177,13 +177,21 @@ def test_it_renders_only_text_and_lookups_without_the_time_limit(template, plain
     assert prompts._plain(template) is plain
 
 
-def test_it_renders_a_plain_template_over_a_large_event_under_the_time_limit():
+def test_it_renders_a_plain_template_over_a_large_event_under_the_time_limit(monkeypatch):
+    went = []
+
+    def off_loop(fn, *args):
+        went.append(args[1])
+        return fn(*args)
+
+    monkeypatch.setattr(prompts, "_off_loop", off_loop)
     small = {"payload": {"ids": list(range(10))}}
-    large = {"payload": {"ids": list(range(prompts.PLAIN_CONTEXT_ITEMS))}}
+    many = {"payload": {"ids": list(range(prompts.PLAIN_CONTEXT_ITEMS))}}
     text = {"payload": {"body": "x" * (prompts.PLAIN_CONTEXT_ITEMS * 32)}}
-    assert prompts._small(small, [prompts.PLAIN_CONTEXT_ITEMS])
-    assert not prompts._small(large, [prompts.PLAIN_CONTEXT_ITEMS])
-    assert not prompts._small(text, [prompts.PLAIN_CONTEXT_ITEMS])
-    # Either way the answer is the same.
-    got = prompts.render("{{ payload.ids[3] }}", large).prompt
-    assert got == prompts.render("{{ payload.ids[3] }}", small).prompt == "3"
+    keys = {"payload": {"k" * (prompts.PLAIN_CONTEXT_ITEMS * 32): 1, "n": 2}}
+    assert prompts.render("{{ payload.ids[3] }}", small).prompt == "3"
+    assert went == []  # rendered in place
+    assert prompts.render("{{ payload.ids[3] }}", many).prompt == "3"
+    assert "x" * 100 in prompts.render("{{ payload.body }}", text).prompt
+    assert prompts.render("{{ payload.n }}", keys).prompt == "2"
+    assert went == [many, text, keys]  # each in the threadpool, under the time limit

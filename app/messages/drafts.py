@@ -235,15 +235,21 @@ def prepare_all(items: list[Any], batch: bool, agents: dict[str, Any], cfg: dict
             problems.append((index, raw, problem))
     if problems:
         reply_not_understood(problems, agents, cfg)
-        first = problems[0]
-        where = f"message {first[0]}: " if batch else ""
-        raise ApiError(
-            409 if first[2].code == "receiver_stopped" else 422,
-            where + first[2].message + ("; nothing was stored" if batch else ""),
-            code=first[2].code,
-            details=[
-                {"index": i, "code": p.code, "message": p.message, "details": p.details}
-                for i, _raw, p in problems
-            ],
-        )
+        raise refused(problems, batch)
     return drafts
+
+
+def refused(problems: list[tuple[int, Any, Problem]], batch: bool) -> ApiError:
+    """The answer to messages with these problems (index, raw, problem): the first one's
+    status and message, every one in the details."""
+    index, _raw, first = problems[0]
+    where = f"message {index}: " if batch else ""
+    return ApiError(
+        409 if first.code == "receiver_stopped" else 422,
+        where + first.message + ("; nothing was stored" if batch else ""),
+        code=first.code,
+        details=[
+            {"index": i, "code": p.code, "message": p.message, "details": p.details}
+            for i, _raw, p in problems
+        ],
+    )

@@ -12,6 +12,7 @@ message into a Draft, and the not-understood replies, is messages/drafts.py.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from typing import Any
@@ -37,6 +38,7 @@ from app.messages.store import (
 from app.queue import wake
 
 bp = Blueprint("messages", __name__)
+log = logging.getLogger("agented.messages")
 
 
 # --- the route -----------------------------------------------------------------------------
@@ -70,23 +72,40 @@ def messages_send():
     items, batch = read_items()
     agents = load_agents()
     drafts = prepare_all(items, batch, agents, cfg)
-    cost: dict[str, int] = defaultdict(int)
-    for d in drafts:
-        cost[d.sender] += len(d.receivers)
-    for sender, n in cost.items():
-        ratelimit.take(sender, agents[sender]["rate_tier"], "send", n)
-    t = time.time()
-    plan = Plan(drafts, cfg, t, {})
-    plan, evs = db.write(lambda conn: store(conn, drafts, cfg, t, plan))
-    plan.number()  # out of the write: the writer's time is everyone's
-    results = plan.results
-    events.publish_all(evs)
-    after_send(results, drafts)
+    results = send(drafts, agents, cfg)
     status = 200 if all(r["duplicate"] for r in results) else 201
     if not batch:
         return json_response(results[0], status)
     body = '{"messages":[' + ",".join(map(result_text, results)) + "]}"
     return Response(body, status, mimetype="application/json")
+
+
+def send(drafts: list[Draft], agents: dict, cfg: dict, paid: set[str] | None = None) -> list[dict]:
+    """Rate-limit and store `drafts` in one write (all or none); return their results.
+
+    `paid`, from the streaming send: senders already charged for these drafts
+    (a batch whose write failed, sent again line by line); others are charged
+    and added to it.
+    """
+    cost: dict[str, int] = defaultdict(int)
+    for d in drafts:
+        cost[d.sender] += len(d.receivers)
+    for sender, n in cost.items():
+        if paid is None or sender not in paid:
+            ratelimit.take(sender, agents[sender]["rate_tier"], "send", n)
+            if paid is not None:
+                paid.add(sender)
+    t = time.time()
+    plan = Plan(drafts, cfg, t, {})
+    plan, evs = db.write(lambda conn: store(conn, drafts, cfg, t, plan))
+    plan.number()  # out of the write: the writer's time is everyone's
+    try:
+        events.publish_all(evs)
+        after_send(plan.results, drafts)
+    except Exception:
+        # Stored already: an error answered now would have the sender send them again.
+        log.exception("messages were stored, but what follows a send failed")
+    return plan.results
 
 
 def result_text(r: dict) -> str:

@@ -6,9 +6,10 @@ order, written after that line's message is committed (or refused), then a
 `{"done": true, ...}` line. A reader greenlet splits the body into lines as
 they arrive; the response generator takes every line read so far (up to
 MESSAGE_BATCH_MAX) and stores them in one write, as a batch, while the reader
-goes on reading. When that write fails as a whole (a full mailbox, a rate
-limit, a reused message_id), the lines are written one by one so each gets
-its own answer. A pipelining client thus gets many messages per transaction
+goes on reading. When that write is refused as a whole (a full mailbox, a
+rate limit, a reused message_id), the lines are written one by one so each
+gets its own answer; when the database fails, every line of it gets the same
+503 and none is tried again. A pipelining client thus gets many messages per transaction
 and a client that waits for each ack before sending the next line still gets
 one ack per line: the answer is full duplex.
 
@@ -18,27 +19,27 @@ module only reads lines and hands them over.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import gevent
 import gevent.event
 from flask import Blueprint, current_app, request
 from gunicorn.http.body import ChunkedReader
-from pydantic import BaseModel
 
-from app import db, events, ratelimit, streams
+from app import db, streams
 from app.agents import agent_scoped
-from app.api import loads
+from app.api import loads, ndjson_model
 from app.auth import requires
-from app.errors import ApiError, DomainError, as_api_error, error_body
+from app.errors import ApiError, DomainError, as_api_error, error_body, storage_api_error
 from app.executions import stopping
-from app.messages.drafts import load_agents, own_agent, prepare_all
-from app.messages.model import Draft, MessageIn
-from app.messages.send import Plan, after_send, result_text, store
+from app.messages.drafts import load_agents, own_agent, prepare, refused, reply_not_understood
+from app.messages.model import Draft, MessageIn, Problem
+from app.messages.send import result_text, send
 from app.messages.store import compact
 
 bp = Blueprint("messages_stream", __name__)
@@ -46,8 +47,6 @@ log = logging.getLogger("agented.messages")
 MIMETYPE = "application/x-ndjson"
 # Bytes asked of a body that is not gunicorn's chunked one (a Content-Length, tests).
 STEP = 64 * 1024
-# The answer generator wakes this often while no line comes, to notice a shutdown.
-POLL_S = 2.0
 
 
 class _Idle(Exception):
@@ -121,7 +120,8 @@ def read_lines(stream: Any, lines: Lines, cfg: dict) -> None:
     """Split the body into numbered lines for `lines` (the reader greenlet); always finish it.
 
     A line over MESSAGE_STREAM_LINE_MAX is refused as soon as it is too long
-    and its rest skipped, never held. Empty lines are counted but not sent.
+    and its rest skipped, never held. Empty lines are counted but not sent, and
+    do not keep an idle stream open.
     """
     line_max, idle = cfg["MESSAGE_STREAM_LINE_MAX"], cfg["MESSAGE_STREAM_IDLE_S"]
     most = cfg["MESSAGE_STREAM_MAX"]
@@ -129,6 +129,7 @@ def read_lines(stream: Any, lines: Lines, cfg: dict) -> None:
     held = bytearray()
     skipping = False
     last = time.monotonic()
+    to_end = False  # the body was read to its end
 
     def add(line: int, data: bytes | ApiError) -> bool:
         nonlocal count, last
@@ -156,13 +157,13 @@ def read_lines(stream: Any, lines: Lines, cfg: dict) -> None:
             with gevent.Timeout(max(wait, 0.001), _Idle):
                 piece = next(pieces, b"")
             if not piece:
+                to_end = True
                 break
             start = 0
             while (end := piece.find(b"\n", start)) >= 0:
                 part = piece[start:end]
                 start = end + 1
                 number += 1
-                last = time.monotonic()
                 if skipping:  # refused when it grew too long: only its end was left
                     skipping = False
                     continue
@@ -187,7 +188,6 @@ def read_lines(stream: Any, lines: Lines, cfg: dict) -> None:
             number += 1
             if not add(number, bytes(held)):
                 return
-        lines.finish(None)
     except _Idle:
         lines.finish(
             ApiError(408, f"no line came for {idle:g} s; the stream is closed",
@@ -197,51 +197,33 @@ def read_lines(stream: Any, lines: Lines, cfg: dict) -> None:
         log.info("message stream body ended badly", extra={"error": repr(exc)})
         lines.finish(ApiError(400, "the body could not be read to its end", code="bad_body",
                               details={"line": number}))  # fmt: skip
+    finally:
+        if not to_end:
+            # Cut short (a cap, idle, a bad chunk, the answer ended): where the next
+            # request starts on this connection is unknown, so gunicorn must close it
+            # rather than read the rest of this body as one (its Body.failed).
+            with contextlib.suppress(AttributeError):
+                stream.failed = True
+        if not lines.ended:
+            lines.finish(None)
 
 
 # --- storing ----------------------------------------------------------------------------
 
 
-def send_drafts(drafts: list[Draft], agents: dict, cfg: dict, paid: set[str]) -> list[dict]:
-    """Rate-limit and store `drafts` in one write (all or none): send.py's path, as a batch.
-
-    `paid` holds the senders already charged for these messages (a whole
-    batch's take before its write failed); others are charged and added.
-    """
-    cost: dict[str, int] = defaultdict(int)
-    for d in drafts:
-        cost[d.sender] += len(d.receivers)
-    for sender, n in cost.items():
-        if sender not in paid:
-            ratelimit.take(sender, agents[sender]["rate_tier"], "send", n)
-            paid.add(sender)
-    t = time.time()
-    plan = Plan(drafts, cfg, t, {})
-    plan, evs = db.write(lambda conn: store(conn, drafts, cfg, t, plan))
-    plan.number()  # out of the write: the writer's time is everyone's
-    try:
-        events.publish_all(evs)
-        after_send(plan.results, drafts)
-    except Exception:
-        # Stored already: raising would make answer() store these lines again.
-        log.exception("a streamed send was stored, but what follows a send failed")
-    return plan.results
-
-
 def refusal(line: int, exc: BaseException) -> tuple[str, bool]:
+    """The ack of a refused line: the API's error answer for `exc`, with its line."""
     if isinstance(exc, DomainError):
         exc = as_api_error(exc)
-    if not isinstance(exc, ApiError):
-        if isinstance(exc, db.error_types()):
-            log.error("storage failure: a streamed message was not stored",
-                      extra={"error": str(exc)})  # fmt: skip
-            exc = ApiError(503, "the database cannot store it now; retry later",
-                           code="storage_unavailable")  # fmt: skip
-        else:
-            log.exception("unhandled error in a message stream", exc_info=exc)
-            exc = ApiError(500, "internal error; the request id is in the logs")
-    body = {"line": line, "status": exc.status} | error_body(exc.code, exc.message, exc.details)
-    return compact(body) + "\n", False
+    elif isinstance(exc, db.error_types()):
+        exc = storage_api_error(exc)
+    elif not isinstance(exc, ApiError):
+        log.exception("unhandled error in a message stream", exc_info=exc)
+        exc = ApiError(500, "internal error; the request id is in the logs")
+    body: dict[str, Any] = {"line": line, "status": exc.status}
+    if "Retry-After" in exc.headers:
+        body["retry_after"] = int(exc.headers["Retry-After"])
+    return compact(body | error_body(exc.code, exc.message, exc.details)) + "\n", False
 
 
 def success(line: int, result: dict) -> tuple[str, bool]:
@@ -251,10 +233,16 @@ def success(line: int, result: dict) -> tuple[str, bool]:
 
 def answer(items: list[tuple[int, bytes | ApiError]], cfg: dict) -> list[tuple[str, bool]]:
     """Store the lines of one take; return each line's ack (text, sent?) in input order."""
-    agents = load_agents()  # again per take: agents come, stop and drain during a stream
-    db.close_db()  # give the read connection back while waiting for the next lines
+    try:
+        agents = load_agents()  # again per take: agents come, stop and drain during a stream
+        mine = own_agent(agents)
+    except Exception as exc:
+        return [refusal(line, exc) for line, _data in items]
+    finally:
+        db.close_db()  # give the read connection back while waiting for the next lines
     acks: list[tuple[str, bool] | None] = [None] * len(items)
     good: list[tuple[int, int, Draft]] = []
+    problems: list[tuple[int, Any, Problem]] = []
     for index, (line, data) in enumerate(items):
         try:
             if isinstance(data, ApiError):
@@ -263,16 +251,25 @@ def answer(items: list[tuple[int, bytes | ApiError]], cfg: dict) -> list[tuple[s
                 raw = loads(data)
             except ValueError:
                 raise ApiError(400, f"line {line} is not valid JSON") from None
-            [draft] = prepare_all([raw], False, agents, cfg)
-            good.append((index, line, draft))
+            try:
+                good.append((index, line, prepare(raw, agents, cfg, mine)))
+            except Problem as problem:
+                problems.append((line, raw, problem))
+                raise refused([(line, raw, problem)], False) from None
         except Exception as exc:
             acks[index] = refusal(line, exc)
+    if problems:
+        # One write for the take's not-understood replies, not one per bad line.
+        try:
+            reply_not_understood(problems, agents, cfg)
+        except Exception:
+            log.exception("not-understood replies to a message stream were not stored")
     paid: set[str] = set()
     try:
-        results = send_drafts([d for _i, _n, d in good], agents, cfg, paid) if good else []
+        results = send([d for _i, _n, d in good], agents, cfg, paid) if good else []
         for (index, line, _d), result in zip(good, results, strict=True):
             acks[index] = success(line, result)
-    except Exception as exc:
+    except (ApiError, DomainError) as exc:
         if len(good) == 1:
             acks[good[0][0]] = refusal(good[0][1], exc)
             return [a for a in acks if a is not None]
@@ -280,74 +277,63 @@ def answer(items: list[tuple[int, bytes | ApiError]], cfg: dict) -> list[tuple[s
         # every line gets its own answer and the others are stored.
         for index, line, draft in good:
             try:
-                acks[index] = success(line, send_drafts([draft], agents, cfg, set(paid))[0])
-            except Exception as exc:
-                acks[index] = refusal(line, exc)
+                acks[index] = success(line, send([draft], agents, cfg, set(paid))[0])
+            except Exception as one:
+                acks[index] = refusal(line, one)
+    except Exception as exc:
+        # The database failed: the same answer for every line, none tried again.
+        for index, line, _d in good:
+            acks[index] = refusal(line, exc)
     return [a for a in acks if a is not None]
 
 
 # --- the route ----------------------------------------------------------------------------
 
 
-def acks(lines: Lines, reader: gevent.Greenlet, cfg: dict) -> Iterator[str]:
-    sent = refused = 0
+def acks(stream: Any, cfg: dict) -> Iterator[str]:
+    """The answer: one ack per line, then the summary. It starts the body's reader
+    when it starts (after the stream slot is held) and stops it when it ends."""
+    lines = Lines(cfg["MESSAGE_BATCH_MAX"], 2 * cfg["MESSAGE_STREAM_LINE_MAX"])
+    reader = gevent.spawn(read_lines, stream, lines, cfg)
+    sent = failed = 0
     end: ApiError | None = None
     try:
         yield ""  # the status and headers now: a client may wait for them before sending
         while True:
-            items = lines.take(cfg["MESSAGE_BATCH_MAX"], POLL_S)
+            if stopping():
+                end = ApiError(503, "the hub is stopping; send the rest again",
+                               code="unavailable")  # fmt: skip
+                break
+            items = lines.take(cfg["MESSAGE_BATCH_MAX"], streams.POLL_S)
             if items:
                 out = answer(items, cfg)
                 sent += sum(ok for _t, ok in out)
-                refused += sum(not ok for _t, ok in out)
+                failed += sum(not ok for _t, ok in out)
                 yield "".join(text for text, _ok in out)
             elif lines.ended:
                 end = lines.end
                 break
-            elif stopping():
-                end = ApiError(503, "the hub is stopping; send the rest again",
-                               code="unavailable")  # fmt: skip
-                break
-        done: dict = {"done": True, "sent": sent, "refused": refused}
+        done: dict = {"done": True, "sent": sent, "refused": failed}
         if end is not None:
             done |= {"status": end.status} | error_body(end.code, end.message, end.details)
         yield compact(done) + "\n"
     finally:
-        reader.kill(block=False)  # ended, or the client left: stop reading its body
-
-
-def ndjson_lines(model: type[BaseModel]) -> Callable:
-    """Record the model of each line of an NDJSON body, for /openapi.json."""
-
-    def mark(view: Callable) -> Callable:
-        view.ndjson_model = model  # type: ignore[attr-defined]
-        return view
-
-    return mark
+        # Ended, or the client left: stop reading its body (the reader's own finally
+        # then tells gunicorn the body was not read to its end).
+        reader.kill()
 
 
 @bp.post("/api/v1/messages/stream")
 @requires("viewer")
 @agent_scoped
-@ndjson_lines(MessageIn)
+@ndjson_model(MessageIn)
 def messages_stream():
     """Send NDJSON messages over one connection; one ack per line once it is committed."""
     if request.mimetype != MIMETYPE:
         raise ApiError(415, f"send the body as {MIMETYPE}, one message per line")
     cfg = current_app.config
     own_agent(load_agents())  # 403 now, before the stream, for a key that may not send
-    db.close_db()
-    lines = Lines(cfg["MESSAGE_BATCH_MAX"], 2 * cfg["MESSAGE_STREAM_LINE_MAX"])
     # The raw body, not request.stream: that one stops at MAX_CONTENT_LENGTH, a
     # limit meant for one request; a stream's limits are per line and per stream.
-    reader = gevent.spawn(read_lines, request.environ["wsgi.input"], lines, cfg)
-    try:
-        # An open stream holds one of its key's stream slots, as an SSE stream does.
-        resp = streams.held_response(acks(lines, reader, cfg), MIMETYPE)
-    except ApiError:
-        reader.kill(block=False)
-        raise
-    # Also when the answer is never iterated (the client left first): the reader
-    # could otherwise wait for room in `lines` for ever.
-    resp.call_on_close(lambda: reader.kill(block=False))
-    return resp
+    # An open stream holds one of its key's stream slots, as an SSE stream does.
+    return streams.held_response(acks(request.environ["wsgi.input"], cfg), MIMETYPE)
