@@ -312,7 +312,8 @@ class Run:
                                    read=(*repository_paths(agent),
                                          *sandbox.program_dirs(argv[0], env["PATH"])))  # fmt: skip
             # Own session (so its process group), only `env`, no other fds, stdio piped.
-            self.proc = spawn(full, env, workspace)
+            enter = guard.cgroup.procs_files() if guard.cgroup is not None else ()
+            self.proc = spawn(full, env, workspace, enter)
         except OSError as exc:
             guard.close()
             self._finish("failed", None, f"cannot start {argv[0]}: {exc}", retryable=False)

@@ -40,9 +40,6 @@ LIMIT_FIELDS = ("memory_mb", "processes", "cpu_s", "output_mb", "disk_mb")
 TMP_MAX_BYTES = 1024 * MiB
 # A shell reading constant argv (no input in it): moves itself into the run's
 # cgroups before exec, so nothing the run starts is ever outside them.
-_ENTER_CGROUPS = (
-    'for f do shift; [ "$f" = -- ] && break; echo 0 > "$f" || exit 126; done; exec "$@"'
-)
 
 
 @dataclass(frozen=True)
@@ -169,15 +166,13 @@ def command(
     argv: list[str], *, workspace: str, home: str, cfg: dict, network: bool, limits: Limits,
     cgroup: RunCgroup | None, read: tuple[str, ...] = (),
 ) -> list[str]:  # fmt: skip
-    """The full argv of a sandboxed run: [cgroup entry] prlimit bwrap ... -- argv."""
+    """The full argv of a sandboxed run: prlimit bwrap ... -- argv (spawn enters the
+    cgroup, whose cgroup.procs files RunCgroup.procs_files lists)."""
     inner = argv
     if cfg["SANDBOX"] != "off":
         inner = bwrap_argv(argv, workspace=workspace, home=home, cfg=cfg, network=network,
                            limits=limits, read=read)  # fmt: skip
-    full = [*rlimit_argv(limits, cgroup is not None), *inner]
-    if cgroup is not None:
-        full = ["/bin/sh", "-c", _ENTER_CGROUPS, "sh", *cgroup.procs_files(), "--", *full]
-    return full
+    return [*rlimit_argv(limits, cgroup is not None), *inner]
 
 
 # --- is the sandbox usable? ---------------------------------------------------------
