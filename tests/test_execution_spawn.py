@@ -86,3 +86,22 @@ def test_it_finds_a_relative_path_entry_from_the_childs_directory(tmp_path):
     assert spawn_mod._which("tool", "bin", str(work)) == str(work / "bin" / "tool")
     assert spawn_mod._which("./bin/tool", "", str(work)) == os.path.join(work, "./bin/tool")
     assert spawn_mod._which("/bin/sh", "", str(work)) == "/bin/sh"
+
+
+def test_it_keeps_the_exit_status_of_children_that_end_at_once(how, tmp_path):
+    # posix_spawn runs in the threadpool while the loop reaps whatever exits: each
+    # child waits at its gate until its pid is watched, so no status is lost.
+    children = [spawn(["sh", "-c", f"exit {n % 7}"], dict(ENV), str(tmp_path)) for n in range(60)]
+    for child in children:
+        child.stdin.close()
+    assert [child.wait(timeout=30) for child in children] == [n % 7 for n in range(60)]
+
+
+def test_it_starts_the_child_inside_the_given_cgroups(tmp_path):
+    procs = tmp_path / "cgroup.procs"
+    procs.write_text("")
+    child = spawn(["true"], dict(ENV), str(tmp_path), [str(procs)])
+    child.stdin.close()
+    assert child.wait(timeout=30) == 0
+    # A plain file stands in for cgroupfs: the shell wrote "0" (itself) into it.
+    assert procs.read_text() == "0\n"
