@@ -126,7 +126,7 @@ bench: setup sandbox-deps bench-deps
     set -euo pipefail
     for script in bench/[!_]*.py; do echo "== $script"; .venv/bin/python "$script"; done
 
-# Profile the webhook path: py-spy's raw stacks of the worker under wrk (py-spy installs itself).
+# Profile the webhook path: py-spy --gil stacks of the worker under wrk (py-spy installs itself).
 bench-profile out="/tmp/agented-webhook.folded": setup bench-deps
     .venv/bin/python bench/ingest.py --rounds 1 --profile {{out}}
 
