@@ -19,6 +19,7 @@ run's cgroups and execs argv.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -141,7 +142,10 @@ def spawn(
     try:
         return Child(pid, in_w, out_r, err_r)
     finally:
-        os.write(gate_w, b"\n")  # watched now: it may run (and end)
+        # Watched now: it may run (and end). A child already killed has closed its
+        # end; its watcher reports how it ended.
+        with contextlib.suppress(BrokenPipeError):
+            os.write(gate_w, b"\n")
         os.close(gate_w)
 
 
