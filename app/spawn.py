@@ -133,7 +133,7 @@ def spawn(
             _posix_spawn, ("/bin/sh", full, env, cwd, (in_r, out_w, err_w, gate_r))
         )
     except BaseException:
-        for fd in (in_w, out_r, err_r):
+        for fd in (in_w, out_r, err_r, gate_w):
             os.close(fd)
         raise
     finally:

@@ -105,3 +105,14 @@ def test_it_starts_the_child_inside_the_given_cgroups(tmp_path):
     assert child.wait(timeout=30) == 0
     # A plain file stands in for cgroupfs: the shell wrote "0" (itself) into it.
     assert procs.read_text() == "0\n"
+
+
+def test_it_leaves_no_descriptor_open_when_a_start_fails(tmp_path):
+    if spawn_mod._libc is None:
+        pytest.skip("this libc has no posix_spawn chdir/closefrom")
+    before = set(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        with pytest.raises(OSError):
+            # The program exists, but the directory to start in does not.
+            spawn(["true"], dict(ENV), str(tmp_path / "gone"))
+    assert set(os.listdir("/proc/self/fd")) == before
