@@ -355,6 +355,17 @@ def setup_ours(server: Server) -> list[tuple[str, str, str]]:
 # --- Redis Streams ---------------------------------------------------------------------------
 
 
+def xadd(r, stream: str, fields: dict, n: int) -> int:
+    """Add n entries: one XADD, or a pipeline of n; return n."""
+    if n == 1:
+        r.xadd(stream, fields)
+        return 1
+    pipe = r.pipeline(transaction=False)
+    for _ in range(n):
+        pipe.xadd(stream, fields)
+    return len(pipe.execute())
+
+
 def redis_client(args) -> int:
     import redis
 
@@ -365,13 +376,7 @@ def redis_client(args) -> int:
     while time.time() < start_at:
         time.sleep(0.001)
     while time.time() < end:
-        if batch > 1:
-            pipe = r.pipeline(transaction=False)
-            for _ in range(batch):
-                pipe.xadd(stream, fields)
-            pipe.execute()
-        else:
-            r.xadd(stream, fields)
+        xadd(r, stream, fields, batch)
         got = r.xreadgroup("g", "c", {stream: ">"}, count=batch)
         ids = [mid for _name, entries in got for mid, _fields in entries]
         done += r.xack(stream, "g", *ids)
@@ -390,14 +395,7 @@ def redis_send_client(args) -> int:
     while time.time() < start_at:
         time.sleep(0.001)
     while time.time() < end:
-        if pipelined:
-            pipe = r.pipeline(transaction=False)
-            for _ in range(BATCH):
-                pipe.xadd(stream, fields)
-            done += len(pipe.execute())
-        else:
-            r.xadd(stream, fields)
-            done += 1
+        done += xadd(r, stream, fields, BATCH if pipelined else 1)
     r.delete(stream)
     r.close()
     return done

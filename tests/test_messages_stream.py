@@ -48,6 +48,17 @@ def receiver_rows(app, receiver: str) -> list[int]:
         conn.close()
 
 
+def sender_app(make_app, **config):
+    """An app with `config`, an admin key and agents alpha (the sender) and beta;
+    return (app, client, admin key, alpha's key)."""
+    app = make_app(**config)
+    client = app.test_client()
+    admin = make_key(app, "alice", "admin")
+    a = register(client, admin, "alpha")
+    register(client, admin, "beta")
+    return app, client, admin, a
+
+
 def test_it_acks_a_pipelined_stream_in_order_and_commits_every_message(app, client, alice):
     a = register(client, alice, "alpha")
     register(client, alice, "beta")
@@ -110,11 +121,7 @@ def test_it_refuses_a_reused_message_id_and_stores_the_rest_of_the_batch(app, cl
 
 
 def test_it_answers_each_line_when_a_mailbox_fills_up_mid_batch(make_app):
-    app = make_app(MAILBOX_MAX=2)
-    client = app.test_client()
-    alice = make_key(app, "alice", "admin")
-    a = register(client, alice, "alpha")
-    register(client, alice, "beta")
+    app, client, alice, a = sender_app(make_app, MAILBOX_MAX=2)
     register(client, alice, "gamma")
     lines = [inform(0), inform(1, "gamma"), inform(2, "gamma"), inform(3, "gamma"), inform(4)]
     *acks, done = stream(client, a, lines)
@@ -126,11 +133,7 @@ def test_it_answers_each_line_when_a_mailbox_fills_up_mid_batch(make_app):
 
 
 def test_it_skips_a_line_over_the_cap_without_losing_the_next(make_app):
-    app = make_app(MESSAGE_STREAM_LINE_MAX=1024)
-    client = app.test_client()
-    alice = make_key(app, "alice", "admin")
-    a = register(client, alice, "alpha")
-    register(client, alice, "beta")
+    app, client, alice, a = sender_app(make_app, MESSAGE_STREAM_LINE_MAX=1024)
     # One just too long, one far longer than a read (the test client's 64 KiB).
     lines = [inform(0), inform("x" * 1000), inform(2), inform("y" * 300_000), inform(4)]
     *acks, done = stream(client, a, lines)
@@ -151,11 +154,7 @@ def test_it_ignores_empty_lines_and_numbers_lines_as_sent(app, client, alice):
 
 
 def test_it_ends_with_an_error_past_the_most_messages_of_a_stream(make_app):
-    app = make_app(MESSAGE_STREAM_MAX=3)
-    client = app.test_client()
-    alice = make_key(app, "alice", "admin")
-    a = register(client, alice, "alpha")
-    register(client, alice, "beta")
+    app, client, alice, a = sender_app(make_app, MESSAGE_STREAM_MAX=3)
     *acks, done = stream(client, a, [inform(n) for n in range(5)])
     assert [x["status"] for x in acks] == [201, 201, 201]
     assert done["done"] is True and done["sent"] == 3 and done["status"] == 413
@@ -369,11 +368,7 @@ def test_it_answers_every_line_over_several_takes_when_a_sender_is_over_its_rate
 
 
 def test_it_holds_one_of_the_keys_stream_slots_while_open(make_app):
-    app = make_app(STREAMS_PER_KEY=1)
-    client = app.test_client()
-    alice = make_key(app, "alice", "admin")
-    a = register(client, alice, "alpha")
-    register(client, alice, "beta")
+    app, client, alice, a = sender_app(make_app, STREAMS_PER_KEY=1)
     headers = {"X-API-Key": a, "Content-Type": NDJSON}
     # Not read yet: the first stream is still open, so it holds the key's one slot.
     held = client.post(PATH, data=body_of([inform(1)]), headers=headers, buffered=False)
