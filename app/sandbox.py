@@ -38,8 +38,6 @@ MiB = 1024 * 1024
 LIMIT_FIELDS = ("memory_mb", "processes", "cpu_s", "output_mb", "disk_mb")
 # /tmp is memory: bounded by the workspace disk limit, and never above this.
 TMP_MAX_BYTES = 1024 * MiB
-# A shell reading constant argv (no input in it): moves itself into the run's
-# cgroups before exec, so nothing the run starts is ever outside them.
 
 
 @dataclass(frozen=True)

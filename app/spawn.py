@@ -36,7 +36,9 @@ _SETSIGDEF, _SETSIGMASK, _SETSID = 0x04, 0x08, 0x80
 # Opaque glibc structs: posix_spawnattr_t is 336 bytes and posix_spawn_file_actions_t
 # 80 bytes on x86-64, sigset_t 128; generous buffers cover every architecture.
 _STRUCT_BYTES = 1024
-# Enter the cgroups whose cgroup.procs files come before "--", then exec the rest.
+# Enter the cgroups whose cgroup.procs files come before "--", then exec the rest: the
+# shell (constant script, no input in it) moves itself in before exec, so nothing the
+# run starts is ever outside them.
 ENTER = 'for f do shift; [ "$f" = -- ] && break; echo 0 > "$f" || exit 126; done; exec "$@"'
 # The gate (see the module's docstring), then ENTER; 125 when the hub went away first.
 GATE = "read _ <&3 || exit 125; exec 3<&-; " + ENTER
