@@ -407,11 +407,10 @@ def signout_post():
 def _fail_limiter(cfg: dict) -> Any:
     """Failed sign-ins per address: a moving window in memory on SQLite; on PostgreSQL
     fixed windows in the database, so every instance counts the same failures."""
+    storage = security.window_storage(cfg)
     if not db.is_postgres(cfg["DATABASE"]):
-        return MovingWindowRateLimiter(security.LocalWindows())
-    from app import pgsql
-
-    return FixedWindowRateLimiter(pgsql.WindowStorage(database=str(cfg["DATABASE"])))
+        return MovingWindowRateLimiter(storage)
+    return FixedWindowRateLimiter(storage)
 
 
 def register(app: Flask) -> None:

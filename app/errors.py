@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -138,7 +137,8 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         headers = {}
         if status == 429:
-            headers["Retry-After"] = str(_retry_after())
+            # The request limit's own wait (app/security.py); a minute for any other.
+            headers["Retry-After"] = str(getattr(exc, "retry_after", None) or 60)
         if status == 405 and exc.get_response().headers.get("Allow"):
             headers["Allow"] = exc.get_response().headers["Allow"]
         if wants_json():
@@ -188,14 +188,3 @@ def storage_api_error(exc: Exception) -> ApiError:
     cause = "is unreachable" if unreachable else "cannot write (disk full or failing)"
     message = f"the database {cause}; nothing from this request was stored: retry later"
     return ApiError(503, message, code="storage_unavailable", headers={"Retry-After": "30"})
-
-
-def _retry_after() -> int:
-    """Seconds until the breached flask-limiter window resets; a minute for other 429s."""
-    limiter = current_app.extensions.get("agented.limiter")
-    breached = limiter.current_limit if limiter is not None else None
-    if breached is None:  # a 429 raised by hand, not by the limiter
-        return 60
-    # reset_at is a whole second; never promise more than one window.
-    window = breached.limit.get_expiry()
-    return min(window, max(1, breached.reset_at - int(time.time())))

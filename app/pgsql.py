@@ -221,7 +221,7 @@ class Connection:
 
 class WindowStorage(Storage):
     """Fixed-window rate-limit counters in PostgreSQL, for the `limits` package:
-    flask-limiter's per-key limits and the failed sign-in limit then hold across
+    the per-key request limit and the failed sign-in limit then hold across
     every instance and worker, where its memory storage would give each its own."""
 
     STORAGE_SCHEME = ["agented+postgresql"]

@@ -1,6 +1,6 @@
 """Token buckets per agent × action, with tiers (requirements RATE-01..04).
 
-Per API key limits are flask-limiter's job (app/security.py). These limit what
+Per API key limits are app/security.py's job. These limit what
 an agent does, whichever key it uses: sending messages, polling its mailbox,
 acking, heartbeating, opening Contract Nets. The `limits` package offers only
 window strategies (fixed, moving, sliding counter), none with a separate

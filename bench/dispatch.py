@@ -107,7 +107,7 @@ MARKERS = {
     "  supervise (pipes, limits)": "Run._supervise (app/executions.py",
     "  conclude (final transaction)": "Run._conclude (app/executions.py",
     "writer thread (group commit)": "_commit (app/db.py",
-    "flask-limiter": "flask_limiter/",
+    "rate limit (app/security.py)": "rate_limit (app/security.py",
     "Talisman": "flask_talisman/",
     "gunicorn (parse, write)": "gunicorn/http/",
 }
