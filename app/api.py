@@ -1,4 +1,5 @@
-"""Helpers every JSON route shares: body parsing, cursors, load-or-404."""
+"""Helpers every JSON route shares: body parsing, cursors, load-or-404, and the bases
+of the models routes declare (Body, Query, Page, Answer, Partial)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, TypeVar
 
 from flask import current_app, request
 from flask.json.provider import DefaultJSONProvider
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.errors import ApiError
 
@@ -91,6 +92,15 @@ class Query(BaseModel):
     """Base for the query parameters a route reads, as /openapi.json describes them."""
 
 
+class Page(Query):
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+    limit: int = Field(50, ge=1, le=500, description="at most this many")
+
+
+def _csv(what: str) -> Any:
+    return Field(None, description=f"comma-separated {what}; any of them matches")
+
+
 def query_model(model: type[BaseModel]) -> Callable:
     """Record the query parameters of a view, for /openapi.json.
 
@@ -114,6 +124,18 @@ def header_model(model: type[BaseModel]) -> Callable:
         return view
 
     return mark
+
+
+# An Answer lists every field a route sends; a Partial one the fields clients
+# rely on, with more allowed. tests/test_openapi.py checks real answers against them.
+
+
+class Answer(BaseModel):
+    """Base for the JSON a route answers with."""
+
+
+class Partial(Answer):
+    model_config = ConfigDict(extra="allow")
 
 
 def answer_model(model: type[BaseModel] | None, status: int = 200) -> Callable:

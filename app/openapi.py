@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from flask import Blueprint, current_app, jsonify, render_template
 from markupsafe import Markup, escape
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, Field, RootModel
 
-from app.api import Query
+from app.api import Answer, Page, Partial, Query, _csv
 
 bp = Blueprint("openapi", __name__)
 REF = "#/components/schemas/{model}"
@@ -321,25 +321,6 @@ def docs():
 
 
 # --- query parameters and answers the routes declare ------------------------------------
-# An Answer lists every field a route sends; a Partial one the fields clients
-# rely on, with more allowed. tests/test_openapi.py checks real answers against them.
-
-
-class Answer(BaseModel):
-    """Base for the JSON a route answers with."""
-
-
-class Partial(Answer):
-    model_config = ConfigDict(extra="allow")
-
-
-class Page(Query):
-    cursor: str | None = Field(None, description="next_cursor of the previous page")
-    limit: int = Field(50, ge=1, le=500, description="at most this many")
-
-
-def _csv(what: str) -> Any:
-    return Field(None, description=f"comma-separated {what}; any of them matches")
 
 
 class TaskQuery(Page):
