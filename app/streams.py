@@ -25,6 +25,7 @@ from typing import Any
 import gevent
 from flask import Flask, Response, current_app, g, stream_with_context
 from gevent import monkey
+from pydantic import BaseModel, Field
 
 from app import db, events, instances
 from app.errors import ApiError
@@ -184,6 +185,11 @@ def held_response(stream: Iterator[str], mimetype: str) -> Response:
     resp.headers["Cache-Control"] = "no-cache"
     resp.headers["X-Accel-Buffering"] = "no"  # proxies must not hold what is sent back
     return resp
+
+
+# The header a client resumes an SSE stream with, as the stream routes declare it.
+class ResumeHeader(BaseModel):
+    last: int | None = Field(None, alias="Last-Event-ID", description="resume after this id")
 
 
 def sse(data: str, event: str | None = None, event_id: int | None = None) -> str:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import time
 from contextlib import closing
-from typing import Any
+from typing import Any, Literal
 
 from flask import Blueprint, current_app, g, jsonify, request
-from pydantic import Field, RootModel, model_validator
+from pydantic import BaseModel, Field, RootModel, model_validator
 
 from app import accounts, db, events, executions, reports, sandbox
 from app.api import (
+    Answer,
     Body,
+    Page,
+    Query,
+    _csv,
     answer_model,
     arg_int,
     body_model,
@@ -27,21 +31,8 @@ from app.api import (
 from app.auth import requires, streams
 from app.dedupe import body_hash, find, first_tasks, remember
 from app.errors import ApiError
-from app.openapi import (
-    BulkDone,
-    IdempotencyHeader,
-    LogLines,
-    LogQuery,
-    ResumeHeader,
-    StreamQuery,
-    Submitted,
-    TaskDetail,
-    TaskList,
-    TaskQuery,
-)
-from app.openapi import Task as TaskAnswer
 from app.queue import CANCELLABLE, FINISHED, RETRYABLE_STATES, create_task, create_tasks, wake
-from app.streams import sse, sse_response, task_feed
+from app.streams import ResumeHeader, sse, sse_response, task_feed
 from app.triggers import plan_from_trigger
 
 bp = Blueprint("tasks", __name__)
@@ -127,6 +118,146 @@ class SubmitIn(RootModel[TaskIn | TaskBatchIn]):
     The view validates TaskIn or TaskBatchIn itself, by whether "tasks" is there,
     so that an error points into the shape the client meant.
     """
+
+
+class TaskQuery(Page):
+    state: str | None = _csv("states (queued, running, succeeded, dead, ...)")
+    agent: str | None = _csv("agent names")
+    trigger: str | None = _csv("trigger slugs")
+    concurrency_key: str | None = _csv("concurrency keys")
+    key: int | None = Field(None, description="the id of the API key that submitted it")
+    since: float | None = Field(None, description="created at or after (Unix seconds)")
+    until: float | None = Field(None, description="created before (Unix seconds)")
+    q: str | None = Field(
+        None, description="words in the prompt or the log, all of them; the last is a prefix"
+    )
+
+
+class LogQuery(Query):
+    after: int = Field(0, ge=0, le=2**62, description="lines after this sequence number")
+    limit: int = Field(1000, ge=1, le=10000, description="at most this many lines")
+
+
+class IdempotencyHeader(BaseModel):
+    key: str | None = Field(
+        None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="the same key and body again, within the dedupe window, returns the first"
+        " answer instead of queuing again",
+    )
+
+
+class StreamQuery(Query):
+    after: int = Field(0, description="resume after this sequence number (or Last-Event-ID)")
+
+
+class Attempt(Answer):
+    """One run of a task."""
+
+    id: int
+    task_id: int
+    number: int = Field(description="1 for the first attempt")
+    agent: str
+    state: Literal["starting", "running", "succeeded", "failed", "timed_out", "crashed",
+                   "cancelled"]  # fmt: skip
+    argv: list[str] | None
+    pid: int | None
+    pgid: int | None
+    workspace: str | None
+    exit_code: int | None
+    error: str | None
+    retryable: bool
+    rate_limited_until: float | None
+    usage: dict[str, Any] = Field(description="tokens, cost and the like, as the CLI reported")
+    log_bytes: int
+    started_at: float
+    finished_at: float | None
+    resumed_session: str | None
+    instance: str | None = Field(description="the hub instance that ran it (GET /api/v1/instances)")
+    lease_until: float | None = Field(description="until when that instance's claim holds")
+
+
+class Task(Answer):
+    """A task."""
+
+    id: int
+    state: Literal["queued", "assigned", "accepted", "running", "succeeded", "failed",
+                   "timed_out", "cancelled", "dead"]  # fmt: skip
+    agent: str | None
+    selector: list[Any]
+    trigger_slug: str | None
+    delivery_id: int | None
+    prompt: str
+    params: dict[str, Any]
+    flags: list[Any]
+    priority: int
+    concurrency_key: str | None
+    concurrency_limit: int | None
+    max_attempts: int
+    timeout_s: int
+    attempts: int = Field(description="attempts so far")
+    next_attempt_at: float
+    cancel_requested: bool
+    api_key_id: int | None
+    last_error: str | None
+    exit_code: int | None
+    log_seq: int = Field(description="the sequence number of its last log line")
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    origin: dict[str, Any] | None = Field(
+        description="where it came from: kind github (the issue or pull request) or kind"
+        " dashboard (New task or Replay); null otherwise (the API, other triggers)"
+    )
+    waiting_reason: str | None = Field(None, description="why a queued task cannot start yet")
+
+
+class TaskDetail(Task):
+    """A task with its attempts and what it reported where."""
+
+    attempt_list: list[Attempt]
+    reports: list[dict[str, Any]]
+
+
+class TaskList(Answer):
+    """A page of tasks, newest first."""
+
+    tasks: list[Task]
+    next_cursor: str | None
+
+
+class TaskBatch(Answer):
+    """The tasks of a batch, in the order sent."""
+
+    tasks: list[Task]
+
+
+class Submitted(RootModel[Task | TaskBatch]):
+    """The task, or the tasks of a batch."""
+
+
+class LogLine(Answer):
+    seq: int
+    attempt: int
+    stream: Literal["stdout", "stderr", "system"]
+    text: str = Field(description="as the run wrote it, terminal colours included")
+    ts: float
+
+
+class LogLines(Answer):
+    """Log lines in sequence order."""
+
+    lines: list[LogLine]
+
+
+class BulkDone(Answer):
+    """How many tasks matched (dry_run) or were retried or cancelled."""
+
+    action: Literal["retry", "cancel"]
+    dry_run: bool
+    count: int
 
 
 def plan_task(body: TaskIn, backends: dict[str, str] | None = None) -> dict:
@@ -375,7 +506,7 @@ def tasks_bulk():
 
 @bp.post("/api/v1/tasks/<int:task_id>/cancel")
 @requires("developer")
-@answer_model(TaskAnswer, 202)
+@answer_model(Task, 202)
 def tasks_cancel(task_id: int):
     """Cancel a task: a queued one at once, a running one by stopping its process group."""
     get_task(task_id)
@@ -386,7 +517,7 @@ def tasks_cancel(task_id: int):
 
 @bp.post("/api/v1/tasks/<int:task_id>/retry")
 @requires("developer")
-@answer_model(TaskAnswer, 202)
+@answer_model(Task, 202)
 def tasks_retry(task_id: int):
     """Run a finished task again from the start, as a new attempt."""
     get_task(task_id)

@@ -35,7 +35,7 @@ from app.errors import ApiError
 from app.executions import stopping
 from app.messages import contract_net, delegation
 from app.messages.store import compact
-from app.streams import POLL_S, sse, sse_response
+from app.streams import POLL_S, ResumeHeader, sse, sse_response
 
 bp = Blueprint("mailboxes", __name__)
 log = logging.getLogger("agented.mailboxes")
@@ -308,7 +308,7 @@ def mailbox_ack(name: str):
 @agent_scoped
 @streams
 @query_model(openapi.MailboxStreamQuery)
-@header_model(openapi.ResumeHeader)
+@header_model(ResumeHeader)
 def mailbox_stream(name: str):
     """Stream leased messages as SSE (`id:` is the message id); resumes after Last-Event-ID."""
     cfg = current_app.config
