@@ -323,30 +323,6 @@ def docs():
 # --- query parameters and answers the routes declare ------------------------------------
 
 
-class HookHeaders(BaseModel):
-    signature: str | None = Field(
-        None,
-        alias="X-Signature-256",
-        description="sha256= and the hex HMAC-SHA256 of the body, keyed with the trigger's"
-        " secret; or sign with Standard Webhooks instead",
-    )
-    webhook_id: str | None = Field(None, alias="webhook-id", description="Standard Webhooks")
-    webhook_timestamp: str | None = Field(None, alias="webhook-timestamp")
-    webhook_signature: str | None = Field(None, alias="webhook-signature")
-    delivery: str | None = Field(
-        None, alias="X-Delivery-Id", description="repeats of one id start no second task"
-    )
-    event: str | None = Field(None, alias="X-Event", description="for the trigger's event filter")
-
-
-class GithubHeaders(BaseModel):
-    signature: str = Field(
-        alias="X-Hub-Signature-256", description="keyed with GITHUB_WEBHOOK_SECRET"
-    )
-    event: str = Field(alias="X-GitHub-Event", max_length=100)
-    delivery: str = Field(alias="X-GitHub-Delivery", max_length=200)
-
-
 class AgentQuery(Query):
     capability: str | None = Field(None, description="comma-separated; agents having all")
     state: str | None = _csv("states")
@@ -596,54 +572,6 @@ class Metrics(Partial):
     deliveries: dict[str, int]
 
 
-class DeliveryQuery(Page):
-    source: str | None = Field(None, description="github, a trigger's webhook, or replay")
-    trigger_slug: str | None = None
-    signature: str | None = Field(None, description="valid, invalid, missing, ...")
-    dedupe: str | None = Field(None, description="new or duplicate")
-
-
-class DeliveryTask(Answer):
-    id: int
-    state: str
-    agent: str | None
-
-
-class Delivery(Partial):
-    """A received webhook: what it was and what the hub made of it."""
-
-    id: int
-    source: str
-    trigger_slug: str | None
-    delivery_key: str | None
-    event: str | None
-    signature: str
-    dedupe: str
-    verdicts: list[Any] = Field(description="each trigger's verdict on it")
-    status: int | None = Field(description="the HTTP status it was answered with")
-    replay_of: int | None
-    received_at: float
-    body_size: int | None
-    body_sha256: str | None
-
-
-class DeliveryDetail(Delivery):
-    """A delivery with its headers (secrets left out), body and the tasks it started."""
-
-    headers: dict[str, Any]
-    body: str
-    body_truncated: bool
-    payload: Any
-    tasks: list[DeliveryTask]
-
-
-class DeliveryList(Answer):
-    """A page of deliveries, newest first."""
-
-    deliveries: list[Delivery]
-    next_cursor: str | None
-
-
 class ChainCheck(Answer):
     """Whether the audit log's hash chain holds; if not, the first bad row and why."""
 
@@ -707,22 +635,6 @@ class Thread(Answer):
     conversation_id: str
     messages: list[dict[str, Any]]
     next_cursor: str | None
-
-
-class TaskBrief(Answer):
-    id: int
-    state: str
-    agent: str | None
-    trigger_slug: str | None
-
-
-class Accepted(Answer):
-    """The delivery and the tasks it started (200, not 202, for a duplicate: its first tasks)."""
-
-    delivery_id: int
-    duplicate: bool = Field(description="the delivery id was seen within the dedupe window")
-    tasks: list[TaskBrief]
-    verdicts: list[Any] | None = Field(None, description="each trigger's verdict, when new")
 
 
 class Preview(Answer):

@@ -20,9 +20,20 @@ import time
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
+from pydantic import BaseModel, Field
 
-from app import auth, crypto, db, dedupe, events, openapi, prompts, reports
-from app.api import answer_model, header_model, loads, newest_first, or_404, query_model
+from app import auth, crypto, db, dedupe, events, prompts, reports
+from app.api import (
+    Answer,
+    Page,
+    Partial,
+    answer_model,
+    header_model,
+    loads,
+    newest_first,
+    or_404,
+    query_model,
+)
 from app.auth import requires
 from app.errors import ApiError, Conflict, Refused
 from app.github import known_identity
@@ -277,12 +288,44 @@ def tasks_brief(ids: list[int]) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+class TaskBrief(Answer):
+    id: int
+    state: str
+    agent: str | None
+    trigger_slug: str | None
+
+
+class Accepted(Answer):
+    """The delivery and the tasks it started (200, not 202, for a duplicate: its first tasks)."""
+
+    delivery_id: int
+    duplicate: bool = Field(description="the delivery id was seen within the dedupe window")
+    tasks: list[TaskBrief]
+    verdicts: list[Any] | None = Field(None, description="each trigger's verdict, when new")
+
+
 # --- generic webhooks ---------------------------------------------------------
 
 
+class HookHeaders(BaseModel):
+    signature: str | None = Field(
+        None,
+        alias="X-Signature-256",
+        description="sha256= and the hex HMAC-SHA256 of the body, keyed with the trigger's"
+        " secret; or sign with Standard Webhooks instead",
+    )
+    webhook_id: str | None = Field(None, alias="webhook-id", description="Standard Webhooks")
+    webhook_timestamp: str | None = Field(None, alias="webhook-timestamp")
+    webhook_signature: str | None = Field(None, alias="webhook-signature")
+    delivery: str | None = Field(
+        None, alias="X-Delivery-Id", description="repeats of one id start no second task"
+    )
+    event: str | None = Field(None, alias="X-Event", description="for the trigger's event filter")
+
+
 @bp.post("/hooks/<slug>")
-@answer_model(openapi.Accepted, 202)
-@header_model(openapi.HookHeaders)
+@answer_model(Accepted, 202)
+@header_model(HookHeaders)
 def hook(slug: str):
     """Receive a generic webhook: X-Signature-256 over the body, or Standard Webhooks."""
     # Before anything is read: an address refused for failed signatures costs nothing.
@@ -360,9 +403,17 @@ def own_event(payload: dict) -> str | None:
     return None
 
 
+class GithubHeaders(BaseModel):
+    signature: str = Field(
+        alias="X-Hub-Signature-256", description="keyed with GITHUB_WEBHOOK_SECRET"
+    )
+    event: str = Field(alias="X-GitHub-Event", max_length=100)
+    delivery: str = Field(alias="X-GitHub-Delivery", max_length=200)
+
+
 @bp.post("/api/webhooks/github/")
-@answer_model(openapi.Accepted, 202)
-@header_model(openapi.GithubHeaders)
+@answer_model(Accepted, 202)
+@header_model(GithubHeaders)
 def github():
     """Receive a GitHub webhook (X-Hub-Signature-256 with GITHUB_WEBHOOK_SECRET)."""
     auth.check_fail_limit()
@@ -405,6 +456,54 @@ def github():
 # --- deliveries ---------------------------------------------------------------
 
 
+class DeliveryQuery(Page):
+    source: str | None = Field(None, description="github, a trigger's webhook, or replay")
+    trigger_slug: str | None = None
+    signature: str | None = Field(None, description="valid, invalid, missing, ...")
+    dedupe: str | None = Field(None, description="new or duplicate")
+
+
+class DeliveryTask(Answer):
+    id: int
+    state: str
+    agent: str | None
+
+
+class Delivery(Partial):
+    """A received webhook: what it was and what the hub made of it."""
+
+    id: int
+    source: str
+    trigger_slug: str | None
+    delivery_key: str | None
+    event: str | None
+    signature: str
+    dedupe: str
+    verdicts: list[Any] = Field(description="each trigger's verdict on it")
+    status: int | None = Field(description="the HTTP status it was answered with")
+    replay_of: int | None
+    received_at: float
+    body_size: int | None
+    body_sha256: str | None
+
+
+class DeliveryDetail(Delivery):
+    """A delivery with its headers (secrets left out), body and the tasks it started."""
+
+    headers: dict[str, Any]
+    body: str
+    body_truncated: bool
+    payload: Any
+    tasks: list[DeliveryTask]
+
+
+class DeliveryList(Answer):
+    """A page of deliveries, newest first."""
+
+    deliveries: list[Delivery]
+    next_cursor: str | None
+
+
 def delivery_json(row, full: bool = False) -> dict:
     data = {k: row[k] for k in row.keys() if k not in ("body", "headers")}
     data["verdicts"] = json.loads(row["verdicts"])
@@ -426,8 +525,8 @@ def delivery_json(row, full: bool = False) -> dict:
 
 @bp.get("/api/v1/deliveries")
 @requires("viewer")
-@query_model(openapi.DeliveryQuery)
-@answer_model(openapi.DeliveryList)
+@query_model(DeliveryQuery)
+@answer_model(DeliveryList)
 def deliveries_list():
     """List deliveries, newest first; filter by source, trigger, signature, dedupe."""
     where, params = [], []
@@ -441,7 +540,7 @@ def deliveries_list():
 
 @bp.get("/api/v1/deliveries/<int:delivery_id>")
 @requires("viewer")
-@answer_model(openapi.DeliveryDetail)
+@answer_model(DeliveryDetail)
 def deliveries_get(delivery_id: int):
     """Get one delivery with headers, body, verdicts and the tasks it started."""
     row = or_404(db.query_one("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)), "delivery")
@@ -450,7 +549,7 @@ def deliveries_get(delivery_id: int):
 
 @bp.post("/api/v1/deliveries/<int:delivery_id>/replay")
 @requires("operator")
-@answer_model(openapi.Accepted, 202)
+@answer_model(Accepted, 202)
 def deliveries_replay(delivery_id: int):
     """Run a stored delivery through today's triggers again, as a new delivery."""
     return answer(replay(delivery_id))
