@@ -25,8 +25,9 @@ from typing import Any
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
-from app import db, events, openapi, ratelimit
+from app import db, events, ratelimit
 from app.agents import (
+    Agent,
     agent_json,
     agent_scoped,
     check_registry_fields,
@@ -34,7 +35,7 @@ from app.agents import (
     key_agent_id,
     new_agent_key,
 )
-from app.api import Body, answer_model, body_model, parse_body
+from app.api import Answer, Body, answer_model, body_model, parse_body
 from app.auth import allows, requires
 from app.errors import ApiError
 
@@ -44,6 +45,24 @@ bp = Blueprint("agent_lifecycle", __name__)
 class HeartbeatIn(Body):
     capabilities: list[str] | None = Field(default=None, max_length=50)
     metadata: dict[str, Any] | None = None
+
+
+class AgentKey(Answer):
+    """An external agent's new key, shown this once (its old keys stop working)."""
+
+    agent: str
+    key_id: int
+    key: str
+
+
+class Heartbeat(Answer):
+    """The agent's state, and how often to beat before it counts as offline."""
+
+    agent: str
+    state: str
+    heartbeat_at: float
+    heartbeat_interval_s: float
+    offline_after_s: float
 
 
 def acting_as(name: str, need: str = "developer"):
@@ -126,7 +145,7 @@ def sweep(conn, t: float, offline_after: float) -> list[dict]:
 @requires("viewer")
 @agent_scoped
 @body_model(HeartbeatIn)
-@answer_model(openapi.Heartbeat)
+@answer_model(Heartbeat)
 def agents_heartbeat(name: str):
     """Record that the agent is alive; optionally update its capabilities and metadata."""
     row = acting_as(name, need="operator")
@@ -198,7 +217,7 @@ def change_state(row, action: str) -> None:
 @bp.post("/api/v1/agents/<name>/start")
 @requires("viewer")
 @agent_scoped
-@answer_model(openapi.Agent)
+@answer_model(Agent)
 def agents_start(name: str):
     """Mark the agent running (operator, or the agent itself)."""
     return _lifecycle(name, "start")
@@ -207,7 +226,7 @@ def agents_start(name: str):
 @bp.post("/api/v1/agents/<name>/drain")
 @requires("viewer")
 @agent_scoped
-@answer_model(openapi.Agent)
+@answer_model(Agent)
 def agents_drain(name: str):
     """Drain: finish what the agent holds, take nothing new, then stop."""
     return _lifecycle(name, "drain")
@@ -216,7 +235,7 @@ def agents_drain(name: str):
 @bp.post("/api/v1/agents/<name>/stop")
 @requires("viewer")
 @agent_scoped
-@answer_model(openapi.Agent)
+@answer_model(Agent)
 def agents_stop(name: str):
     """Stop the agent now; it takes nothing new."""
     return _lifecycle(name, "stop")
@@ -224,7 +243,7 @@ def agents_stop(name: str):
 
 @bp.post("/api/v1/agents/<name>/key")
 @requires("operator")
-@answer_model(openapi.AgentKey, 201)
+@answer_model(AgentKey, 201)
 def agents_rotate_key(name: str):
     """Revoke an external agent's keys and issue a new one, shown in this answer only."""
     key_id, raw = replace_agent_key(get_agent(name))

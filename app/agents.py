@@ -21,10 +21,21 @@ from typing import Annotated, Any, Literal
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
-from app import crypto, db, events, github, openapi
+from app import crypto, db, events, github
 from app.accounts import NAME as ACCOUNT
 from app.accounts import account_of
-from app.api import Body, answer_model, body_model, or_404, parse_body, query_model
+from app.api import (
+    Answer,
+    Body,
+    Partial,
+    Query,
+    _csv,
+    answer_model,
+    body_model,
+    or_404,
+    parse_body,
+    query_model,
+)
 from app.auth import allows, create_key, requires
 from app.commands import (
     DEFAULT_BINARIES,
@@ -108,6 +119,39 @@ class AgentPatch(Body):
     permissions: Permissions | None = None
     github_token: bool | None = None
     notify: list[NotifyTarget] | None = Field(default=None, max_length=10)
+
+
+class AgentQuery(Query):
+    capability: str | None = Field(None, description="comma-separated; agents having all")
+    state: str | None = _csv("states")
+    backend: str | None = Field(None, description="shell, claude, codex, external, ...")
+
+
+class Agent(Partial):
+    """An agent (more fields may follow)."""
+
+    id: int
+    name: str
+    backend: str
+    state: str
+    enabled: bool
+    capabilities: list[str]
+    concurrency: int
+    created_at: float
+    updated_at: float
+
+
+class AgentCreated(Agent):
+    """The agent; an external one with its agent-scoped key, shown this once."""
+
+    key: str | None = Field(None, description="an external agent's key")
+    key_id: int | None = None
+
+
+class AgentList(Answer):
+    """The agents, by name."""
+
+    agents: list[Agent]
 
 
 # Fields a PATCH may set to null (clearing them); the others must keep a value.
@@ -380,8 +424,8 @@ def new_agent_key(conn, agent_id: int, name: str) -> tuple[int, str]:
 @bp.get("/api/v1/agents")
 @requires("viewer")
 @agent_scoped
-@query_model(openapi.AgentQuery)
-@answer_model(openapi.AgentList)
+@query_model(AgentQuery)
+@answer_model(AgentList)
 def agents_list():
     """List agents; ?capability=a,b keeps those having all of them; ?state= and ?backend=."""
     wanted = {c for c in request.args.get("capability", "").split(",") if c}
@@ -401,7 +445,7 @@ def agents_list():
 @bp.post("/api/v1/agents")
 @requires("developer")
 @body_model(AgentIn)
-@answer_model(openapi.AgentCreated, 201)
+@answer_model(AgentCreated, 201)
 def agents_create():
     """Register an agent; an external one gets its agent-scoped key, in this answer only."""
     body = parse_body(AgentIn).model_dump()
@@ -423,7 +467,7 @@ def agents_create():
 @bp.get("/api/v1/agents/<name>")
 @requires("viewer")
 @agent_scoped
-@answer_model(openapi.Agent)
+@answer_model(Agent)
 def agents_get(name: str):
     """Get one agent, with its mailbox depth."""
     data = agent_json(get_agent(name))
@@ -436,7 +480,7 @@ def agents_get(name: str):
 @bp.patch("/api/v1/agents/<name>")
 @requires("operator")
 @body_model(AgentPatch)
-@answer_model(openapi.Agent)
+@answer_model(Agent)
 def agents_update(name: str):
     """Change an agent's settings; fields left out keep their value."""
     row = get_agent(name)

@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, jsonify, render_template
 from markupsafe import Markup, escape
 from pydantic import BaseModel, Field, RootModel
 
-from app.api import Answer, Page, Partial, Query, _csv
+from app.api import Answer, Page, Partial, Query
 
 bp = Blueprint("openapi", __name__)
 REF = "#/components/schemas/{model}"
@@ -321,39 +321,6 @@ def docs():
 
 
 # --- query parameters and answers the routes declare ------------------------------------
-
-
-class AgentQuery(Query):
-    capability: str | None = Field(None, description="comma-separated; agents having all")
-    state: str | None = _csv("states")
-    backend: str | None = Field(None, description="shell, claude, codex, external, ...")
-
-
-class Agent(Partial):
-    """An agent (more fields may follow)."""
-
-    id: int
-    name: str
-    backend: str
-    state: str
-    enabled: bool
-    capabilities: list[str]
-    concurrency: int
-    created_at: float
-    updated_at: float
-
-
-class AgentCreated(Agent):
-    """The agent; an external one with its agent-scoped key, shown this once."""
-
-    key: str | None = Field(None, description="an external agent's key")
-    key_id: int | None = None
-
-
-class AgentList(Answer):
-    """The agents, by name."""
-
-    agents: list[Agent]
 
 
 class Trigger(Partial):
@@ -762,24 +729,6 @@ class StreamToken(Answer):
 
     token: str
     expires_in: float = Field(description="seconds")
-
-
-class AgentKey(Answer):
-    """An external agent's new key, shown this once (its old keys stop working)."""
-
-    agent: str
-    key_id: int
-    key: str
-
-
-class Heartbeat(Answer):
-    """The agent's state, and how often to beat before it counts as offline."""
-
-    agent: str
-    state: str
-    heartbeat_at: float
-    heartbeat_interval_s: float
-    offline_after_s: float
 
 
 class Account(Partial):

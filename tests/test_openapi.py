@@ -289,7 +289,7 @@ def test_it_answers_contract_nets_as_declared(app, client, alice, world):
 
 
 def test_it_has_answer_models_ready_for_the_routes_that_declare_none_yet(app, client, alice, world):
-    from app import openapi
+    from app import agent_lifecycle, agents, openapi
 
     def check(model, status: int, method: str, path: str, body=None, key: str = alice):
         resp = client.open(path, method=method, json=body, headers={"X-API-Key": key})
@@ -305,7 +305,9 @@ def test_it_has_answer_models_ready_for_the_routes_that_declare_none_yet(app, cl
     check(openapi.Key, 200, "DELETE", f"/api/v1/keys/{made.get_json()['id']}")
     check(openapi.StreamToken, 201, "POST", "/api/v1/stream-tokens")
     check(openapi.AccountList, 200, "GET", "/api/v1/accounts")
-    check(openapi.Heartbeat, 200, "POST", "/api/v1/agents/alpha/heartbeat", {}, world["alpha"])
+    check(
+        agent_lifecycle.Heartbeat, 200, "POST", "/api/v1/agents/alpha/heartbeat", {}, world["alpha"]
+    )
     for action in ("drain", "stop", "start"):
-        check(openapi.Agent, 200, "POST", f"/api/v1/agents/alpha/{action}")
-    check(openapi.AgentKey, 201, "POST", "/api/v1/agents/alpha/key")
+        check(agents.Agent, 200, "POST", f"/api/v1/agents/alpha/{action}")
+    check(agent_lifecycle.AgentKey, 201, "POST", "/api/v1/agents/alpha/key")
