@@ -323,34 +323,6 @@ def docs():
 # --- query parameters and answers the routes declare ------------------------------------
 
 
-class Trigger(Partial):
-    """A trigger, never its secret (more fields may follow)."""
-
-    id: int
-    slug: str
-    name: str
-    kind: str
-    agent: str | None
-    enabled: bool
-    prompt_template: str
-    created_at: float
-    updated_at: float
-
-
-class TriggerSecret(Answer):
-    """A webhook trigger's new secret, shown this once."""
-
-    slug: str
-    webhook_url: str
-    secret: str
-
-
-class TriggerList(Answer):
-    """The triggers."""
-
-    triggers: list[Trigger]
-
-
 class AlertQuery(Page):
     state: Literal["open", "firing", "acknowledged", "resolved"] | None = Field(
         None, description="open: every state but resolved"
@@ -602,17 +574,6 @@ class Thread(Answer):
     conversation_id: str
     messages: list[dict[str, Any]]
     next_cursor: str | None
-
-
-class Preview(Answer):
-    """The prompt the trigger would give an agent for that payload, and whether it matches."""
-
-    ok: bool
-    prompt: str
-    flags: list[Any]
-    concurrency_key: str | None
-    matched: bool
-    reason: str | None = Field(description="why it would not match")
 
 
 class Evaluation(Answer):

@@ -23,9 +23,11 @@ from croniter import croniter
 from flask import Blueprint, Flask, current_app, jsonify
 from pydantic import Field, field_validator
 
-from app import crypto, db, dedupe, events, instances, openapi, prompts
+from app import crypto, db, dedupe, events, instances, prompts
 from app.api import (
+    Answer,
     Body,
+    Partial,
     answer_model,
     body_model,
     loads,
@@ -102,6 +104,45 @@ class PreviewIn(Body):
     delivery_id: int | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     event: str | None = Field(default=None, max_length=100)
+
+
+class Trigger(Partial):
+    """A trigger, never its secret (more fields may follow)."""
+
+    id: int
+    slug: str
+    name: str
+    kind: str
+    agent: str | None
+    enabled: bool
+    prompt_template: str
+    created_at: float
+    updated_at: float
+
+
+class TriggerSecret(Answer):
+    """A webhook trigger's new secret, shown this once."""
+
+    slug: str
+    webhook_url: str
+    secret: str
+
+
+class TriggerList(Answer):
+    """The triggers."""
+
+    triggers: list[Trigger]
+
+
+class Preview(Answer):
+    """The prompt the trigger would give an agent for that payload, and whether it matches."""
+
+    ok: bool
+    prompt: str
+    flags: list[Any]
+    concurrency_key: str | None
+    matched: bool
+    reason: str | None = Field(description="why it would not match")
 
 
 def next_run(schedule: str, tz: str, after: float) -> float:
@@ -264,7 +305,7 @@ def update_trigger(row, changes: dict) -> None:
 
 @bp.get("/api/v1/triggers")
 @requires("viewer")
-@answer_model(openapi.TriggerList)
+@answer_model(TriggerList)
 def triggers_list():
     """List triggers."""
     rows = db.query_all("SELECT * FROM triggers ORDER BY slug")
@@ -274,7 +315,7 @@ def triggers_list():
 @bp.post("/api/v1/triggers")
 @requires("operator")
 @body_model(TriggerIn)
-@answer_model(openapi.Trigger, 201)
+@answer_model(Trigger, 201)
 def triggers_create():
     """Create a trigger; a webhook trigger's secret is in this answer only."""
     body = parse_body(TriggerIn).model_dump()
@@ -288,7 +329,7 @@ def triggers_create():
 
 @bp.get("/api/v1/triggers/<slug>")
 @requires("viewer")
-@answer_model(openapi.Trigger)
+@answer_model(Trigger)
 def triggers_get(slug: str):
     """Get one trigger (never its secret)."""
     return jsonify(trigger_json(get_trigger(slug)))
@@ -297,7 +338,7 @@ def triggers_get(slug: str):
 @bp.patch("/api/v1/triggers/<slug>")
 @requires("operator")
 @body_model(TriggerPatch)
-@answer_model(openapi.Trigger)
+@answer_model(Trigger)
 def triggers_update(slug: str):
     """Change a trigger; fields left out keep their value."""
     row = get_trigger(slug)
@@ -327,7 +368,7 @@ def triggers_delete(slug: str):
 
 @bp.post("/api/v1/triggers/<slug>/secret")
 @requires("operator")
-@answer_model(openapi.TriggerSecret)
+@answer_model(TriggerSecret)
 def triggers_rotate_secret(slug: str):
     """Replace a webhook trigger's secret; the new one is in this answer only."""
     secret = rotate_secret(get_trigger(slug))
@@ -352,7 +393,7 @@ def rotate_secret(row) -> str:
 @bp.post("/api/v1/triggers/<slug>/preview")
 @requires("developer")
 @body_model(PreviewIn)
-@answer_model(openapi.Preview)
+@answer_model(Preview)
 def triggers_preview(slug: str):
     """Render the trigger's prompt against a sample payload or a past delivery."""
     row = dict(get_trigger(slug))
