@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, jsonify, render_template
 from markupsafe import Markup, escape
 from pydantic import BaseModel, Field, RootModel
 
-from app.api import Answer, Page, Partial, Query
+from app.api import Answer, Partial, Query
 
 bp = Blueprint("openapi", __name__)
 REF = "#/components/schemas/{model}"
@@ -323,116 +323,6 @@ def docs():
 # --- query parameters and answers the routes declare ------------------------------------
 
 
-class AlertQuery(Page):
-    state: Literal["open", "firing", "acknowledged", "resolved"] | None = Field(
-        None, description="open: every state but resolved"
-    )
-    rule: str | None = Field(None, description="a rule name")
-
-
-class Alert(Answer):
-    """An alert."""
-
-    id: int
-    rule: str
-    state: Literal["firing", "acknowledged", "resolved"]
-    severity: str
-    value: float
-    threshold: float
-    message: str
-    fired_at: float
-    last_seen_at: float
-    notified_at: float | None
-    acknowledged_at: float | None
-    acknowledged_by: str | None
-    resolved_at: float | None
-    resolved_by: str | None
-
-
-class AlertList(Answer):
-    """A page of alerts, newest first."""
-
-    alerts: list[Alert]
-    next_cursor: str | None
-
-
-class Rule(Answer):
-    name: str
-    measures: str
-    direction: Literal["above", "below"]
-    threshold: float
-    window_s: int
-    cooldown_s: int
-    severity: str
-    enabled: bool
-    updated_at: float | None
-
-
-class RuleList(Answer):
-    """The alert rules."""
-
-    rules: list[Rule]
-
-
-class AuditQuery(Page):
-    limit: int = Field(100, ge=1, le=500, description="at most this many")
-    key_id: int | None = Field(None, ge=0, le=2**62)
-    actor: str | None = None
-    via: str | None = Field(None, description="api, dashboard, cli, ...")
-    action: str | None = Field(None, description="e.g. tasks.tasks_create")
-    status: int | None = Field(None, ge=0, le=2**62, description="the HTTP status answered")
-    since: float | None = Field(None, description="at or after (Unix seconds)")
-    until: float | None = Field(None, description="before (Unix seconds)")
-
-
-class AuditEntry(Answer):
-    id: int
-    chain: int
-    ts: float
-    key_id: int | None
-    actor: str
-    via: str
-    action: str
-    target: str
-    status: int | None
-    request_id: str | None
-    detail: dict[str, Any]
-    prev_hash: str
-    hash: str
-
-
-class AuditList(Answer):
-    """A page of audit entries, newest first."""
-
-    entries: list[AuditEntry]
-    next_cursor: str | None
-
-
-class Backup(Answer):
-    file: str
-    path: str
-    size: int = Field(description="bytes")
-    created_at: float
-
-
-class BackupMade(Partial):
-    """The backup written, checked with integrity_check."""
-
-    file: str
-    size: int = Field(description="bytes")
-    duration_s: float
-    integrity: str
-    pruned: list[str] = Field(description="older backups removed to keep the newest N")
-    sealed_key: bool = Field(description="the secret key is sealed in with a passphrase")
-    warning: str | None = Field(None, description="why it cannot be restored elsewhere as is")
-
-
-class BackupList(Answer):
-    """The backups on disk, newest first."""
-
-    backups: list[Backup]
-
-
 class DeadLetterQuery(Query):
     cursor: str | None = Field(None, description="next_cursor of the previous page")
     limit: int = Field(100, ge=1, le=1000, description="at most this many")
@@ -498,29 +388,6 @@ class MailboxStreamQuery(Query):
     last_event_id: int | None = Field(None, description="resume after this message id")
 
 
-class Metrics(Partial):
-    """Figures over the last hour (window_s)."""
-
-    window_s: float
-    tasks: dict[str, int] = Field(description="tasks by state")
-    queue: dict[str, float] = Field(
-        description="due, waiting_retry (not due yet), failed_retrying, oldest_age_s"
-    )
-    attempts: dict[str, float | None]
-    agents: dict[str, float]
-    deliveries: dict[str, int]
-
-
-class ChainCheck(Answer):
-    """Whether the audit log's hash chain holds; if not, the first bad row and why."""
-
-    ok: bool
-    rows: int
-    first_bad_id: int | None
-    problem: str | None
-    last_hash: str | None = Field(None, description="when ok: the hash of the last row")
-
-
 class Count(Answer):
     key: str | None
     count: int
@@ -537,50 +404,12 @@ class DeadLetterStats(Answer):
     by_hour: list[Count] = Field(description="keys like 2026-01-31T14:00:00Z")
 
 
-class Health(Partial):
-    """Every readiness check, storage and process facts."""
-
-    status: Literal["ok", "unavailable"]
-    checks: dict[str, dict[str, Any]] = Field(description="by name: ok, and a detail")
-    storage: dict[str, Any]
-    uptime_s: float
-    database: str
-
-
-class Instance(Partial):
-    """One hub instance (a gunicorn worker) sharing the database."""
-
-    id: str = Field(description="host-pid-random, new at each start")
-    host: str
-    pid: int
-    role: Literal["both", "web", "worker"]
-    version: str
-    started_at: float
-    heartbeat_at: float
-    running: int = Field(description="attempts it runs now")
-    alive: bool = Field(description="heartbeat within the lease (AGENTED_LEASE_S)")
-    this: bool = Field(description="the instance that answered")
-
-
-class Instances(Answer):
-    """The instances seen in the last day, oldest first."""
-
-    instances: list[Instance]
-
-
 class Thread(Answer):
     """A conversation's messages in order, each with its receivers."""
 
     conversation_id: str
     messages: list[dict[str, Any]]
     next_cursor: str | None
-
-
-class Evaluation(Answer):
-    """Every rule's measured value, and the alert notifications sent."""
-
-    values: dict[str, float | None]
-    notified: list[dict[str, Any]]
 
 
 class Leased(Answer):

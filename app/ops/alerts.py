@@ -19,14 +19,16 @@ import logging
 import os
 import time
 import urllib.request
-from typing import Literal
+from typing import Any, Literal
 
 from flask import Blueprint, current_app, g, jsonify, request
 from pydantic import Field
 
-from app import db, events, openapi, sandbox
+from app import db, events, sandbox
 from app.api import (
+    Answer,
     Body,
+    Page,
     answer_model,
     body_model,
     newest_first,
@@ -264,9 +266,67 @@ class RuleUpdate(Body):
     severity: Literal["info", "warning", "critical"] | None = None
 
 
+class AlertQuery(Page):
+    state: Literal["open", "firing", "acknowledged", "resolved"] | None = Field(
+        None, description="open: every state but resolved"
+    )
+    rule: str | None = Field(None, description="a rule name")
+
+
+class Alert(Answer):
+    """An alert."""
+
+    id: int
+    rule: str
+    state: Literal["firing", "acknowledged", "resolved"]
+    severity: str
+    value: float
+    threshold: float
+    message: str
+    fired_at: float
+    last_seen_at: float
+    notified_at: float | None
+    acknowledged_at: float | None
+    acknowledged_by: str | None
+    resolved_at: float | None
+    resolved_by: str | None
+
+
+class AlertList(Answer):
+    """A page of alerts, newest first."""
+
+    alerts: list[Alert]
+    next_cursor: str | None
+
+
+class Rule(Answer):
+    name: str
+    measures: str
+    direction: Literal["above", "below"]
+    threshold: float
+    window_s: int
+    cooldown_s: int
+    severity: str
+    enabled: bool
+    updated_at: float | None
+
+
+class RuleList(Answer):
+    """The alert rules."""
+
+    rules: list[Rule]
+
+
+class Evaluation(Answer):
+    """Every rule's measured value, and the alert notifications sent."""
+
+    values: dict[str, float | None]
+    notified: list[dict[str, Any]]
+
+
 @bp.get("/api/v1/alerts/rules")
 @requires("viewer")
-@answer_model(openapi.RuleList)
+@answer_model(RuleList)
 def rules_list():
     """List the alert rules with their thresholds."""
     return jsonify({"rules": list(rules(db.get_db()).values())})
@@ -298,7 +358,7 @@ def save_rule(name: str, changes: dict) -> dict:
 @bp.patch("/api/v1/alerts/rules/<name>")
 @requires("operator")
 @body_model(RuleUpdate)
-@answer_model(openapi.Rule)
+@answer_model(Rule)
 def rules_update(name: str):
     """Change a rule's threshold, window, cooldown, severity or enabled flag (no restart)."""
     if name not in RULES:
@@ -308,8 +368,8 @@ def rules_update(name: str):
 
 @bp.get("/api/v1/alerts")
 @requires("viewer")
-@query_model(openapi.AlertQuery)
-@answer_model(openapi.AlertList)
+@query_model(AlertQuery)
+@answer_model(AlertList)
 def alerts_list():
     """List alerts, newest first; ?state=open|firing|acknowledged|resolved, ?rule=."""
     where, params = [], []
@@ -330,7 +390,7 @@ def alerts_list():
 
 @bp.get("/api/v1/alerts/<int:alert_id>")
 @requires("viewer")
-@answer_model(openapi.Alert)
+@answer_model(Alert)
 def alerts_get(alert_id: int):
     """Get one alert."""
     row = db.query_one("SELECT * FROM alerts WHERE id = ?", (alert_id,))
@@ -368,7 +428,7 @@ def close_alert(alert_id: int, action: str) -> dict:
 
 @bp.post("/api/v1/alerts/<int:alert_id>/ack")
 @requires("operator")
-@answer_model(openapi.Alert)
+@answer_model(Alert)
 def alerts_ack(alert_id: int):
     """Acknowledge an alert: no more reminders until it resolves."""
     return jsonify(close_alert(alert_id, "acknowledged"))
@@ -376,7 +436,7 @@ def alerts_ack(alert_id: int):
 
 @bp.post("/api/v1/alerts/<int:alert_id>/resolve")
 @requires("operator")
-@answer_model(openapi.Alert)
+@answer_model(Alert)
 def alerts_resolve(alert_id: int):
     """Resolve an alert by hand (it fires again, after the cooldown, if the cause stays)."""
     return jsonify(close_alert(alert_id, "resolved"))
@@ -384,7 +444,7 @@ def alerts_resolve(alert_id: int):
 
 @bp.post("/api/v1/alerts/evaluate")
 @requires("operator")
-@answer_model(openapi.Evaluation)
+@answer_model(Evaluation)
 def alerts_evaluate():
     """Evaluate every rule now; return the measured values and notifications sent."""
     return jsonify(evaluate(dict(current_app.config)))

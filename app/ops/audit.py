@@ -30,9 +30,10 @@ from functools import lru_cache
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
+from pydantic import Field
 
-from app import db, openapi
-from app.api import answer_model, arg_int, newest_first, query_model
+from app import db
+from app.api import Answer, Page, answer_model, arg_int, newest_first, query_model
 from app.auth import requires
 from app.background import offload
 from app.errors import ApiError
@@ -283,6 +284,50 @@ def audit_request(resp: Response) -> Response:
 # --- routes --------------------------------------------------------------------------
 
 
+class AuditQuery(Page):
+    limit: int = Field(100, ge=1, le=500, description="at most this many")
+    key_id: int | None = Field(None, ge=0, le=2**62)
+    actor: str | None = None
+    via: str | None = Field(None, description="api, dashboard, cli, ...")
+    action: str | None = Field(None, description="e.g. tasks.tasks_create")
+    status: int | None = Field(None, ge=0, le=2**62, description="the HTTP status answered")
+    since: float | None = Field(None, description="at or after (Unix seconds)")
+    until: float | None = Field(None, description="before (Unix seconds)")
+
+
+class AuditEntry(Answer):
+    id: int
+    chain: int
+    ts: float
+    key_id: int | None
+    actor: str
+    via: str
+    action: str
+    target: str
+    status: int | None
+    request_id: str | None
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditList(Answer):
+    """A page of audit entries, newest first."""
+
+    entries: list[AuditEntry]
+    next_cursor: str | None
+
+
+class ChainCheck(Answer):
+    """Whether the audit log's hash chain holds; if not, the first bad row and why."""
+
+    ok: bool
+    rows: int
+    first_bad_id: int | None
+    problem: str | None
+    last_hash: str | None = Field(None, description="when ok: the hash of the last row")
+
+
 def entry_json(row) -> dict:
     data = {k: row[k] for k in row.keys()}
     data["detail"] = json.loads(row["detail"])
@@ -301,8 +346,8 @@ def _float_arg(name: str) -> float | None:
 
 @bp.get("/api/v1/audit")
 @requires("admin")
-@query_model(openapi.AuditQuery)
-@answer_model(openapi.AuditList)
+@query_model(AuditQuery)
+@answer_model(AuditList)
 def audit_list():
     """List audit entries, newest first; filter by key_id, actor, via, action, status, time."""
     where, params = [], []
@@ -325,7 +370,7 @@ def audit_list():
 
 @bp.get("/api/v1/audit/verify")
 @requires("admin")
-@answer_model(openapi.ChainCheck)
+@answer_model(ChainCheck)
 def audit_verify():
     """Check the hash chain; ok is false with the first bad row when it was tampered with."""
     secret_key = current_app.config["SECRET_KEY"]  # the threadpool has no app context

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from typing import Any, Literal
 
 from flask import Blueprint, current_app, jsonify
+from pydantic import Field
 
-from app import db, instances, openapi
-from app.api import answer_model
+from app import db, instances
+from app.api import Answer, Partial, answer_model
 from app.auth import requires
 from app.background import offload
 from app.errors import ApiError
@@ -73,9 +75,19 @@ def ready():
     return jsonify({"status": "ok" if ok else "unavailable"}), 200 if ok else 503
 
 
+class Health(Partial):
+    """Every readiness check, storage and process facts."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, dict[str, Any]] = Field(description="by name: ok, and a detail")
+    storage: dict[str, Any]
+    uptime_s: float
+    database: str
+
+
 @bp.get("/api/v1/health")
 @requires("admin")
-@answer_model(openapi.Health)
+@answer_model(Health)
 def health_detail():
     """Every readiness check with its detail, storage facts and process facts."""
     checks = readiness()
@@ -91,17 +103,63 @@ def health_detail():
     )
 
 
+class Instance(Partial):
+    """One hub instance (a gunicorn worker) sharing the database."""
+
+    id: str = Field(description="host-pid-random, new at each start")
+    host: str
+    pid: int
+    role: Literal["both", "web", "worker"]
+    version: str
+    started_at: float
+    heartbeat_at: float
+    running: int = Field(description="attempts it runs now")
+    alive: bool = Field(description="heartbeat within the lease (AGENTED_LEASE_S)")
+    this: bool = Field(description="the instance that answered")
+
+
+class Instances(Answer):
+    """The instances seen in the last day, oldest first."""
+
+    instances: list[Instance]
+
+
 @bp.get("/api/v1/instances")
 @requires("operator")
-@answer_model(openapi.Instances)
+@answer_model(Instances)
 def instance_list():
     """The hub's instances seen in the last day: role, version, heartbeat, running attempts."""
     return jsonify({"instances": instances.listing(db.get_db(), time.time())})
 
 
+class Backup(Answer):
+    file: str
+    path: str
+    size: int = Field(description="bytes")
+    created_at: float
+
+
+class BackupMade(Partial):
+    """The backup written, checked with integrity_check."""
+
+    file: str
+    size: int = Field(description="bytes")
+    duration_s: float
+    integrity: str
+    pruned: list[str] = Field(description="older backups removed to keep the newest N")
+    sealed_key: bool = Field(description="the secret key is sealed in with a passphrase")
+    warning: str | None = Field(None, description="why it cannot be restored elsewhere as is")
+
+
+class BackupList(Answer):
+    """The backups on disk, newest first."""
+
+    backups: list[Backup]
+
+
 @bp.get("/api/v1/backups")
 @requires("operator")
-@answer_model(openapi.BackupList)
+@answer_model(BackupList)
 def backups_list():
     """List the backups on disk, newest first."""
     return jsonify({"backups": offload(backup.list_backups, dict(current_app.config))})
@@ -109,7 +167,7 @@ def backups_list():
 
 @bp.post("/api/v1/backups")
 @requires("admin")
-@answer_model(openapi.BackupMade, 201)
+@answer_model(BackupMade, 201)
 def backups_create():
     """Back up the database now (online, checked with integrity_check; keeps the newest N)."""
     if db.is_postgres(current_app.config["DATABASE"]):

@@ -29,9 +29,10 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from pydantic import Field
 
-from app import auth, db, events, openapi, streams
-from app.api import answer_model
+from app import auth, db, events, streams
+from app.api import Partial, answer_model
 from app.auth import requires
 from app.background import offload
 from app.errors import ApiError
@@ -292,9 +293,22 @@ def _person_key(key) -> bool:
     return auth.allows(key, "viewer")
 
 
+class Metrics(Partial):
+    """Figures over the last hour (window_s)."""
+
+    window_s: float
+    tasks: dict[str, int] = Field(description="tasks by state")
+    queue: dict[str, float] = Field(
+        description="due, waiting_retry (not due yet), failed_retrying, oldest_age_s"
+    )
+    attempts: dict[str, float | None]
+    agents: dict[str, float]
+    deliveries: dict[str, int]
+
+
 @bp.get("/api/v1/metrics")
 @requires("viewer")
-@answer_model(openapi.Metrics)
+@answer_model(Metrics)
 def metrics_json():
     """Queue depth, latency, failure rate, agent utilization and deliveries over the last hour."""
     return jsonify(offload(metrics_summary.summary, dict(current_app.config)))
