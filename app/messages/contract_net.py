@@ -22,7 +22,7 @@ from typing import Any, Literal
 from flask import Blueprint, current_app, g, jsonify
 from pydantic import Field
 
-from app import db, events, openapi, ratelimit
+from app import db, events, ratelimit
 from app.agent_lifecycle import acting_as
 from app.agents import (
     NAME,
@@ -31,7 +31,7 @@ from app.agents import (
     find_by_capability,
     key_agent_id,
 )
-from app.api import Body, answer_model, body_model, or_404, parse_body
+from app.api import Answer, Body, answer_model, body_model, or_404, parse_body
 from app.auth import allows, requires
 from app.errors import ApiError
 from app.messages import delegation
@@ -55,6 +55,32 @@ class ContractNetIn(Body):
     deadline_s: float = Field(gt=0)
     rule: RuleIn
     conversation_id: str | None = Field(default=None, pattern=ID)
+
+
+class Reply(Answer):
+    id: int
+    sender: str
+    performative: Literal["propose", "refuse"]
+    content: Any
+    created_at: float
+
+
+class ContractNet(Answer):
+    """A Contract Net: who was asked, by which rule, its state and, once closed, the outcome."""
+
+    conversation_id: str
+    initiator: str
+    participants: list[str]
+    task: Any
+    rule: dict[str, str] = Field(description="by: the proposal field compared; prefer")
+    deadline_at: float
+    state: Literal["open", "awarded", "failed"]
+    winner: str | None
+    winning_message_id: str | None
+    outcome: dict[str, Any] | None
+    created_at: float
+    closed_at: float | None
+    replies: list[Reply] | None = Field(None, description="the proposals and refusals so far")
 
 
 def contract_json(row, replies: list | None = None) -> dict:
@@ -207,7 +233,7 @@ def close_due(cfg: dict, t: float, only: list[str] | None = None) -> None:
 @requires("viewer")
 @agent_scoped
 @body_model(ContractNetIn)
-@answer_model(openapi.ContractNet, 201)
+@answer_model(ContractNet, 201)
 def contract_nets_create():
     """Open a Contract Net: send the cfp to the named agents or those with the capabilities."""
     cfg = current_app.config
@@ -306,7 +332,7 @@ def _load(conversation_id: str):
 @bp.get("/api/v1/contract-nets/<conversation_id>")
 @requires("viewer")
 @agent_scoped
-@answer_model(openapi.ContractNet)
+@answer_model(ContractNet)
 def contract_nets_get(conversation_id: str):
     """Show a Contract Net: its state, the answers so far and, once closed, the outcome."""
     row = _load(conversation_id)
@@ -316,7 +342,7 @@ def contract_nets_get(conversation_id: str):
 @bp.post("/api/v1/contract-nets/<conversation_id>/close")
 @requires("viewer")
 @agent_scoped
-@answer_model(openapi.ContractNet)
+@answer_model(ContractNet)
 def contract_nets_close(conversation_id: str):
     """Close a Contract Net now (the initiator, or a developer): award the best proposal so far."""
     row = _load(conversation_id)

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from typing import Any
 
-from app import db, openapi
+from flask import Blueprint, current_app, jsonify, request
+from pydantic import Field
+
+from app import db
 from app.agents import agent_scoped, key_agent_id
-from app.api import answer_model, arg_int, decode_cursor, encode_cursor, query_model
+from app.api import (
+    Answer,
+    Partial,
+    Query,
+    answer_model,
+    arg_int,
+    decode_cursor,
+    encode_cursor,
+    query_model,
+)
 from app.auth import requires
 from app.background import offload
 from app.errors import ApiError
@@ -15,11 +27,37 @@ from app.messages.store import message_json
 bp = Blueprint("conversations", __name__)
 
 
+class ConversationQuery(Query):
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+    limit: int = Field(50, ge=1, le=500, description="at most this many")
+    agent: str | None = Field(None, description="conversations this agent sent or received in")
+
+
+class ThreadQuery(Query):
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+    limit: int = Field(500, ge=1, le=5000, description="at most this many messages")
+
+
+class ConversationList(Partial):
+    """A page of conversations, most recently active first."""
+
+    conversations: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class Thread(Answer):
+    """A conversation's messages in order, each with its receivers."""
+
+    conversation_id: str
+    messages: list[dict[str, Any]]
+    next_cursor: str | None
+
+
 @bp.get("/api/v1/conversations/<conversation_id>")
 @requires("viewer")
 @agent_scoped
-@query_model(openapi.ThreadQuery)
-@answer_model(openapi.Thread)
+@query_model(ThreadQuery)
+@answer_model(Thread)
 def conversations_get(conversation_id: str):
     """Return a conversation's messages in order, one entry per message with its receivers."""
     limit = arg_int("limit", 500, 1, 5000)
@@ -72,8 +110,8 @@ def conversations_get(conversation_id: str):
 
 @bp.get("/api/v1/conversations")
 @requires("viewer")
-@query_model(openapi.ConversationQuery)
-@answer_model(openapi.ConversationList)
+@query_model(ConversationQuery)
+@answer_model(ConversationList)
 def conversations_list():
     """List conversations, most recently active first; ?agent= keeps one agent's."""
     limit = arg_int("limit", 50, 1, 500)

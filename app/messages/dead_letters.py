@@ -12,9 +12,12 @@ import time
 from flask import Blueprint, current_app, jsonify, request
 from pydantic import Field, model_validator
 
-from app import db, events, openapi
+from app import db, events
 from app.api import (
+    Answer,
     Body,
+    Partial,
+    Query,
     answer_model,
     arg_int,
     body_model,
@@ -63,6 +66,64 @@ class RedirectIn(ReplayIn):
     to: str = Field(max_length=63)
 
 
+class DeadLetterQuery(Query):
+    cursor: str | None = Field(None, description="next_cursor of the previous page")
+    limit: int = Field(100, ge=1, le=1000, description="at most this many")
+    reason: str | None = None
+    receiver: str | None = None
+    sender: str | None = None
+    performative: str | None = None
+    conversation_id: str | None = None
+
+
+class DeadLetter(Partial):
+    """A message that could not be delivered (its message fields, and why)."""
+
+    id: int
+    reason: str
+    detail: str | None
+    dead_at: float | None
+    replays: int
+    original_receiver: str | None
+    delivered_at: float | None
+
+
+class DeadLetterList(Answer):
+    """A page of dead letters, newest first."""
+
+    dead_letters: list[DeadLetter]
+    next_cursor: str | None
+
+
+class Purged(Answer):
+    """How many dead letters were deleted."""
+
+    purged: int
+
+
+class Count(Answer):
+    key: str | None
+    count: int
+
+
+class DeadLetterStats(Answer):
+    """Dead letters counted by reason, receiver, sender, performative and hour."""
+
+    total: int
+    by_reason: list[Count]
+    by_receiver: list[Count]
+    by_sender: list[Count]
+    by_performative: list[Count]
+    by_hour: list[Count] = Field(description="keys like 2026-01-31T14:00:00Z")
+
+
+class Requeued(Answer):
+    """The dead letters put back in a mailbox."""
+
+    requeued: list[int]
+    count: int
+
+
 def where_sql(sel: dict, t: float) -> tuple[str, list]:
     clauses, params = ["state = 'dead'"], []
     if sel.get("ids"):
@@ -94,8 +155,8 @@ def dead_json(row) -> dict:
 
 @bp.get("/api/v1/message-dead-letters")
 @requires("viewer")
-@query_model(openapi.DeadLetterQuery)
-@answer_model(openapi.DeadLetterList)
+@query_model(DeadLetterQuery)
+@answer_model(DeadLetterList)
 def dead_letters_list():
     """List message dead letters, newest first; filter by reason, receiver, sender, performative."""
     limit = arg_int("limit", 100, 1, 1000)
@@ -144,7 +205,7 @@ def _stats(path) -> dict:
 
 @bp.get("/api/v1/message-dead-letters/stats")
 @requires("viewer")
-@answer_model(openapi.DeadLetterStats)
+@answer_model(DeadLetterStats)
 def dead_letters_stats():
     """Count dead letters by reason, receiver, sender, performative and hour."""
     # A GROUP BY over a big table is slow work: it runs in the threadpool.
@@ -224,7 +285,7 @@ def _requeued(ids: list[int]):
 @bp.post("/api/v1/message-dead-letters/replay")
 @requires("operator")
 @body_model(ReplayIn)
-@answer_model(openapi.Requeued)
+@answer_model(Requeued)
 def dead_letters_replay():
     """Put dead letters back in their mailboxes (fresh TTL and delivery count)."""
     body = parse_body(ReplayIn)
@@ -234,7 +295,7 @@ def dead_letters_replay():
 @bp.post("/api/v1/message-dead-letters/redirect")
 @requires("operator")
 @body_model(RedirectIn)
-@answer_model(openapi.Requeued)
+@answer_model(Requeued)
 def dead_letters_redirect():
     """Deliver dead letters to another agent instead."""
     body = parse_body(RedirectIn)
@@ -245,7 +306,7 @@ def dead_letters_redirect():
 @bp.post("/api/v1/message-dead-letters/purge")
 @requires("operator")
 @body_model(Selection)
-@answer_model(openapi.Purged)
+@answer_model(Purged)
 def dead_letters_purge():
     """Delete dead letters for good."""
     sel = parse_body(Selection).model_dump(exclude_none=True)

@@ -13,15 +13,18 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 from pydantic import Field
 
-from app import agent_lifecycle, db, events, instances, openapi, ratelimit
+from app import agent_lifecycle, db, events, instances, ratelimit
 from app.agent_lifecycle import acting_as
 from app.agents import agent_scoped, key_agent_id
 from app.api import (
+    Answer,
     Body,
+    Query,
     answer_model,
     arg_float,
     arg_int,
@@ -44,6 +47,32 @@ MAX_VISIBILITY_S = 12 * 3600
 
 class AckIn(Body):
     ids: list[int] = Field(min_length=1, max_length=1000)
+
+
+class LeaseQuery(Query):
+    wait: float = Field(0.0, ge=0, description="seconds to wait for a message (up to the limit)")
+    limit: int = Field(10, ge=1, description="at most this many (up to MESSAGE_BATCH_MAX)")
+    visibility: float | None = Field(None, ge=0, description="seconds to ack them in")
+
+
+class MailboxStreamQuery(Query):
+    limit: int = Field(100, ge=1, description="at most this many per lease")
+    visibility: float | None = Field(None, ge=0, description="seconds to ack them in")
+    last_event_id: int | None = Field(None, description="resume after this message id")
+
+
+class Leased(Answer):
+    """Messages leased to this agent: ack them before their visibility runs out."""
+
+    messages: list[dict[str, Any]]
+
+
+class Acked(Answer):
+    """Which ids were acked, which are dead letters, which are not this mailbox's."""
+
+    acked: list[int]
+    dead: list[int]
+    missing: list[int]
 
 
 # --- leasing (runs inside db.write: SQL only) -------------------------------------------------
@@ -217,8 +246,8 @@ def _own_alive(row) -> int | None:
 @bp.get("/api/v1/agents/<name>/messages")
 @requires("viewer")
 @agent_scoped
-@query_model(openapi.LeaseQuery)
-@answer_model(openapi.Leased)
+@query_model(LeaseQuery)
+@answer_model(Leased)
 def mailbox_lease(name: str):
     """Lease messages (long-poll with ?wait=s); ack them before ?visibility=s runs out."""
     cfg = current_app.config
@@ -261,7 +290,7 @@ def mailbox_lease(name: str):
 @requires("viewer")
 @agent_scoped
 @body_model(AckIn)
-@answer_model(openapi.Acked)
+@answer_model(Acked)
 def mailbox_ack(name: str):
     """Acknowledge leased messages by id; acked messages are never delivered again."""
     row = acting_as(name)
@@ -307,7 +336,7 @@ def mailbox_ack(name: str):
 @requires("viewer")
 @agent_scoped
 @streams
-@query_model(openapi.MailboxStreamQuery)
+@query_model(MailboxStreamQuery)
 @header_model(ResumeHeader)
 def mailbox_stream(name: str):
     """Stream leased messages as SSE (`id:` is the message id); resumes after Last-Event-ID."""

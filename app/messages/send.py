@@ -18,10 +18,11 @@ from collections import defaultdict
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
+from pydantic import Field, RootModel
 
-from app import db, events, openapi, ratelimit
+from app import db, events, ratelimit
 from app.agents import agent_scoped
-from app.api import answer_model, body_model
+from app.api import Answer, answer_model, body_model
 from app.auth import requires
 from app.errors import ApiError
 from app.messages import contract_net, delegation
@@ -42,6 +43,29 @@ log = logging.getLogger("agented.messages")
 
 
 # --- the route -----------------------------------------------------------------------------
+
+
+class Delivered(Answer):
+    id: int
+    receiver: str
+
+
+class Sent(Answer):
+    """Where a message went (200, not 201, when every one was a duplicate)."""
+
+    message_id: str
+    conversation_id: str | None = None
+    duplicate: bool
+    deliveries: list[Delivered] | None = None
+    same_as: int | None = Field(None, description="a repeat inside one batch: its first index")
+
+
+class SentBatch(Answer):
+    messages: list[Sent]
+
+
+class Sending(RootModel[Sent | SentBatch]):
+    """The message, or each message of a batch, and where it went."""
 
 
 def read_items() -> tuple[list[Any], bool]:
@@ -65,7 +89,7 @@ def read_items() -> tuple[list[Any], bool]:
 @requires("viewer")
 @agent_scoped
 @body_model(SendIn)
-@answer_model(openapi.Sending, 201)
+@answer_model(Sending, 201)
 def messages_send():
     """Send one message or a batch (all or none); 201 once every mailbox row is committed."""
     cfg = current_app.config
