@@ -21,9 +21,10 @@ import time
 from datetime import UTC, datetime
 
 from flask import Blueprint, jsonify
+from pydantic import Field
 
-from app import db, events, openapi, reports
-from app.api import answer_model
+from app import db, events, reports
+from app.api import Answer, Partial, answer_model
 from app.auth import requires
 from app.errors import ApiError
 from app.queue import ACTIVE, wake
@@ -207,9 +208,26 @@ def active_per_account(conn, agents: dict) -> dict[str, int]:
 # --- routes -------------------------------------------------------------------
 
 
+class Account(Partial):
+    """An account local agents run on, and whether a usage limit holds it back."""
+
+    name: str
+    agents: list[str]
+    paused: bool
+    probing: bool = Field(description="the pause is over and one run checks the limit")
+    paused_until: float | None
+    reason: str | None
+
+
+class AccountList(Answer):
+    """The accounts."""
+
+    accounts: list[Account]
+
+
 @bp.get("/api/v1/accounts")
 @requires("viewer")
-@answer_model(openapi.AccountList)
+@answer_model(AccountList)
 def accounts_list():
     """The accounts local agents run on: which agents, and whether it is paused and why."""
     return jsonify({"accounts": accounts_json(db.get_db(), time.time())})
@@ -217,7 +235,7 @@ def accounts_list():
 
 @bp.post("/api/v1/accounts/<name>/resume")
 @requires("operator")
-@answer_model(openapi.Account)
+@answer_model(Account)
 def accounts_resume(name: str):
     """End a pause now (Resume now): limited tasks are due at once; one run probes first."""
     return jsonify(resume_now(name))

@@ -25,9 +25,10 @@ from flask import (
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from limits import parse as parse_limit
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from pydantic import Field
 
-from app import db, openapi, security
-from app.api import Body, answer_model, body_model, or_404, parse_body
+from app import db, security
+from app.api import Answer, Body, answer_model, body_model, or_404, parse_body
 from app.errors import ApiError
 
 ROLES = ("viewer", "developer", "operator", "admin")
@@ -285,9 +286,36 @@ class KeyCreate(Body):
     role: Role = "viewer"
 
 
+class Key(Answer):
+    """An API key (never the key itself)."""
+
+    id: int
+    name: str
+    role: Literal["viewer", "developer", "operator", "admin"]
+    prefix: str
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+
+class KeyList(Answer):
+    """The API keys."""
+
+    keys: list[Key]
+
+
+class KeyCreated(Answer):
+    """The new key, shown this once."""
+
+    id: int
+    name: str
+    role: str
+    key: str
+
+
 @bp.get("/api/v1/keys")
 @requires("admin")
-@answer_model(openapi.KeyList)
+@answer_model(KeyList)
 def keys_list():
     """List API keys (never the keys themselves)."""
     rows = db.query_all("SELECT * FROM api_keys ORDER BY id")
@@ -297,7 +325,7 @@ def keys_list():
 @bp.post("/api/v1/keys")
 @requires("admin")
 @body_model(KeyCreate)
-@answer_model(openapi.KeyCreated, 201)
+@answer_model(KeyCreated, 201)
 def keys_create():
     """Create an API key; the key is in this answer only."""
     body = parse_body(KeyCreate)
@@ -309,7 +337,7 @@ def keys_create():
 
 @bp.delete("/api/v1/keys/<int:key_id>")
 @requires("admin")
-@answer_model(openapi.Key)
+@answer_model(Key)
 def keys_revoke(key_id: int):
     """Revoke an API key; it stops working at once."""
     or_404(db.query_one("SELECT id FROM api_keys WHERE id = ?", (key_id,)), "key")
@@ -323,9 +351,16 @@ def keys_revoke(key_id: int):
     return jsonify(key_json(row))
 
 
+class StreamToken(Answer):
+    """A short-lived token for ?token= on a stream route."""
+
+    token: str
+    expires_in: float = Field(description="seconds")
+
+
 @bp.post("/api/v1/stream-tokens")
 @requires("viewer")
-@answer_model(openapi.StreamToken, 201)
+@answer_model(StreamToken, 201)
 def stream_tokens_create():
     """Mint a short-lived token for an SSE stream (`?token=`)."""
     ttl = current_app.config["SSE_TOKEN_TTL_S"]

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Any
 
 from flask import Blueprint, current_app, jsonify, render_template
 from markupsafe import Markup, escape
-from pydantic import BaseModel, Field
-
-from app.api import Answer, Partial
+from pydantic import BaseModel
 
 bp = Blueprint("openapi", __name__)
 REF = "#/components/schemas/{model}"
@@ -318,62 +316,3 @@ def rendered(spec: dict) -> list[dict]:
 @bp.get("/docs")
 def docs():
     return render_template("docs.html", ops=cached()["ops"])
-
-
-# --- query parameters and answers the routes declare ------------------------------------
-
-
-# Ready for routes in app/auth.py, app/accounts.py and app/agent_lifecycle.py, whose
-# files others were changing: tests/test_openapi.py checks their answers against
-# these already, so declaring them there is one decorator line per route.
-
-
-class Key(Answer):
-    """An API key (never the key itself)."""
-
-    id: int
-    name: str
-    role: Literal["viewer", "developer", "operator", "admin"]
-    prefix: str
-    created_at: float
-    last_used_at: float | None
-    revoked_at: float | None
-
-
-class KeyList(Answer):
-    """The API keys."""
-
-    keys: list[Key]
-
-
-class KeyCreated(Answer):
-    """The new key, shown this once."""
-
-    id: int
-    name: str
-    role: str
-    key: str
-
-
-class StreamToken(Answer):
-    """A short-lived token for ?token= on a stream route."""
-
-    token: str
-    expires_in: float = Field(description="seconds")
-
-
-class Account(Partial):
-    """An account local agents run on, and whether a usage limit holds it back."""
-
-    name: str
-    agents: list[str]
-    paused: bool
-    probing: bool = Field(description="the pause is over and one run checks the limit")
-    paused_until: float | None
-    reason: str | None
-
-
-class AccountList(Answer):
-    """The accounts."""
-
-    accounts: list[Account]

@@ -289,7 +289,7 @@ def test_it_answers_contract_nets_as_declared(app, client, alice, world):
 
 
 def test_it_has_answer_models_ready_for_the_routes_that_declare_none_yet(app, client, alice, world):
-    from app import agent_lifecycle, agents, openapi
+    from app import accounts, agent_lifecycle, agents, auth, openapi
 
     def check(model, status: int, method: str, path: str, body=None, key: str = alice):
         resp = client.open(path, method=method, json=body, headers={"X-API-Key": key})
@@ -299,12 +299,12 @@ def test_it_has_answer_models_ready_for_the_routes_that_declare_none_yet(app, cl
         schema = openapi._component(model, schemas)
         assert undeclared(schema, resp.get_json(), schemas) == [], path
 
-    check(openapi.KeyList, 200, "GET", "/api/v1/keys")
+    check(auth.KeyList, 200, "GET", "/api/v1/keys")
     made = client.post("/api/v1/keys", json={"name": "x"}, headers={"X-API-Key": alice})
-    openapi.KeyCreated.model_validate(made.get_json(), strict=True)
-    check(openapi.Key, 200, "DELETE", f"/api/v1/keys/{made.get_json()['id']}")
-    check(openapi.StreamToken, 201, "POST", "/api/v1/stream-tokens")
-    check(openapi.AccountList, 200, "GET", "/api/v1/accounts")
+    auth.KeyCreated.model_validate(made.get_json(), strict=True)
+    check(auth.Key, 200, "DELETE", f"/api/v1/keys/{made.get_json()['id']}")
+    check(auth.StreamToken, 201, "POST", "/api/v1/stream-tokens")
+    check(accounts.AccountList, 200, "GET", "/api/v1/accounts")
     check(
         agent_lifecycle.Heartbeat, 200, "POST", "/api/v1/agents/alpha/heartbeat", {}, world["alpha"]
     )
