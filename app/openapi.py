@@ -2,8 +2,9 @@
 
 A view declares its request body with @body_model (the model it validates
 with), its query parameters with @query_model and its answer with
-@answer_model (app/api.py). The models of answers and query parameters live at
-the end of this module.
+@answer_model (app/api.py). Those models live in the feature modules beside
+the routes that declare them, on the bases in app/api.py (Body, Query, Page,
+Answer, Partial); this module only reads them off the views.
 """
 
 from __future__ import annotations
