@@ -29,9 +29,9 @@ from app.api import (
     Body,
     Partial,
     Query,
-    _csv,
     answer_model,
     body_model,
+    csv_field,
     or_404,
     parse_body,
     query_model,
@@ -123,7 +123,7 @@ class AgentPatch(Body):
 
 class AgentQuery(Query):
     capability: str | None = Field(None, description="comma-separated; agents having all")
-    state: str | None = _csv("states")
+    state: str | None = csv_field("states")
     backend: str | None = Field(None, description="shell, claude, codex, external, ...")
 
 

@@ -97,7 +97,7 @@ class Page(Query):
     limit: int = Field(50, ge=1, le=500, description="at most this many")
 
 
-def _csv(what: str) -> Any:
+def csv_field(what: str) -> Any:
     return Field(None, description=f"comma-separated {what}; any of them matches")
 
 

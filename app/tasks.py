@@ -16,10 +16,10 @@ from app.api import (
     Body,
     Page,
     Query,
-    _csv,
     answer_model,
     arg_int,
     body_model,
+    csv_field,
     header_model,
     json_body,
     newest_first,
@@ -121,10 +121,10 @@ class SubmitIn(RootModel[TaskIn | TaskBatchIn]):
 
 
 class TaskQuery(Page):
-    state: str | None = _csv("states (queued, running, succeeded, dead, ...)")
-    agent: str | None = _csv("agent names")
-    trigger: str | None = _csv("trigger slugs")
-    concurrency_key: str | None = _csv("concurrency keys")
+    state: str | None = csv_field("states (queued, running, succeeded, dead, ...)")
+    agent: str | None = csv_field("agent names")
+    trigger: str | None = csv_field("trigger slugs")
+    concurrency_key: str | None = csv_field("concurrency keys")
     key: int | None = Field(None, description="the id of the API key that submitted it")
     since: float | None = Field(None, description="created at or after (Unix seconds)")
     until: float | None = Field(None, description="created before (Unix seconds)")

@@ -288,7 +288,7 @@ def test_it_answers_contract_nets_as_declared(app, client, alice, world):
     as_declared(app, client, world["alpha"], "POST", f"{path}/close")
 
 
-def test_it_has_answer_models_ready_for_the_routes_that_declare_none_yet(app, client, alice, world):
+def test_it_answers_keys_agents_and_accounts_as_their_models_say(app, client, alice, world):
     from app import accounts, agent_lifecycle, agents, auth, openapi
 
     def check(model, status: int, method: str, path: str, body=None, key: str = alice):
