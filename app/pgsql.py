@@ -224,11 +224,9 @@ class WindowStorage(Storage):
     the per-key request limit and the failed sign-in limit then hold across
     every instance and worker, where its memory storage would give each its own."""
 
-    STORAGE_SCHEME = ["agented+postgresql"]
-
-    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: Any):
-        super().__init__(uri, wrap_exceptions)
-        self.url = str(options["database"])
+    def __init__(self, database: str) -> None:
+        super().__init__()
+        self.url = database
         self.calls = 0
         self.conn: Connection | None = None
 

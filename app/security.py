@@ -32,8 +32,6 @@ class LocalWindows(MemoryStorage):
     Counters already expire on read (`get`); the sweep only frees memory.
     """
 
-    # Its own scheme: inheriting "memory" would replace the stock class in limits' registry.
-    STORAGE_SCHEME = ["agented+memory"]
     _next_sweep = 0.0
 
     # Replaces MemoryStorage's private __schedule_expiry, which incr and acquire_entry call.
@@ -63,7 +61,7 @@ def window_storage(cfg: dict) -> Storage:
         return LocalWindows()
     from app import pgsql
 
-    return pgsql.WindowStorage(database=str(cfg["DATABASE"]))
+    return pgsql.WindowStorage(str(cfg["DATABASE"]))
 
 
 def register(app: Flask) -> None:
