@@ -308,12 +308,12 @@ class Run:
                 guard.cgroup = pool.apply(sandbox.RunCgroup, (_cgroups, name, limits))
             full = sandbox.command(argv, workspace=workspace, home=home, cfg=cfg,
                                    network=bool(agent["network"]), limits=limits,
-                                   cgroup=guard.cgroup,
                                    read=(*repository_paths(agent),
                                          *sandbox.program_dirs(argv[0], env["PATH"])))  # fmt: skip
             # Own session (so its process group), only `env`, no other fds, stdio piped.
             enter = guard.cgroup.procs_files() if guard.cgroup is not None else ()
-            self.proc = spawn(full, env, workspace, enter)
+            rlimits = sandbox.rlimits(limits, guard.cgroup is not None)
+            self.proc = spawn(full, env, workspace, enter, rlimits)
         except OSError as exc:
             guard.close()
             self._finish("failed", None, f"cannot start {argv[0]}: {exc}", retryable=False)

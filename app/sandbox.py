@@ -12,8 +12,10 @@ vendors.
 
 Limits: memory and processes through cgroups where the machine lets us create
 them (v2 under systemd's Delegate=yes, or v1 controllers we can write), rlimits
-otherwise (prlimit); CPU time and file size always as rlimits; output bytes and
-workspace disk are watched by the run's supervisor (app/executions.py).
+otherwise; CPU time and file size always as rlimits; output bytes and workspace
+disk are watched by the run's supervisor (app/executions.py). The hub sets the
+rlimits and the cgroups on the run's first process while it waits to start
+(app/spawn.py), so no extra program runs before bwrap.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -149,28 +152,38 @@ def bwrap_argv(
             "--", *argv]  # fmt: skip
 
 
-def rlimit_argv(limits: Limits, cgroups: bool) -> list[str]:
-    """prlimit in front of bwrap: what cgroups do not already bound."""
+def rlimits(limits: Limits, cgroups: bool) -> list[tuple[int, tuple[int, int]]]:
+    """The rlimits a run starts with: what cgroups do not already bound."""
+    disk = limits.disk_mb * MiB
     # The hard CPU limit a little above the soft one: SIGXCPU first, which says why.
-    cpu = f"--cpu={limits.cpu_s}:{limits.cpu_s + 5}"
-    args = ["prlimit", cpu, f"--fsize={limits.disk_mb * MiB}"]
+    wanted = [(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 5)),
+              (resource.RLIMIT_FSIZE, (disk, disk))]  # fmt: skip
     if not cgroups:
         # RLIMIT_DATA, not AS: node reserves far more address space than it uses.
-        args += [f"--data={limits.memory_mb * MiB}", f"--nproc={limits.processes}"]
-    return [*args, "--"]
+        memory = limits.memory_mb * MiB
+        wanted += [(resource.RLIMIT_DATA, (memory, memory)),
+                   (resource.RLIMIT_NPROC, (limits.processes, limits.processes))]  # fmt: skip
+    # Never above the hub's own hard limit: raising one takes a privilege the hub
+    # lacks, and the run inherits that limit anyway.
+    out = []
+    for which, (soft, hard) in wanted:
+        ceiling = resource.getrlimit(which)[1]
+        if ceiling != resource.RLIM_INFINITY:
+            soft, hard = min(soft, ceiling), min(hard, ceiling)
+        out.append((which, (soft, hard)))
+    return out
 
 
 def command(
     argv: list[str], *, workspace: str, home: str, cfg: dict, network: bool, limits: Limits,
-    cgroup: RunCgroup | None, read: tuple[str, ...] = (),
+    read: tuple[str, ...] = (),
 ) -> list[str]:  # fmt: skip
-    """The full argv of a sandboxed run: prlimit bwrap ... -- argv (spawn enters the
-    cgroup, whose cgroup.procs files RunCgroup.procs_files lists)."""
-    inner = argv
-    if cfg["SANDBOX"] != "off":
-        inner = bwrap_argv(argv, workspace=workspace, home=home, cfg=cfg, network=network,
-                           limits=limits, read=read)  # fmt: skip
-    return [*rlimit_argv(limits, cgroup is not None), *inner]
+    """The argv of a run: argv under bwrap, or argv itself with the sandbox off. Its
+    rlimits (`rlimits`) and cgroup (RunCgroup.procs_files) are applied by spawn."""
+    if cfg["SANDBOX"] == "off":
+        return argv
+    return bwrap_argv(argv, workspace=workspace, home=home, cfg=cfg, network=network,
+                      limits=limits, read=read)  # fmt: skip
 
 
 # --- is the sandbox usable? ---------------------------------------------------------

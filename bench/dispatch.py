@@ -4,9 +4,9 @@ trivial tasks per second against huey.
 Starts the production app (app.wsgi via bench/_wsgi_bench.py) under
 gunicorn.conf.py (one gevent worker, scheduler on, global concurrency 20) on a
 free 127.0.0.1 port with a fresh data dir, with the default sandbox (every run
-under bubblewrap: prlimit ... -- bwrap ... -- argv, see app/sandbox.py). For the
+under bubblewrap: sh (the gate) -> bwrap ... -- argv, see app/spawn.py). For the
 latency part only, a second such hub with AGENTED_SANDBOX=off (its own port and
-data dir; prlimit, and the cgroup entry where cgroups are writable, still apply)
+data dir; the rlimits, and the cgroups where they are writable, still apply)
 runs beside it. Then:
 
 (a) Latency. Tasks are submitted one at a time (POST /api/v1/tasks, each after the
@@ -24,7 +24,7 @@ runs beside it. Then:
     those percentiles (ms added per run) and their ratio, for the whole
     latency and for claimed -> child running (where bwrap's set-up falls), and
     each hub's CPU per task over its blocks: the gunicorn worker's own, and its
-    reaped children's (prlimit, bwrap, the shell, `date`) from /proc/PID/stat.
+    reaped children's (the shell, bwrap, `date`) from /proc/PID/stat.
     The (a) lines and the latency target are the sandboxed hub's.
 (b) Throughput. N tasks running `true` are submitted quickly (10 keep-alive
     connections from `hey -n N -c 10`, one POST /api/v1/tasks each) and timed from the
@@ -512,10 +512,7 @@ def show_sqlite(res: dict) -> None:
     for name in ("off", "bwrap"):
         print(show_lat(f"{name}: send -> child's own clock (date)", sand[name]["total"]))
         print(show_lat(f"  {name}: claimed -> child running", sand[name]["spawn"]))
-    kids = {"off": "prlimit, date", "bwrap": "prlimit, bwrap, date"}
-    for name in kids:
-        if "cgroup v" in said[name]:  # the shell that enters the run's cgroups comes first
-            kids[name] = "sh, " + kids[name]
+    kids = {"off": "sh, date", "bwrap": "sh, bwrap, date"}  # sh: the gate (app/spawn.py)
     for name in ("off", "bwrap"):
         print(
             f"   {name}: hub CPU per task {sand[name]['cpu_ms']:.2f} ms (gunicorn worker),"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import signal
 import sys
+from pathlib import Path
 
 import gevent
 import pytest
 
 from app import spawn as spawn_mod
 from app.spawn import spawn
+from tests.pipeline_helpers import wait_for
 
 PY = sys.executable
 ENV = {"PATH": "/usr/bin:/bin", "AGENTED_TASK_ID": "7"}
@@ -25,8 +29,8 @@ def how(request, monkeypatch):
     return request.param
 
 
-def run(argv, cwd, prompt=b"", env=ENV):
-    child = spawn(argv, dict(env), str(cwd))
+def run(argv, cwd, prompt=b"", env=ENV, rlimits=()):
+    child = spawn(argv, dict(env), str(cwd), rlimits=rlimits)
     child.stdin.write(prompt)
     child.stdin.close()
     out = gevent.spawn(child.stdout.read)
@@ -97,14 +101,42 @@ def test_it_keeps_the_exit_status_of_children_that_end_at_once(how, tmp_path):
     assert [child.wait(timeout=30) for child in children] == [n % 7 for n in range(60)]
 
 
-def test_it_starts_the_child_inside_the_given_cgroups(tmp_path):
+def test_it_starts_the_child_inside_the_given_cgroups(how, tmp_path):
     procs = tmp_path / "cgroup.procs"
     procs.write_text("")
     child = spawn(["true"], dict(ENV), str(tmp_path), [str(procs)])
     child.stdin.close()
     assert child.wait(timeout=30) == 0
-    # A plain file stands in for cgroupfs: the shell wrote "0" (itself) into it.
-    assert procs.read_text() == "0\n"
+    # A plain file stands in for cgroupfs: the hub wrote the child's pid into it
+    # while the child waited at its gate.
+    assert procs.read_text() == str(child.pid)
+
+
+def test_it_starts_the_child_with_the_given_rlimits(how, tmp_path):
+    limits = [(resource.RLIMIT_CPU, (7, 12)), (resource.RLIMIT_FSIZE, (1 << 20, 1 << 21))]
+    _, out, _, _ = run(["cat", "/proc/self/limits"], tmp_path, rlimits=limits)
+    rows = {line[:26].strip(): line[26:].split()[:2] for line in out.decode().splitlines()}
+    assert rows["Max cpu time"] == ["7", "12"]
+    assert rows["Max file size"] == [str(1 << 20), str(1 << 21)]
+
+
+def cmdlines():
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            yield Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_it_never_runs_argv_when_its_cgroup_cannot_be_entered(how, tmp_path):
+    marker = tmp_path / "ran"
+    gone = tmp_path / "no-such-cgroup" / "cgroup.procs"
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError):
+        spawn(["touch", str(marker)], dict(ENV), str(tmp_path), [str(gone)])
+    # The child reads end of file at its gate and exits; until then its command line
+    # names the marker (as the shell's, or as touch's had it got past the gate).
+    wait_for(lambda: not any(str(marker).encode() in cmdline for cmdline in cmdlines()))
+    assert not marker.exists()
+    assert set(os.listdir("/proc/self/fd")) == before
 
 
 def test_it_leaves_no_descriptor_open_when_a_start_fails(tmp_path):

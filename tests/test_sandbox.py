@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 
@@ -333,3 +334,22 @@ def test_it_hides_the_github_app_key_from_a_run(live_server, outside_dir):
     done, out = run_sh(srv, f"cat {key}; echo read")
     assert done["state"] == "succeeded", out
     assert "PRIVATE KEY" not in out and "read" in out.splitlines()
+
+
+def test_it_sets_rlimits_no_higher_than_the_hubs_own_hard_limits():
+    # In a child process: lowering this process's hard limit could not be undone.
+    script = """
+import json, resource
+from app import sandbox
+resource.setrlimit(resource.RLIMIT_CPU, (50, 50))
+limits = sandbox.Limits(memory_mb=64, processes=20, cpu_s=3600, output_mb=1, disk_mb=8)
+print(json.dumps({which: pair for which, pair in sandbox.rlimits(limits, cgroups=False)}))
+"""
+    out = subprocess.run([PY, "-c", script], capture_output=True, text=True, check=True).stdout
+    got = {int(which): tuple(pair) for which, pair in json.loads(out).items()}
+    assert got == {
+        resource.RLIMIT_CPU: (50, 50),  # asked for 3600 (soft) and 3605 (hard)
+        resource.RLIMIT_FSIZE: (8 * 1024 * 1024, 8 * 1024 * 1024),
+        resource.RLIMIT_DATA: (64 * 1024 * 1024, 64 * 1024 * 1024),
+        resource.RLIMIT_NPROC: (20, 20),
+    }
