@@ -111,8 +111,8 @@ def spawn(
     rlimits: Rlimits = (),
 ) -> Child | gevent.subprocess.Popen:  # fmt: skip
     """Start argv in a new session in `cwd` with exactly `env`, stdio piped, no other
-    fds, with `rlimits`, inside the cgroups whose
-    cgroup.procs files `enter` lists: nothing of argv runs outside them."""
+    fds, with `rlimits`, inside the cgroups whose cgroup.procs files `enter` lists:
+    nothing of argv runs before all of them apply."""
     # Like exec*p with the child's environment (what subprocess does): PATH from `env`.
     # Looked up here, where a missing program is an OSError; the shell finds the same.
     _which(argv[0], env.get("PATH", os.defpath), cwd)
